@@ -1,0 +1,64 @@
+"""Policies by name: the rule baselines, shipped models under `policies/models/<name>/`, or a model directory."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from policies.base import Policy
+from policies.predictive import PredictiveParams, PredictivePolicy
+from policies.static import StaticParams, StaticPolicy
+from policies.step import StepParams, StepPolicy
+from policies.target_tracking import TargetTrackingParams, TargetTrackingPolicy
+
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+RULES = {
+    "static": (StaticPolicy, StaticParams),
+    "target-tracking": (TargetTrackingPolicy, TargetTrackingParams),
+    "step": (StepPolicy, StepParams),
+    "predictive": (PredictivePolicy, PredictiveParams),
+}
+
+
+class PolicyError(ValueError):
+    """A policy that cannot be made; the message says which and why."""
+
+
+def shipped_models() -> list[str]:
+    if not MODELS_DIR.is_dir():
+        return []
+    return sorted(p.name for p in MODELS_DIR.iterdir() if (p / "manifest.json").is_file())
+
+
+def model_dir(spec: str) -> Path | None:
+    """The directory of a shipped model name or a model path; None when `spec` is a rule name."""
+    if spec in RULES:
+        return None
+    if (MODELS_DIR / spec / "manifest.json").is_file():
+        return MODELS_DIR / spec
+    p = Path(spec)
+    if p.is_dir() or "/" in spec or spec.endswith(".onnx"):
+        return p if p.is_dir() else p.parent
+    return None
+
+
+def make_policy(spec: str, params: dict[str, Any] | None = None, providers: list[str] | None = None) -> Policy:
+    """A policy from a rule name (with optional parameter overrides), a shipped model name, or a model dir."""
+    if spec in RULES:
+        cls, pcls = RULES[spec]
+        try:
+            return cls(pcls(**(params or {})))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            loc = ".".join(str(x) for x in err["loc"]) or spec
+            raise PolicyError(f"policy {spec}: parameter {loc}: {err['msg']}") from None
+    d = model_dir(spec)
+    if d is None:
+        known = ", ".join(list(RULES) + shipped_models())
+        raise PolicyError(f"unknown policy {spec!r}: expected one of {known}, or a model directory")
+    if params:
+        raise PolicyError(f"policy {spec}: a learned policy takes no parameters")
+    from policies.onnx_policy import OnnxPolicy  # onnxruntime only when a model is used
+
+    return OnnxPolicy.load(d, providers=providers)
