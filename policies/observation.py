@@ -91,6 +91,7 @@ class Observation:
     warmup_minutes: int
     minute: np.ndarray  #: (N,) minutes since the Unix epoch of the last sample
     history: LoadHistory
+    day_max_tpm: np.ndarray | None = None  #: (N,) leaky daily maximum of the load (feature 8 x R)
 
     @property
     def n(self) -> int:
@@ -240,5 +241,5 @@ class ObservationBuilder:
         return Observation(
             features=f.astype(np.float32), load_tpm=self.load.copy(), active=self.active.copy(),
             warming=self.warming.copy(), capacity_tpm_per_machine=cap, warmup_minutes=self.warmup,
-            minute=self.minute.copy(), history=hist,
+            minute=self.minute.copy(), history=hist, day_max_tpm=self.day_max.copy(),
         )

@@ -139,6 +139,7 @@ class WebFleetVectorEnv(VectorEnv):
         self.t = np.zeros(self.num_envs, dtype=np.int64)
         self.rngs: list[np.random.Generator] = [seeding.np_random(None)[0] for _ in range(self.num_envs)]
         self._rows = np.arange(self.num_envs)
+        self.last_obs = None  #: the full Observation behind the last returned features
 
     def _reset_rows(self, rows: np.ndarray, options: dict[str, Any]) -> None:
         loads = options.get("load")
@@ -162,7 +163,8 @@ class WebFleetVectorEnv(VectorEnv):
             self.rngs = [seeding.np_random(s)[0] for s in seeds]
         self._reset_rows(self._rows, options or {})
         self.builder.update(self.loads[:, 0], self.core.active, self.core.warming, self.start_minute)
-        return self.builder.observation().features, {}
+        self.last_obs = self.builder.observation()
+        return self.last_obs.features, {}
 
     def step(self, actions):
         a = np.asarray(actions, dtype=np.int64)
@@ -181,5 +183,5 @@ class WebFleetVectorEnv(VectorEnv):
             self.builder.update(self.loads[:, 0], self.core.active, self.core.warming, self.start_minute)
             info["final_obs"] = final
             info["_final_obs"] = truncated.copy()
-        obs = self.builder.observation().features
-        return obs, out.reward, terminated, truncated, info
+        self.last_obs = self.builder.observation()
+        return self.last_obs.features, out.reward, terminated, truncated, info

@@ -1,0 +1,255 @@
+"""The backtest harness: every policy replayed on the same loads with the same capacity noise.
+
+For each load (a synthetic seed or a trace window) and each policy, the fleet is simulated minute by minute
+(`simulate`); realized profit uses the common capacity noise of that load, and the expected profit sums
+`expected_reward` along the policy's own fleet sizes, so luck does not decide a comparison. The oracle is the
+hindsight dynamic program of `training.oracle`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from policies.base import Policy
+from policies.observation import ObservationBuilder
+from training.fleet import FleetCore, expected_reward, standard_normal_at
+from training.load import SYNTHETIC_START, Load, synthetic_load
+from training.oracle import oracle_fleet
+from training.params import FleetParams, SyntheticLoadParams
+
+ORACLE = "oracle"
+
+
+@dataclass
+class Run:
+    """One load to replay: `load_tpm` has lead + minutes + 1 values; minute `lead` is observed at the start of
+    scoring, the `minutes` after it are scored; the lead-in minutes before are simulated but not scored."""
+
+    name: str
+    load_tpm: np.ndarray
+    start_minute: int
+    noise_key: int
+    lead: int = 0
+
+    @property
+    def minutes(self) -> int:
+        return int(self.load_tpm.shape[0]) - 1 - self.lead
+
+
+@dataclass
+class Trajectory:
+    """Per scored minute, (N, T): active machines, deltas applied, realized capacity and downtime."""
+
+    active: np.ndarray
+    delta: np.ndarray
+    capacity: np.ndarray
+    down: np.ndarray
+    desired: np.ndarray
+
+
+@dataclass
+class Result:
+    policy: str
+    profit_usd: float
+    expected_profit_usd: float
+    revenue_usd: float
+    machine_cost_usd: float
+    downtime_minutes: int
+    failed_transactions: float
+    machine_minutes: int
+    scaling_actions: int
+
+
+@dataclass
+class Report:
+    runs: list[dict] = field(default_factory=list)
+    summary: list[dict] = field(default_factory=list)
+    trajectories: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # run name -> policy -> active
+
+    def to_json(self) -> dict:
+        return {"runs": self.runs, "summary": self.summary}
+
+
+def synthetic_run(seed: int, minutes: int, params: SyntheticLoadParams | None = None,
+                  max_load_tpm: float = 100_000.0) -> Run:
+    """Seed s: the load from child 0 of SeedSequence(s), the capacity-noise key from child 1."""
+    load_ss, noise_ss = np.random.SeedSequence(seed).spawn(2)
+    load = synthetic_load(np.random.default_rng(load_ss), minutes + 1, params, max_load_tpm)
+    key = int(noise_ss.generate_state(1, dtype=np.uint64)[0])
+    return Run(f"synthetic-{seed}", load, int(SYNTHETIC_START.timestamp() // 60), key)
+
+
+def trace_run(load: Load, first: int, minutes: int, lead: int) -> Run:
+    """Score `minutes` minutes of `load` after minute `first` (observed), with up to `lead` minutes before."""
+    lead = min(lead, first)
+    part = load.load_tpm[first - lead:first + minutes + 1]
+    tag = f"{load.name}:{first}:{minutes}".encode()
+    key = int.from_bytes(hashlib.sha256(tag).digest()[:8], "little")
+    return Run(f"{load.name}[{first}:{first + minutes + 1}]", part.astype(np.float64),
+               load.start_minute() + first - lead, key, lead)
+
+
+def simulate(policy: Policy, loads: np.ndarray, start_minutes: np.ndarray, noise_keys: np.ndarray,
+             params: FleetParams) -> Trajectory:
+    """Replay `policy` on N loads at once. loads: (N, T + 1); minute 0 is observed, minutes 1..T are served.
+
+    Per minute: observe, decide a desired capacity, apply delta = clip(desired - (active + warming)) to the
+    fleet, serve the load. This loop is the reference the daemon's decisions are tested against.
+    """
+    loads = np.atleast_2d(np.asarray(loads, dtype=np.float64))
+    n, t_len = loads.shape[0], loads.shape[1] - 1
+    starts = np.broadcast_to(np.asarray(start_minutes, dtype=np.int64), (n,))
+    core = FleetCore(n, params)
+    core.reset(slice(None), np.asarray(noise_keys, dtype=np.uint64))
+    builder = ObservationBuilder(n, params.capacity_tpm_per_machine, params.warmup_minutes)
+    builder.update(loads[:, 0], core.active, core.warming, starts)
+    policy.reset(n)
+    traj = Trajectory(*(np.zeros((n, t_len), dtype=dt) for dt in (np.int64, np.int64, np.float64, bool, np.int64)))
+    lo, hi = -params.max_scale_in_per_minute, params.max_scale_out_per_minute
+    for t in range(1, t_len + 1):
+        desired = policy.decide(builder.observation()).desired
+        delta = np.clip(desired - (core.active + core.warming), lo, hi)
+        out = core.step(delta, loads[:, t])
+        builder.update(out.load_tpm, out.active, core.warming, starts + t)
+        traj.active[:, t - 1] = out.active
+        traj.delta[:, t - 1] = delta
+        traj.capacity[:, t - 1] = out.capacity_tpm
+        traj.down[:, t - 1] = out.down
+        traj.desired[:, t - 1] = desired
+    return traj
+
+
+def score(policy: str, active: np.ndarray, delta: np.ndarray, load: np.ndarray, noise_key: int,
+          first_minute: int, p: FleetParams) -> Result:
+    """Realized and expected profit of one fleet-size path (1-D arrays over the scored minutes).
+    `first_minute` is the fleet-core minute counter of the first scored minute (for the common noise)."""
+    minutes = np.arange(first_minute, first_minute + load.shape[0])
+    x = p.capacity_tpm_per_machine + p.capacity_sigma_tpm * standard_normal_at(
+        np.full(load.shape[0], noise_key, dtype=np.uint64), minutes)
+    cap = np.maximum(np.trunc(active * x), 0.0)
+    served = np.minimum(load, cap)
+    down = (load > 0) & (served < p.downtime_served_share * load)
+    revenue = float(served.sum() * p.revenue_usd_per_1k_transactions / 1000.0)
+    machine_cost = float(active.sum() * p.machine_cost_usd_per_minute)
+    penalty = float(down.sum() * p.downtime_cost_usd_per_minute)
+    return Result(
+        policy=policy,
+        profit_usd=round(revenue - machine_cost - penalty, 2),
+        expected_profit_usd=round(float(expected_reward(active, load, p).sum()), 2),
+        revenue_usd=round(revenue, 2),
+        machine_cost_usd=round(machine_cost, 2),
+        downtime_minutes=int(down.sum()),
+        failed_transactions=float(load.sum() - served.sum()),
+        machine_minutes=int(active.sum()),
+        scaling_actions=int(np.count_nonzero(delta)),
+    )
+
+
+def backtest(runs: list[Run], policies: dict[str, Policy | None], params: FleetParams | None = None) -> Report:
+    """Replay every policy (None stands for the oracle) on every run; runs of equal shape are batched."""
+    p = params or FleetParams()
+    results: dict[int, list[Result]] = {i: [] for i in range(len(runs))}
+    actives: dict[int, dict[str, np.ndarray]] = {i: {} for i in range(len(runs))}
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, r in enumerate(runs):
+        groups.setdefault((r.load_tpm.shape[0], r.lead), []).append(i)
+    for (_, lead), idx in groups.items():
+        loads = np.stack([runs[i].load_tpm for i in idx])
+        keys = np.array([runs[i].noise_key for i in idx], dtype=np.uint64)
+        starts = np.array([runs[i].start_minute for i in idx], dtype=np.int64)
+        for name, pol in policies.items():
+            if pol is None:
+                active, delta = _oracle(loads, lead, p)
+            else:
+                traj = simulate(pol, loads, starts, keys, p)
+                active, delta = traj.active[:, lead:], traj.delta[:, lead:]
+            for j, i in enumerate(idx):
+                results[i].append(score(name, active[j], delta[j], loads[j, lead + 1:], int(keys[j]), lead + 1, p))
+                actives[i][name] = active[j]
+    report = Report()
+    for i, r in enumerate(runs):
+        report.runs.append({"load": r.name, "minutes": r.minutes, "results": [asdict(x) for x in results[i]]})
+        report.trajectories[r.name] = {"load_tpm": r.load_tpm[r.lead + 1:], **actives[i]}
+    report.summary = summarize(report.runs, ORACLE in policies)
+    return report
+
+
+def _oracle(loads: np.ndarray, lead: int, p: FleetParams) -> tuple[np.ndarray, np.ndarray]:
+    """The oracle's fleet over the scored minutes; during a lead-in it starts from the seed's initial fleet
+    and may grow at once (a policy had the lead-in to get there)."""
+    served = loads[:, lead + 1:]
+    first_increase = p.warmup_minutes if lead == 0 else 0
+    active = oracle_fleet(served, p, first_increase=first_increase)
+    prev = np.concatenate([np.full((active.shape[0], 1), p.initial_machines), active[:, :-1]], axis=1)
+    return active, active - prev
+
+
+def summarize(runs: list[dict], with_oracle: bool) -> list[dict]:
+    names = [r["policy"] for r in runs[0]["results"]] if runs else []
+    out = []
+    oracle_e = sum(x["expected_profit_usd"] for r in runs for x in r["results"] if x["policy"] == ORACLE)
+    for name in names:
+        rows = [x for r in runs for x in r["results"] if x["policy"] == name]
+        e = sum(x["expected_profit_usd"] for x in rows)
+        item = {"policy": name, "profit_usd": round(sum(x["profit_usd"] for x in rows), 2),
+                "expected_profit_usd": round(e, 2),
+                "downtime_minutes": int(sum(x["downtime_minutes"] for x in rows)),
+                "machine_minutes": int(sum(x["machine_minutes"] for x in rows))}
+        if with_oracle:
+            item["pct_of_oracle"] = round(100.0 * e / oracle_e, 2) if oracle_e > 0 else None
+        out.append(item)
+    return out
+
+
+def format_table(report: Report) -> str:
+    """The summary as a fixed-width table (one line per policy)."""
+    minutes = sum(r["minutes"] for r in report.runs)
+    lines = [f"{len(report.runs)} run(s), {minutes} scored minutes",
+             f"{'policy':<28} {'profit $':>12} {'E[profit] $':>12} {'% oracle':>9} {'downtime min':>13} "
+             f"{'machine-min':>12}"]
+    for s in report.summary:
+        pct = s.get("pct_of_oracle")
+        lines.append(f"{s['policy']:<28} {s['profit_usd']:>12,.0f} {s['expected_profit_usd']:>12,.0f} "
+                     f"{(f'{pct:.1f}' if pct is not None else '-'):>9} {s['downtime_minutes']:>13} "
+                     f"{s['machine_minutes']:>12,}")
+    return "\n".join(lines)
+
+
+def write_json(report: Report, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(report.to_json(), indent=2) + "\n")
+
+
+def plot(report: Report, path: str | Path, params: FleetParams | None = None, max_runs: int = 3,
+         max_minutes: int = 2880) -> None:
+    """Load (as capacity needed) and capacity per policy for the first runs; downtime marked with x."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    p = params or FleetParams()
+    names = list(report.trajectories)[:max_runs]
+    fig, axes = plt.subplots(len(names), 1, figsize=(12, 3.2 * len(names)), squeeze=False)
+    for ax, name in zip(axes[:, 0], names):
+        tr = report.trajectories[name]
+        load = tr["load_tpm"][:max_minutes]
+        t = np.arange(load.shape[0])
+        ax.plot(t, load, color="black", lw=0.8, label="load (tpm)")
+        for pol, active in tr.items():
+            if pol == "load_tpm":
+                continue
+            a = active[:max_minutes]
+            line, = ax.plot(t, a * p.capacity_tpm_per_machine, lw=0.9, label=f"{pol} capacity")
+            short = load > p.downtime_served_share * a * p.capacity_tpm_per_machine
+            ax.plot(t[short], load[short], "x", color=line.get_color(), ms=5)
+        ax.set_title(f"{name} (first {load.shape[0]} minutes; x = load above the mean capacity)")
+        ax.set_xlabel("minute")
+        ax.set_ylabel("transactions / minute")
+        ax.legend(loc="upper right", fontsize=7, ncol=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

@@ -1,0 +1,51 @@
+"""Grid search of a rule's parameters by expected profit on given loads (reproduces the shipped defaults).
+
+`fleetpilot tune --policy target-tracking --synthetic --seeds 0..9 --minutes 10000` prints the best parameters
+and their expected profit; the defaults in `policies/*.py` are the results of these commands (README).
+Tuning seeds (0..9) are disjoint from the evaluation seeds (1000..1009, 2000..2009).
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from policies.registry import make_policy
+from training.backtest import Run, backtest
+
+GRIDS: dict[str, dict[str, list[Any]]] = {
+    "static": {"machines": [20, 25, 30, 35, 40, 45, 50]},
+    "target-tracking": {
+        "target_utilization": [0.55, 0.6, 0.62, 0.65, 0.68, 0.7, 0.75],
+        "scale_in_tolerance": [0.0, 0.05, 0.1, 0.2],
+        "scale_in_cooldown_minutes": [0, 5, 15],
+    },
+    "predictive": {
+        "target_utilization": [0.6, 0.62, 0.65, 0.68, 0.7],
+        "scale_in_tolerance": [0.0, 0.05, 0.1],
+        "scale_in_cooldown_minutes": [0, 5],
+        "trend_minutes": [15, 30, 60],
+    },
+    "step": {
+        "scale_out_steps": [[(0.85, 50.0), (0.70, 25.0), (0.62, 10.0)], [(0.8, 40.0), (0.7, 20.0), (0.6, 10.0)],
+                            [(0.9, 60.0), (0.75, 30.0), (0.65, 10.0)]],
+        "scale_in_steps": [[(0.30, 30.0), (0.45, 10.0)], [(0.35, 20.0), (0.5, 5.0)], [(0.4, 20.0), (0.5, 10.0)]],
+        "scale_in_cooldown_minutes": [0, 5, 10],
+    },
+}
+
+
+def tune(policy: str, runs: list[Run]) -> dict[str, Any]:
+    """The grid point with the highest expected profit summed over `runs`, and the runner-up figures."""
+    grid = GRIDS[policy]
+    keys = list(grid)
+    scored = []
+    for values in itertools.product(*(grid[k] for k in keys)):
+        params = dict(zip(keys, values))
+        report = backtest(runs, {"p": make_policy(policy, params)})
+        s = report.summary[0]
+        scored.append((s["expected_profit_usd"], s["downtime_minutes"], params))
+    scored.sort(key=lambda x: -x[0])
+    best = scored[0]
+    return {"policy": policy, "params": best[2], "expected_profit_usd": best[0], "downtime_minutes": best[1],
+            "grid_points": len(scored),
+            "top5": [{"params": p, "expected_profit_usd": e, "downtime_minutes": d} for e, d, p in scored[:5]]}
