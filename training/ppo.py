@@ -1,0 +1,279 @@
+"""PPO in torch, CleanRL style: one file, a dataclass of hyperparameters, preallocated buffers, explicit GAE.
+
+The agent sees the features of the one observation builder and picks a discrete action of the policy's
+`ActionMapping` (a utilization target and a cushion); the mapping turns it into a desired capacity, and the
+env applies the step limits. Training runs on the numpy vector env (`WebFleetVectorEnv`).
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from policies.actions import ActionMapping
+from policies.base import PolicyOutput
+from policies.observation import OBS_DIM, Observation
+from training.backtest import backtest, synthetic_run, trace_run
+from training.env import LoadSampler, WebFleetVectorEnv
+from training.params import FleetParams
+
+
+@dataclass
+class PPOConfig:
+    total_steps: int = 30_000_000
+    """fleet-minutes of experience to collect in total"""
+    num_envs: int = 256
+    """fleets simulated in parallel"""
+    num_steps: int = 128
+    """minutes per fleet in one rollout (batch = num_envs x num_steps)"""
+    episode_minutes: int = 10_000
+    """minutes per training episode (the seed's 10,000)"""
+    gamma: float = 0.97
+    """discount per minute (the effects of a decision play out within about the warm-up and a spike)"""
+    gae_lambda: float = 0.9
+    """GAE lambda"""
+    learning_rate: float = 3e-4
+    """Adam learning rate (annealed linearly to 0)"""
+    update_epochs: int = 4
+    """passes over each batch"""
+    num_minibatches: int = 4
+    """minibatches per pass"""
+    clip_coef: float = 0.2
+    """PPO ratio clip"""
+    ent_coef: float = 0.003
+    """entropy bonus"""
+    vf_coef: float = 0.5
+    """value-loss weight"""
+    max_grad_norm: float = 0.5
+    """gradient clipping"""
+    reward_scale: float = 0.05
+    """rewards (US dollars per minute) are multiplied by this"""
+    hidden: int = 64
+    """units in each of the two hidden layers"""
+    init_utilization: float = 0.65
+    """the untrained policy prefers the action with this utilization ..."""
+    init_cushion: float = 0.05
+    """... and this cushion (a sane rule to start from)"""
+    init_bias: float = 3.0
+    """logit bonus of that starting action"""
+    seed: int = 1
+    """seeds torch and the envs: the same seed gives the same model"""
+    eval_every_updates: int = 100
+    """updates between validation backtests"""
+    eval_minutes: int = 10_000
+    """minutes per validation run"""
+    eval_seeds: tuple[int, ...] = (500, 501, 502)
+    """synthetic validation seeds (training never sees them; evaluation uses 1000+ and 2000+)"""
+    threads: int = 2
+    """torch CPU threads"""
+    mapping: dict = field(default_factory=lambda: ActionMapping().to_json())
+    """the action mapping (see policies.actions)"""
+
+
+class Agent(nn.Module):
+    def __init__(self, n_actions: int, hidden: int = 64):
+        super().__init__()
+
+        def layer(i, o, std=math.sqrt(2)):
+            lin = nn.Linear(i, o)
+            nn.init.orthogonal_(lin.weight, std)
+            nn.init.zeros_(lin.bias)
+            return lin
+
+        self.actor = nn.Sequential(layer(OBS_DIM, hidden), nn.Tanh(), layer(hidden, hidden), nn.Tanh(),
+                                   layer(hidden, n_actions, 0.01))
+        self.critic = nn.Sequential(layer(OBS_DIM, hidden), nn.Tanh(), layer(hidden, hidden), nn.Tanh(),
+                                    layer(hidden, 1, 1.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Deterministic action (argmax of the logits): what is exported to ONNX."""
+        return torch.argmax(self.actor(x), dim=-1)
+
+
+class TorchPolicy:
+    """A Policy over a torch Agent (training-time evaluation; serving uses the ONNX export)."""
+
+    def __init__(self, agent: Agent, mapping: ActionMapping, name: str = "ppo"):
+        self.agent, self.mapping, self.name = agent, mapping, name
+
+    def reset(self, n: int) -> None:
+        pass
+
+    @torch.no_grad()
+    def decide(self, obs: Observation) -> PolicyOutput:
+        k = self.agent(torch.from_numpy(obs.features)).numpy()
+        return PolicyOutput(self.mapping.desired(k, obs), k.astype(np.int64))
+
+
+def validation_runs(cfg: PPOConfig, traces=None) -> list:
+    """Synthetic validation seeds, or the held-out tails of the traces."""
+    from policies.observation import HISTORY_MINUTES
+
+    if traces:
+        return [trace_run(t, first, t.minutes - first - 1, HISTORY_MINUTES)
+                for t in traces for first in [int(t.minutes * 0)]]
+    return [synthetic_run(s, cfg.eval_minutes) for s in cfg.eval_seeds]
+
+
+def _plot_curve(log_rows: list[dict], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    ev = [r for r in log_rows if "val_pct_of_oracle" in r]
+    fig, ax = plt.subplots(1, 2, figsize=(11, 3.5))
+    ax[0].plot([r["step"] for r in log_rows], [r["reward_per_minute"] for r in log_rows], lw=0.8)
+    ax[0].set_xlabel("fleet-minutes")
+    ax[0].set_ylabel("mean reward $/minute")
+    if ev:
+        ax[1].plot([r["step"] for r in ev], [r["val_pct_of_oracle"] for r in ev], "o-")
+    ax[1].set_xlabel("fleet-minutes")
+    ax[1].set_ylabel("validation % of oracle")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def train(cfg: PPOConfig, out: Path, sampler: LoadSampler | None = None, fleet: FleetParams | None = None,
+          val_runs: list | None = None, budget_seconds: float | None = None, resume: bool = True,
+          progress: bool = True) -> dict:
+    """Train; writes out/checkpoint.pt (resumable), out/train_log.jsonl, out/learning_curve.png.
+    Returns {"agent": Agent, "mapping": ActionMapping, "validation": last validation summary}."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    fleet = fleet or FleetParams()
+    mapping = ActionMapping.from_json(cfg.mapping)
+    env = WebFleetVectorEnv(cfg.num_envs, fleet=fleet, sampler=sampler, episode_minutes=cfg.episode_minutes)
+    agent = Agent(mapping.n, cfg.hidden)
+    with torch.no_grad():
+        agent.actor[-1].bias[mapping.index(cfg.init_utilization, cfg.init_cushion)] = cfg.init_bias
+    opt = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=1e-5)
+    batch = cfg.num_envs * cfg.num_steps
+    num_updates = max(cfg.total_steps // batch, 1)
+    mb = batch // cfg.num_minibatches
+    start_update, global_step = 1, 0
+    ckpt = out / "checkpoint.pt"
+    log_path = out / "train_log.jsonl"
+    log_rows: list[dict] = []
+    if resume and ckpt.is_file():
+        state = torch.load(ckpt, weights_only=False)
+        if state["config"] != asdict(cfg):
+            raise ValueError(f"{ckpt} was written with another configuration; use a new --out or --no-resume")
+        agent.load_state_dict(state["agent"])
+        opt.load_state_dict(state["optimizer"])
+        start_update, global_step = state["update"] + 1, state["global_step"]
+        torch.set_rng_state(state["torch_rng"])
+        log_rows = [json.loads(x) for x in log_path.read_text().splitlines()] if log_path.is_file() else []
+    elif log_path.exists():
+        log_path.unlink()
+    # The env's episodes are seeded from the config seed and the update number, so a resumed run restarts
+    # its envs deterministically (the unfinished episodes of the interrupted run are not replayed).
+    next_obs, _ = env.reset(seed=cfg.seed * 100_003 + start_update)
+    val_runs = val_runs if val_runs is not None else validation_runs(cfg)
+    oracle_e = None
+    obs_buf = torch.zeros((cfg.num_steps, cfg.num_envs, OBS_DIM))
+    act_buf = torch.zeros((cfg.num_steps, cfg.num_envs), dtype=torch.long)
+    logp_buf = torch.zeros((cfg.num_steps, cfg.num_envs))
+    rew_buf = torch.zeros((cfg.num_steps, cfg.num_envs))
+    done_buf = torch.zeros((cfg.num_steps, cfg.num_envs))
+    val_buf = torch.zeros((cfg.num_steps, cfg.num_envs))
+    lo, hi, d = -fleet.max_scale_in_per_minute, fleet.max_scale_out_per_minute, fleet.max_delta
+    t_start = time.perf_counter()
+    steps_at_start = global_step
+    last_val: dict = {}
+    reward_ema = None
+    for update in range(start_update, num_updates + 1):
+        frac = 1.0 - (update - 1.0) / num_updates
+        for g in opt.param_groups:
+            g["lr"] = frac * cfg.learning_rate
+        for step in range(cfg.num_steps):
+            obs_t = torch.from_numpy(next_obs)
+            with torch.no_grad():
+                logits = agent.actor(obs_t)
+                value = agent.critic(obs_t).squeeze(-1)
+            dist = torch.distributions.Categorical(logits=logits)
+            a = dist.sample()
+            obs_buf[step], act_buf[step], logp_buf[step], val_buf[step] = obs_t, a, dist.log_prob(a), value
+            struct = env.last_obs
+            desired = mapping.desired(a.numpy(), struct)
+            delta = np.clip(desired - struct.total, lo, hi)
+            next_obs, reward, term, trunc, _ = env.step(delta + d)
+            rew_buf[step] = torch.from_numpy(reward * cfg.reward_scale).float()
+            done_buf[step] = torch.from_numpy((term | trunc).astype(np.float32))
+            global_step += cfg.num_envs
+            m = float(reward.mean())
+            reward_ema = m if reward_ema is None else 0.99 * reward_ema + 0.01 * m
+        with torch.no_grad():
+            next_value = agent.critic(torch.from_numpy(next_obs)).squeeze(-1)
+            adv = torch.zeros_like(rew_buf)
+            last = torch.zeros(cfg.num_envs)
+            for t in reversed(range(cfg.num_steps)):
+                nv = next_value if t == cfg.num_steps - 1 else val_buf[t + 1]
+                nonterminal = 1.0 - done_buf[t]  # truncation treated as an end (no bootstrap): small bias
+                delta_t = rew_buf[t] + cfg.gamma * nv * nonterminal - val_buf[t]
+                last = delta_t + cfg.gamma * cfg.gae_lambda * nonterminal * last
+                adv[t] = last
+            ret = adv + val_buf
+        b_obs, b_act = obs_buf.reshape(-1, OBS_DIM), act_buf.reshape(-1)
+        b_logp, b_adv, b_ret = logp_buf.reshape(-1), adv.reshape(-1), ret.reshape(-1)
+        for _ in range(cfg.update_epochs):
+            perm = torch.randperm(batch)
+            for s in range(0, batch, mb):
+                i = perm[s:s + mb]
+                logits = agent.actor(b_obs[i])
+                dist = torch.distributions.Categorical(logits=logits)
+                ratio = torch.exp(dist.log_prob(b_act[i]) - b_logp[i])
+                a_n = (b_adv[i] - b_adv[i].mean()) / (b_adv[i].std() + 1e-8)
+                pg = torch.max(-a_n * ratio, -a_n * torch.clamp(ratio, 1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
+                v_loss = 0.5 * ((agent.critic(b_obs[i]).squeeze(-1) - b_ret[i]) ** 2).mean()
+                loss = pg + cfg.vf_coef * v_loss - cfg.ent_coef * dist.entropy().mean()
+                opt.zero_grad()
+                loss.backward()
+                nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
+                opt.step()
+        elapsed = time.perf_counter() - t_start
+        sps = (global_step - steps_at_start) / max(elapsed, 1e-9)
+        row = {"update": update, "step": global_step, "steps_per_s": round(sps), "reward_per_minute": reward_ema,
+               "loss": float(loss.detach()), "value_loss": float(v_loss.detach()),
+               "entropy": float(dist.entropy().mean().detach())}
+        final = update == num_updates or (budget_seconds is not None and elapsed >= budget_seconds)
+        if update % cfg.eval_every_updates == 0 or final:
+            if oracle_e is None:
+                rep = backtest(val_runs, {"oracle": None}, fleet)
+                oracle_e = rep.summary[0]["expected_profit_usd"]
+            rep = backtest(val_runs, {"ppo": TorchPolicy(agent, mapping)}, fleet)
+            s = rep.summary[0]
+            last_val = {"expected_profit_usd": s["expected_profit_usd"], "downtime_minutes": s["downtime_minutes"],
+                        "pct_of_oracle": round(100 * s["expected_profit_usd"] / oracle_e, 2)}
+            row["val_pct_of_oracle"] = last_val["pct_of_oracle"]
+            row["val_downtime_minutes"] = last_val["downtime_minutes"]
+        log_rows.append(row)
+        with log_path.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        if progress:
+            pct = f" val {last_val['pct_of_oracle']:.1f}% of oracle" if last_val else ""
+            bar = int(30 * update / num_updates)
+            print(f"\r[{'#' * bar}{'.' * (30 - bar)}] {global_step / 1e6:6.1f}M steps {sps / 1e3:5.0f}k/s "
+                  f"reward {reward_ema * 10_000:9,.0f} $/10k min{pct}   ", end="", file=sys.stderr, flush=True)
+        if update % 20 == 0 or final:
+            torch.save({"agent": agent.state_dict(), "optimizer": opt.state_dict(), "update": update,
+                        "global_step": global_step, "config": asdict(cfg), "torch_rng": torch.get_rng_state()}, ckpt)
+        if final:
+            break
+    if progress:
+        print(file=sys.stderr)
+    _plot_curve(log_rows, out / "learning_curve.png")
+    return {"agent": agent, "mapping": mapping, "validation": last_val, "steps": global_step}
