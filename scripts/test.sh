@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Sets up everything the tests need (see setup.sh) and runs the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh test
+set +e
+.venv/bin/python -m pytest -q "$@"
+rc=$?
+set -e
+if [[ $rc == 5 ]]; then
+  echo "pytest collected no tests: failing" >&2
+  exit 1
+fi
+exit $rc
