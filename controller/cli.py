@@ -43,7 +43,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from policies.registry import PolicyError
     from training.load import TraceError
 
-    errors: list[type[BaseException]] = [CliError, PolicyError, TraceError]
+    from controller import cli as this  # under `python -m controller.cli` this module is __main__
+
+    errors: list[type[BaseException]] = [CliError, this.CliError, PolicyError, TraceError]
     try:
         from controller.config import ConfigError
 

@@ -53,6 +53,33 @@ _A_FAST, _A_MID, _A_SLOW, _A_NOISE = 0.3, 1.0 / 60.0, 1.0 / 360.0, 0.1
 _DECAY_DAY, _DECAY_HOUR = 1.0 - 1.0 / DAY_MINUTES, 1.0 - 1.0 / 60.0
 #: 1970-01-01 was a Thursday: day-of-week 0 = Monday needs this offset in days.
 _EPOCH_DOW = 3
+# Time-of-day and day-of-week features by table lookup: the same expressions as computing them per minute,
+# evaluated once for every possible value (bit-identical to the per-minute computation).
+_TOD = 2 * np.pi * np.arange(DAY_MINUTES, dtype=np.int64) / DAY_MINUTES
+_TOD_SIN, _TOD_COS = np.sin(_TOD), np.cos(_TOD)
+_DOW = 2 * np.pi * np.arange(7, dtype=np.int64) / 7.0
+_DOW_SIN, _DOW_COS = np.sin(_DOW), np.cos(_DOW)
+
+
+def _uniform(pos: np.ndarray) -> bool:
+    """True when every group's ring buffer stands at the same position (the usual case in lockstep)."""
+    return pos.shape[0] <= 1 or bool((pos == pos[0]).all())
+
+
+def _gather(buf: np.ndarray, pos: np.ndarray, k_lo: int, k_hi: int) -> np.ndarray:
+    """(N, k_hi - k_lo + 1) float32, possibly a view of `buf`: the loads at lags k_lo..k_hi (in that order).
+
+    With one position for all groups the columns are one slice (or one small index array when the window wraps
+    around the ring), instead of an (N, k) index array."""
+    h = buf.shape[1]
+    if pos.shape[0] and _uniform(pos):
+        first = int(pos[0]) - 1 - k_hi  # the column of lag k_hi
+        if first >= 0:
+            return buf[:, first:first + k_hi - k_lo + 1][:, ::-1]
+        return buf[:, (int(pos[0]) - 1 - np.arange(k_lo, k_hi + 1)) % h]
+    ks = np.arange(k_lo, k_hi + 1)
+    idx = (pos[:, None] - 1 - ks[None, :]) % h
+    return np.take_along_axis(buf, idx, axis=1)
 
 
 class LoadHistory:
@@ -69,10 +96,8 @@ class LoadHistory:
 
     def window_mean(self, k_lo: int, k_hi: int) -> np.ndarray:
         """Mean load over lags k_lo..k_hi inclusive; (N,)."""
-        h = self._buf.shape[1]
-        ks = np.arange(k_lo, k_hi + 1)
-        idx = (self._pos[:, None] - 1 - ks[None, :]) % h
-        return np.take_along_axis(self._buf, idx, axis=1).astype(np.float64).mean(axis=1)
+        # C order: the mean then sums every row in the same order as over a fresh gathered array
+        return _gather(self._buf, self._pos, k_lo, k_hi).astype(np.float64, order="C").mean(axis=1)
 
     def available(self, k: int) -> np.ndarray:
         """(N,) bool: a sample k minutes before the last one exists."""
@@ -123,7 +148,6 @@ class ObservationBuilder:
         self.active = np.zeros(self.n, dtype=np.int64)
         self.warming = np.zeros(self.n, dtype=np.int64)
         self._rows = np.arange(self.n)
-        self._lags = np.arange(1, 6)
 
     def reset(self, rows: np.ndarray | None = None) -> None:
         """Forget the history of `rows` (all when None)."""
@@ -141,6 +165,8 @@ class ObservationBuilder:
         """
         load = np.asarray(load_tpm, dtype=np.float64)
         minute = np.asarray(minute, dtype=np.int64)
+        if self.count.all() and ((minute - self.minute) == 1).all():
+            return self._update_next_minute(load, active, warming, minute)
         fresh = self.count == 0
         step = minute - self.minute
         ok = fresh | (step >= 1)
@@ -197,6 +223,46 @@ class ObservationBuilder:
             self.warming[a] = np.asarray(warming, dtype=np.int64)[a]
         return accept
 
+    def _update_next_minute(self, load: np.ndarray, active: np.ndarray, warming: np.ndarray,
+                            minute: np.ndarray) -> np.ndarray:
+        """`update` when every group has history and this is its next minute: the same arithmetic in place."""
+        t = load - self.load
+        np.abs(t, out=t)
+        t -= self.noise
+        t *= _A_NOISE
+        self.noise += t
+        for ema, a in ((self.ema_fast, _A_FAST), (self.ema_mid, _A_MID), (self.ema_slow, _A_SLOW)):
+            np.subtract(load, ema, out=t)
+            t *= a
+            ema += t
+        self.day_max *= _DECAY_DAY
+        np.maximum(load, self.day_max, out=self.day_max)
+        self.hour_max *= _DECAY_HOUR
+        np.maximum(load, self.hour_max, out=self.hour_max)
+        if _uniform(self.pos):
+            self.buf[:, int(self.pos[0])] = load
+        else:
+            self.buf[self._rows, self.pos] = load
+        self.pos = (self.pos + 1) % self.h
+        self.count += 1
+        self.minute = minute.copy()
+        self.load = load.copy()
+        self.active = np.array(active, dtype=np.int64)
+        self.warming = np.array(warming, dtype=np.int64)
+        return np.ones(self.n, dtype=bool)
+
+    def _mean5(self, k_lo: int) -> np.ndarray:
+        """(N,) mean load over the 5 lags k_lo..k_lo + 4, as `LoadHistory.window_mean` computes it (numpy's mean
+        of 5 float64 values adds them in order, then divides by 5; a test holds the two equal), with the lags
+        as contiguous rows."""
+        v = np.array(_gather(self.buf, self.pos, k_lo, k_lo + 4).T, dtype=np.float64, order="C")  # (5, N)
+        s = v[0] + v[1]
+        s += v[2]
+        s += v[3]
+        s += v[4]
+        s /= 5
+        return s
+
     @property
     def history(self) -> LoadHistory:
         return LoadHistory(self.buf, self.pos, self.count)
@@ -206,38 +272,42 @@ class ObservationBuilder:
         r_m = np.maximum(self.ema_mid / cap, 1.0)  # R in machine units
         inv = 1.0 / (r_m * cap)  # multiply a load in tpm by this to get load / R
         f = np.empty((self.n, OBS_DIM), dtype=np.float64)
-        f[:, 0] = self.load * inv
-        idx = (self.pos[:, None] - 1 - self._lags[None, :]) % self.h
-        f[:, 1:6] = np.take_along_axis(self.buf, idx, axis=1) * inv[:, None]
-        f[:, 6] = self.ema_fast * inv
-        f[:, 7] = self.ema_slow * inv
-        f[:, 8] = self.day_max * inv
-        f[:, 9] = self.hour_max * inv
-        f[:, 10] = self.noise * inv
-        f[:, 11] = self.active / r_m
-        f[:, 12] = self.warming / r_m
-        f[:, 13] = np.minimum(self.load / cap / np.maximum(self.active, 1), 5.0)
-        tod = 2 * np.pi * (self.minute % DAY_MINUTES) / DAY_MINUTES
-        dow = 2 * np.pi * ((self.minute // DAY_MINUTES + _EPOCH_DOW) % 7) / 7.0
-        f[:, 14], f[:, 15] = np.sin(tod), np.cos(tod)
-        f[:, 16], f[:, 17] = np.sin(dow), np.cos(dow)
+        g = f.T  # feature-major view: g[k] is feature k of every group
+        np.multiply(self.load, inv, out=g[0])
+        np.multiply(_gather(self.buf, self.pos, 1, 5).T, inv, out=g[1:6])
+        np.multiply(self.ema_fast, inv, out=g[6])
+        np.multiply(self.ema_slow, inv, out=g[7])
+        np.multiply(self.day_max, inv, out=g[8])
+        np.multiply(self.hour_max, inv, out=g[9])
+        np.multiply(self.noise, inv, out=g[10])
+        np.divide(self.active, r_m, out=g[11])
+        np.divide(self.warming, r_m, out=g[12])
+        u = g[13]
+        np.divide(self.load, cap, out=u)
+        u /= np.maximum(self.active, 1)
+        np.minimum(u, 5.0, out=u)
+        tod = self.minute % DAY_MINUTES
+        dow = (self.minute // DAY_MINUTES + _EPOCH_DOW) % 7
+        np.take(_TOD_SIN, tod, out=g[14], mode="clip")
+        np.take(_TOD_COS, tod, out=g[15], mode="clip")
+        np.take(_DOW_SIN, dow, out=g[16], mode="clip")
+        np.take(_DOW_COS, dow, out=g[17], mode="clip")
         w = self.warmup
         has_day = self.count > DAY_MINUTES + 2
         has_week = self.count > WEEK_MINUTES + 2
         hist = self.history
-        if has_day.any():
-            f[:, 18] = np.where(has_day, hist.window_mean(DAY_MINUTES - w - 2, DAY_MINUTES - w + 2) * inv, 1.0)
-            f[:, 19] = np.where(has_day, hist.window_mean(DAY_MINUTES - 2, DAY_MINUTES + 2) * inv, 1.0)
-        else:
-            f[:, 18:20] = 1.0
-        if has_week.any():
-            f[:, 20] = np.where(has_week, hist.window_mean(WEEK_MINUTES - w - 2, WEEK_MINUTES - w + 2) * inv, 1.0)
-        else:
-            f[:, 20] = 1.0
-        f[:, 21] = has_day
-        f[:, 22] = has_week
-        f[:, 23] = 1.0 / r_m
-        np.clip(f, -_CLIP, _CLIP, out=f)
+        for row, has, k in ((18, has_day, DAY_MINUTES - w), (19, has_day, DAY_MINUTES),
+                            (20, has_week, WEEK_MINUTES - w)):
+            if not has.any():
+                g[row] = 1.0
+            elif has.all():
+                np.multiply(self._mean5(k - 2), inv, out=g[row])
+            else:
+                g[row] = np.where(has, self._mean5(k - 2) * inv, 1.0)
+        g[21] = has_day
+        g[22] = has_week
+        np.divide(1.0, r_m, out=g[23])
+        np.clip(g, -_CLIP, _CLIP, out=g)
         return Observation(
             features=f.astype(np.float32), load_tpm=self.load.copy(), active=self.active.copy(),
             warming=self.warming.copy(), capacity_tpm_per_machine=cap, warmup_minutes=self.warmup,

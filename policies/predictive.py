@@ -18,7 +18,11 @@ from policies.target_tracking import TargetTrackingParams, TargetTrackingPolicy
 
 
 class PredictiveParams(TargetTrackingParams):
+    """Defaults tuned on synthetic seeds 0..9 by
+    `fleetpilot tune --policy predictive --synthetic --seeds 0..9 --minutes 10000` (see README)."""
+
     model_config = ConfigDict(extra="forbid")
+    scale_in_tolerance: float = Field(0.0, ge=0, lt=1, description="scale in only below (1 - this) x current size")
     trend_minutes: int = Field(30, ge=1, le=720, description="window of the trend ratio")
     window_minutes: int = Field(2, ge=0, le=30, description="half width of the seasonal average")
 

@@ -17,9 +17,9 @@ from policies.rules import ScaleInGate, machines_for
 
 class TargetTrackingParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    target_utilization: float = Field(0.65, gt=0, le=1, description="load / mean capacity to hold")
-    scale_in_tolerance: float = Field(0.10, ge=0, lt=1, description="scale in only below (1 - this) x current size")
-    scale_in_cooldown_minutes: int = Field(5, ge=0, description="minutes between two scale-ins")
+    target_utilization: float = Field(0.62, gt=0, le=1, description="load / mean capacity to hold")
+    scale_in_tolerance: float = Field(0.05, ge=0, lt=1, description="scale in only below (1 - this) x current size")
+    scale_in_cooldown_minutes: int = Field(0, ge=0, description="minutes between two scale-ins")
 
 
 class TargetTrackingPolicy:

@@ -197,8 +197,7 @@ def summarize(runs: list[dict], with_oracle: bool) -> list[dict]:
         e = sum(x["expected_profit_usd"] for x in rows)
         item = {"policy": name, "profit_usd": round(sum(x["profit_usd"] for x in rows), 2),
                 "expected_profit_usd": round(e, 2),
-                "downtime_minutes": int(sum(x["downtime_minutes"] for x in rows)),
-                "machine_minutes": int(sum(x["machine_minutes"] for x in rows))}
+                "downtime_minutes": int(sum(x["downtime_minutes"] for x in rows))}
         if with_oracle:
             item["pct_of_oracle"] = round(100.0 * e / oracle_e, 2) if oracle_e > 0 else None
         out.append(item)
@@ -211,11 +210,13 @@ def format_table(report: Report) -> str:
     lines = [f"{len(report.runs)} run(s), {minutes} scored minutes",
              f"{'policy':<28} {'profit $':>12} {'E[profit] $':>12} {'% oracle':>9} {'downtime min':>13} "
              f"{'machine-min':>12}"]
+    machine_minutes = {s["policy"]: sum(x["machine_minutes"] for r in report.runs for x in r["results"]
+                                        if x["policy"] == s["policy"]) for s in report.summary}
     for s in report.summary:
         pct = s.get("pct_of_oracle")
         lines.append(f"{s['policy']:<28} {s['profit_usd']:>12,.0f} {s['expected_profit_usd']:>12,.0f} "
                      f"{(f'{pct:.1f}' if pct is not None else '-'):>9} {s['downtime_minutes']:>13} "
-                     f"{s['machine_minutes']:>12,}")
+                     f"{machine_minutes[s['policy']]:>12,}")
     return "\n".join(lines)
 
 

@@ -168,3 +168,157 @@ def add_commands(sub) -> None:
     add_load_options(u)
     u.add_argument("--policy", required=True, choices=["target-tracking", "step", "predictive", "static"])
     u.set_defaults(func=cmd_tune)
+    add_training_commands(sub)
+
+
+def _train_config(path: str | None, args):
+    """PPOConfig (and FleetParams) from an optional YAML file and the command line."""
+    import dataclasses
+
+    import yaml
+
+    from training.params import FleetParams
+    from training.ppo import PPOConfig
+
+    data: dict = {}
+    if path:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as exc:
+            raise CliError(f"--config {path}: cannot read: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise CliError(f"--config {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise CliError(f"--config {path}: expected a mapping of PPO settings")
+    fleet_data = data.pop("fleet", {}) or {}
+    known = {f.name for f in dataclasses.fields(PPOConfig)}
+    for key in data:
+        if key not in known:
+            raise CliError(f"--config {path}: unknown field '{key}' (known: {', '.join(sorted(known))})")
+    if "eval_seeds" in data:
+        data["eval_seeds"] = tuple(data["eval_seeds"])
+    if args.steps is not None:
+        data["total_steps"] = args.steps
+    if args.seed is not None:
+        data["seed"] = args.seed
+    try:
+        cfg = PPOConfig(**data)
+        fleet = FleetParams(**fleet_data)
+    except (TypeError, ValueError) as exc:
+        raise CliError(f"--config {path}: {str(exc).splitlines()[0]}") from None
+    return cfg, fleet
+
+
+def cmd_train(args) -> int:
+    import dataclasses
+
+    from policies.observation import HISTORY_MINUTES
+    from policies.registry import make_policy
+    from training.backtest import backtest, format_table, trace_run
+    from training.env import LoadSampler
+    from training.export import write_model
+    from training.load import Augment, read_trace
+    from training.ppo import TorchPolicy, train, validation_runs
+
+    cfg, fleet = _train_config(args.config, args)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out {out}: exists and is not a directory")
+    sampler, val_runs, loads_info = None, None, []
+    if args.trace:
+        train_parts, val_runs = [], []
+        for path in args.trace:
+            load = read_trace(path, fill_gaps=args.fill_gaps)
+            if args.peak_tpm is not None:
+                load = load.rescaled(args.peak_tpm)
+            cut = int(load.minutes * (1.0 - args.holdout))
+            train_part, held = load.window(0, cut, load.name), cut
+            if train_part.minutes < 1441:
+                raise CliError(f"{path}: {train_part.minutes} training minutes; at least a day (1441) is needed")
+            train_parts.append(train_part)
+            val_runs.append(trace_run(load, held, load.minutes - held - 1, HISTORY_MINUTES))
+            loads_info.append({"trace": str(path), "minutes": load.minutes, "train_minutes": cut,
+                               "validation_minutes": load.minutes - held - 1, "peak_tpm": args.peak_tpm})
+        episode = min(cfg.episode_minutes, min(t.minutes for t in train_parts) - 1)
+        cfg = dataclasses.replace(cfg, episode_minutes=episode)
+        sampler = LoadSampler(traces=train_parts, augment=Augment(), max_load_tpm=fleet.max_load_tpm)
+    else:
+        val_runs = validation_runs(cfg)
+    t0 = time.perf_counter()
+    budget = args.budget_minutes * 60 if args.budget_minutes else None
+    result = train(cfg, out, sampler=sampler, fleet=fleet, val_runs=val_runs, budget_seconds=budget,
+                   resume=not args.no_resume)
+    seconds = time.perf_counter() - t0
+    learned = TorchPolicy(result["agent"], result["mapping"], name=args.name)
+    pols = {args.name: learned, "target-tracking": make_policy("target-tracking"),
+            "predictive": make_policy("predictive"), "step": make_policy("step"), "oracle": None}
+    report = backtest(val_runs, pols, fleet)
+    print(format_table(report))
+    command = "fleetpilot train " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["train"] else None
+    training_info = {"ppo": dataclasses.asdict(cfg), "steps": result["steps"], "seconds": round(seconds, 1),
+                     "loads": loads_info or [{"synthetic": "seed generator", "validation_seeds": list(cfg.eval_seeds)}],
+                     "command": command}
+    validation = {"runs": [r["load"] for r in report.runs], "summary": report.summary}
+    manifest = write_model(result["agent"], result["mapping"], out, args.name, fleet.model_dump(), training_info,
+                           validation)
+    print(f"wrote {out / 'policy.onnx'} and {manifest}")
+    return 0
+
+
+def cmd_policies_list(args) -> int:
+    from policies.onnx_policy import ModelError, read_manifest
+    from policies.registry import MODELS_DIR, RULES, shipped_models
+
+    for name in RULES:
+        print(f"{name:<18} rule")
+    for name in shipped_models():
+        try:
+            m = read_manifest(MODELS_DIR / name)
+            pct = next((s.get("pct_of_oracle") for s in m.get("validation", {}).get("summary", [])
+                        if s.get("policy") == m.get("name")), None)
+            extra = f" validation {pct}% of oracle" if pct is not None else ""
+            print(f"{name:<18} model (obs v{m['observation'].get('version')}){extra}")
+        except ModelError as exc:
+            print(f"{name:<18} model: unusable: {exc}")
+    return 0
+
+
+def cmd_policies_inspect(args) -> int:
+    from policies.onnx_policy import verify
+    from policies.registry import RULES, make_policy, model_dir
+
+    if args.name in RULES:
+        pol = make_policy(args.name)
+        print(json.dumps({"name": args.name, "kind": "rule", "params": pol.params.model_dump()}, indent=2))
+        return 0
+    d = model_dir(args.name)
+    if d is None:
+        raise CliError(f"unknown policy {args.name!r}")
+    manifest, model = verify(d)
+    manifest = dict(manifest, path=str(d), verified="sha256 and observation spec match")
+    print(json.dumps(manifest, indent=2))
+    return 0
+
+
+def add_training_commands(sub) -> None:
+    t = sub.add_parser("train", help="train a PPO policy on synthetic load or your own history; export ONNX")
+    t.add_argument("--trace", action="append", default=[], metavar="FILE", help="history CSV (timestamp,requests); repeatable")
+    t.add_argument("--peak-tpm", type=_positive(float), default=None, help="rescale each trace so its peak is this")
+    t.add_argument("--fill-gaps", action="store_true", help="interpolate missing minutes in traces")
+    t.add_argument("--holdout", type=_fraction, default=1 / 3, help="last share of each trace kept for validation (default 1/3)")
+    t.add_argument("--budget-minutes", type=_positive(float), default=None, help="stop training after this wall time")
+    t.add_argument("--steps", type=_positive(int), default=None, help="fleet-minutes of experience (overrides the config)")
+    t.add_argument("--seed", type=int, default=None)
+    t.add_argument("--config", metavar="FILE", help="YAML of PPO settings (training.ppo.PPOConfig fields, plus fleet:)")
+    t.add_argument("--name", default="default", help="model name recorded in the manifest")
+    t.add_argument("--no-resume", action="store_true", help="start over even if DIR has a checkpoint")
+    t.add_argument("--out", required=True, metavar="DIR")
+    t.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("policies", help="shipped policies")
+    psub = p.add_subparsers(dest="policies_command", required=True, parser_class=type(t))
+    lst = psub.add_parser("list", help="rule policies and shipped models")
+    lst.set_defaults(func=cmd_policies_list)
+    ins = psub.add_parser("inspect", help="a policy's parameters or a model's verified manifest")
+    ins.add_argument("name")
+    ins.set_defaults(func=cmd_policies_inspect)

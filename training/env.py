@@ -32,7 +32,7 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 
 from policies.observation import OBS_DIM, ObservationBuilder
-from training.fleet import FleetCore
+from training.fleet import FleetCore, expected_reward
 from training.load import Augment, Load, SYNTHETIC_START, sample_window, synthetic_load
 from training.params import FleetParams, SyntheticLoadParams
 
@@ -120,8 +120,11 @@ class WebFleetVectorEnv(VectorEnv):
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
 
     def __init__(self, num_envs: int = 1, fleet: FleetParams | dict | None = None, sampler: LoadSampler | None = None,
-                 episode_minutes: int | None = None, max_episode_steps: int | None = None):
+                 episode_minutes: int | None = None, max_episode_steps: int | None = None,
+                 expected_reward: bool = False):
         self.params = _params(fleet)
+        #: reward = the expected reward over the capacity noise (same objective, lower variance: for training)
+        self.expected_reward = bool(expected_reward)
         self.num_envs = int(num_envs)
         self.sampler = sampler or LoadSampler(max_load_tpm=self.params.max_load_tpm)
         self.episode_minutes = int(episode_minutes or max_episode_steps or self.params.episode_minutes)
@@ -169,7 +172,12 @@ class WebFleetVectorEnv(VectorEnv):
     def step(self, actions):
         a = np.asarray(actions, dtype=np.int64)
         self.t += 1
-        out = self.core.step(a - self.d, self.loads[self._rows, self.t])
+        t0 = int(self.t[0])
+        if (self.t == t0).all():  # fleets in lockstep (the usual case): one column, not a fancy index
+            load = self.loads[:, t0].copy()
+        else:
+            load = self.loads[self._rows, self.t]
+        out = self.core.step(a - self.d, load)
         warming = self.core.warming
         self.builder.update(out.load_tpm, out.active, warming, self.start_minute + self.t)
         truncated = self.t >= self.length
@@ -184,4 +192,5 @@ class WebFleetVectorEnv(VectorEnv):
             info["final_obs"] = final
             info["_final_obs"] = truncated.copy()
         self.last_obs = self.builder.observation()
-        return self.last_obs.features, out.reward, terminated, truncated, info
+        reward = expected_reward(out.active, out.load_tpm, self.params) if self.expected_reward else out.reward
+        return self.last_obs.features, reward, terminated, truncated, info

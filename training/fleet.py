@@ -28,22 +28,41 @@ _S30, _S27, _S31, _S11 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(
 _TWO53 = float(2 ** 53)
 
 
+_TWO_PI = 2.0 * np.pi
+
+
 def _splitmix64(x: np.ndarray) -> np.ndarray:
-    x = x + _GOLDEN
-    x = (x ^ (x >> _S30)) * _M1
-    x = (x ^ (x >> _S27)) * _M2
-    return x ^ (x >> _S31)
+    """splitmix64's finalizer, in place on a uint64 array (returned)."""
+    x += _GOLDEN
+    x ^= x >> _S30
+    x *= _M1
+    x ^= x >> _S27
+    x *= _M2
+    x ^= x >> _S31
+    return x
 
 
 def standard_normal_at(noise_key: np.ndarray, minute: np.ndarray) -> np.ndarray:
     """A standard normal value for each (key, minute): deterministic, vectorized (Box-Muller on splitmix64)."""
     with np.errstate(over="ignore"):
-        base = np.asarray(noise_key, dtype=np.uint64) ^ (np.asarray(minute, dtype=np.uint64) * _M2)
-        h1 = _splitmix64(base)
-        h2 = _splitmix64(h1)
-    u1 = ((h1 >> _S11).astype(np.float64) + 1.0) / _TWO53  # (0, 1]
-    u2 = (h2 >> _S11).astype(np.float64) / _TWO53  # [0, 1)
-    return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+        h1 = np.asarray(minute, dtype=np.uint64) * _M2
+        h1 = np.atleast_1d(np.bitwise_xor(np.asarray(noise_key, dtype=np.uint64), h1))
+        h1 = _splitmix64(h1)
+        h2 = _splitmix64(h1.copy())
+    h1 >>= _S11
+    u1 = h1.astype(np.float64)
+    u1 += 1.0
+    u1 /= _TWO53  # (0, 1]
+    h2 >>= _S11
+    u2 = h2.astype(np.float64)
+    u2 /= _TWO53  # [0, 1)
+    np.log(u1, out=u1)
+    u1 *= -2.0
+    np.sqrt(u1, out=u1)
+    u2 *= _TWO_PI
+    np.cos(u2, out=u2)
+    u1 *= u2
+    return u1 if np.ndim(noise_key) or np.ndim(minute) else u1[0]
 
 
 def expected_reward(active: np.ndarray, load_tpm: np.ndarray, p: FleetParams) -> np.ndarray:
@@ -109,16 +128,19 @@ class FleetCore:
         self.minute = np.zeros(self.n, dtype=np.int64)
         self.noise_key = np.zeros(self.n, dtype=np.uint64)
         self._rev = params.revenue_usd_per_1k_transactions / 1000.0
+        self._warming = np.zeros(self.n, dtype=np.int64)  # == queue.sum(axis=1), kept up to date by step/reset
 
     def reset(self, idx: np.ndarray | slice, noise_key: np.ndarray | int) -> None:
         self.active[idx] = self.p.initial_machines
         self.queue[idx] = 0
+        self._warming[idx] = 0
         self.minute[idx] = 0
         self.noise_key[idx] = noise_key
 
     @property
     def warming(self) -> np.ndarray:
-        return self.queue.sum(axis=1)
+        """(N,) machines ordered and not yet active (a fresh array)."""
+        return self._warming.copy()
 
     def warming_by_minute(self) -> np.ndarray:
         """(N, W): machines joining in 1, 2, ..., W minutes."""
@@ -129,21 +151,36 @@ class FleetCore:
     def step(self, delta: np.ndarray, load_tpm: np.ndarray) -> StepOutcome:
         p = self.p
         delta = np.asarray(delta, dtype=np.int64)
-        removed = np.minimum(np.clip(-delta, 0, p.max_scale_in_per_minute), self.active)
-        ordered = np.clip(delta, 0, p.max_scale_out_per_minute)
+        removed = np.negative(delta)
+        np.maximum(removed, 0, out=removed)
+        np.minimum(removed, p.max_scale_in_per_minute, out=removed)
+        np.minimum(removed, self.active, out=removed)
+        ordered = np.maximum(delta, 0)
+        np.minimum(ordered, p.max_scale_out_per_minute, out=ordered)
         active = self.active - removed
         if p.warmup_minutes > 0:
-            active = np.minimum(active + self.queue[:, self.head], p.max_machines)
+            joined = self.queue[:, self.head]
+            active += joined
+            self._warming -= joined
+            self._warming += ordered
             self.queue[:, self.head] = ordered
             self.head = (self.head + 1) % self.queue.shape[1]
         else:
-            active = np.minimum(active + ordered, p.max_machines)
+            active += ordered
+        np.minimum(active, p.max_machines, out=active)
         self.active = active
         self.minute += 1
         load = np.asarray(load_tpm, dtype=np.float64)
-        x = p.capacity_tpm_per_machine + p.capacity_sigma_tpm * standard_normal_at(self.noise_key, self.minute)
-        capacity = np.maximum(np.trunc(active * x), 0.0)
+        x = standard_normal_at(self.noise_key, self.minute)
+        x *= p.capacity_sigma_tpm
+        x += p.capacity_tpm_per_machine
+        x *= active
+        capacity = np.trunc(x, out=x)
+        np.maximum(capacity, 0.0, out=capacity)
         served = np.minimum(load, capacity)
-        down = (load > 0) & (served < p.downtime_served_share * load)
-        reward = served * self._rev - active * p.machine_cost_usd_per_minute - down * p.downtime_cost_usd_per_minute
+        down = load > 0
+        down &= served < p.downtime_served_share * load
+        reward = served * self._rev
+        reward -= active * p.machine_cost_usd_per_minute
+        reward -= down * p.downtime_cost_usd_per_minute
         return StepOutcome(load, capacity, served, down, reward, active.copy(), removed, ordered)

@@ -27,7 +27,7 @@ from training.params import FleetParams
 
 @dataclass
 class PPOConfig:
-    total_steps: int = 30_000_000
+    total_steps: int = 6_000_000
     """fleet-minutes of experience to collect in total"""
     num_envs: int = 256
     """fleets simulated in parallel"""
@@ -35,11 +35,11 @@ class PPOConfig:
     """minutes per fleet in one rollout (batch = num_envs x num_steps)"""
     episode_minutes: int = 10_000
     """minutes per training episode (the seed's 10,000)"""
-    gamma: float = 0.97
+    gamma: float = 0.95
     """discount per minute (the effects of a decision play out within about the warm-up and a spike)"""
     gae_lambda: float = 0.9
     """GAE lambda"""
-    learning_rate: float = 3e-4
+    learning_rate: float = 2e-4
     """Adam learning rate (annealed linearly to 0)"""
     update_epochs: int = 4
     """passes over each batch"""
@@ -55,17 +55,20 @@ class PPOConfig:
     """gradient clipping"""
     reward_scale: float = 0.05
     """rewards (US dollars per minute) are multiplied by this"""
+    expected_reward: bool = True
+    """learn from the expected reward over the capacity noise (the backtest's objective; lower variance)"""
     hidden: int = 64
     """units in each of the two hidden layers"""
-    init_utilization: float = 0.65
-    """the untrained policy prefers the action with this utilization ..."""
-    init_cushion: float = 0.05
+    init_utilization: float = 0.7
+    """the untrained policy prefers the action with this utilization ... (the best fixed action of the grid on
+    tuning seeds 0..5: a residual on top of a rule)"""
+    init_cushion: float = 0.2
     """... and this cushion (a sane rule to start from)"""
-    init_bias: float = 3.0
+    init_bias: float = 4.0
     """logit bonus of that starting action"""
     seed: int = 1
     """seeds torch and the envs: the same seed gives the same model"""
-    eval_every_updates: int = 100
+    eval_every_updates: int = 50
     """updates between validation backtests"""
     eval_minutes: int = 10_000
     """minutes per validation run"""
@@ -156,7 +159,8 @@ def train(cfg: PPOConfig, out: Path, sampler: LoadSampler | None = None, fleet: 
     np.random.seed(cfg.seed)
     fleet = fleet or FleetParams()
     mapping = ActionMapping.from_json(cfg.mapping)
-    env = WebFleetVectorEnv(cfg.num_envs, fleet=fleet, sampler=sampler, episode_minutes=cfg.episode_minutes)
+    env = WebFleetVectorEnv(cfg.num_envs, fleet=fleet, sampler=sampler, episode_minutes=cfg.episode_minutes,
+                            expected_reward=cfg.expected_reward)
     agent = Agent(mapping.n, cfg.hidden)
     with torch.no_grad():
         agent.actor[-1].bias[mapping.index(cfg.init_utilization, cfg.init_cushion)] = cfg.init_bias

@@ -20,10 +20,10 @@ GRIDS: dict[str, dict[str, list[Any]]] = {
         "scale_in_cooldown_minutes": [0, 5, 15],
     },
     "predictive": {
-        "target_utilization": [0.6, 0.62, 0.65, 0.68, 0.7],
-        "scale_in_tolerance": [0.0, 0.05, 0.1],
-        "scale_in_cooldown_minutes": [0, 5],
-        "trend_minutes": [15, 30, 60],
+        "target_utilization": [0.6, 0.62, 0.65, 0.68],
+        "scale_in_tolerance": [0.0, 0.05],
+        "scale_in_cooldown_minutes": [0],
+        "trend_minutes": [30, 60],
     },
     "step": {
         "scale_out_steps": [[(0.85, 50.0), (0.70, 25.0), (0.62, 10.0)], [(0.8, 40.0), (0.7, 20.0), (0.6, 10.0)],

@@ -1,0 +1,80 @@
+"""Inference latency: onnxruntime vs torch eager on the policy network, one decision and a batch of 10,000.
+
+    .venv/bin/python benchmarks/inference_bench.py [--model policies/models/default]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def timings(fn, x, n: int) -> list[float]:
+    for _ in range(min(n, 200)):
+        fn(x)
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn(x)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def main() -> None:
+    import torch
+
+    from policies.actions import ActionMapping
+    from policies.observation import OBS_DIM
+    from policies.onnx_policy import OnnxPolicy
+    from training.export import write_model
+    from training.ppo import Agent
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="policies/models/default")
+    ap.add_argument("--single", type=int, default=20_000)
+    ap.add_argument("--batches", type=int, default=200)
+    a = ap.parse_args()
+    torch.set_num_threads(2)
+    mapping = ActionMapping()
+    agent = Agent(mapping.n)
+    model_dir = Path(a.model)
+    ckpt = model_dir / "checkpoint.pt"
+    tmp = None
+    if (model_dir / "manifest.json").is_file() and ckpt.is_file():
+        agent.load_state_dict(torch.load(ckpt, weights_only=False)["agent"])
+    elif not (model_dir / "manifest.json").is_file():
+        tmp = tempfile.TemporaryDirectory()
+        model_dir = Path(tmp.name)
+        write_model(agent, mapping, model_dir, "bench", {}, {}, {})
+    pol = OnnxPolicy.load(model_dir)
+    rng = np.random.default_rng(0)
+    one = rng.uniform(0, 2, (1, OBS_DIM)).astype(np.float32)
+    big = rng.uniform(0, 2, (10_000, OBS_DIM)).astype(np.float32)
+
+    def torch_fn(x):
+        with torch.no_grad():
+            return agent(torch.from_numpy(x)).numpy()
+
+    rows = []
+    for label, fn in (("onnxruntime", pol.actions), ("torch eager", torch_fn)):
+        s = timings(fn, one, a.single)
+        b = timings(fn, big, a.batches)
+        rows.append((label, statistics.median(s) * 1e6, np.percentile(s, 99) * 1e6, statistics.median(b) * 1e3))
+    print(f"{'engine':<13} {'single p50 us':>14} {'single p99 us':>14} {'batch 10k ms':>13}")
+    for r in rows:
+        print(f"{r[0]:<13} {r[1]:>14.1f} {r[2]:>14.1f} {r[3]:>13.2f}")
+    print(f"torch/onnx single p50: {rows[1][1] / rows[0][1]:.1f}x; batch: {rows[1][3] / rows[0][3]:.1f}x")
+    print("targets: ONNX single p99 <= 100 us; batch of 10,000 <= 10 ms")
+    if tmp:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""PPO training throughput: fleetpilot's PPO on the numpy vector env vs stable-baselines3 PPO (defaults) on the
+per-step env, same number of fleet-minutes each. Prints steps/s and the ratio.
+
+    .venv/bin/python benchmarks/ppo_bench.py [--steps 131072] [--repeats 3]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def ours(steps: int) -> float:
+    from training.ppo import PPOConfig, train
+
+    cfg = PPOConfig(total_steps=steps, eval_every_updates=10 ** 9, eval_seeds=(500,), eval_minutes=10)
+    with tempfile.TemporaryDirectory() as d:
+        t0 = time.perf_counter()
+        train(cfg, Path(d), val_runs=[], progress=False, resume=False)
+        return steps / (time.perf_counter() - t0)
+
+
+def sb3(steps: int) -> float:
+    import torch
+    from stable_baselines3 import PPO
+
+    from training.env import WebFleetEnv
+
+    torch.set_num_threads(2)
+    env = WebFleetEnv()
+    model = PPO("MlpPolicy", env, seed=0, verbose=0, device="cpu")
+    t0 = time.perf_counter()
+    model.learn(total_timesteps=steps)
+    return steps / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=131_072)
+    ap.add_argument("--sb3-steps", type=int, default=16_384)
+    ap.add_argument("--repeats", type=int, default=3)
+    a = ap.parse_args()
+    o = [ours(a.steps) for _ in range(a.repeats)]
+    s = [sb3(a.sb3_steps) for _ in range(a.repeats)]
+    mo, ms = statistics.median(o), statistics.median(s)
+    print(f"fleetpilot PPO (vector env, 256 fleets): {mo:10,.0f} steps/s  (median of {a.repeats}, {a.steps} steps)")
+    print(f"stable-baselines3 PPO (defaults):        {ms:10,.0f} steps/s  (median of {a.repeats}, {a.sb3_steps} steps)")
+    print(f"ratio: {mo / ms:.1f}x  (target: at least 10x)")
+
+
+if __name__ == "__main__":
+    main()

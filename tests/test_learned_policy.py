@@ -1,0 +1,130 @@
+"""The learned policy: PPO smoke training through the CLI, ONNX export parity, model verification."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from policies.actions import ActionMapping
+from policies.observation import OBS_DIM, OBS_VERSION
+from policies.onnx_policy import ModelError, OnnxPolicy, verify
+
+FLEETPILOT = [sys.executable, "-m", "controller.cli"]
+TRACE = Path(__file__).resolve().parents[2] / "shared" / "data" / "traces" / "nasa_http_jul95_minute.csv"
+
+SMOKE = """
+num_envs: 16
+num_steps: 32
+episode_minutes: 400
+eval_seeds: [500]
+eval_minutes: 300
+eval_every_updates: 2
+"""
+
+
+@pytest.fixture(scope="module")
+def smoke_model(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("smoke")
+    cfg = d / "ppo.yaml"
+    cfg.write_text(SMOKE)
+    out = d / "model"
+    r = subprocess.run(FLEETPILOT + ["train", "--config", str(cfg), "--steps", "2048", "--seed", "3", "--out", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "oracle" in r.stdout
+    return out
+
+
+def test_train_writes_a_verified_model(smoke_model: Path):
+    manifest, model = verify(smoke_model)
+    assert model.name == "policy.onnx"
+    assert manifest["observation"] == {"version": OBS_VERSION, "dim": OBS_DIM,
+                                       "features": manifest["observation"]["features"]}
+    assert manifest["training"]["steps"] >= 2048
+    names = [s["policy"] for s in manifest["validation"]["summary"]]
+    assert names[0] == "default" and "oracle" in names and "target-tracking" in names
+    for f in ("train_log.jsonl", "checkpoint.pt", "learning_curve.png"):
+        assert (smoke_model / f).is_file(), f
+    rows = [json.loads(x) for x in (smoke_model / "train_log.jsonl").read_text().splitlines()]
+    assert rows and all("steps_per_s" in r for r in rows)
+
+
+def test_training_is_deterministic_for_a_seed(smoke_model: Path, tmp_path: Path):
+    cfg = tmp_path / "ppo.yaml"
+    cfg.write_text(SMOKE)
+    out = tmp_path / "again"
+    r = subprocess.run(FLEETPILOT + ["train", "--config", str(cfg), "--steps", "2048", "--seed", "3", "--out", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    a = json.loads((smoke_model / "manifest.json").read_text())["sha256"]
+    b = json.loads((out / "manifest.json").read_text())["sha256"]
+    assert a == b
+
+
+def test_onnx_matches_torch_on_10000_observations(smoke_model: Path):
+    import torch
+
+    from training.ppo import Agent
+
+    state = torch.load(smoke_model / "checkpoint.pt", weights_only=False)
+    agent = Agent(ActionMapping().n, state["config"]["hidden"])
+    agent.load_state_dict(state["agent"])
+    x = np.random.default_rng(0).uniform(-1, 4, size=(10_000, OBS_DIM)).astype(np.float32)
+    pol = OnnxPolicy.load(smoke_model)
+    with torch.no_grad():
+        expect = agent(torch.from_numpy(x)).numpy()
+    assert np.array_equal(pol.actions(x), expect)
+
+
+def _copy(model: Path, tmp_path: Path) -> Path:
+    d = tmp_path / "m"
+    shutil.copytree(model, d)
+    return d
+
+
+def test_sha256_mismatch_is_refused_before_loading(smoke_model: Path, tmp_path: Path):
+    d = _copy(smoke_model, tmp_path)
+    data = bytearray((d / "policy.onnx").read_bytes())
+    data[-1] ^= 0xFF
+    (d / "policy.onnx").write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="sha256"):
+        OnnxPolicy.load(d)
+
+
+def test_observation_version_mismatch_is_refused(smoke_model: Path, tmp_path: Path):
+    d = _copy(smoke_model, tmp_path)
+    m = json.loads((d / "manifest.json").read_text())
+    m["observation"]["version"] = OBS_VERSION + 1
+    (d / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ModelError, match="observation spec"):
+        OnnxPolicy.load(d)
+
+
+def test_backtest_accepts_a_model_directory(smoke_model: Path):
+    r = subprocess.run(FLEETPILOT + ["backtest", "--synthetic", "--seeds", "7", "--minutes", "300",
+                                     "--policy", str(smoke_model), "--policy", "oracle"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert str(smoke_model) in r.stdout
+
+
+def test_policies_cli_lists_and_inspects(smoke_model: Path):
+    r = subprocess.run(FLEETPILOT + ["policies", "inspect", str(smoke_model)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["verified"].startswith("sha256")
+    r = subprocess.run(FLEETPILOT + ["policies", "list"], capture_output=True, text=True)
+    assert r.returncode == 0 and "target-tracking" in r.stdout
+
+
+def test_train_refuses_bad_config(tmp_path: Path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("num_envz: 3\n")
+    r = subprocess.run(FLEETPILOT + ["train", "--config", str(cfg), "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "num_envz" in r.stderr and "Traceback" not in r.stderr
