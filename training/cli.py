@@ -109,7 +109,12 @@ def cmd_backtest(args) -> int:
     names = args.policy or ["static", "target-tracking", "step", "predictive", ORACLE]
     if len(set(names)) != len(names):
         raise CliError("a --policy is given twice")
-    policies = {n: (None if n == ORACLE else make_policy(n)) for n in names}
+    from policies.registry import PolicyError
+
+    try:
+        policies = {n: (None if n == ORACLE else make_policy(n)) for n in names}
+    except PolicyError as exc:
+        raise CliError(f"{exc} (or {ORACLE} in a backtest)") from None
     runs = build_runs(args)
     t0 = time.perf_counter()
     report = backtest(runs, policies)
