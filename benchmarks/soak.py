@@ -160,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
               f"({r['policy_kind']}), {r['wall_seconds']} s wall")
         print(f"  ticks: {r['ticks']}  error ticks: {r['error_ticks']}  partial: {r['partial_ticks']}")
         print(f"  tick time: mean {r['tick_mean_ms']} ms, p99 {r['tick_p99_ms']} ms")
-        print(f"  journal rows {r['journal_rows']:,} = decisions {r['decisions']:,} (integrity {r['journal_integrity']},"
-              f" {r['journal_mb']} MB)")
+        print(f"  journal rows {r['journal_rows']:,} = decisions {r['decisions']:,} "
+              f"(integrity {r['journal_integrity']}, {r['journal_mb']} MB)")
         print(f"  resident memory: start {r['rss_start_mb']} MB, after {r['warmup_minutes']:,}-minute warm-up "
               f"{r['rss_at_warmup_mb']} MB, end {r['rss_end_mb']} MB, max after warm-up "
               f"{r['rss_max_after_warmup_mb']} MB: growth {r['rss_growth_after_warmup_mb']} MB "

@@ -62,16 +62,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     from controller.server import StatusServer
 
     stop = threading.Event()
+    running: list = []  # the daemon, once made
 
     def on_signal(signum, frame):  # finish the current tick, then exit 0
         log.info("signal received; finishing the current tick", extra={"signal": signal.Signals(signum).name})
         stop.set()
+        for d in running:
+            d.request_stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     dry_run = bool(args.dry_run or cfg.dry_run)
     log_config(cfg, dry_run)
     daemon = Daemon(cfg, dry_run=dry_run, summary=cfg.simulated_clock and not args.quiet)
+    running.append(daemon)
     server = None
     try:
         if not args.once:

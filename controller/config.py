@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union
 
@@ -60,7 +61,8 @@ class CsvSourceConfig(_Strict):
 class PrometheusSourceConfig(_Strict):
     kind: Literal["prometheus"]
     url: str = Field(description="base URL of the Prometheus HTTP API, e.g. http://prometheus:9090")
-    query: str = Field(min_length=1, description="PromQL expression whose value is transactions per minute")
+    query: str = Field(min_length=1, pattern=r"\S",
+                       description="PromQL expression whose value is transactions per minute (not blank)")
     timeout_seconds: float = Field(5.0, gt=0, le=60)
 
     @field_validator("url")
@@ -68,6 +70,13 @@ class PrometheusSourceConfig(_Strict):
     def _http(cls, v: str) -> str:
         if not re.match(r"^https?://[^/\s]+", v):
             raise ValueError("must be an http:// or https:// URL")
+        try:  # what the source will parse at start (the value is never quoted: it may hold a password)
+            parts = urllib.parse.urlsplit(v)
+            parts.port  # noqa: B018 - raises on a port that is not a number in 0..65535
+        except ValueError:
+            raise ValueError("must be an http:// or https:// URL with a valid port") from None
+        if not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host name")
         return v
 
 

@@ -43,6 +43,9 @@ log = logging.getLogger("fleetpilot.daemon")
 DRY_RUN_MARKER = "DRY-RUN: would set desired capacity"
 #: Most minutes a simulated group catches up in one tick after a pause (wall-clock mode).
 _MAX_CATCH_UP_MINUTES = 60
+#: The wall clock moved this many seconds more (or less) than the monotonic clock between two ticks: a jump
+#: (an NTP step, a manual change, a suspended VM), not drift (NTP slews at most 0.5 ms per second).
+CLOCK_JUMP_SECONDS = 30.0
 
 
 # --- clocks ------------------------------------------------------------------------------------------------
@@ -59,6 +62,10 @@ class WallClock:
 
     def now_seconds(self) -> float:
         return time.time()
+
+    def monotonic(self) -> float:
+        """Seconds of a clock that never jumps (clocks with this method get wall-clock jump detection)."""
+        return time.monotonic()
 
     def advance(self) -> None:
         pass
@@ -77,6 +84,35 @@ class SimulatedClock:
 
     def advance(self) -> None:
         self.minute += 1
+
+
+class Streaks:
+    """Log a fault once when its streak starts (or changes kind) and once when it ends, never every tick.
+
+    `bad(key, kind, msg, ...)` each tick the fault is there; `good(key, msg, ...)` each tick it is not. The
+    first bad tick of a streak logs `msg` at `level`; later ticks of the same kind log at DEBUG; the first good
+    tick after a streak logs the recovery at INFO with the number of bad ticks. Metrics count every tick.
+    """
+
+    def __init__(self, logger: logging.Logger):
+        self.log = logger
+        self.open: dict[tuple, list] = {}  #: key -> [kind, ticks]
+
+    def bad(self, key: tuple, kind: str, msg: str, level: int = logging.WARNING, exc_info: bool = False,
+            **extra: Any) -> None:
+        cur = self.open.get(key)
+        if cur is not None and cur[0] == kind:
+            cur[1] += 1
+            self.log.debug(msg, extra={**extra, "streak_ticks": cur[1]})
+            return
+        self.open[key] = [kind, 1]
+        self.log.log(level, msg, extra={**extra, "streak": "started; logged again only when it changes or ends"},
+                     exc_info=exc_info)
+
+    def good(self, key: tuple, msg: str, **extra: Any) -> None:
+        cur = self.open.pop(key, None)
+        if cur is not None:
+            self.log.info(msg, extra={**extra, "kind": cur[0], "bad_ticks": cur[1]})
 
 
 # --- per-group and per-batch state ------------------------------------------------------------------------
@@ -145,8 +181,13 @@ def load_policy(spec: str, params: dict[str, Any]) -> tuple[Policy | None, str |
     """The policy of a batch. `default` before the shipped model exists is the one tolerated failure: its groups
     run on their fallback rule (logged, counted as fallbacks with cause `model_unavailable`). Any other policy
     that cannot be made is a user error (PolicyError/ModelError: one line, exit 2)."""
-    from policies.registry import PolicyError, make_policy, shipped_models
+    from pathlib import Path
 
+    from policies.registry import RULES, PolicyError, make_policy, shipped_models
+
+    if spec not in RULES and spec != "default" and spec not in shipped_models() and not Path(spec).exists():
+        # a model path that is not there: never let the registry fall back to its parent directory
+        raise PolicyError(f"policy {spec}: no such model directory")
     if spec == "default" and "default" not in shipped_models():
         try:
             return make_policy(spec, params or None), None
@@ -195,6 +236,8 @@ class Daemon:
         self.last_tick_end: float | None = None
         self.last_outcome: str | None = None
         self._tick_lock = threading.Lock()
+        self.streaks = Streaks(log)
+        self._last_clock: tuple[float, float] | None = None  #: (wall, monotonic) seconds at the last tick
         real = [g for g in self.groups if not g.cfg.simulated_clock]
         self._pool = ThreadPoolExecutor(max_workers=min(16, len(real)), thread_name_prefix="fleetpilot-read") \
             if len(real) > 1 else None
@@ -304,10 +347,13 @@ class Daemon:
             t0 = time.perf_counter()
             try:
                 outcome = self.tick()
-            except Exception:  # a failing tick never kills the daemon
-                log.exception("tick failed", extra={"tick": self.tick_no})
+            except Exception as exc:  # a failing tick never kills the daemon
+                self.streaks.bad(("tick",), type(exc).__name__, "tick failed", logging.ERROR, exc_info=True,
+                                 tick=self.tick_no, error=f"{type(exc).__name__}: {exc}")
                 outcome = "error"
                 self.tick_no += 1
+            else:
+                self.streaks.good(("tick",), "ticks complete again", tick=self.tick_no - 1)
             dt = time.perf_counter() - t0
             self.metrics.ticks.labels(outcome).inc()
             self.metrics.tick_duration.observe(dt)
@@ -322,6 +368,7 @@ class Daemon:
             self.clock.advance()
         now_s = self.clock.now_seconds()
         now_minute = int(now_s // 60)
+        self._check_clock(now_s)
         self._read_sources(now_s, now_minute)
         self._read_backends(now_minute)
         proposals = {}
@@ -334,6 +381,31 @@ class Daemon:
         self.journal.commit()
         self.tick_no += 1
         return "ok" if problems == 0 else "partial"
+
+    def _check_clock(self, now_s: float) -> None:
+        """Detect the wall clock jumping against the monotonic clock between two ticks. A jump is counted and
+        logged; the groups' scale-in stabilization windows move with it (they measure real time); readings
+        older than the history (after a backward jump) are then `repeat` (held, never a scale-in), and a gap
+        after a forward jump is backfilled from the source."""
+        mono = getattr(self.clock, "monotonic", None)
+        if mono is None:  # the simulated clock (and test clocks) cannot jump
+            return
+        m = float(mono())
+        last, self._last_clock = self._last_clock, (now_s, m)
+        if last is None:
+            return
+        skew = (now_s - last[0]) - (m - last[1])
+        if abs(skew) <= CLOCK_JUMP_SECONDS:
+            return
+        direction = "forward" if skew > 0 else "backward"
+        self.metrics.clock_jumps.labels(direction).inc()
+        log.warning("wall clock jumped", extra={"direction": direction, "seconds": round(skew, 1),
+                                                "now": datetime.fromtimestamp(now_s, timezone.utc).isoformat()})
+        shift = int(round(skew / 60.0))
+        if shift:
+            for g in self.groups:
+                g.memory = guards.Memory(bad_ticks=g.memory.bad_ticks, recommendations=tuple(
+                    (minute + shift, rec) for minute, rec in g.memory.recommendations))
 
     def _read_one(self, g: GroupRuntime, now_s: float, now_minute: int) -> None:
         g.sample, g.state, g.error = None, None, None
@@ -354,6 +426,8 @@ class Daemon:
             g.status = "invalid"
         elif now_s - (s.minute + 1) * 60.0 > g.cfg.stale_after_seconds:
             g.status = "stale"
+        elif g.batch is not None and g.batch.builder.count[g.row] > 0 and s.minute < g.batch.builder.minute[g.row]:
+            g.status = "repeat"  # older than the history already seen: the clock (or the source) went back
         else:
             g.status = guards.DATA_OK
 
@@ -366,8 +440,10 @@ class Daemon:
         for g in self.groups:
             if g.status != guards.DATA_OK:
                 self.metrics.source_errors.labels(g.name, g.status).inc()
-                log.warning("bad load reading", extra={"group": g.name, "status": g.status, "error": g.error,
-                                                        "sample_minute": getattr(g.sample, "minute", None)})
+                self.streaks.bad((g.name, "source"), g.status, "bad load reading", group=g.name, status=g.status,
+                                 error=g.error, sample_minute=getattr(g.sample, "minute", None))
+            else:
+                self.streaks.good((g.name, "source"), "load reading good again", group=g.name)
 
     def _read_backends(self, now_minute: int) -> None:
         for g in self.groups:
@@ -380,11 +456,31 @@ class Daemon:
             except BackendError as exc:
                 g.state, g.error = None, str(exc)
                 self.metrics.backend_errors.labels(g.name).inc()
-                log.warning("backend read failed", extra={"group": g.name, "error": str(exc)})
+                self.streaks.bad((g.name, "backend"), "read", "backend read failed", group=g.name, error=str(exc))
+
+    def _fill_gaps(self, b: Batch) -> None:
+        """Minutes missed since a group's last sample (missed ticks, a forward clock jump) are read from the
+        source's history rather than filled by holding the last value."""
+        bld = b.builder
+        series: list[dict[int, float]] = []
+        for i, g in enumerate(b.groups):
+            got: dict[int, float] = {}
+            if g.status == guards.DATA_OK and bld.count[i] > 0 and g.sample.minute - bld.minute[i] > 1:
+                start = max(int(bld.minute[i]) + 1, g.sample.minute - HISTORY_MINUTES)
+                try:
+                    for s in g.source.history(start, g.sample.minute):
+                        if math.isfinite(s.load_tpm) and s.load_tpm >= 0 and start <= s.minute < g.sample.minute:
+                            got[int(s.minute)] = float(s.load_tpm)
+                except SourceError as exc:  # the builder then holds the last value over the gap
+                    log.info("gap backfill failed", extra={"group": g.name, "error": str(exc)})
+            series.append(got)
+        self._feed_history(b, series)
 
     def _decide_batch(self, b: Batch) -> dict[str, tuple]:
         bld = b.builder
         n = len(b.groups)
+        if not getattr(self.clock, "simulated", False):
+            self._fill_gaps(b)
         good = np.array([g.status == guards.DATA_OK and g.state is not None for g in b.groups])
         load = np.where(good, [g.sample.load_tpm if good[i] else 0.0 for i, g in enumerate(b.groups)], bld.load)
         minute = np.where(good, [g.sample.minute if good[i] else 0 for i, g in enumerate(b.groups)], bld.minute)
@@ -410,14 +506,22 @@ class Daemon:
                 if desired.shape != (n,) or raw.shape != (n,):
                     raise ValueError(f"policy returned shapes {desired.shape}, {raw.shape} for {n} groups")
             except Exception as exc:
-                log.error("policy failed; its groups use their fallback rule",
-                          extra={"policy": b.spec, "error": f"{type(exc).__name__}: {exc}"}, exc_info=True)
+                self.streaks.bad(("policy", b.spec), "model_error", "policy failed; its groups use their fallback "
+                                 "rule", logging.ERROR, exc_info=True, policy=b.spec,
+                                 error=f"{type(exc).__name__}: {exc}")
                 desired = raw = None
                 cause = ["model_error"] * n
             self.metrics.inference.observe(time.perf_counter() - t0)
             if desired is not None:
                 finite = np.isfinite(desired.astype(np.float64)) & (desired.astype(np.float64) >= 0)
                 cause = [None if finite[i] else "non_finite" for i in range(n)]
+                if not finite.all():
+                    bad = [g.name for i, g in enumerate(b.groups) if not finite[i]]
+                    self.streaks.bad(("policy", b.spec), "non_finite", "policy output not finite or negative; "
+                                     "those groups use their fallback rule", logging.ERROR, policy=b.spec,
+                                     groups=bad[:20])
+                else:
+                    self.streaks.good(("policy", b.spec), "policy output good again", policy=b.spec)
 
         need = [g.state is not None and (good[i] and cause[i] is not None
                                          or guards.needs_fallback(g.memory, g.status, g.limits))
@@ -461,12 +565,14 @@ class Daemon:
             except BackendError as exc:
                 outcome = "error"
                 self.metrics.backend_errors.labels(g.name).inc()
-                log.warning("backend write failed", extra={"group": g.name, "error": str(exc),
-                                                           "desired": decision.final})
+                self.streaks.bad((g.name, "backend"), "write", "backend write failed", group=g.name, error=str(exc),
+                                 desired=decision.final)
         elif g.limits.paused:
             outcome = "paused"
         else:
             outcome = "held" if decision.action == "hold" else "unchanged"
+        if outcome != "error":
+            self.streaks.good((g.name, "backend"), "backend good again", group=g.name)
         self.journal.add(JournalRow(**row, action=decision.action, active=st.active, warming=st.warming,
                                     desired_before=st.desired, raw_action=raw,
                                     policy_desired=proposal.policy_desired, fallback_desired=proposal.fallback_desired,
@@ -522,6 +628,14 @@ class Daemon:
         """History backfilled and the last tick completed (ok, or partial: some groups held or fell back)."""
         ok = self.backfilled and self.last_outcome in ("ok", "partial")
         return ok, {"backfilled": self.backfilled, "last_tick_outcome": self.last_outcome}
+
+    def request_stop(self) -> None:
+        """Shutdown was asked for: backends stop retrying (a tick in a backoff finishes at once, so the daemon
+        exits within seconds); the running tick is otherwise finished normally."""
+        for g in self.groups:
+            interrupt = getattr(g.backend, "interrupt", None)
+            if interrupt is not None:
+                interrupt()
 
     def close(self) -> None:
         if self._pool is not None:

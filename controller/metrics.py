@@ -41,10 +41,15 @@ class Metrics:
                                       ["group"], registry=r)
         self.inference = Histogram("fleetpilot_inference_seconds", "Wall time of one batched policy decision",
                                    buckets=_FAST_BUCKETS, registry=r)
+        self.clock_jumps = Counter("fleetpilot_clock_jumps", "Jumps of the wall clock against the monotonic clock "
+                                   "between two ticks (more than 30 s), by direction: forward, backward",
+                                   ["direction"], registry=r)
         self.dry_run_writes = Counter("fleetpilot_dry_run_writes", "Writes skipped because of dry-run", ["group"],
                                       registry=r)
         for outcome in TICK_OUTCOMES:
             self.ticks.labels(outcome)
+        for direction in ("forward", "backward"):
+            self.clock_jumps.labels(direction)
 
     def init_group(self, group: str) -> None:
         """Create a group's always-present series at zero, so rate() works from the first scrape."""

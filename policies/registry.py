@@ -38,8 +38,10 @@ def model_dir(spec: str) -> Path | None:
     if (MODELS_DIR / spec / "manifest.json").is_file():
         return MODELS_DIR / spec
     p = Path(spec)
-    if p.is_dir() or "/" in spec or spec.endswith(".onnx"):
-        return p if p.is_dir() else p.parent
+    if p.is_dir():
+        return p
+    if "/" in spec or spec.endswith(".onnx"):
+        raise PolicyError(f"no such model directory: {spec}")
     return None
 
 

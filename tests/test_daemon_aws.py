@@ -15,7 +15,8 @@ from tests.real_servers import MotoAws, now_minute
 
 def _config(tmp_path, aws: MotoAws, group_name: str, dimensions: dict[str, str], **kw) -> DaemonConfig:
     return DaemonConfig(interval_seconds=60, journal_path=tmp_path / "j.sqlite", groups=[{
-        "name": "web", "policy": "target-tracking", "min_machines": 1, "max_machines": 20,
+        "name": "web", "policy": "target-tracking", "policy_params": {"target_utilization": 0.65},
+        "min_machines": 1, "max_machines": 20,
         "block_scale_in_while_warming": False,
         "source": {"kind": "cloudwatch", "namespace": "Fleetpilot/Test", "metric_name": "Transactions",
                    "dimensions": dimensions, "region": aws.region, "endpoint_url": aws.endpoint_url},

@@ -6,6 +6,7 @@ minute. All randomness comes from the `numpy.random.Generator` passed in (the en
 from __future__ import annotations
 
 import csv
+import io
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -117,11 +118,17 @@ def read_trace(path: str | Path, fill_gaps: bool = False) -> Load:
     path = Path(path)
     name = str(path)
     try:
-        fh = path.open(newline="", encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as exc:
         raise TraceError(f"{name}: cannot read: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise TraceError(f"{name}:{line}: not UTF-8 text") from None
     times: list[int] = []
     values: list[float] = []
+    fh = io.StringIO(text, newline="")
     with fh:
         reader = csv.reader(fh)
         try:
@@ -171,8 +178,6 @@ def read_trace(path: str | Path, fill_gaps: bool = False) -> Load:
                 prev = m
         except csv.Error as exc:
             raise TraceError(f"{name}:{reader.line_num}: malformed CSV ({exc})") from None
-        except UnicodeDecodeError:
-            raise TraceError(f"{name}:{reader.line_num + 1}: not UTF-8 text") from None
     if not times:
         raise TraceError(f"{name}:2: no data rows")
     t = np.asarray(times, dtype=np.int64)

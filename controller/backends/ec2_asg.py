@@ -30,7 +30,6 @@ import logging
 import threading
 import operator
 import random
-import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -142,6 +141,7 @@ class Ec2AsgBackend:
         self.retry_base_seconds = float(retry_base_seconds)
         self.timeout_seconds = float(timeout_seconds)
         self._rng = random.Random()
+        self._interrupt = threading.Event()  #: set by interrupt(): no more retries (shutdown)
         config = Config(
             connect_timeout=self.timeout_seconds,
             read_timeout=self.timeout_seconds,
@@ -183,6 +183,10 @@ class Ec2AsgBackend:
         self._call("set_desired_capacity", AutoScalingGroupName=self.group_name,
                    DesiredCapacity=target, HonorCooldown=False)
 
+    def interrupt(self) -> None:
+        """Stop retrying (the daemon is shutting down): a call in its backoff fails at once."""
+        self._interrupt.set()
+
     def close(self) -> None:
         """Close the client's connection pool."""
         self._client.close()
@@ -218,6 +222,9 @@ class Ec2AsgBackend:
                 raise BackendError(f"{what} failed: {type(exc).__name__}: {' '.join(str(exc).split())}") from None
             if attempt + 1 < attempts:
                 delay = backoff_seconds(attempt, self.retry_base_seconds, self._rng)
-                log.info("%s: %s; retry %d of %d in %.2f s", what, last_error, attempt + 1, self.max_retries, delay)
-                time.sleep(delay)
+                # DEBUG: the daemon logs a failing group once per streak, not every attempt of every tick
+                log.debug("%s: %s; retry %d of %d in %.2f s", what, last_error, attempt + 1, self.max_retries, delay)
+                if self._interrupt.wait(delay):
+                    raise BackendError(f"{what} failed after {attempt + 1} attempts (retries stopped: shutting "
+                                       f"down): {last_error}")
         raise BackendError(f"{what} failed after {attempts} attempts: {last_error}")
