@@ -59,13 +59,13 @@ class PPOConfig:
     """learn from the expected reward over the capacity noise (the backtest's objective; lower variance)"""
     hidden: int = 64
     """units in each of the two hidden layers"""
-    init_utilization: float = 0.7
-    """the untrained policy prefers the action with this utilization ... (the best fixed action of the grid on
-    tuning seeds 0..5: a residual on top of a rule)"""
-    init_cushion: float = 0.2
-    """... and this cushion (a sane rule to start from)"""
+    init_action: str = "auto"
+    """the action the untrained policy prefers: "auto" = the grid action that earns most as a fixed rule on
+    training loads (`best_fixed_action`), or "U,C" (utilization, cushion); PPO starts from that rule"""
+    init_loads: int = 16
+    """training loads (episodes) on which "auto" compares the fixed actions"""
     init_bias: float = 4.0
-    """logit bonus of that starting action"""
+    """logit bonus of the starting action"""
     seed: int = 1
     """seeds torch and the envs: the same seed gives the same model"""
     eval_every_updates: int = 50
@@ -115,6 +115,39 @@ class TorchPolicy:
         return PolicyOutput(self.mapping.desired(k, obs), k.astype(np.int64))
 
 
+class FixedActions:
+    """Row i of the batch always takes action `actions[i]` (to compare the grid's actions as fixed rules)."""
+
+    name = "fixed"
+
+    def __init__(self, mapping: ActionMapping, actions: np.ndarray):
+        self.mapping, self.actions = mapping, actions
+
+    def reset(self, n: int) -> None:
+        pass
+
+    def decide(self, obs: Observation) -> PolicyOutput:
+        return PolicyOutput(self.mapping.desired(self.actions, obs), self.actions)
+
+
+def best_fixed_action(mapping: ActionMapping, fleet: FleetParams, sampler: LoadSampler | None, seed: int,
+                      n_loads: int, minutes: int) -> int:
+    """The grid action with the highest expected profit as a fixed rule on `n_loads` training episodes."""
+    from training.backtest import simulate
+    from training.fleet import expected_reward
+
+    sampler = sampler or LoadSampler(max_load_tpm=fleet.max_load_tpm)
+    rng = np.random.default_rng([seed, 7919])
+    drawn = [sampler.sample(rng, minutes + 1) for _ in range(n_loads)]
+    loads = np.stack([d[0] for d in drawn])
+    starts = np.array([d[1] for d in drawn])
+    rows = np.repeat(np.arange(mapping.n), n_loads)
+    traj = simulate(FixedActions(mapping, rows), np.tile(loads, (mapping.n, 1)), np.tile(starts, mapping.n),
+                    np.zeros(rows.shape[0], dtype=np.uint64), fleet)
+    e = expected_reward(traj.active, np.tile(loads, (mapping.n, 1))[:, 1:], fleet).sum(axis=1)
+    return int(np.argmax(e.reshape(mapping.n, n_loads).sum(axis=1)))
+
+
 def validation_runs(cfg: PPOConfig, traces=None) -> list:
     """Synthetic validation seeds, or the held-out tails of the traces."""
     from policies.observation import HISTORY_MINUTES
@@ -162,8 +195,15 @@ def train(cfg: PPOConfig, out: Path, sampler: LoadSampler | None = None, fleet: 
     env = WebFleetVectorEnv(cfg.num_envs, fleet=fleet, sampler=sampler, episode_minutes=cfg.episode_minutes,
                             expected_reward=cfg.expected_reward)
     agent = Agent(mapping.n, cfg.hidden)
+    if cfg.init_action == "auto":
+        k0 = best_fixed_action(mapping, fleet, sampler, cfg.seed, cfg.init_loads, cfg.episode_minutes)
+    else:
+        u0, c0 = (float(x) for x in cfg.init_action.split(","))
+        k0 = mapping.index(u0, c0)
+    if progress:
+        print(f"starting from the fixed action {mapping.describe(k0)}", file=sys.stderr)
     with torch.no_grad():
-        agent.actor[-1].bias[mapping.index(cfg.init_utilization, cfg.init_cushion)] = cfg.init_bias
+        agent.actor[-1].bias[k0] = cfg.init_bias
     opt = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=1e-5)
     batch = cfg.num_envs * cfg.num_steps
     num_updates = max(cfg.total_steps // batch, 1)
