@@ -55,7 +55,7 @@ def soak(minutes: int, groups: int = 1, policy: str = "default", warmup: int | N
     from policies.registry import shipped_models
 
     if policy == "default" and "default" not in shipped_models():
-        policy = "target-tracking"  # the shipped model is not there yet: its fallback rule, as the daemon would
+        policy = "target-tracking"  # no shipped model in this installation: its fallback rule, as the daemon would
     warmup = min(minutes // 2, 10_000) if warmup is None else warmup
     tmp = tempfile.TemporaryDirectory() if journal_dir is None else None
     where = Path(journal_dir or tmp.name)

@@ -175,3 +175,20 @@ def test_a_model_answering_nan_falls_back_and_the_daemon_goes_on(tmp_path, caplo
     assert d.registry.get_sample_value("fleetpilot_fallbacks_total", {"group": "web", "cause": "model_error"}) == 5
     failed = [r for r in caplog.records if r.getMessage().startswith("policy failed")]
     assert len(failed) == 1 and "non-finite" in failed[0].error
+
+
+def test_missing_shipped_default_runs_on_the_fallback_rule(tmp_path, monkeypatch):
+    """Package data removed: `default` is unknown, its groups run on their fallback rule and it is counted."""
+    import policies.registry as registry
+
+    monkeypatch.setattr(registry, "MODELS_DIR", tmp_path / "no-models")
+    cfg = DaemonConfig(interval_seconds=0.01, journal_path=tmp_path / "j.sqlite", groups=[{
+        "name": "web", "policy": "default", "fallback_policy": "target-tracking", "min_machines": 1,
+        "max_machines": 833, "source": {"kind": "simulator", "seed": 0},
+        "backend": {"kind": "simulated", "seed": 0, "initial_machines": 50}}])
+    reg = CollectorRegistry()
+    d = Daemon(cfg, reg)
+    d.backfill()
+    assert d.run_tick() in ("ok", "partial")
+    d.close()
+    assert reg.get_sample_value("fleetpilot_fallbacks_total", {"group": "web", "cause": "model_unavailable"}) == 1
