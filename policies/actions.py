@@ -41,11 +41,21 @@ class ActionMapping:
     def describe(self, k: int) -> str:
         return f"u={self._u[k]:.2f} cushion={self._c[k]:.2f}xdaymax"
 
-    def desired(self, k: np.ndarray, obs: Observation) -> np.ndarray:
+    def target(self, k: np.ndarray, obs: Observation) -> np.ndarray:
+        """The fleet action k asks for (machines)."""
         k = np.asarray(k, dtype=np.int64)
         day_max = obs.day_max_tpm if obs.day_max_tpm is not None else obs.load_tpm
         need = (obs.load_tpm + self._c[k] * day_max) / (obs.capacity_tpm_per_machine * self._u[k])
         return np.maximum(np.ceil(need - 1e-9), 1).astype(np.int64)
+
+    def desired(self, k: np.ndarray, obs: Observation) -> np.ndarray:
+        """The desired capacity (active + warming). Scaling in removes active machines at once while ordered ones
+        are still warming, so a scale-in only ever removes active machines above the target: with 12 active,
+        10 warming and a target of 12, nothing is removed (removing 10 would leave 2 serving for minutes)."""
+        target = self.target(k, obs)
+        total = obs.active + obs.warming
+        removable = np.maximum(np.minimum(total - target, obs.active - target), 0)
+        return np.where(target >= total, target, total - removable).astype(np.int64)
 
     def to_json(self) -> dict:
         return {"kind": KIND, "utilization": list(self.utilization),

@@ -128,3 +128,21 @@ def test_train_refuses_bad_config(tmp_path: Path):
                        capture_output=True, text=True)
     assert r.returncode == 2
     assert "num_envz" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_action_mapping_never_removes_needed_active_machines_while_others_warm():
+    """12 active, 10 warming, target 12: nothing is removed (the seed removes active machines at once)."""
+    from policies.observation import ObservationBuilder
+
+    m = ActionMapping()
+    b = ObservationBuilder(3, 300.0, 5)
+    b.update(np.array([2400.0, 2400.0, 2400.0]), np.array([12, 30, 12]), np.array([10, 0, 0]), np.array([1, 1, 1]))
+    obs = b.observation()
+    obs.day_max_tpm = np.zeros(3)
+    k = np.full(3, m.index(0.65, 0.0))  # target ceil(2400 / 195) = 13
+    target = m.target(k, obs)
+    assert list(target) == [13, 13, 13]
+    # warming fleet: 22 > 13 but only active machines above the target may go: none (12 < 13)
+    # idle fleet: 30 active, nothing warming: scale in to the target
+    # short fleet: 12 active, nothing warming: scale out to the target
+    assert list(m.desired(k, obs)) == [22, 13, 13]

@@ -204,8 +204,14 @@ def summarize(runs: list[dict], with_oracle: bool) -> list[dict]:
     return out
 
 
-def format_table(report: Report) -> str:
-    """The summary as a fixed-width table (one line per policy)."""
+def format_table(report: Report, per_run: bool = False) -> str:
+    """The summary as a fixed-width table (one line per policy); with `per_run`, one table per run first."""
+    parts = []
+    if per_run:
+        for r in report.runs:
+            one = Report(runs=[r], summary=summarize([r], any(x["policy"] == ORACLE for x in r["results"])))
+            parts.append(f"== {r['load']}\n" + format_table(one))
+        parts.append("== all runs")
     minutes = sum(r["minutes"] for r in report.runs)
     lines = [f"{len(report.runs)} run(s), {minutes} scored minutes",
              f"{'policy':<28} {'profit $':>12} {'E[profit] $':>12} {'% oracle':>9} {'downtime min':>13} "
@@ -217,7 +223,7 @@ def format_table(report: Report) -> str:
         lines.append(f"{s['policy']:<28} {s['profit_usd']:>12,.0f} {s['expected_profit_usd']:>12,.0f} "
                      f"{(f'{pct:.1f}' if pct is not None else '-'):>9} {s['downtime_minutes']:>13} "
                      f"{machine_minutes[s['policy']]:>12,}")
-    return "\n".join(lines)
+    return "\n".join(parts + ["\n".join(lines)])
 
 
 def write_json(report: Report, path: str | Path) -> None:

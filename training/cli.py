@@ -119,7 +119,7 @@ def cmd_backtest(args) -> int:
     t0 = time.perf_counter()
     report = backtest(runs, policies)
     dt = time.perf_counter() - t0
-    print(format_table(report))
+    print(format_table(report, per_run=args.per_run))
     print(f"({dt:.1f} s)", file=sys.stderr)
     if args.json:
         write_json(report, args.json)
@@ -159,6 +159,7 @@ def add_commands(sub) -> None:
                    help="static, target-tracking, step, predictive, oracle, default, or a model directory; repeatable")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="plot load and capacity per policy")
+    p.add_argument("--per-run", action="store_true", help="print a table per run before the summary")
     p.set_defaults(func=cmd_backtest)
 
     t = sub.add_parser("traces", help="load traces")

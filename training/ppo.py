@@ -27,7 +27,7 @@ from training.params import FleetParams
 
 @dataclass
 class PPOConfig:
-    total_steps: int = 6_000_000
+    total_steps: int = 8_000_000
     """fleet-minutes of experience to collect in total"""
     num_envs: int = 256
     """fleets simulated in parallel"""
@@ -62,7 +62,7 @@ class PPOConfig:
     init_action: str = "auto"
     """the action the untrained policy prefers: "auto" = the grid action that earns most as a fixed rule on
     training loads (`best_fixed_action`), or "U,C" (utilization, cushion); PPO starts from that rule"""
-    init_loads: int = 16
+    init_loads: int = 32
     """training loads (episodes) on which "auto" compares the fixed actions"""
     init_bias: float = 4.0
     """logit bonus of the starting action"""
