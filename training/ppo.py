@@ -294,7 +294,7 @@ def train(cfg: PPOConfig, out: Path, sampler: LoadSampler | None = None, fleet: 
                "loss": float(loss.detach()), "value_loss": float(v_loss.detach()),
                "entropy": float(dist.entropy().mean().detach())}
         final = update == num_updates or (budget_seconds is not None and elapsed >= budget_seconds)
-        if update % cfg.eval_every_updates == 0 or final:
+        if val_runs and (update % cfg.eval_every_updates == 0 or final):
             if oracle_e is None:
                 rep = backtest(val_runs, {"oracle": None}, fleet)
                 oracle_e = rep.summary[0]["expected_profit_usd"]
