@@ -70,8 +70,9 @@ def test_history_has_holes_before_data_not_zeros(load_exporter: LoadExporter,
     samples = PrometheusSource(prometheus_server.url, GAUGE).history(minute - 30, minute + 1)
     first_scraped_minute = minute_ending_at(prometheus_server.started_at)
     assert samples, "the newest minute has data"
+    # the minutes before Prometheus had data are holes, not zeros (the shared exporter's gauge itself may have
+    # been 0 before a test set it: that is a real, scraped zero)
     assert all(s.minute >= first_scraped_minute for s in samples), "no sample before Prometheus had data"
-    assert all(s.load_tpm > 0 for s in samples), "holes are missing samples, never zeros"
     assert samples[-1] == Sample(minute=minute, load_tpm=777.0)
     assert [s.minute for s in samples] == sorted({s.minute for s in samples})
 
