@@ -9,7 +9,7 @@ plain target tracking.
 from __future__ import annotations
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from policies.base import PolicyOutput
 from policies.observation import DAY_MINUTES, WEEK_MINUTES, Observation

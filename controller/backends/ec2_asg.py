@@ -33,8 +33,9 @@ import random
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import boto3
 from botocore.config import Config
+
+from controller.aws_session import client as aws_client
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
@@ -72,21 +73,6 @@ RETRYABLE_ERROR_CODES: frozenset[str] = frozenset({
 
 #: Upper bound of one backoff sleep, seconds.
 RETRY_MAX_SLEEP_SECONDS = 20.0
-
-
-#: One boto3 session per process, shared by all instances: creating a client from a warm session takes
-#: milliseconds instead of the ~0.1 s of loading the service model again (many groups, one daemon).
-_SESSION: boto3.session.Session | None = None
-_SESSION_LOCK = threading.Lock()
-
-
-def _client(service: str, region: str, endpoint_url: str | None, config: Config) -> Any:
-    """A client from the shared session (boto3 sessions are not thread-safe; their clients are)."""
-    global _SESSION
-    with _SESSION_LOCK:
-        if _SESSION is None:
-            _SESSION = boto3.session.Session()
-        return _SESSION.client(service, region_name=region, endpoint_url=endpoint_url, config=config)
 
 
 def count_instances(instances: Iterable[Mapping[str, Any]]) -> tuple[int, int]:
@@ -148,7 +134,7 @@ class Ec2AsgBackend:
             retries={"mode": "standard", "total_max_attempts": 1},  # this class owns the retry policy
             user_agent_extra="fleetpilot",
         )
-        self._client = _client("autoscaling", region, endpoint_url, config)
+        self._client = aws_client("autoscaling", region, endpoint_url, config)
 
     def __repr__(self) -> str:
         return f"Ec2AsgBackend(group_name={self.group_name!r}, region={self.region!r})"

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import threading
 import math
 from typing import Any
 
-import boto3
 from botocore.config import Config
+
+from controller.aws_session import client as aws_client
 from botocore.exceptions import BotoCoreError, ClientError
 
 from controller.sources.base import Sample, SourceError
@@ -46,21 +46,6 @@ TOTAL_MAX_ATTEMPTS = 2
 
 #: GetMetricData's own limit of datapoints per answer (AWS documentation); longer ranges are paginated.
 MAX_DATAPOINTS_PER_CALL = 100_800
-
-
-#: One boto3 session per process, shared by all instances: creating a client from a warm session takes
-#: milliseconds instead of the ~0.1 s of loading the service model again (many groups, one daemon).
-_SESSION: boto3.session.Session | None = None
-_SESSION_LOCK = threading.Lock()
-
-
-def _client(service: str, region: str, endpoint_url: str | None, config: Config) -> Any:
-    """A client from the shared session (boto3 sessions are not thread-safe; their clients are)."""
-    global _SESSION
-    with _SESSION_LOCK:
-        if _SESSION is None:
-            _SESSION = boto3.session.Session()
-        return _SESSION.client(service, region_name=region, endpoint_url=endpoint_url, config=config)
 
 
 def _minute_of(timestamp: dt.datetime) -> int:
@@ -114,7 +99,7 @@ class CloudWatchSource:
             retries={"mode": "standard", "total_max_attempts": TOTAL_MAX_ATTEMPTS},
             user_agent_extra="fleetpilot",
         )
-        self._client = _client("cloudwatch", region, endpoint_url, config)
+        self._client = aws_client("cloudwatch", region, endpoint_url, config)
 
     def __repr__(self) -> str:
         return (f"CloudWatchSource(namespace={self.namespace!r}, metric_name={self.metric_name!r}, "
