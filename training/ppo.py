@@ -20,7 +20,7 @@ from torch import nn
 from policies.actions import ActionMapping
 from policies.base import PolicyOutput
 from policies.observation import OBS_DIM, Observation
-from training.backtest import backtest, synthetic_run, trace_run
+from training.backtest import backtest, synthetic_run
 from training.env import LoadSampler, WebFleetVectorEnv
 from training.params import FleetParams
 
@@ -148,13 +148,8 @@ def best_fixed_action(mapping: ActionMapping, fleet: FleetParams, sampler: LoadS
     return int(np.argmax(e.reshape(mapping.n, n_loads).sum(axis=1)))
 
 
-def validation_runs(cfg: PPOConfig, traces=None) -> list:
-    """Synthetic validation seeds, or the held-out tails of the traces."""
-    from policies.observation import HISTORY_MINUTES
-
-    if traces:
-        return [trace_run(t, first, t.minutes - first - 1, HISTORY_MINUTES)
-                for t in traces for first in [int(t.minutes * 0)]]
+def validation_runs(cfg: PPOConfig) -> list:
+    """The synthetic validation seeds (training on traces validates on their held-out tails instead)."""
     return [synthetic_run(s, cfg.eval_minutes) for s in cfg.eval_seeds]
 
 
