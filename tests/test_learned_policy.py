@@ -146,3 +146,19 @@ def test_action_mapping_never_removes_needed_active_machines_while_others_warm()
     # idle fleet: 30 active, nothing warming: scale in to the target
     # short fleet: 12 active, nothing warming: scale out to the target
     assert list(m.desired(k, obs)) == [22, 13, 13]
+
+
+def test_an_interrupted_training_resumes_from_its_checkpoint(tmp_path: Path):
+    cfg = tmp_path / "ppo.yaml"
+    cfg.write_text(SMOKE)
+    out = tmp_path / "run"
+    base = FLEETPILOT + ["train", "--config", str(cfg), "--steps", "4096", "--seed", "5", "--out", str(out)]
+    first = subprocess.run(base + ["--budget-minutes", "0.00001"], capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    rows = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["update"] for r in rows] == [1]  # the budget stopped it after one update, with a checkpoint
+    second = subprocess.run(base, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]
+    rows = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["update"] for r in rows] == list(range(1, 9))  # went on from update 2, not from scratch
+    assert rows[-1]["step"] == 4096
