@@ -17,7 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import ndtr
 
 from training.params import FleetParams
 
@@ -72,6 +71,8 @@ def expected_reward(active: np.ndarray, load_tpm: np.ndarray, p: FleetParams) ->
     Served = min(load, C); E[min(L, Y)] = L - (L - mu) Phi(z) - s phi(z) with Y ~ Normal(mu, s) and the floor
     taken as -0.5 on average (worth at most $0.0005 a minute). Broadcasts over its arguments.
     """
+    from scipy.special import ndtr  # here, not at module level: the daemon's simulated group never needs it
+
     n = np.asarray(active, dtype=np.float64)
     load = np.asarray(load_tpm, dtype=np.float64)
     mu_m, sd_m = p.capacity_tpm_per_machine, p.capacity_sigma_tpm
