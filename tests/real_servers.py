@@ -64,6 +64,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def start_http_server(handler: type) -> ThreadingHTTPServer:
+    """A threaded HTTP server on 127.0.0.1 (a free port) serving `handler` in a daemon thread."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    return server
+
+
+def stop_http_server(server: ThreadingHTTPServer | None) -> None:
+    if server is not None:
+        server.shutdown()
+        server.server_close()
+
+
 def http_get_json(url: str, timeout_seconds: float = 5.0) -> Any:
     with urllib.request.urlopen(url, timeout=timeout_seconds) as response:  # noqa: S310 - loopback only
         return json.loads(response.read())
@@ -495,17 +509,12 @@ class FaultProxy:
                 self.end_headers()
                 self.wfile.write(payload)
 
-        port = free_port()
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        self.url = f"http://127.0.0.1:{port}"
+        self._server = start_http_server(Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         return self
 
     def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+        stop_http_server(self._server)
 
 
 @pytest.fixture
@@ -576,9 +585,7 @@ def canned_http() -> Iterator[Callable[[int, bytes, str], CannedHttp]]:
 
             do_POST = do_GET
 
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        server = start_http_server(Handler)
         servers.append(server)
         return CannedHttp(url=f"http://127.0.0.1:{server.server_address[1]}", requests=requests, server=server)
 
@@ -586,5 +593,4 @@ def canned_http() -> Iterator[Callable[[int, bytes, str], CannedHttp]]:
         yield make
     finally:
         for server in servers:
-            server.shutdown()
-            server.server_close()
+            stop_http_server(server)

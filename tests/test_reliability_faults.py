@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -26,7 +25,7 @@ from controller.config import DaemonConfig
 from controller.daemon import Daemon
 from controller.journal import read_decisions
 from policies.base import PolicyOutput
-from tests.real_servers import Fault, MotoAws, PrometheusServer, now_minute
+from tests.real_servers import Fault, MotoAws, PrometheusServer, now_minute, start_http_server, stop_http_server
 
 #: A load Prometheus computes for any evaluation time, so history and "now" are real answers of a real server
 #: at any (simulated) minute: 1,500..6,500 tpm over a 9.4-hour period, whole numbers.
@@ -119,16 +118,12 @@ class PromProxy:
                 except OSError:  # the client gave up (timeout)
                     pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self._server = start_http_server(Handler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         return self
 
     def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+        stop_http_server(self._server)
 
 
 @pytest.fixture
