@@ -19,15 +19,10 @@ def parse_seeds(text: str) -> list[int]:
         if b < a:
             raise CliError(f"--seeds {text}: the range is empty (B < A)")
         return list(range(a, b + 1))
-    try:
-        return [int(x) for x in text.split(",") if x.strip()] or _bad_seeds(text)
-    except ValueError:
-        _bad_seeds(text)
-        raise
-
-
-def _bad_seeds(text: str) -> list[int]:
-    raise CliError(f"--seeds {text!r}: expected A..B, A,B,C or A (non-negative integers)")
+    parts = [x.strip() for x in text.split(",") if x.strip()]
+    if not parts or not all(x.isdigit() for x in parts):
+        raise CliError(f"--seeds {text!r}: expected A..B, A,B,C or A (non-negative integers)")
+    return [int(x) for x in parts]
 
 
 def _positive(kind):
