@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from policies.base import Policy
+from policies.cushion import CushionParams, CushionPolicy
 from policies.predictive import PredictiveParams, PredictivePolicy
 from policies.static import StaticParams, StaticPolicy
 from policies.step import StepParams, StepPolicy
@@ -18,6 +19,7 @@ RULES = {
     "target-tracking": (TargetTrackingPolicy, TargetTrackingParams),
     "step": (StepPolicy, StepParams),
     "predictive": (PredictivePolicy, PredictiveParams),
+    "cushion": (CushionPolicy, CushionParams),
 }
 
 

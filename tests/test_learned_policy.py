@@ -162,3 +162,58 @@ def test_an_interrupted_training_resumes_from_its_checkpoint(tmp_path: Path):
     rows = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["update"] for r in rows] == list(range(1, 9))  # went on from update 2, not from scratch
     assert rows[-1]["step"] == 4096
+
+
+def _obs_after(loads: list[float]):
+    from policies.observation import ObservationBuilder
+
+    b = ObservationBuilder(1, 300.0, 5)
+    for i, x in enumerate(loads):
+        b.update(np.array([x]), np.array([10]), np.array([0]), np.array([i + 1]))
+    obs = b.observation()
+    obs.day_max_tpm = np.zeros(1)
+    return obs
+
+
+def test_the_base_load_averages_the_last_minutes_but_follows_a_surge_at_once():
+    m = ActionMapping()  # base_minutes 3, surge_ratio 1.1
+    assert m.base_load(_obs_after([900.0, 1200.0, 1000.0, 1100.0]))[0] == pytest.approx(1100.0)  # mean of 1200..1100
+    assert m.base_load(_obs_after([1000.0, 950.0, 1050.0, 980.0]))[0] == pytest.approx(993.333, abs=1e-3)
+    # 1500 > 1.1 x mean(1000, 1000, 1500): the surge itself is the base
+    assert m.base_load(_obs_after([1000.0, 1000.0, 1000.0, 1500.0]))[0] == 1500.0
+
+
+def test_manifests_of_the_first_release_keep_the_last_minute_as_their_base():
+    d = ActionMapping().to_json()
+    del d["base_minutes"], d["surge_ratio"]
+    old = ActionMapping.from_json(d)
+    assert old.base_minutes == 1
+    assert old.base_load(_obs_after([1000.0, 1000.0, 1300.0]))[0] == 1300.0
+
+
+@pytest.mark.parametrize("field,value,message", [("base_minutes", 0, "base_minutes"), ("surge_ratio", 0.9, "surge_ratio"),
+                                                 ("utilization", [0.5, 1.5], "utilization")])
+def test_an_action_mapping_with_impossible_values_is_refused(field, value, message):
+    d = ActionMapping().to_json()
+    d[field] = value
+    with pytest.raises(ValueError, match=message):
+        ActionMapping.from_json(d)
+
+
+def test_a_higher_training_downtime_penalty_starts_from_a_more_cautious_rule():
+    """The penalty training optimizes (PPOConfig.downtime_cost_usd_per_minute) moves the starting rule towards
+    more machines: the fixed action chosen under $5,000 a minute keeps at least as many as under $0."""
+    from policies.observation import ObservationBuilder
+    from training.params import FleetParams
+    from training.ppo import best_fixed_action
+
+    m = ActionMapping()
+    base = FleetParams()
+    picks = {cost: best_fixed_action(m, base.model_copy(update={"downtime_cost_usd_per_minute": cost}), None, 3, 4, 3000)
+             for cost in (0.0, 5000.0)}
+    b = ObservationBuilder(1, 300.0, 5)
+    b.update(np.array([3000.0]), np.array([10]), np.array([0]), np.array([1]))
+    obs = b.observation()
+    obs.day_max_tpm = np.array([6000.0])
+    cheap, strict = (int(m.target(np.array([picks[c]]), obs)[0]) for c in (0.0, 5000.0))
+    assert strict > cheap, (m.describe(picks[0.0]), m.describe(picks[5000.0]))

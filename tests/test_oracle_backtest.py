@@ -16,7 +16,7 @@ from training.load import read_trace
 from training.oracle import oracle_fleet
 from training.params import FleetParams
 
-RULES = ("static", "target-tracking", "step", "predictive")
+RULES = ("static", "target-tracking", "step", "predictive", "cushion")
 TRACES = "/work/shared/data/traces"
 RESULT_KEYS = {"policy", "profit_usd", "expected_profit_usd", "revenue_usd", "machine_cost_usd",
                "downtime_minutes", "failed_transactions", "machine_minutes", "scaling_actions"}
@@ -198,3 +198,38 @@ def test_expected_profit_is_the_sum_of_expected_rewards_along_the_path(synthetic
         e = float(expected_reward(tr[name], run.load_tpm[1:], p).sum())
         got = next(r for r in synthetic_report.runs[0]["results"] if r["policy"] == name)
         assert got["expected_profit_usd"] == pytest.approx(e, abs=0.01)
+
+
+def test_the_cushion_rule_is_one_action_of_the_learned_policies_mapping():
+    from policies.actions import ActionMapping
+    from policies.cushion import CushionParams, CushionPolicy
+    from policies.observation import ObservationBuilder
+
+    rng = np.random.default_rng(3)
+    b = ObservationBuilder(64, 300.0, 5)
+    for minute in range(1, 30):
+        b.update(rng.uniform(500, 9000, 64), rng.integers(1, 60, 64), rng.integers(0, 10, 64), np.full(64, minute))
+    obs = b.observation()
+    m = ActionMapping()
+    for u, c in ((0.76, 0.18), (0.6, 0.05)):  # both on the grid
+        rule = CushionPolicy(CushionParams(utilization=u, cushion_day_max_share=c))
+        k = np.full(64, m.index(u, c))
+        assert np.array_equal(rule.decide(obs).desired, m.desired(k, obs))
+
+
+def test_tune_reports_the_profit_downtime_frontier(monkeypatch):
+    from training import tune as tune_mod
+
+    monkeypatch.setitem(tune_mod.GRIDS, "cushion", {"utilization": [0.6, 0.7, 0.8, 0.9],
+                                                    "cushion_day_max_share": [0.0, 0.1, 0.2]})
+    out = tune_mod.tune("cushion", [synthetic_run(s, 1500) for s in (5, 6)])
+    front = out["frontier"]
+    assert front[0]["params"] == out["params"]
+    e = [x["expected_profit_usd"] for x in front]
+    d = [x["downtime_minutes"] for x in front]
+    assert e == sorted(e, reverse=True) and all(a > b for a, b in zip(d, d[1:]))
+    assert front[-1]["downtime_minutes"] <= min(x["downtime_minutes"] for x in out["top5"])
+    # every grid point is matched or beaten by a frontier point on both counts
+    for top in out["top5"]:
+        assert any(f["expected_profit_usd"] >= top["expected_profit_usd"] and f["downtime_minutes"] <= top["downtime_minutes"]
+                   for f in front)

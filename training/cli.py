@@ -151,7 +151,7 @@ def add_commands(sub) -> None:
     p = sub.add_parser("backtest", help="replay policies on loads with common random numbers")
     add_load_options(p)
     p.add_argument("--policy", action="append", default=[], metavar="NAME",
-                   help="static, target-tracking, step, predictive, oracle, default, or a model directory; repeatable")
+                   help="static, target-tracking, step, predictive, cushion, oracle, default, or a model directory; repeatable")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="plot load and capacity per policy")
     p.add_argument("--per-run", action="store_true", help="print a table per run before the summary")
@@ -167,7 +167,7 @@ def add_commands(sub) -> None:
 
     u = sub.add_parser("tune", help="grid-search a rule's parameters on loads (reproduces the shipped defaults)")
     add_load_options(u)
-    u.add_argument("--policy", required=True, choices=["target-tracking", "step", "predictive", "static"])
+    u.add_argument("--policy", required=True, choices=["target-tracking", "step", "predictive", "static", "cushion"])
     u.set_defaults(func=cmd_tune)
     add_training_commands(sub)
 

@@ -25,6 +25,10 @@ GRIDS: dict[str, dict[str, list[Any]]] = {
         "scale_in_cooldown_minutes": [0],
         "trend_minutes": [30, 60],
     },
+    "cushion": {
+        "utilization": [0.66, 0.68, 0.7, 0.72, 0.74, 0.76, 0.78, 0.8, 0.82, 0.84],
+        "cushion_day_max_share": [0.06, 0.08, 0.1, 0.12, 0.14, 0.16, 0.18, 0.2, 0.22, 0.24],
+    },
     "step": {
         "scale_out_steps": [[(0.85, 50.0), (0.70, 25.0), (0.62, 10.0)], [(0.8, 40.0), (0.7, 20.0), (0.6, 10.0)],
                             [(0.9, 60.0), (0.75, 30.0), (0.65, 10.0)]],
@@ -46,6 +50,13 @@ def tune(policy: str, runs: list[Run]) -> dict[str, Any]:
         scored.append((s["expected_profit_usd"], s["downtime_minutes"], params))
     scored.sort(key=lambda x: -x[0])
     best = scored[0]
+    # the profit/downtime frontier: points no other point beats on both (most profitable first)
+    frontier, fewest = [], None
+    for e, d, p in scored:
+        if fewest is None or d < fewest:
+            frontier.append({"params": p, "expected_profit_usd": e, "downtime_minutes": d})
+            fewest = d
     return {"policy": policy, "params": best[2], "expected_profit_usd": best[0], "downtime_minutes": best[1],
             "grid_points": len(scored),
-            "top5": [{"params": p, "expected_profit_usd": e, "downtime_minutes": d} for e, d, p in scored[:5]]}
+            "top5": [{"params": p, "expected_profit_usd": e, "downtime_minutes": d} for e, d, p in scored[:5]],
+            "frontier": frontier}
