@@ -141,21 +141,27 @@ def bench_seed(steps: int, repeats: int) -> tuple[float, list[float]]:
     return _median_rate(once, repeats)
 
 
+def _step_rate(env, actions, fleets: int, repeats: int, warm: int) -> tuple[float, list[float]]:
+    """Reset `env` (seed 0), step it `warm` times, then time passes over `actions`: median fleet-steps/s."""
+    env.reset(seed=0)
+    for t in range(warm):
+        env.step(actions[t % len(actions)])
+
+    def once() -> float:
+        t0 = _clock()
+        for a in actions:
+            env.step(a)
+        return len(actions) * fleets / (_clock() - t0)
+
+    return _median_rate(once, repeats)
+
+
 def bench_env(steps: int, repeats: int, warm: int) -> tuple[float, list[float]]:
     from training.env import WebFleetEnv
 
     env = WebFleetEnv(episode_minutes=warm + steps * repeats + 1)
     actions = [int(a) for a in np.random.default_rng(0).integers(0, env.action_space.n, size=steps)]
-    env.reset(seed=0)
-    for a in range(warm):
-        env.step(actions[a % steps])
-    def once() -> float:
-        t0 = _clock()
-        for a in actions:
-            env.step(a)
-        return steps / (_clock() - t0)
-
-    return _median_rate(once, repeats)
+    return _step_rate(env, actions, 1, repeats, warm)
 
 
 def bench_vector(fleets: int, steps: int, repeats: int, warm: int) -> tuple[float, list[float]]:
@@ -163,17 +169,7 @@ def bench_vector(fleets: int, steps: int, repeats: int, warm: int) -> tuple[floa
 
     env = WebFleetVectorEnv(fleets, episode_minutes=warm + steps * repeats + 1)
     actions = np.random.default_rng(0).integers(0, 2 * env.d + 1, size=(steps, fleets))
-    env.reset(seed=0)
-    for t in range(warm):
-        env.step(actions[t % steps])
-
-    def once() -> float:
-        t0 = _clock()
-        for a in actions:
-            env.step(a)
-        return steps * fleets / (_clock() - t0)
-
-    return _median_rate(once, repeats)
+    return _step_rate(env, actions, fleets, repeats, warm)
 
 
 def main(argv: list[str] | None = None) -> int:

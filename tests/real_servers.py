@@ -78,6 +78,20 @@ def stop_http_server(server: ThreadingHTTPServer | None) -> None:
         server.server_close()
 
 
+class LoopbackServer:
+    """Start/stop of a test proxy's one loopback HTTP server; the proxy keeps `url` and `_server` fields."""
+
+    url: str
+    _server: ThreadingHTTPServer | None
+
+    def _serve(self, handler: type) -> None:
+        self._server = start_http_server(handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def close(self) -> None:
+        stop_http_server(self._server)
+
+
 def http_get_json(url: str, timeout_seconds: float = 5.0) -> Any:
     with urllib.request.urlopen(url, timeout=timeout_seconds) as response:  # noqa: S310 - loopback only
         return json.loads(response.read())
@@ -410,7 +424,7 @@ class Fault:
 
 
 @dataclass
-class FaultProxy:
+class FaultProxy(LoopbackServer):
     """A real HTTP server on 127.0.0.1 in front of `upstream` (moto): answers the requests chosen by its
     faults with AWS errors in the protocol the client speaks, forwards all others unchanged, and records
     the operation of every request it saw (`operations`)."""
@@ -509,12 +523,8 @@ class FaultProxy:
                 self.end_headers()
                 self.wfile.write(payload)
 
-        self._server = start_http_server(Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._serve(Handler)
         return self
-
-    def close(self) -> None:
-        stop_http_server(self._server)
 
 
 @pytest.fixture

@@ -27,15 +27,20 @@ eval_every_updates: 2
 """
 
 
-@pytest.fixture(scope="module")
-def smoke_model(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("smoke")
+def _train_smoke(d: Path, name: str) -> tuple[Path, subprocess.CompletedProcess]:
+    """`fleetpilot train` with the SMOKE config, 2,048 steps, seed 3, into d/name (asserted to succeed)."""
     cfg = d / "ppo.yaml"
     cfg.write_text(SMOKE)
-    out = d / "model"
+    out = d / name
     r = subprocess.run(FLEETPILOT + ["train", "--config", str(cfg), "--steps", "2048", "--seed", "3", "--out", str(out)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
+    return out, r
+
+
+@pytest.fixture(scope="module")
+def smoke_model(tmp_path_factory) -> Path:
+    out, r = _train_smoke(tmp_path_factory.mktemp("smoke"), "model")
     assert "oracle" in r.stdout
     return out
 
@@ -55,12 +60,7 @@ def test_train_writes_a_verified_model(smoke_model: Path):
 
 
 def test_training_is_deterministic_for_a_seed(smoke_model: Path, tmp_path: Path):
-    cfg = tmp_path / "ppo.yaml"
-    cfg.write_text(SMOKE)
-    out = tmp_path / "again"
-    r = subprocess.run(FLEETPILOT + ["train", "--config", str(cfg), "--steps", "2048", "--seed", "3", "--out", str(out)],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
+    out, _ = _train_smoke(tmp_path, "again")
     a = json.loads((smoke_model / "manifest.json").read_text())["sha256"]
     b = json.loads((out / "manifest.json").read_text())["sha256"]
     assert a == b

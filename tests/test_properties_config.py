@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from controller.cli import main as cli_main
 from controller.config import RULE_POLICIES, ConfigError, DaemonConfig, load_config
+from tests.mutate import DELETE, set_path, write_junk
 
 #: PROPERTY_EXAMPLES=1000 for a longer hunt (CI runs the default).
 SETTINGS = settings(max_examples=int(os.environ.get("PROPERTY_EXAMPLES", "60")), deadline=None,
@@ -146,18 +147,6 @@ def test_every_valid_config_is_accepted_with_its_values(data):
 
 
 # -- invalid configs: one change that breaks a valid one, with the field the message must name -------------
-def _set(d: dict, path: str, value) -> None:
-    keys = [int(k) if k.isdigit() else k for k in path.split(".")]
-    node = d
-    for k in keys[:-1]:
-        node = node[k]
-    if value is _DELETE:
-        del node[keys[-1]]
-    else:
-        node[keys[-1]] = value
-
-
-_DELETE = object()
 not_an_int = st.sampled_from(["abc", "", [1], {"a": 1}, "1.5", 2.5, "ten"])
 not_a_number = st.sampled_from(["abc", "", [1], {"a": 1}, "fast"])
 
@@ -193,12 +182,12 @@ def broken_config(draw):
             ("interval_seconds", st.floats(max_value=0, allow_nan=False) | st.floats(min_value=3600.5, max_value=1e9)),
             ("server.port", st.integers(65536, 10**6) | st.integers(-10**6, -1)),
         ]))
-        _set(d, path, draw(bad))
+        set_path(d, path, draw(bad))
         return d, _field(path)
     if case == "type":
         path = draw(st.sampled_from(["groups.0.min_machines", "groups.0.warmup_minutes", "server.port",
                                      "groups.0.max_scale_in_per_tick"]))
-        _set(d, path, draw(not_an_int))
+        set_path(d, path, draw(not_an_int))
         return d, _field(path)
     if case == "unknown":
         where = draw(st.sampled_from(["", "groups.0", "groups.0.source", "groups.0.backend", "server"]))
@@ -215,14 +204,14 @@ def broken_config(draw):
     if case == "missing":
         path = draw(st.sampled_from(["groups", "groups.0.source", "groups.0.backend", "groups.0.name",
                                      "groups.0.source.kind"]))
-        _set(d, path, _DELETE)
+        set_path(d, path, DELETE)
         return d, _field(path.removesuffix(".kind"))
     if case == "enum":
         path = draw(st.sampled_from(["log_level", "groups.0.source.kind", "groups.0.backend.kind"]))
         word = draw(st.from_regex(r"[a-z]{3,10}", fullmatch=True))
         assume(word.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR")
                and word not in ("simulator", "csv", "prometheus", "cloudwatch", "simulated"))
-        _set(d, path, word)
+        set_path(d, path, word)
         return d, _field(path.removesuffix(".kind"))
     if case == "min_gt_max":
         g0["min_machines"] = g0["max_machines"] + draw(st.integers(1, 100))
@@ -318,10 +307,7 @@ junk_yaml = st.recursive(
 def test_junk_is_a_config_error_never_a_crash(content):
     with tempfile.TemporaryDirectory() as tmp:
         p = Path(tmp) / "junk.yaml"
-        if isinstance(content, bytes):
-            p.write_bytes(content)
-        else:
-            p.write_text(content, encoding="utf-8", errors="surrogatepass")
+        write_junk(p, content)
         try:
             load_config(p)
         except ConfigError as exc:

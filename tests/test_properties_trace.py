@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from training.load import TraceError, read_trace
+from tests.mutate import write_junk
 
 SETTINGS = settings(max_examples=int(os.environ.get("PROPERTY_EXAMPLES", "80")), deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -143,10 +144,7 @@ def test_every_malformed_trace_names_file_and_line(case):
 def test_any_bytes_are_a_trace_or_a_trace_error(content):
     with tempfile.TemporaryDirectory() as tmp:
         p = Path(tmp) / "junk.csv"
-        if isinstance(content, bytes):
-            p.write_bytes(content)
-        else:
-            p.write_text(content, encoding="utf-8", errors="surrogatepass")
+        write_junk(p, content)
         try:
             load = read_trace(p)
         except TraceError as exc:

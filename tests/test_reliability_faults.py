@@ -25,7 +25,7 @@ from controller.config import DaemonConfig
 from controller.daemon import Daemon
 from controller.journal import read_decisions
 from policies.base import PolicyOutput
-from tests.real_servers import Fault, MotoAws, PrometheusServer, now_minute, start_http_server, stop_http_server
+from tests.real_servers import Fault, LoopbackServer, MotoAws, PrometheusServer, now_minute
 
 #: A load Prometheus computes for any evaluation time, so history and "now" are real answers of a real server
 #: at any (simulated) minute: 1,500..6,500 tpm over a 9.4-hour period, whole numbers.
@@ -66,7 +66,7 @@ class StepClock:
 
 # -- a proxy in front of the real Prometheus server -------------------------------------------------------
 @dataclass
-class PromProxy:
+class PromProxy(LoopbackServer):
     """Forwards to a real Prometheus server; `mode` injects a fault into instant queries (range queries, the
     backfill, always pass): `pass`; `slow` (answers after `delay` s); `empty` and `nan` (the real server
     answers a rewritten query: no series / NaN); `garbage` (an HTML page with status 200); `http500`."""
@@ -118,12 +118,8 @@ class PromProxy:
                 except OSError:  # the client gave up (timeout)
                     pass
 
-        self._server = start_http_server(Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._serve(Handler)
         return self
-
-    def close(self) -> None:
-        stop_http_server(self._server)
 
 
 @pytest.fixture

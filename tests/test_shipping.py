@@ -20,6 +20,8 @@ import jsonschema
 import pytest
 import yaml
 
+from tests.mutate import DELETE, set_path
+
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "Dockerfile"
 CHART = REPO / "helm" / "fleetpilot"
@@ -220,17 +222,6 @@ def test_values_yaml_validates_against_schema(schema, values):
     assert _errors(schema, values) == []
 
 
-def _set(d: dict, path: str, value) -> None:
-    keys = [int(k) if k.isdigit() else k for k in path.split(".")]
-    for k in keys[:-1]:
-        d = d[k]
-    if value is _DELETE:
-        del d[keys[-1]]
-    else:
-        d[keys[-1]] = value
-
-
-_DELETE = object()
 G = "config.groups.0"
 BAD_VALUES = [
     ("replicaCount", 2, "greater than the maximum of 1"),
@@ -239,10 +230,10 @@ BAD_VALUES = [
     (f"{G}.max_machines", 0, "less than the minimum of 1"),
     (f"{G}.source.kind", "datadog", "is not one of"),
     (f"{G}.backend.kind", "gce-mig", "is not one of"),
-    (f"{G}.name", _DELETE, "'name' is a required property"),
-    (f"{G}.policy", _DELETE, "'policy' is a required property"),
+    (f"{G}.name", DELETE, "'name' is a required property"),
+    (f"{G}.policy", DELETE, "'policy' is a required property"),
     (f"{G}.policy", "", "non-empty"),
-    (f"{G}.source", _DELETE, "'source' is a required property"),
+    (f"{G}.source", DELETE, "'source' is a required property"),
     (f"{G}.max_machine", 10, "'max_machine' was unexpected"),  # typo of an existing key
     (f"{G}.fallback_policy", "default", "is not one of"),
     (f"{G}.capacity_tpm_per_machine", 0, "less than or equal to the minimum of 0"),
@@ -266,7 +257,7 @@ BAD_VALUES = [
     ("securityContext.runAsUser", 0, "less than the minimum of 1"),
     ("podSecurityContext.runAsNonRoot", False, "True was expected"),
     ("image.pullPolicy", "Sometimes", "is not one of"),
-    ("image.repository", _DELETE, "'repository' is a required property"),
+    ("image.repository", DELETE, "'repository' is a required property"),
     ("service.type", "Ingress", "is not one of"),
     ("service.port", "9108", "not of type 'integer'"),
     ("serviceAccount.roleArn", "fleetpilot-role", "does not match"),
@@ -277,10 +268,10 @@ BAD_VALUES = [
 
 
 @pytest.mark.parametrize("path,value,reason", BAD_VALUES,
-                         ids=[f"{p}={v if v is not _DELETE else '<deleted>'}" for p, v, _ in BAD_VALUES])
+                         ids=[f"{p}={v if v is not DELETE else '<deleted>'}" for p, v, _ in BAD_VALUES])
 def test_bad_values_are_rejected(schema, values, path, value, reason):
     bad = copy.deepcopy(values)
-    _set(bad, path, value)
+    set_path(bad, path, value)
     errors = _errors(schema, bad)
     assert errors, f"schema accepted {path}={value!r}"
     assert any(reason in e for e in errors), f"{path}={value!r} rejected for another reason: {errors}"
@@ -529,13 +520,13 @@ def test_image_env_override_reaches_the_daemon(daemon_config, monkeypatch):
 BAD_CONFIGS = [
     ("groups.0.min_machines", -1),
     ("groups.0.max_machines", 0),
-    ("groups.0.name", _DELETE),
+    ("groups.0.name", DELETE),
     ("groups.0.name", "has space"),
     ("groups.0.source.kind", "datadog"),
     ("groups.0.source.statistic", "Median"),
     ("groups.0.source.region", None),
     ("groups.0.source.timeout_seconds", 0),
-    ("groups.0.backend.group_name", _DELETE),
+    ("groups.0.backend.group_name", DELETE),
     ("groups.0.backend.retry_base_seconds", 31),
     ("groups.0.fallback_policy", "default"),
     ("groups.0.warmup_minutes", 121),
@@ -554,7 +545,7 @@ BAD_CONFIGS = [
 @pytest.mark.parametrize("path,value", BAD_CONFIGS, ids=[p for p, _ in BAD_CONFIGS])
 def test_schema_and_daemon_reject_the_same_bad_configs(daemon_config, schema, tmp_path, path, value):
     cfg = _load_yaml(EXAMPLES[0])
-    _set(cfg, path, value)
+    set_path(cfg, path, value)
     assert _errors(_config_schema(schema), cfg), f"schema accepted {path}={value!r}"
     f = tmp_path / "bad.yaml"
     f.write_text(yaml.safe_dump(cfg), encoding="utf-8")
