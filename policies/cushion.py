@@ -3,7 +3,12 @@
 The desired fleet is `ceil((base load + c x leaky daily maximum) / (capacity per machine x u))`, with the base
 load and the scale-in semantics of `policies.actions.ActionMapping`. It is the rule a learned policy starts
 from, and the way to see what a whole (u, c) grid earns: `fleetpilot tune --policy cushion` prints the grid's
-best point and its profit/downtime frontier. Defaults: the shipped model's starting rule.
+best point and its profit/downtime frontier.
+
+With `jump_window_minutes` > 0, for that many minutes after a detected load jump (feature `jump_age` of the
+observation builder) the rule runs at (`jump_utilization`, `jump_cushion_day_max_share`) instead: on the
+seed's load a jump is a spike's onset and no other spike can start for 105 minutes, so the spike insurance can
+be dropped meanwhile. 0 turns this off. Defaults: the shipped model's starting rule.
 """
 from __future__ import annotations
 
@@ -21,6 +26,9 @@ class CushionParams(BaseModel):
     cushion_day_max_share: float = Field(0.18, ge=0, le=1, description="extra load to provision for, as a share of the leaky daily maximum")
     base_minutes: int = Field(3, ge=1, le=60, description="minutes averaged into the base load")
     surge_ratio: float = Field(1.1, ge=1, description="last minute above this x the average: the base is the last minute")
+    jump_window_minutes: int = Field(95, ge=0, le=10_000, description="minutes after a detected load jump run at the jump pair below (0: off)")
+    jump_utilization: float = Field(0.64, gt=0, le=1, description="utilization during the jump window")
+    jump_cushion_day_max_share: float = Field(0.0, ge=0, le=1, description="cushion during the jump window")
 
 
 class CushionPolicy:
@@ -28,11 +36,20 @@ class CushionPolicy:
 
     def __init__(self, params: CushionParams | None = None):
         self.params = p = params or CushionParams()
-        self.mapping = ActionMapping((p.utilization,), (p.cushion_day_max_share,), p.base_minutes, p.surge_ratio)
+        self.mapping = ActionMapping((p.utilization, p.jump_utilization),
+                                     (p.cushion_day_max_share, p.jump_cushion_day_max_share),
+                                     p.base_minutes, p.surge_ratio)
+        self.main = self.mapping.index(p.utilization, p.cushion_day_max_share)
+        self.jump = self.mapping.index(p.jump_utilization, p.jump_cushion_day_max_share)
 
     def reset(self, n: int) -> None:
         pass
 
+    def actions(self, obs: Observation) -> np.ndarray:
+        """(N,) index into `self.mapping`: the jump pair inside a jump window, else the main pair."""
+        in_window = obs.jump_age_minutes < self.params.jump_window_minutes
+        return np.where(in_window, self.jump, self.main).astype(np.int64)
+
     def decide(self, obs: Observation) -> PolicyOutput:
-        d = self.mapping.desired(np.zeros(obs.n, dtype=np.int64), obs)
+        d = self.mapping.desired(self.actions(obs), obs)
         return PolicyOutput(d, d.copy())

@@ -29,6 +29,15 @@ service reads the same numbers on a 600-machine one.
 | 21 | has_day | 1 when a day of history is there, else 0 (and 18, 19 read 1) |
 | 22 | has_week | 1 when a week of history is there, else 0 (and 20 reads 1) |
 | 23 | granularity | 1 / R (how big one machine is against the load) |
+| 24 | jump_age | minutes since the last detected load jump / 100 (clipped to 10; 10 when none was seen) |
+
+A load jump is a sudden rise that a smooth trend and the noise do not explain: the mean of the last 3 minutes
+exceeds the straight line fitted to the 20 minutes before (lags 5..24), extrapolated to them (but at least the
+mean of lags 5..9, so that the level after a sudden fall is no rise), by more than 5%
+of the daily maximum and by more than 5 standard errors (the noise estimated from a slow EMA of the absolute
+minute-to-minute change). A jump within `JUMP_REFRACTORY_MINUTES` of the last one dates the same burst and is
+not counted again. On the seed's synthetic load a jump marks a spike's onset, and the generator never starts a
+spike within 105 minutes of the last onset; whether a real load behaves so is for a policy to learn.
 """
 from __future__ import annotations
 
@@ -37,11 +46,11 @@ from dataclasses import dataclass
 import numpy as np
 
 #: Bump when any feature's meaning changes; models record it and loading refuses a mismatch.
-OBS_VERSION = 1
+OBS_VERSION = 2
 FEATURE_NAMES = (
     "load", "lag1", "lag2", "lag3", "lag4", "lag5", "ema_fast", "ema_slow", "day_max", "hour_max", "noise",
     "active", "warming", "util", "tod_sin", "tod_cos", "dow_sin", "dow_cos", "day_ahead", "day_now",
-    "week_ahead", "has_day", "has_week", "granularity",
+    "week_ahead", "has_day", "has_week", "granularity", "jump_age",
 )
 OBS_DIM = len(FEATURE_NAMES)
 DAY_MINUTES = 1440
@@ -51,6 +60,32 @@ HISTORY_MINUTES = WEEK_MINUTES + 16
 _CLIP = 10.0
 _A_FAST, _A_MID, _A_SLOW, _A_NOISE = 0.3, 1.0 / 60.0, 1.0 / 360.0, 0.1
 _DECAY_DAY, _DECAY_HOUR = 1.0 - 1.0 / DAY_MINUTES, 1.0 - 1.0 / 60.0
+#: Jump detector (see the module docstring): recent window, gap, reference window (minutes), thresholds.
+_J_RECENT, _J_GAP, _J_REF = 3, 2, 20
+_J_SHARE_OF_DAY_MAX, _J_Z, _A_NOISE_SLOW = 0.05, 5.0, 0.02
+#: A jump this soon after the last one belongs to the same burst (minutes).
+JUMP_REFRACTORY_MINUTES = 100
+#: Samples needed before the detector may fire: its windows plus time for the slow noise EMA to settle.
+_J_WARMUP = _J_RECENT + _J_GAP + _J_REF + 30
+#: jump_age of a group that has seen no jump (minutes; the feature clips at 1000 anyway).
+JUMP_NONE_MINUTES = 1_000_000
+_J_AGE_SCALE, _J_AGE_CLIP = 100.0, 1000
+
+
+def _jump_weights() -> np.ndarray:
+    """Weights w such that (loads at lags 5..24, oldest first) @ w is the least-squares line through them,
+    evaluated at the middle of the recent window (lag 1)."""
+    x = np.arange(_J_REF, dtype=np.float64)
+    at = _J_REF - 1 + _J_GAP + (_J_RECENT + 1) / 2.0  # lag 1 on the same axis (lag 24 is x = 0)
+    xc = x - x.mean()
+    return 1.0 / _J_REF + xc * (at - x.mean()) / float((xc * xc).sum())
+
+
+_J_W = _jump_weights()
+#: E|x_t - x_(t-1)| / std. dev. of x for independent normal noise: 2 / sqrt(pi).
+_MEAN_ABS_DIFF = 2.0 / np.sqrt(np.pi)
+#: Standard error of (recent mean - extrapolated line) per unit of noise std. dev.
+_J_SE = float(np.sqrt(1.0 / _J_RECENT + (_J_W * _J_W).sum()))
 #: 1970-01-01 was a Thursday: day-of-week 0 = Monday needs this offset in days.
 _EPOCH_DOW = 3
 # Time-of-day and day-of-week features by table lookup: the same expressions as computing them per minute,
@@ -117,6 +152,7 @@ class Observation:
     minute: np.ndarray  #: (N,) minutes since the Unix epoch of the last sample
     history: LoadHistory
     day_max_tpm: np.ndarray | None = None  #: (N,) leaky daily maximum of the load (feature 8 x R)
+    jump_age_minutes: np.ndarray | None = None  #: (N,) minutes since the last detected load jump (feature 24)
 
     @property
     def n(self) -> int:
@@ -145,6 +181,8 @@ class ObservationBuilder:
         z = lambda: np.zeros(self.n)  # noqa: E731
         self.load, self.ema_fast, self.ema_mid, self.ema_slow = z(), z(), z(), z()
         self.day_max, self.hour_max, self.noise = z(), z(), z()
+        self.noise_slow = z()
+        self.jump_age = np.full(self.n, JUMP_NONE_MINUTES, dtype=np.int64)
         self.active = np.zeros(self.n, dtype=np.int64)
         self.warming = np.zeros(self.n, dtype=np.int64)
         self._rows = np.arange(self.n)
@@ -155,6 +193,7 @@ class ObservationBuilder:
         self.count[r] = 0
         self.pos[r] = 0
         self.minute[r] = 0
+        self.jump_age[r] = JUMP_NONE_MINUTES
 
     def update(self, load_tpm: np.ndarray, active: np.ndarray, warming: np.ndarray, minute: np.ndarray) -> np.ndarray:
         """Add one minute for every group. `minute` is minutes since the epoch of the sample.
@@ -179,18 +218,22 @@ class ObservationBuilder:
             self.buf[r, idx] = self.load[r]
             self.pos[r] = (self.pos[r] + k) % self.h
             self.count[r] += k
+            self.jump_age[r] += k
         if fresh.any():
             f = np.nonzero(fresh)[0]
             self.buf[f] = load[f, None]
             for arr in (self.ema_fast, self.ema_mid, self.ema_slow, self.day_max, self.hour_max):
                 arr[f] = load[f]
             self.noise[f] = 0.0
+            self.noise_slow[f] = 0.0
+            self.jump_age[f] = JUMP_NONE_MINUTES
             self.load[f] = load[f]
         accept = ok
         prev = self.load
         upd = accept & ~fresh
         if upd.all():
             self.noise += _A_NOISE * (np.abs(load - prev) - self.noise)
+            self.noise_slow += _A_NOISE_SLOW * (np.abs(load - prev) - self.noise_slow)
             self.ema_fast += _A_FAST * (load - self.ema_fast)
             self.ema_mid += _A_MID * (load - self.ema_mid)
             self.ema_slow += _A_SLOW * (load - self.ema_slow)
@@ -199,6 +242,7 @@ class ObservationBuilder:
         elif upd.any():
             u = upd
             self.noise[u] += _A_NOISE * (np.abs(load[u] - prev[u]) - self.noise[u])
+            self.noise_slow[u] += _A_NOISE_SLOW * (np.abs(load[u] - prev[u]) - self.noise_slow[u])
             self.ema_fast[u] += _A_FAST * (load[u] - self.ema_fast[u])
             self.ema_mid[u] += _A_MID * (load[u] - self.ema_mid[u])
             self.ema_slow[u] += _A_SLOW * (load[u] - self.ema_slow[u])
@@ -212,6 +256,7 @@ class ObservationBuilder:
             self.load = load.copy()
             self.active = np.asarray(active, dtype=np.int64).copy()
             self.warming = np.asarray(warming, dtype=np.int64).copy()
+            self._detect_jumps(None)
         else:
             a = accept
             self.buf[self._rows[a], self.pos[a]] = load[a]
@@ -221,6 +266,7 @@ class ObservationBuilder:
             self.load[a] = load[a]
             self.active[a] = np.asarray(active, dtype=np.int64)[a]
             self.warming[a] = np.asarray(warming, dtype=np.int64)[a]
+            self._detect_jumps(a)
         return accept
 
     def _update_next_minute(self, load: np.ndarray, active: np.ndarray, warming: np.ndarray,
@@ -229,6 +275,7 @@ class ObservationBuilder:
         t = load - self.load
         np.abs(t, out=t)
         t -= self.noise
+        self.noise_slow += _A_NOISE_SLOW * (t + self.noise - self.noise_slow)
         t *= _A_NOISE
         self.noise += t
         for ema, a in ((self.ema_fast, _A_FAST), (self.ema_mid, _A_MID), (self.ema_slow, _A_SLOW)):
@@ -249,7 +296,32 @@ class ObservationBuilder:
         self.load = load.copy()
         self.active = np.array(active, dtype=np.int64)
         self.warming = np.array(warming, dtype=np.int64)
+        self._detect_jumps(None)
         return np.ones(self.n, dtype=bool)
+
+    def _detect_jumps(self, rows: np.ndarray | None) -> None:
+        """Age every group that took a sample (`rows`: bool mask, None = all) by one minute, then restart the
+        age of those whose last samples make a jump (module docstring). Runs after the sample is stored."""
+        if rows is None:
+            self.jump_age += 1
+        else:
+            self.jump_age[rows] += 1
+        ready = self.count > _J_WARMUP
+        if rows is not None:
+            ready &= rows
+        ready &= self.jump_age > JUMP_REFRACTORY_MINUTES
+        if not ready.any():
+            return
+        recent = _gather(self.buf, self.pos, 0, _J_RECENT - 1).astype(np.float64).mean(axis=1)
+        first = _J_RECENT + _J_GAP
+        ref = _gather(self.buf, self.pos, first, first + _J_REF - 1)[:, ::-1]  # oldest first
+        ref = ref.astype(np.float64)
+        # the line, but never below the level just before: after a fall the line dives, and the return to the
+        # new level would read as a rise
+        rise = recent - np.maximum(ref @ _J_W, ref[:, -5:].mean(axis=1))
+        jump = ready & (rise > _J_SHARE_OF_DAY_MAX * self.day_max)
+        jump &= rise > _J_Z * _J_SE * self.noise_slow / _MEAN_ABS_DIFF
+        self.jump_age[jump] = 0
 
     def _mean5(self, k_lo: int) -> np.ndarray:
         """(N,) mean load over the 5 lags k_lo..k_lo + 4, as `LoadHistory.window_mean` computes it (numpy's mean
@@ -307,9 +379,12 @@ class ObservationBuilder:
         g[21] = has_day
         g[22] = has_week
         np.divide(1.0, r_m, out=g[23])
+        np.minimum(self.jump_age, _J_AGE_CLIP, out=g[24], casting="unsafe")
+        g[24] /= _J_AGE_SCALE
         np.clip(g, -_CLIP, _CLIP, out=g)
         return Observation(
             features=f.astype(np.float32), load_tpm=self.load.copy(), active=self.active.copy(),
             warming=self.warming.copy(), capacity_tpm_per_machine=cap, warmup_minutes=self.warmup,
             minute=self.minute.copy(), history=hist, day_max_tpm=self.day_max.copy(),
+            jump_age_minutes=self.jump_age.copy(),
         )

@@ -57,6 +57,11 @@ def test_train_writes_a_verified_model(smoke_model: Path):
         assert (smoke_model / f).is_file(), f
     rows = [json.loads(x) for x in (smoke_model / "train_log.jsonl").read_text().splitlines()]
     assert rows and all("steps_per_s" in r for r in rows)
+    # the exported actor is the best one validated (update 0: the imitated starting rule)
+    kept = manifest["validation"]["summary"][0]["pct_of_oracle"]
+    assert manifest["training"]["selected_update"] in [0] + [r["update"] for r in rows if "val_pct_of_oracle" in r]
+    assert all(kept >= r["val_pct_of_oracle"] - 0.01 for r in rows if "val_pct_of_oracle" in r)
+    assert manifest["training"]["start_rule"]["imitated_share"] > 0.5
 
 
 def test_training_is_deterministic_for_a_seed(smoke_model: Path, tmp_path: Path):
@@ -217,3 +222,30 @@ def test_a_higher_training_downtime_penalty_starts_from_a_more_cautious_rule():
     obs.day_max_tpm = np.array([6000.0])
     cheap, strict = (int(m.target(np.array([picks[c]]), obs)[0]) for c in (0.0, 5000.0))
     assert strict > cheap, (m.describe(picks[0.0]), m.describe(picks[5000.0]))
+
+
+def test_imitation_learns_the_starting_rule_and_its_jump_window():
+    """The warm start: the actor fitted to a rule with a jump window takes the rule's action on loads it was
+    not fitted on, inside the windows (a minority of minutes) as well as outside."""
+    import torch
+
+    from training.backtest import simulate
+    from training.params import FleetParams
+    from training.ppo import Agent, PPOConfig, RuleActions, _draw_loads, _Recorder, imitate
+
+    m, fleet = ActionMapping(), FleetParams()
+    rule = RuleActions(m, np.array(m.index(0.76, 0.18)), np.array(m.index(0.64, 0.0)), 95)
+    torch.manual_seed(0)
+    agent = Agent(m.n)
+    loads, starts = _draw_loads(fleet, None, 5, 8, 4000)
+    assert imitate(agent, rule, fleet, loads, starts, PPOConfig(imitation_epochs=40)) > 0.98
+    rec = _Recorder(rule)
+    held, held_starts = _draw_loads(fleet, None, 6, 4, 4000)
+    simulate(rec, held, held_starts, np.zeros(4, dtype=np.uint64), fleet)
+    x, y = np.concatenate(rec.x), np.concatenate(rec.y)
+    with torch.no_grad():
+        got = agent(torch.from_numpy(x)).numpy()
+    in_window = y == rule.jump
+    assert 0.03 < in_window.mean() < 0.5
+    assert (got[in_window] == y[in_window]).mean() > 0.95
+    assert (got[~in_window] == y[~in_window]).mean() > 0.98

@@ -233,3 +233,29 @@ def test_tune_reports_the_profit_downtime_frontier(monkeypatch):
     for top in out["top5"]:
         assert any(f["expected_profit_usd"] >= top["expected_profit_usd"] and f["downtime_minutes"] <= top["downtime_minutes"]
                    for f in front)
+
+
+def test_the_cushion_rule_takes_its_jump_pair_inside_the_jump_window_only():
+    from policies.actions import ActionMapping
+    from policies.cushion import CushionParams, CushionPolicy
+    from policies.observation import ObservationBuilder
+
+    b = ObservationBuilder(2, 300.0, 5)
+    for minute in range(200):  # both fall from 6,000 to 2,000 tpm at 50; group 0 jumps to 3,500 at 100
+        flat = 6000.0 if minute < 50 else 2000.0
+        b.update(np.array([3500.0 if minute >= 100 else flat, flat]), np.array([20, 20]), np.array([0, 0]),
+                 np.array([minute, minute]))
+        obs = b.observation()
+        age = obs.jump_age_minutes
+        if minute < 100:
+            assert (age > 1000).all()
+            continue
+        rule = CushionPolicy(CushionParams(jump_window_minutes=60))
+        m = ActionMapping((0.76, 0.64), (0.18, 0.0), 3, 1.1)
+        want = np.where(age < 60, m.index(0.64, 0.0), m.index(0.76, 0.18))
+        assert np.array_equal(rule.decide(obs).desired, m.desired(want, obs))
+        if minute == 120:
+            assert age[0] < 60 and age[1] > 1000
+            assert rule.decide(obs).desired[0] < m.desired(np.array([m.index(0.76, 0.18)] * 2), obs)[0]
+        if minute == 199:
+            assert age[0] >= 60

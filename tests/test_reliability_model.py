@@ -1,6 +1,6 @@
 """Fault matrix, the model file: missing, corrupt, another observation spec, sha256 mismatch, NaN output.
 
-A tiny real ONNX model (24 features -> 40 logits, argmax) is written with the `onnx` package (no torch) with a
+A tiny real ONNX model (OBS_DIM features -> 40 logits, argmax) is written with the `onnx` package (no torch) with a
 manifest as training/export.py writes it. `fleetpilot run` refuses a model that fails verification with one
 line and exit code 2, before any decision; a model whose output is not finite sends its groups to the
 fallback rule and the daemon goes on.

@@ -252,11 +252,13 @@ def cmd_train(args) -> int:
     seconds = time.perf_counter() - t0
     learned = TorchPolicy(result["agent"], result["mapping"], name=args.name)
     pols = {args.name: learned, "target-tracking": make_policy("target-tracking"),
-            "predictive": make_policy("predictive"), "step": make_policy("step"), "oracle": None}
+            "predictive": make_policy("predictive"), "step": make_policy("step"), "cushion": make_policy("cushion"),
+            "oracle": None}
     report = backtest(val_runs, pols, fleet)
     print(format_table(report))
     command = "fleetpilot train " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["train"] else None
     training_info = {"ppo": dataclasses.asdict(cfg), "steps": result["steps"], "seconds": round(seconds, 1),
+                     "start_rule": result["start_rule"], "selected_update": result["selected_update"],
                      "loads": loads_info or [{"synthetic": "seed generator", "validation_seeds": list(cfg.eval_seeds)}],
                      "command": command}
     validation = {"runs": [r["load"] for r in report.runs], "summary": report.summary}

@@ -6,6 +6,7 @@ env applies the step limits. Training runs on the numpy vector env (`WebFleetVec
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import sys
@@ -64,12 +65,24 @@ class PPOConfig:
     hidden: int = 64
     """units in each of the two hidden layers"""
     init_action: str = "auto"
-    """the action the untrained policy prefers: "auto" = the grid action that earns most as a fixed rule on
-    training loads (`best_fixed_action`), or "U,C" (utilization, cushion); PPO starts from that rule"""
+    """the starting rule's main action: "auto" = the grid action that earns most as a fixed rule on training
+    loads (`choose_start_rule`), or "U,C" (utilization, cushion)"""
+    init_jump_window_minutes: int = 95
+    """the starting rule takes its jump action for this many minutes after a detected load jump (observation
+    feature `jump_age`); 0: no jump action"""
+    init_jump_action: str = "auto"
+    """the jump action: "auto" = the grid action that earns most in jump windows (the main action fixed
+    elsewhere) on the same training loads, which may be the main action itself; or "U,C" (utilization, cushion)"""
     init_loads: int = 32
-    """training loads (episodes) on which "auto" compares the fixed actions"""
-    init_bias: float = 5.0
-    """logit bonus of the starting action"""
+    """training loads (episodes) on which "auto" compares the rules; the starting rule is imitated on them"""
+    imitation_epochs: int = 6
+    """passes of supervised learning (cross-entropy) of the actor on the starting rule's decisions: PPO starts
+    from a network that already acts as that rule"""
+    imitation_lr: float = 3e-3
+    """Adam learning rate of the imitation"""
+    keep_best: bool = True
+    """export the actor with the best validation score seen, the imitated starting rule (update 0) included,
+    instead of the last one: PPO may also make the policy worse"""
     seed: int = 1
     """seeds torch and the envs: the same seed gives the same model"""
     eval_every_updates: int = 50
@@ -119,37 +132,115 @@ class TorchPolicy:
         return PolicyOutput(self.mapping.desired(k, obs), k.astype(np.int64))
 
 
-class FixedActions:
-    """Row i of the batch always takes action `actions[i]` (to compare the grid's actions as fixed rules)."""
+class RuleActions:
+    """Row i takes `main[i]`, or `jump[i]` while its last load jump is under `window` minutes old: the starting
+    rules PPO chooses from (with window 0, the grid's actions as fixed rules)."""
 
-    name = "fixed"
+    name = "rule"
 
-    def __init__(self, mapping: ActionMapping, actions: np.ndarray):
-        self.mapping, self.actions = mapping, actions
+    def __init__(self, mapping: ActionMapping, main: np.ndarray, jump: np.ndarray | None = None, window: int = 0):
+        self.mapping, self.main, self.window = mapping, np.asarray(main, dtype=np.int64), int(window)
+        self.jump = self.main if jump is None else np.asarray(jump, dtype=np.int64)
 
     def reset(self, n: int) -> None:
         pass
 
+    def actions(self, obs: Observation) -> np.ndarray:
+        if self.window <= 0:
+            return np.broadcast_to(self.main, (obs.n,)).copy()
+        return np.where(obs.jump_age_minutes < self.window, self.jump, self.main).astype(np.int64)
+
     def decide(self, obs: Observation) -> PolicyOutput:
-        return PolicyOutput(self.mapping.desired(self.actions, obs), self.actions)
+        k = self.actions(obs)
+        return PolicyOutput(self.mapping.desired(k, obs), k)
+
+
+def _draw_loads(fleet: FleetParams, sampler: LoadSampler | None, seed: int, n_loads: int,
+                minutes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n_loads, minutes + 1) training loads and their start minutes, drawn from `seed` alone."""
+    sampler = sampler or LoadSampler(max_load_tpm=fleet.max_load_tpm)
+    rng = np.random.default_rng([seed, 7919])
+    drawn = [sampler.sample(rng, minutes + 1) for _ in range(n_loads)]
+    return np.stack([d[0] for d in drawn]), np.array([d[1] for d in drawn])
+
+
+def _best_of_grid(mapping: ActionMapping, fleet: FleetParams, loads: np.ndarray, starts: np.ndarray,
+                  main: int | None, window: int) -> int:
+    """The grid action earning most on `loads`: as the main action (main None) or as the jump action."""
+    from training.backtest import simulate
+    from training.fleet import expected_reward
+
+    n_loads = loads.shape[0]
+    rows = np.repeat(np.arange(mapping.n), n_loads)
+    rule = RuleActions(mapping, rows) if main is None else RuleActions(mapping, np.full_like(rows, main), rows, window)
+    tiled = np.tile(loads, (mapping.n, 1))
+    traj = simulate(rule, tiled, np.tile(starts, mapping.n), np.zeros(rows.shape[0], dtype=np.uint64), fleet)
+    e = expected_reward(traj.active, tiled[:, 1:], fleet).sum(axis=1)
+    return int(np.argmax(e.reshape(mapping.n, n_loads).sum(axis=1)))
 
 
 def best_fixed_action(mapping: ActionMapping, fleet: FleetParams, sampler: LoadSampler | None, seed: int,
                       n_loads: int, minutes: int) -> int:
     """The grid action with the highest expected profit as a fixed rule on `n_loads` training episodes."""
-    from training.backtest import simulate
-    from training.fleet import expected_reward
+    loads, starts = _draw_loads(fleet, sampler, seed, n_loads, minutes)
+    return _best_of_grid(mapping, fleet, loads, starts, None, 0)
 
-    sampler = sampler or LoadSampler(max_load_tpm=fleet.max_load_tpm)
-    rng = np.random.default_rng([seed, 7919])
-    drawn = [sampler.sample(rng, minutes + 1) for _ in range(n_loads)]
-    loads = np.stack([d[0] for d in drawn])
-    starts = np.array([d[1] for d in drawn])
-    rows = np.repeat(np.arange(mapping.n), n_loads)
-    traj = simulate(FixedActions(mapping, rows), np.tile(loads, (mapping.n, 1)), np.tile(starts, mapping.n),
-                    np.zeros(rows.shape[0], dtype=np.uint64), fleet)
-    e = expected_reward(traj.active, np.tile(loads, (mapping.n, 1))[:, 1:], fleet).sum(axis=1)
-    return int(np.argmax(e.reshape(mapping.n, n_loads).sum(axis=1)))
+
+def choose_start_rule(cfg: "PPOConfig", mapping: ActionMapping, fleet: FleetParams, sampler: LoadSampler | None,
+                      loads: np.ndarray, starts: np.ndarray) -> RuleActions:
+    """The rule PPO starts from (see `PPOConfig.init_action` and `init_jump_action`), chosen on `loads`."""
+    def pick(text: str, main: int | None, window: int) -> int:
+        if text == "auto":
+            return _best_of_grid(mapping, fleet, loads, starts, main, window)
+        u, c = (float(x) for x in text.split(","))
+        return mapping.index(u, c)
+
+    k0 = pick(cfg.init_action, None, 0)
+    window = cfg.init_jump_window_minutes
+    k1 = pick(cfg.init_jump_action, k0, window) if window > 0 else k0
+    return RuleActions(mapping, np.array(k0), np.array(k1), window if k1 != k0 else 0)
+
+
+class _Recorder:
+    """Runs a rule and keeps every observation's features with the rule's action (imitation data)."""
+
+    name = "recorder"
+
+    def __init__(self, rule: RuleActions):
+        self.rule, self.x, self.y = rule, [], []
+
+    def reset(self, n: int) -> None:
+        self.rule.reset(n)
+
+    def decide(self, obs: Observation) -> PolicyOutput:
+        out = self.rule.decide(obs)
+        self.x.append(obs.features)
+        self.y.append(out.raw)
+        return out
+
+
+def imitate(agent: "Agent", rule: RuleActions, fleet: FleetParams, loads: np.ndarray, starts: np.ndarray,
+            cfg: "PPOConfig") -> float:
+    """Fit the actor to `rule`'s decisions on `loads` (cross-entropy); returns the share of them it matches."""
+    from training.backtest import simulate
+
+    rec = _Recorder(rule)
+    simulate(rec, loads, starts, np.zeros(loads.shape[0], dtype=np.uint64), fleet)
+    x = torch.from_numpy(np.concatenate(rec.x))
+    y = torch.from_numpy(np.concatenate(rec.y))
+    opt = torch.optim.Adam(agent.actor.parameters(), lr=cfg.imitation_lr)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    mb = 4096
+    for _ in range(cfg.imitation_epochs):
+        perm = torch.randperm(x.shape[0], generator=gen)
+        for s in range(0, x.shape[0], mb):
+            i = perm[s:s + mb]
+            loss = nn.functional.cross_entropy(agent.actor(x[i]), y[i])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        return float((agent(x) == y).float().mean())
 
 
 def validation_runs(cfg: PPOConfig) -> list:
@@ -183,7 +274,9 @@ def train(cfg: PPOConfig, out: Path, sampler: LoadSampler | None = None, fleet: 
           val_runs: list | None = None, budget_seconds: float | None = None, resume: bool = True,
           progress: bool = True) -> dict:
     """Train; writes out/checkpoint.pt (resumable), out/train_log.jsonl, out/learning_curve.png.
-    Returns {"agent": Agent, "mapping": ActionMapping, "validation": last validation summary}."""
+    Before PPO, the actor imitates a starting rule chosen on training loads (`choose_start_rule`, `imitate`).
+    Returns {"agent": Agent, "mapping": ActionMapping, "validation": last validation summary, "steps": int,
+    "start_rule": what was imitated}."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
@@ -196,15 +289,17 @@ def train(cfg: PPOConfig, out: Path, sampler: LoadSampler | None = None, fleet: 
     env = WebFleetVectorEnv(cfg.num_envs, fleet=train_fleet, sampler=sampler, episode_minutes=cfg.episode_minutes,
                             expected_reward=cfg.expected_reward)
     agent = Agent(mapping.n, cfg.hidden)
-    if cfg.init_action == "auto":
-        k0 = best_fixed_action(mapping, train_fleet, sampler, cfg.seed, cfg.init_loads, cfg.episode_minutes)
-    else:
-        u0, c0 = (float(x) for x in cfg.init_action.split(","))
-        k0 = mapping.index(u0, c0)
-    if progress:
-        print(f"starting from the fixed action {mapping.describe(k0)}", file=sys.stderr)
-    with torch.no_grad():
-        agent.actor[-1].bias[k0] = cfg.init_bias
+    start: dict = {}
+    if not (resume and (out / "checkpoint.pt").is_file()):
+        loads, starts = _draw_loads(train_fleet, sampler, cfg.seed, cfg.init_loads, cfg.episode_minutes)
+        rule = choose_start_rule(cfg, mapping, train_fleet, sampler, loads, starts)
+        start = {"main": mapping.describe(int(rule.main)), "jump": mapping.describe(int(rule.jump)),
+                 "jump_window_minutes": rule.window,
+                 "imitated_share": round(imitate(agent, rule, train_fleet, loads, starts, cfg), 5)}
+        if progress:
+            jump = f", {start['jump']} for {rule.window} minutes after a load jump" if rule.window else ""
+            print(f"starting from the rule {start['main']}{jump} "
+                  f"(imitated: {100 * start['imitated_share']:.2f}% of its decisions)", file=sys.stderr)
     opt = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=1e-5)
     batch = cfg.num_envs * cfg.num_steps
     num_updates = max(cfg.total_steps // batch, 1)
@@ -220,6 +315,7 @@ def train(cfg: PPOConfig, out: Path, sampler: LoadSampler | None = None, fleet: 
         agent.load_state_dict(state["agent"])
         opt.load_state_dict(state["optimizer"])
         start_update, global_step = state["update"] + 1, state["global_step"]
+        start = state.get("start", {})
         torch.set_rng_state(state["torch_rng"])
         log_rows = [json.loads(x) for x in log_path.read_text().splitlines()] if log_path.is_file() else []
     elif log_path.exists():
@@ -228,7 +324,20 @@ def train(cfg: PPOConfig, out: Path, sampler: LoadSampler | None = None, fleet: 
     # its envs deterministically (the unfinished episodes of the interrupted run are not replayed).
     next_obs, _ = env.reset(seed=cfg.seed * 100_003 + start_update)
     val_runs = val_runs if val_runs is not None else validation_runs(cfg)
-    oracle_e = None
+    oracle_e: list[float] = []
+
+    def validate() -> dict:
+        if not oracle_e:
+            oracle_e.append(backtest(val_runs, {"oracle": None}, fleet).summary[0]["expected_profit_usd"])
+        s = backtest(val_runs, {"ppo": TorchPolicy(agent, mapping)}, fleet).summary[0]
+        return {"expected_profit_usd": s["expected_profit_usd"], "downtime_minutes": s["downtime_minutes"],
+                "pct_of_oracle": round(100 * s["expected_profit_usd"] / oracle_e[0], 2)}
+
+    best: dict = {}
+    if start_update > 1:
+        best = state.get("best", {})
+    elif val_runs and cfg.keep_best:
+        best = {"update": 0, "validation": validate(), "actor": copy.deepcopy(agent.actor.state_dict())}
     obs_buf = torch.zeros((cfg.num_steps, cfg.num_envs, OBS_DIM))
     act_buf = torch.zeros((cfg.num_steps, cfg.num_envs), dtype=torch.long)
     logp_buf = torch.zeros((cfg.num_steps, cfg.num_envs))
@@ -296,13 +405,9 @@ def train(cfg: PPOConfig, out: Path, sampler: LoadSampler | None = None, fleet: 
                "entropy": float(dist.entropy().mean().detach())}
         final = update == num_updates or (budget_seconds is not None and elapsed >= budget_seconds)
         if val_runs and (update % cfg.eval_every_updates == 0 or final):
-            if oracle_e is None:
-                rep = backtest(val_runs, {"oracle": None}, fleet)
-                oracle_e = rep.summary[0]["expected_profit_usd"]
-            rep = backtest(val_runs, {"ppo": TorchPolicy(agent, mapping)}, fleet)
-            s = rep.summary[0]
-            last_val = {"expected_profit_usd": s["expected_profit_usd"], "downtime_minutes": s["downtime_minutes"],
-                        "pct_of_oracle": round(100 * s["expected_profit_usd"] / oracle_e, 2)}
+            last_val = validate()
+            if cfg.keep_best and (not best or last_val["pct_of_oracle"] > best["validation"]["pct_of_oracle"]):
+                best = {"update": update, "validation": last_val, "actor": copy.deepcopy(agent.actor.state_dict())}
             row["val_pct_of_oracle"] = last_val["pct_of_oracle"]
             row["val_downtime_minutes"] = last_val["downtime_minutes"]
         log_rows.append(row)
@@ -315,10 +420,19 @@ def train(cfg: PPOConfig, out: Path, sampler: LoadSampler | None = None, fleet: 
                   f"reward {reward_ema * 10_000:9,.0f} $/10k min{pct}   ", end="", file=sys.stderr, flush=True)
         if update % 20 == 0 or final:
             torch.save({"agent": agent.state_dict(), "optimizer": opt.state_dict(), "update": update,
-                        "global_step": global_step, "config": asdict(cfg), "torch_rng": torch.get_rng_state()}, ckpt)
+                        "global_step": global_step, "config": asdict(cfg), "torch_rng": torch.get_rng_state(), "start": start,
+                        "best": best}, ckpt)
         if final:
             break
     if progress:
         print(file=sys.stderr)
     _plot_curve(log_rows, out / "learning_curve.png")
-    return {"agent": agent, "mapping": mapping, "validation": last_val, "steps": global_step}
+    selected = None
+    if best:
+        agent.actor.load_state_dict(best["actor"])
+        last_val, selected = best["validation"], best["update"]
+        if progress:
+            print(f"kept the actor of update {selected} (validation {last_val['pct_of_oracle']:.2f}% of oracle; "
+                  "update 0 is the imitated starting rule)", file=sys.stderr)
+    return {"agent": agent, "mapping": mapping, "validation": last_val, "steps": global_step, "start_rule": start,
+            "selected_update": selected}
