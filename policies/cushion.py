@@ -8,7 +8,9 @@ best point and its profit/downtime frontier.
 With `jump_window_minutes` > 0, for that many minutes after a detected load jump (feature `jump_age` of the
 observation builder) the rule runs at (`jump_utilization`, `jump_cushion_day_max_share`) instead: on the
 seed's load a jump is a spike's onset and no other spike can start for 105 minutes, so the spike insurance can
-be dropped meanwhile. 0 turns this off. Defaults: the shipped model's starting rule.
+be dropped meanwhile. 0 turns this off. The window applies only while the load has not re-risen soon after a
+jump (feature `rerise_age`) for `jump_quiet_minutes`: on a bursty load the minutes after a jump are not safe.
+Defaults: the shipped model's starting rule.
 """
 from __future__ import annotations
 
@@ -20,6 +22,12 @@ from policies.base import PolicyOutput
 from policies.observation import Observation
 
 
+def in_jump_window(obs: Observation, window_minutes: int, quiet_minutes: int) -> np.ndarray:
+    """(N,) bool: the last load jump is under `window_minutes` old and the load has not re-risen (observation
+    feature `rerise_age`) for `quiet_minutes`."""
+    return (obs.jump_age_minutes < window_minutes) & (obs.rerise_age_minutes >= quiet_minutes)
+
+
 class CushionParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     utilization: float = Field(0.76, gt=0, le=1, description="load / mean capacity to run at")
@@ -29,6 +37,7 @@ class CushionParams(BaseModel):
     jump_window_minutes: int = Field(95, ge=0, le=10_000, description="minutes after a detected load jump run at the jump pair below (0: off)")
     jump_utilization: float = Field(0.64, gt=0, le=1, description="utilization during the jump window")
     jump_cushion_day_max_share: float = Field(0.0, ge=0, le=1, description="cushion during the jump window")
+    jump_quiet_minutes: int = Field(4320, ge=0, le=100_000, description="the jump window applies only if the load has not re-risen within a jump's refractory time for this many minutes")
 
 
 class CushionPolicy:
@@ -47,7 +56,8 @@ class CushionPolicy:
 
     def actions(self, obs: Observation) -> np.ndarray:
         """(N,) index into `self.mapping`: the jump pair inside a jump window, else the main pair."""
-        in_window = obs.jump_age_minutes < self.params.jump_window_minutes
+        p = self.params
+        in_window = in_jump_window(obs, p.jump_window_minutes, p.jump_quiet_minutes)
         return np.where(in_window, self.jump, self.main).astype(np.int64)
 
     def decide(self, obs: Observation) -> PolicyOutput:

@@ -30,14 +30,17 @@ service reads the same numbers on a 600-machine one.
 | 22 | has_week | 1 when a week of history is there, else 0 (and 20 reads 1) |
 | 23 | granularity | 1 / R (how big one machine is against the load) |
 | 24 | jump_age | minutes since the last detected load jump / 100 (clipped to 10; 10 when none was seen) |
+| 25 | rerise_age | minutes since the last re-rise / 1000 (clipped to 10; 10 when none was seen) |
 
 A load jump is a sudden rise that a smooth trend and the noise do not explain: the mean of the last 3 minutes
 exceeds the straight line fitted to the 20 minutes before (lags 5..24), extrapolated to them (but at least the
 mean of lags 5..9, so that the level after a sudden fall is no rise), by more than 5%
 of the daily maximum and by more than 5 standard errors (the noise estimated from a slow EMA of the absolute
-minute-to-minute change). A jump within `JUMP_REFRACTORY_MINUTES` of the last one dates the same burst and is
-not counted again. On the seed's synthetic load a jump marks a spike's onset, and the generator never starts a
-spike within 105 minutes of the last onset; whether a real load behaves so is for a policy to learn.
+minute-to-minute change). A rise within `JUMP_REFRACTORY_MINUTES` of the last jump is not a new jump; from 10
+minutes after it on (before, it is the jump itself) it is a re-rise: the load rose again while the last jump
+was recent. On the seed's synthetic load a jump marks a spike's onset and the generator never starts a spike
+within 105 minutes of the last onset, so re-rises are rare; on bursty real loads they are common. Whether the
+minutes after a jump are safe is for a policy to learn from both features.
 """
 from __future__ import annotations
 
@@ -50,7 +53,7 @@ OBS_VERSION = 2
 FEATURE_NAMES = (
     "load", "lag1", "lag2", "lag3", "lag4", "lag5", "ema_fast", "ema_slow", "day_max", "hour_max", "noise",
     "active", "warming", "util", "tod_sin", "tod_cos", "dow_sin", "dow_cos", "day_ahead", "day_now",
-    "week_ahead", "has_day", "has_week", "granularity", "jump_age",
+    "week_ahead", "has_day", "has_week", "granularity", "jump_age", "rerise_age",
 )
 OBS_DIM = len(FEATURE_NAMES)
 DAY_MINUTES = 1440
@@ -65,11 +68,15 @@ _J_RECENT, _J_GAP, _J_REF = 3, 2, 20
 _J_SHARE_OF_DAY_MAX, _J_Z, _A_NOISE_SLOW = 0.05, 5.0, 0.02
 #: A jump this soon after the last one belongs to the same burst (minutes).
 JUMP_REFRACTORY_MINUTES = 100
+#: A rise this many minutes or more after a jump, within the refractory time, is a re-rise (before it, the
+#: rise is still the jump itself: the reference window has not taken the new level in yet).
+_J_RERISE_AFTER = 10
 #: Samples needed before the detector may fire: its windows plus time for the slow noise EMA to settle.
 _J_WARMUP = _J_RECENT + _J_GAP + _J_REF + 30
 #: jump_age of a group that has seen no jump (minutes; the feature clips at 1000 anyway).
 JUMP_NONE_MINUTES = 1_000_000
 _J_AGE_SCALE, _J_AGE_CLIP = 100.0, 1000
+_J_RERISE_SCALE, _J_RERISE_CLIP = 1000.0, 10_000
 
 
 def _jump_weights() -> np.ndarray:
@@ -153,6 +160,7 @@ class Observation:
     history: LoadHistory
     day_max_tpm: np.ndarray | None = None  #: (N,) leaky daily maximum of the load (feature 8 x R)
     jump_age_minutes: np.ndarray | None = None  #: (N,) minutes since the last detected load jump (feature 24)
+    rerise_age_minutes: np.ndarray | None = None  #: (N,) minutes since the last re-rise (feature 25)
 
     @property
     def n(self) -> int:
@@ -183,6 +191,7 @@ class ObservationBuilder:
         self.day_max, self.hour_max, self.noise = z(), z(), z()
         self.noise_slow = z()
         self.jump_age = np.full(self.n, JUMP_NONE_MINUTES, dtype=np.int64)
+        self.rerise_age = np.full(self.n, JUMP_NONE_MINUTES, dtype=np.int64)
         self.active = np.zeros(self.n, dtype=np.int64)
         self.warming = np.zeros(self.n, dtype=np.int64)
         self._rows = np.arange(self.n)
@@ -194,6 +203,7 @@ class ObservationBuilder:
         self.pos[r] = 0
         self.minute[r] = 0
         self.jump_age[r] = JUMP_NONE_MINUTES
+        self.rerise_age[r] = JUMP_NONE_MINUTES
 
     def update(self, load_tpm: np.ndarray, active: np.ndarray, warming: np.ndarray, minute: np.ndarray) -> np.ndarray:
         """Add one minute for every group. `minute` is minutes since the epoch of the sample.
@@ -219,6 +229,7 @@ class ObservationBuilder:
             self.pos[r] = (self.pos[r] + k) % self.h
             self.count[r] += k
             self.jump_age[r] += k
+            self.rerise_age[r] += k
         if fresh.any():
             f = np.nonzero(fresh)[0]
             self.buf[f] = load[f, None]
@@ -227,6 +238,7 @@ class ObservationBuilder:
             self.noise[f] = 0.0
             self.noise_slow[f] = 0.0
             self.jump_age[f] = JUMP_NONE_MINUTES
+            self.rerise_age[f] = JUMP_NONE_MINUTES
             self.load[f] = load[f]
         accept = ok
         prev = self.load
@@ -301,15 +313,19 @@ class ObservationBuilder:
 
     def _detect_jumps(self, rows: np.ndarray | None) -> None:
         """Age every group that took a sample (`rows`: bool mask, None = all) by one minute, then restart the
-        age of those whose last samples make a jump (module docstring). Runs after the sample is stored."""
+        jump age of those whose last samples make a jump, or the re-rise age of those whose last jump is
+        `_J_RERISE_AFTER` to `JUMP_REFRACTORY_MINUTES` minutes old (module docstring). Runs after the sample
+        is stored."""
         if rows is None:
             self.jump_age += 1
+            self.rerise_age += 1
         else:
             self.jump_age[rows] += 1
+            self.rerise_age[rows] += 1
         ready = self.count > _J_WARMUP
         if rows is not None:
             ready &= rows
-        ready &= self.jump_age > JUMP_REFRACTORY_MINUTES
+        ready &= self.jump_age >= _J_RERISE_AFTER
         if not ready.any():
             return
         recent = _gather(self.buf, self.pos, 0, _J_RECENT - 1).astype(np.float64).mean(axis=1)
@@ -319,9 +335,11 @@ class ObservationBuilder:
         # the line, but never below the level just before: after a fall the line dives, and the return to the
         # new level would read as a rise
         rise = recent - np.maximum(ref @ _J_W, ref[:, -5:].mean(axis=1))
-        jump = ready & (rise > _J_SHARE_OF_DAY_MAX * self.day_max)
-        jump &= rise > _J_Z * _J_SE * self.noise_slow / _MEAN_ABS_DIFF
-        self.jump_age[jump] = 0
+        up = ready & (rise > _J_SHARE_OF_DAY_MAX * self.day_max)
+        up &= rise > _J_Z * _J_SE * self.noise_slow / _MEAN_ABS_DIFF
+        jump = self.jump_age > JUMP_REFRACTORY_MINUTES
+        self.rerise_age[up & ~jump] = 0
+        self.jump_age[up & jump] = 0
 
     def _mean5(self, k_lo: int) -> np.ndarray:
         """(N,) mean load over the 5 lags k_lo..k_lo + 4, as `LoadHistory.window_mean` computes it (numpy's mean
@@ -381,10 +399,12 @@ class ObservationBuilder:
         np.divide(1.0, r_m, out=g[23])
         np.minimum(self.jump_age, _J_AGE_CLIP, out=g[24], casting="unsafe")
         g[24] /= _J_AGE_SCALE
+        np.minimum(self.rerise_age, _J_RERISE_CLIP, out=g[25], casting="unsafe")
+        g[25] /= _J_RERISE_SCALE
         np.clip(g, -_CLIP, _CLIP, out=g)
         return Observation(
             features=f.astype(np.float32), load_tpm=self.load.copy(), active=self.active.copy(),
             warming=self.warming.copy(), capacity_tpm_per_machine=cap, warmup_minutes=self.warmup,
             minute=self.minute.copy(), history=hist, day_max_tpm=self.day_max.copy(),
-            jump_age_minutes=self.jump_age.copy(),
+            jump_age_minutes=self.jump_age.copy(), rerise_age_minutes=self.rerise_age.copy(),
         )

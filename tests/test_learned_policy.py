@@ -234,7 +234,7 @@ def test_imitation_learns_the_starting_rule_and_its_jump_window():
     from training.ppo import Agent, PPOConfig, RuleActions, _draw_loads, _Recorder, imitate
 
     m, fleet = ActionMapping(), FleetParams()
-    rule = RuleActions(m, np.array(m.index(0.76, 0.18)), np.array(m.index(0.64, 0.0)), 95)
+    rule = RuleActions(m, np.array(m.index(0.76, 0.18)), np.array(m.index(0.64, 0.0)), 95, 4320)
     torch.manual_seed(0)
     agent = Agent(m.n)
     loads, starts = _draw_loads(fleet, None, 5, 8, 4000)

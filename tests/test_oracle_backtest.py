@@ -240,11 +240,12 @@ def test_the_cushion_rule_takes_its_jump_pair_inside_the_jump_window_only():
     from policies.cushion import CushionParams, CushionPolicy
     from policies.observation import ObservationBuilder
 
-    b = ObservationBuilder(2, 300.0, 5)
-    for minute in range(200):  # both fall from 6,000 to 2,000 tpm at 50; group 0 jumps to 3,500 at 100
-        flat = 6000.0 if minute < 50 else 2000.0
-        b.update(np.array([3500.0 if minute >= 100 else flat, flat]), np.array([20, 20]), np.array([0, 0]),
-                 np.array([minute, minute]))
+    b = ObservationBuilder(3, 300.0, 5)
+    for minute in range(200):  # all fall from 6,000 to 2,000 tpm at 50; groups 0 and 2 jump to 3,500 at 100,
+        flat = 6000.0 if minute < 50 else 2000.0  # and group 2 rises again, to 4,000, at 130 (a re-rise)
+        up = 3500.0 if minute >= 100 else flat
+        b.update(np.array([up, flat, 4000.0 if minute >= 130 else up]), np.full(3, 20), np.zeros(3),
+                 np.full(3, minute))
         obs = b.observation()
         age = obs.jump_age_minutes
         if minute < 100:
@@ -252,10 +253,13 @@ def test_the_cushion_rule_takes_its_jump_pair_inside_the_jump_window_only():
             continue
         rule = CushionPolicy(CushionParams(jump_window_minutes=60))
         m = ActionMapping((0.76, 0.64), (0.18, 0.0), 3, 1.1)
-        want = np.where(age < 60, m.index(0.64, 0.0), m.index(0.76, 0.18))
+        quiet = obs.rerise_age_minutes >= 4320
+        want = np.where((age < 60) & quiet, m.index(0.64, 0.0), m.index(0.76, 0.18))
         assert np.array_equal(rule.decide(obs).desired, m.desired(want, obs))
         if minute == 120:
-            assert age[0] < 60 and age[1] > 1000
-            assert rule.decide(obs).desired[0] < m.desired(np.array([m.index(0.76, 0.18)] * 2), obs)[0]
+            assert age[0] < 60 and age[1] > 1000 and quiet.all()
+            assert rule.decide(obs).desired[0] < m.desired(np.array([m.index(0.76, 0.18)] * 3), obs)[0]
+        if minute == 140:  # group 2 re-rose: no window for it any more
+            assert age[2] < 60 and not quiet[2] and want[2] == m.index(0.76, 0.18)
         if minute == 199:
             assert age[0] >= 60

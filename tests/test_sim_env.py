@@ -275,18 +275,21 @@ def test_seasonal_window_mean_matches_numpy_mean_of_the_gathered_window():
 
 # --- the load-jump detector (feature jump_age) --------------------------------------------------------------
 
-def _feed(loads: np.ndarray, minute0: int = 1_000_000) -> np.ndarray:
-    """Feed (N, T) loads into a builder; returns the (N, T) jump ages after each minute."""
+def _feed(loads: np.ndarray, minute0: int = 1_000_000) -> tuple[np.ndarray, np.ndarray]:
+    """Feed (N, T) loads into a builder; returns the (N, T) jump ages and re-rise ages after each minute."""
     n, t_len = loads.shape
     b = ObservationBuilder(n, 300.0, 5)
     ages = np.zeros((n, t_len), dtype=np.int64)
+    rerise = np.zeros((n, t_len), dtype=np.int64)
     for t in range(t_len):
         b.update(loads[:, t], np.full(n, 20), np.zeros(n), np.full(n, minute0 + t))
         obs = b.observation()
-        ages[:, t] = obs.jump_age_minutes
+        ages[:, t], rerise[:, t] = obs.jump_age_minutes, obs.rerise_age_minutes
         assert np.array_equal(obs.features[:, FEATURE_NAMES.index("jump_age")],
                               (np.minimum(obs.jump_age_minutes, 1000) / 100.0).astype(np.float32))
-    return ages
+        assert np.array_equal(obs.features[:, FEATURE_NAMES.index("rerise_age")],
+                              (np.minimum(obs.rerise_age_minutes, 10_000) / 1000.0).astype(np.float32))
+    return ages, rerise
 
 
 def _daily(rng, n: int, t_len: int, noise: float) -> np.ndarray:
@@ -307,7 +310,8 @@ def test_jumps_are_detected_within_three_minutes_and_nowhere_else():
     onsets = np.arange(300, t_len - 200, 450)
     for first in onsets:  # 1,200 tpm, decaying linearly over 60 minutes like the seed's spikes
         loads[:, first:first + 60] += 1200 * (1 - np.arange(60) / 60)
-    ages = _feed(loads)
+    ages, rerise = _feed(loads)
+    assert (rerise > 1000).all()  # each spike decays: nothing rises again after its jump
     detected = ages == 0
     for row in range(8):
         hits = np.nonzero(detected[row])[0]
@@ -317,18 +321,22 @@ def test_jumps_are_detected_within_three_minutes_and_nowhere_else():
 
 def test_noise_and_the_daily_cycle_alone_make_no_jumps():
     rng = np.random.default_rng(12)
-    ages = _feed(_daily(rng, 8, 3 * DAY_MINUTES, 0.05))
+    ages, rerise = _feed(_daily(rng, 8, 3 * DAY_MINUTES, 0.05))
     assert not (ages == 0).any()
-    assert (ages > 1000).all()  # never a jump: the age stays at "none"
+    assert (ages > 1000).all() and (rerise > 1000).all()  # never a jump: the ages stay at "none"
 
 
-def test_jump_age_counts_minutes_ignores_a_second_jump_of_the_same_burst_and_survives_gaps():
+def test_jump_age_counts_minutes_a_second_rise_soon_after_is_a_rerise_and_ages_survive_gaps():
     load = np.full(600, 3000.0)
     load[100:] += 1000  # a step up: one jump
-    load[160:] += 1000  # 60 minutes later: within the refractory time, the same burst
+    load[160:] += 1000  # 60 minutes later: within the refractory time, a re-rise, not a new jump
     load[400:] += 1000  # 300 minutes later: a new jump
-    ages = _feed(load[None, :])[0]
+    ages, rerise = (a[0] for a in _feed(load[None, :]))
     assert ages[99] > 1000 and ages[100] in (0, 1, 2)
+    assert rerise[159] > 1000 and rerise[160:163].min() == 0
+    last = int(np.nonzero(rerise[:300] == 0)[0].max())
+    assert np.array_equal(rerise[last:last + 200], np.arange(200))
+    assert rerise[400:420].min() > 0  # a jump after the refractory time is a jump, not a re-rise
     first = int(np.argmax(ages == 0))
     assert np.array_equal(ages[first:first + 250], np.arange(250))
     assert ages[400:403].min() == 0

@@ -20,6 +20,7 @@ from torch import nn
 
 from policies.actions import ActionMapping
 from policies.base import PolicyOutput
+from policies.cushion import in_jump_window
 from policies.observation import OBS_DIM, Observation
 from training.backtest import backtest, synthetic_run
 from training.env import LoadSampler, WebFleetVectorEnv
@@ -70,6 +71,9 @@ class PPOConfig:
     init_jump_window_minutes: int = 95
     """the starting rule takes its jump action for this many minutes after a detected load jump (observation
     feature `jump_age`); 0: no jump action"""
+    init_jump_quiet_minutes: int = 4320
+    """the jump window applies only when the load has not re-risen soon after a jump for this many minutes
+    (observation feature `rerise_age`; see `policies.cushion`)"""
     init_jump_action: str = "auto"
     """the jump action: "auto" = the grid action that earns most in jump windows (the main action fixed
     elsewhere) on the same training loads, which may be the main action itself; or "U,C" (utilization, cushion)"""
@@ -133,14 +137,16 @@ class TorchPolicy:
 
 
 class RuleActions:
-    """Row i takes `main[i]`, or `jump[i]` while its last load jump is under `window` minutes old: the starting
+    """Row i takes `main[i]`, or `jump[i]` in a jump window (`policies.cushion.in_jump_window`): the starting
     rules PPO chooses from (with window 0, the grid's actions as fixed rules)."""
 
     name = "rule"
 
-    def __init__(self, mapping: ActionMapping, main: np.ndarray, jump: np.ndarray | None = None, window: int = 0):
+    def __init__(self, mapping: ActionMapping, main: np.ndarray, jump: np.ndarray | None = None, window: int = 0,
+                 quiet: int = 0):
         self.mapping, self.main, self.window = mapping, np.asarray(main, dtype=np.int64), int(window)
         self.jump = self.main if jump is None else np.asarray(jump, dtype=np.int64)
+        self.quiet = int(quiet)
 
     def reset(self, n: int) -> None:
         pass
@@ -148,7 +154,7 @@ class RuleActions:
     def actions(self, obs: Observation) -> np.ndarray:
         if self.window <= 0:
             return np.broadcast_to(self.main, (obs.n,)).copy()
-        return np.where(obs.jump_age_minutes < self.window, self.jump, self.main).astype(np.int64)
+        return np.where(in_jump_window(obs, self.window, self.quiet), self.jump, self.main).astype(np.int64)
 
     def decide(self, obs: Observation) -> PolicyOutput:
         k = self.actions(obs)
@@ -165,14 +171,15 @@ def _draw_loads(fleet: FleetParams, sampler: LoadSampler | None, seed: int, n_lo
 
 
 def _best_of_grid(mapping: ActionMapping, fleet: FleetParams, loads: np.ndarray, starts: np.ndarray,
-                  main: int | None, window: int) -> int:
+                  main: int | None, window: int, quiet: int = 0) -> int:
     """The grid action earning most on `loads`: as the main action (main None) or as the jump action."""
     from training.backtest import simulate
     from training.fleet import expected_reward
 
     n_loads = loads.shape[0]
     rows = np.repeat(np.arange(mapping.n), n_loads)
-    rule = RuleActions(mapping, rows) if main is None else RuleActions(mapping, np.full_like(rows, main), rows, window)
+    rule = (RuleActions(mapping, rows) if main is None
+            else RuleActions(mapping, np.full_like(rows, main), rows, window, quiet))
     tiled = np.tile(loads, (mapping.n, 1))
     traj = simulate(rule, tiled, np.tile(starts, mapping.n), np.zeros(rows.shape[0], dtype=np.uint64), fleet)
     e = expected_reward(traj.active, tiled[:, 1:], fleet).sum(axis=1)
@@ -189,16 +196,17 @@ def best_fixed_action(mapping: ActionMapping, fleet: FleetParams, sampler: LoadS
 def choose_start_rule(cfg: "PPOConfig", mapping: ActionMapping, fleet: FleetParams, sampler: LoadSampler | None,
                       loads: np.ndarray, starts: np.ndarray) -> RuleActions:
     """The rule PPO starts from (see `PPOConfig.init_action` and `init_jump_action`), chosen on `loads`."""
-    def pick(text: str, main: int | None, window: int) -> int:
+    window, quiet = cfg.init_jump_window_minutes, cfg.init_jump_quiet_minutes
+
+    def pick(text: str, main: int | None) -> int:
         if text == "auto":
-            return _best_of_grid(mapping, fleet, loads, starts, main, window)
+            return _best_of_grid(mapping, fleet, loads, starts, main, window, quiet)
         u, c = (float(x) for x in text.split(","))
         return mapping.index(u, c)
 
-    k0 = pick(cfg.init_action, None, 0)
-    window = cfg.init_jump_window_minutes
-    k1 = pick(cfg.init_jump_action, k0, window) if window > 0 else k0
-    return RuleActions(mapping, np.array(k0), np.array(k1), window if k1 != k0 else 0)
+    k0 = pick(cfg.init_action, None)
+    k1 = pick(cfg.init_jump_action, k0) if window > 0 else k0
+    return RuleActions(mapping, np.array(k0), np.array(k1), window if k1 != k0 else 0, quiet)
 
 
 class _Recorder:
@@ -294,7 +302,7 @@ def train(cfg: PPOConfig, out: Path, sampler: LoadSampler | None = None, fleet: 
         loads, starts = _draw_loads(train_fleet, sampler, cfg.seed, cfg.init_loads, cfg.episode_minutes)
         rule = choose_start_rule(cfg, mapping, train_fleet, sampler, loads, starts)
         start = {"main": mapping.describe(int(rule.main)), "jump": mapping.describe(int(rule.jump)),
-                 "jump_window_minutes": rule.window,
+                 "jump_window_minutes": rule.window, "jump_quiet_minutes": rule.quiet,
                  "imitated_share": round(imitate(agent, rule, train_fleet, loads, starts, cfg), 5)}
         if progress:
             jump = f", {start['jump']} for {rule.window} minutes after a load jump" if rule.window else ""
