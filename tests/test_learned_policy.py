@@ -167,6 +167,10 @@ def test_an_interrupted_training_resumes_from_its_checkpoint(tmp_path: Path):
     rows = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["update"] for r in rows] == list(range(1, 9))  # went on from update 2, not from scratch
     assert rows[-1]["step"] == 4096
+    # the starting rule is not chosen and imitated again: it comes from the checkpoint into the manifest
+    assert "starting from the rule" in first.stderr and "starting from the rule" not in second.stderr
+    start = json.loads((out / "manifest.json").read_text())["training"]["start_rule"]
+    assert start["main"] and start["imitated_share"] > 0.5
 
 
 def _obs_after(loads: list[float]):
