@@ -28,6 +28,31 @@ def in_jump_window(obs: Observation, window_minutes: int, quiet_minutes: int) ->
     return (obs.jump_age_minutes < window_minutes) & (obs.rerise_age_minutes >= quiet_minutes)
 
 
+class RuleActions:
+    """Actions of an `ActionMapping` as a rule: row i takes `main[i]`, or `jump[i]` in a jump window
+    (`in_jump_window`). `cushion` is one of these; training compares and imitates them (with window 0, the
+    grid's actions as fixed rules)."""
+
+    name = "rule"
+
+    def __init__(self, mapping: ActionMapping, main: np.ndarray, jump: np.ndarray | None = None, window: int = 0,
+                 quiet: int = 0):
+        self.mapping, self.main, self.window = mapping, np.asarray(main, dtype=np.int64), int(window)
+        self.jump = self.main if jump is None else np.asarray(jump, dtype=np.int64)
+        self.quiet = int(quiet)
+
+    def reset(self, n: int) -> None:
+        pass
+
+    def actions(self, obs: Observation) -> np.ndarray:
+        """(N,) index into `self.mapping`."""
+        return np.where(in_jump_window(obs, self.window, self.quiet), self.jump, self.main).astype(np.int64)
+
+    def decide(self, obs: Observation) -> PolicyOutput:
+        k = self.actions(obs)
+        return PolicyOutput(self.mapping.desired(k, obs), k)
+
+
 class CushionParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     utilization: float = Field(0.76, gt=0, le=1, description="load / mean capacity to run at")
@@ -45,21 +70,16 @@ class CushionPolicy:
 
     def __init__(self, params: CushionParams | None = None):
         self.params = p = params or CushionParams()
-        self.mapping = ActionMapping((p.utilization, p.jump_utilization),
-                                     (p.cushion_day_max_share, p.jump_cushion_day_max_share),
-                                     p.base_minutes, p.surge_ratio)
-        self.main = self.mapping.index(p.utilization, p.cushion_day_max_share)
-        self.jump = self.mapping.index(p.jump_utilization, p.jump_cushion_day_max_share)
+        mapping = ActionMapping((p.utilization, p.jump_utilization),
+                                (p.cushion_day_max_share, p.jump_cushion_day_max_share),
+                                p.base_minutes, p.surge_ratio)
+        self.rule = RuleActions(mapping, np.array(mapping.index(p.utilization, p.cushion_day_max_share)),
+                                np.array(mapping.index(p.jump_utilization, p.jump_cushion_day_max_share)),
+                                p.jump_window_minutes, p.jump_quiet_minutes)
 
     def reset(self, n: int) -> None:
         pass
 
-    def actions(self, obs: Observation) -> np.ndarray:
-        """(N,) index into `self.mapping`: the jump pair inside a jump window, else the main pair."""
-        p = self.params
-        in_window = in_jump_window(obs, p.jump_window_minutes, p.jump_quiet_minutes)
-        return np.where(in_window, self.jump, self.main).astype(np.int64)
-
     def decide(self, obs: Observation) -> PolicyOutput:
-        d = self.mapping.desired(self.actions(obs), obs)
+        d = self.rule.decide(obs).desired
         return PolicyOutput(d, d.copy())

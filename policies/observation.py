@@ -34,9 +34,8 @@ service reads the same numbers on a 600-machine one.
 
 A load jump is a sudden rise that a smooth trend and the noise do not explain: the mean of the last 3 minutes
 exceeds the straight line fitted to the 20 minutes before (lags 5..24), extrapolated to them (but at least the
-mean of lags 5..9, so that the level after a sudden fall is no rise), by more than 5%
-of the daily maximum and by more than 5 standard errors (the noise estimated from a slow EMA of the absolute
-minute-to-minute change). A rise within `JUMP_REFRACTORY_MINUTES` of the last jump is not a new jump; from 10
+mean of lags 5..9, so that the level after a sudden fall is no rise), by more than 5% of the daily maximum and
+by more than 5 standard errors (the noise estimated from a slow EMA of the absolute minute-to-minute change). A rise within `JUMP_REFRACTORY_MINUTES` of the last jump is not a new jump; from 10
 minutes after it on (before, it is the jump itself) it is a re-rise: the load rose again while the last jump
 was recent. On the seed's synthetic load a jump marks a spike's onset and the generator never starts a spike
 within 105 minutes of the last onset, so re-rises are rare; on bursty real loads they are common. Whether the

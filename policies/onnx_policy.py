@@ -5,7 +5,7 @@ of the model reaches onnxruntime: the manifest parses and has the fields this bu
 spec version equals `OBS_VERSION`; the sha256 of policy.onnx equals the manifest's. Any mismatch raises
 `ModelError` with a message that says which check failed.
 
-Input `features` (N, 25) float32 -> outputs `action` (N,) int64 (argmax) and `logits` (N, A) float32.
+Input `features` (N, OBS_DIM) float32 -> outputs `action` (N,) int64 (argmax) and `logits` (N, A) float32.
 """
 from __future__ import annotations
 

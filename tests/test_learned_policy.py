@@ -235,7 +235,8 @@ def test_imitation_learns_the_starting_rule_and_its_jump_window():
 
     from training.backtest import simulate
     from training.params import FleetParams
-    from training.ppo import Agent, PPOConfig, RuleActions, _draw_loads, _Recorder, imitate
+    from policies.cushion import RuleActions
+    from training.ppo import Agent, PPOConfig, _draw_loads, _Recorder, imitate
 
     m, fleet = ActionMapping(), FleetParams()
     rule = RuleActions(m, np.array(m.index(0.76, 0.18)), np.array(m.index(0.64, 0.0)), 95, 4320)

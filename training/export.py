@@ -1,6 +1,6 @@
 """Export the deterministic actor to ONNX (built node by node with `onnx.helper`) and write the manifest.
 
-The graph: features (N, 25) float32 -> Gemm -> Tanh -> Gemm -> Tanh -> Gemm = logits (N, A) -> ArgMax =
+The graph: features (N, OBS_DIM) float32 -> Gemm -> Tanh -> Gemm -> Tanh -> Gemm = logits (N, A) -> ArgMax =
 action (N,) int64. No observation normalization to fold: the builder's features are already scaled.
 """
 from __future__ import annotations

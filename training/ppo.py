@@ -20,7 +20,7 @@ from torch import nn
 
 from policies.actions import ActionMapping
 from policies.base import PolicyOutput
-from policies.cushion import in_jump_window
+from policies.cushion import RuleActions
 from policies.observation import OBS_DIM, Observation
 from training.backtest import backtest, synthetic_run
 from training.env import LoadSampler, WebFleetVectorEnv
@@ -136,31 +136,6 @@ class TorchPolicy:
         return PolicyOutput(self.mapping.desired(k, obs), k.astype(np.int64))
 
 
-class RuleActions:
-    """Row i takes `main[i]`, or `jump[i]` in a jump window (`policies.cushion.in_jump_window`): the starting
-    rules PPO chooses from (with window 0, the grid's actions as fixed rules)."""
-
-    name = "rule"
-
-    def __init__(self, mapping: ActionMapping, main: np.ndarray, jump: np.ndarray | None = None, window: int = 0,
-                 quiet: int = 0):
-        self.mapping, self.main, self.window = mapping, np.asarray(main, dtype=np.int64), int(window)
-        self.jump = self.main if jump is None else np.asarray(jump, dtype=np.int64)
-        self.quiet = int(quiet)
-
-    def reset(self, n: int) -> None:
-        pass
-
-    def actions(self, obs: Observation) -> np.ndarray:
-        if self.window <= 0:
-            return np.broadcast_to(self.main, (obs.n,)).copy()
-        return np.where(in_jump_window(obs, self.window, self.quiet), self.jump, self.main).astype(np.int64)
-
-    def decide(self, obs: Observation) -> PolicyOutput:
-        k = self.actions(obs)
-        return PolicyOutput(self.mapping.desired(k, obs), k)
-
-
 def _draw_loads(fleet: FleetParams, sampler: LoadSampler | None, seed: int, n_loads: int,
                 minutes: int) -> tuple[np.ndarray, np.ndarray]:
     """(n_loads, minutes + 1) training loads and their start minutes, drawn from `seed` alone."""
@@ -193,8 +168,8 @@ def best_fixed_action(mapping: ActionMapping, fleet: FleetParams, sampler: LoadS
     return _best_of_grid(mapping, fleet, loads, starts, None, 0)
 
 
-def choose_start_rule(cfg: "PPOConfig", mapping: ActionMapping, fleet: FleetParams, sampler: LoadSampler | None,
-                      loads: np.ndarray, starts: np.ndarray) -> RuleActions:
+def choose_start_rule(cfg: "PPOConfig", mapping: ActionMapping, fleet: FleetParams, loads: np.ndarray,
+                      starts: np.ndarray) -> RuleActions:
     """The rule PPO starts from (see `PPOConfig.init_action` and `init_jump_action`), chosen on `loads`."""
     window, quiet = cfg.init_jump_window_minutes, cfg.init_jump_quiet_minutes
 
@@ -297,10 +272,12 @@ def train(cfg: PPOConfig, out: Path, sampler: LoadSampler | None = None, fleet: 
     env = WebFleetVectorEnv(cfg.num_envs, fleet=train_fleet, sampler=sampler, episode_minutes=cfg.episode_minutes,
                             expected_reward=cfg.expected_reward)
     agent = Agent(mapping.n, cfg.hidden)
+    ckpt = out / "checkpoint.pt"
+    resuming = resume and ckpt.is_file()
     start: dict = {}
-    if not (resume and (out / "checkpoint.pt").is_file()):
+    if not resuming:
         loads, starts = _draw_loads(train_fleet, sampler, cfg.seed, cfg.init_loads, cfg.episode_minutes)
-        rule = choose_start_rule(cfg, mapping, train_fleet, sampler, loads, starts)
+        rule = choose_start_rule(cfg, mapping, train_fleet, loads, starts)
         start = {"main": mapping.describe(int(rule.main)), "jump": mapping.describe(int(rule.jump)),
                  "jump_window_minutes": rule.window, "jump_quiet_minutes": rule.quiet,
                  "imitated_share": round(imitate(agent, rule, train_fleet, loads, starts, cfg), 5)}
@@ -313,10 +290,9 @@ def train(cfg: PPOConfig, out: Path, sampler: LoadSampler | None = None, fleet: 
     num_updates = max(cfg.total_steps // batch, 1)
     mb = batch // cfg.num_minibatches
     start_update, global_step = 1, 0
-    ckpt = out / "checkpoint.pt"
     log_path = out / "train_log.jsonl"
     log_rows: list[dict] = []
-    if resume and ckpt.is_file():
+    if resuming:
         state = torch.load(ckpt, weights_only=False)
         if state["config"] != asdict(cfg):
             raise ValueError(f"{ckpt} was written with another configuration; use a new --out or --no-resume")
@@ -342,7 +318,7 @@ def train(cfg: PPOConfig, out: Path, sampler: LoadSampler | None = None, fleet: 
                 "pct_of_oracle": round(100 * s["expected_profit_usd"] / oracle_e[0], 2)}
 
     best: dict = {}
-    if start_update > 1:
+    if resuming:
         best = state.get("best", {})
     elif val_runs and cfg.keep_best:
         best = {"update": 0, "validation": validate(), "actor": copy.deepcopy(agent.actor.state_dict())}
@@ -428,8 +404,8 @@ def train(cfg: PPOConfig, out: Path, sampler: LoadSampler | None = None, fleet: 
                   f"reward {reward_ema * 10_000:9,.0f} $/10k min{pct}   ", end="", file=sys.stderr, flush=True)
         if update % 20 == 0 or final:
             torch.save({"agent": agent.state_dict(), "optimizer": opt.state_dict(), "update": update,
-                        "global_step": global_step, "config": asdict(cfg), "torch_rng": torch.get_rng_state(), "start": start,
-                        "best": best}, ckpt)
+                        "global_step": global_step, "config": asdict(cfg), "torch_rng": torch.get_rng_state(),
+                        "start": start, "best": best}, ckpt)
         if final:
             break
     if progress:
