@@ -7,6 +7,7 @@
 
     .venv/bin/python benchmarks/daemon_bench.py [--policy target-tracking] [--groups 1000] [--ticks 15]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,7 +28,7 @@ TARGET_TICK_1000_S = 1.0
 
 _CHILD = """
 import json, sys
-from controller.cli import main
+from fleetpilot.controller.cli import main
 rc = main(['run', '--config', sys.argv[1], '--once', '--quiet'])
 status = dict(line.split(':', 1) for line in open('/proc/self/status') if ':' in line)
 mb = lambda k: int(status[k].split()[0]) / 1024
@@ -39,15 +40,32 @@ print(json.dumps({'rc': rc, 'rss_mb': mb('VmRSS'), 'hwm_mb': mb('VmHWM'),
 
 def one_group_once(tmp: Path, policy: str, repeats: int) -> dict:
     cfg = tmp / "one.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "interval_seconds": 0.05, "journal_path": str(tmp / "one.sqlite"),
-        "groups": [{"name": "web", "policy": policy, "source": {"kind": "simulator", "seed": 0},
-                    "backend": {"kind": "simulated", "seed": 0}}]}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "interval_seconds": 0.05,
+                "journal_path": str(tmp / "one.sqlite"),
+                "groups": [
+                    {
+                        "name": "web",
+                        "policy": policy,
+                        "source": {"kind": "simulator", "seed": 0},
+                        "backend": {"kind": "simulated", "seed": 0},
+                    }
+                ],
+            }
+        )
+    )
     firsts, reports = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        p = subprocess.Popen([sys.executable, "-c", _CHILD, str(cfg)], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, cwd=REPO)
+        p = subprocess.Popen(
+            [sys.executable, "-c", _CHILD, str(cfg)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+        )
         first = None
         for line in p.stderr:
             if first is None and '"first decision"' in line:
@@ -58,20 +76,35 @@ def one_group_once(tmp: Path, policy: str, repeats: int) -> dict:
         firsts.append(first)
         reports.append(json.loads(out.strip().splitlines()[-1]))
     r = reports[-1]
-    return {"first_decision_s": statistics.median(firsts), "first_decision_max_s": max(firsts),
-            "rss_mb": max(x["rss_mb"] for x in reports), "hwm_mb": max(x["hwm_mb"] for x in reports),
-            "torch": any(x["torch"] or x["libtorch"] for x in reports), "onnxruntime": r["onnxruntime"]}
+    return {
+        "first_decision_s": statistics.median(firsts),
+        "first_decision_max_s": max(firsts),
+        "rss_mb": max(x["rss_mb"] for x in reports),
+        "hwm_mb": max(x["hwm_mb"] for x in reports),
+        "torch": any(x["torch"] or x["libtorch"] for x in reports),
+        "onnxruntime": r["onnxruntime"],
+    }
 
 
 def many_groups_tick(tmp: Path, policy: str, groups: int, ticks: int) -> dict:
     from prometheus_client import CollectorRegistry
 
-    from controller.config import DaemonConfig
-    from controller.daemon import Daemon
+    from fleetpilot.controller.config import DaemonConfig
+    from fleetpilot.controller.daemon import Daemon
 
-    cfg = DaemonConfig(interval_seconds=0.05, journal_path=tmp / "many.sqlite", groups=[
-        {"name": f"g{i}", "policy": policy, "source": {"kind": "simulator", "seed": i, "minutes": 1440},
-         "backend": {"kind": "simulated", "seed": i}} for i in range(groups)])
+    cfg = DaemonConfig(
+        interval_seconds=0.05,
+        journal_path=tmp / "many.sqlite",
+        groups=[
+            {
+                "name": f"g{i}",
+                "policy": policy,
+                "source": {"kind": "simulator", "seed": i, "minutes": 1440},
+                "backend": {"kind": "simulated", "seed": i},
+            }
+            for i in range(groups)
+        ],
+    )
     t0 = time.perf_counter()
     d = Daemon(cfg, CollectorRegistry())
     d.backfill()
@@ -87,9 +120,15 @@ def many_groups_tick(tmp: Path, policy: str, groups: int, ticks: int) -> dict:
     calls = d.registry.get_sample_value("fleetpilot_inference_seconds_count") or 0.0
     inference = d.registry.get_sample_value("fleetpilot_inference_seconds_sum") / calls if calls else float("nan")
     d.close()
-    return {"tick_median_s": statistics.median(times), "tick_max_s": max(times), "setup_s": setup,
-            "inference_mean_s": inference, "policy": type(d.batches[0].policy).__name__
-            if d.batches[0].policy is not None else f"fallback ({d.batches[0].policy_error})"}
+    return {
+        "tick_median_s": statistics.median(times),
+        "tick_max_s": max(times),
+        "setup_s": setup,
+        "inference_mean_s": inference,
+        "policy": type(d.batches[0].policy).__name__
+        if d.batches[0].policy is not None
+        else f"fallback ({d.batches[0].policy_error})",
+    }
 
 
 def main() -> int:
@@ -104,25 +143,41 @@ def main() -> int:
         a = one_group_once(tmp, args.policy, args.repeats)
         b = many_groups_tick(tmp, args.policy, args.groups, args.ticks)
     rows = [
-        ("(a) resident memory after the first decision (VmRSS)", f"{a['rss_mb']:.0f} MB", f"<= {TARGET_RSS_MB:.0f} MB",
-         a["rss_mb"] <= TARGET_RSS_MB),
-        ("(a) peak resident memory (VmHWM)", f"{a['hwm_mb']:.0f} MB", f"<= {TARGET_RSS_MB:.0f} MB",
-         a["hwm_mb"] <= TARGET_RSS_MB),
-        ("(a) start to first decision (median)", f"{a['first_decision_s']:.2f} s (max {a['first_decision_max_s']:.2f})",
-         f"<= {TARGET_FIRST_DECISION_S:.0f} s", a["first_decision_s"] <= TARGET_FIRST_DECISION_S),
+        (
+            "(a) resident memory after the first decision (VmRSS)",
+            f"{a['rss_mb']:.0f} MB",
+            f"<= {TARGET_RSS_MB:.0f} MB",
+            a["rss_mb"] <= TARGET_RSS_MB,
+        ),
+        (
+            "(a) peak resident memory (VmHWM)",
+            f"{a['hwm_mb']:.0f} MB",
+            f"<= {TARGET_RSS_MB:.0f} MB",
+            a["hwm_mb"] <= TARGET_RSS_MB,
+        ),
+        (
+            "(a) start to first decision (median)",
+            f"{a['first_decision_s']:.2f} s (max {a['first_decision_max_s']:.2f})",
+            f"<= {TARGET_FIRST_DECISION_S:.0f} s",
+            a["first_decision_s"] <= TARGET_FIRST_DECISION_S,
+        ),
         ("(a) torch in the process", "yes" if a["torch"] else "no", "no", not a["torch"]),
-        (f"(b) one tick, {args.groups} groups, one batch (median of {args.ticks})",
-         f"{b['tick_median_s'] * 1000:.0f} ms (max {b['tick_max_s'] * 1000:.0f})",
-         f"<= {TARGET_TICK_1000_S * 1000:.0f} ms",
-         b["tick_median_s"] <= TARGET_TICK_1000_S),
+        (
+            f"(b) one tick, {args.groups} groups, one batch (median of {args.ticks})",
+            f"{b['tick_median_s'] * 1000:.0f} ms (max {b['tick_max_s'] * 1000:.0f})",
+            f"<= {TARGET_TICK_1000_S * 1000:.0f} ms",
+            b["tick_median_s"] <= TARGET_TICK_1000_S,
+        ),
     ]
     print(f"policy {args.policy}: batch policy {b['policy']}; onnxruntime loaded in (a): {a['onnxruntime']}")
     w = max(len(r[0]) for r in rows)
     print(f"{'measure'.ljust(w)}  {'measured':>22}  {'target':>10}  ok")
     for name, got, target, ok in rows:
         print(f"{name.ljust(w)}  {got:>22}  {target:>10}  {'yes' if ok else 'NO'}")
-    print(f"(b) setup of {args.groups} groups (loads, builders, backfill): {b['setup_s']:.2f} s; "
-          f"batched decide: {b['inference_mean_s'] * 1000:.2f} ms per tick")
+    print(
+        f"(b) setup of {args.groups} groups (loads, builders, backfill): {b['setup_s']:.2f} s; "
+        f"batched decide: {b['inference_mean_s'] * 1000:.2f} ms per tick"
+    )
     return 0 if all(r[3] for r in rows) else 1
 
 

@@ -1,7 +1,8 @@
 """Inference latency: onnxruntime vs torch eager on the policy network, one decision and a batch of 10,000.
 
-    .venv/bin/python benchmarks/inference_bench.py [--model policies/models/default]
+.venv/bin/python benchmarks/inference_bench.py [--model policies/models/default]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,11 +31,11 @@ def timings(fn, x, n: int) -> list[float]:
 def main() -> None:
     import torch
 
-    from policies.actions import ActionMapping
-    from policies.observation import OBS_DIM
-    from policies.onnx_policy import OnnxPolicy
-    from training.export import write_model
-    from training.ppo import Agent
+    from fleetpilot.policies.actions import ActionMapping
+    from fleetpilot.policies.observation import OBS_DIM
+    from fleetpilot.policies.onnx_policy import OnnxPolicy
+    from fleetpilot.training.export import write_model
+    from fleetpilot.training.ppo import Agent
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="policies/models/default")

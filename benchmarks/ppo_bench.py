@@ -3,6 +3,7 @@ per-step env, same number of fleet-minutes each. Prints steps/s and the ratio.
 
     .venv/bin/python benchmarks/ppo_bench.py [--steps 131072] [--repeats 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,12 +19,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def ours(steps: int) -> float:
     import json
 
-    from training.ppo import PPOConfig, train
+    from fleetpilot.training.ppo import PPOConfig, train
 
     # a fixed starting rule, imitated on one load: choosing and imitating it is set-up, not PPO throughput,
     # and the figure is the training loop's own (steps_per_s of the last log row, timed after the set-up)
-    cfg = PPOConfig(total_steps=steps, eval_every_updates=10 ** 9, init_action="0.75,0.15",
-                    init_jump_window_minutes=0, init_loads=1, imitation_epochs=1)
+    cfg = PPOConfig(
+        total_steps=steps,
+        eval_every_updates=10**9,
+        init_action="0.75,0.15",
+        init_jump_window_minutes=0,
+        init_loads=1,
+        imitation_epochs=1,
+    )
     with tempfile.TemporaryDirectory() as d:
         train(cfg, Path(d), val_runs=[], progress=False, resume=False)
         rows = (Path(d) / "train_log.jsonl").read_text().splitlines()
@@ -34,7 +41,7 @@ def sb3(steps: int) -> float:
     import torch
     from stable_baselines3 import PPO
 
-    from training.env import WebFleetEnv
+    from fleetpilot.training.env import WebFleetEnv
 
     torch.set_num_threads(2)
     env = WebFleetEnv()

@@ -14,6 +14,7 @@ repeats are consecutive chunks of one episode (no reset or autoreset is timed). 
 
     .venv/bin/python benchmarks/sim_bench.py [--repeats 7] [--fleets 1024] [--json FILE]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,9 +74,20 @@ class SeedWebserviceSim:
     """The seed's `SimpleScalableWebserviceSim`, ported per step: a continuous (add, remove) action cast to int,
     a warm-up queue list, capacity = int(active x Normal(300, 30)) from the global RNG, EMA observations."""
 
-    def __init__(self, warmup=5, tpm=300.0, sigma=30.0, machine_cost=0.05, transaction_val=0.9 / 1000,
-                 downtime_cost=200.0, downtime_percent=99.5, initial_machines=50, max_tpm=100_000.0,
-                 max_delta=10, max_steps=10_000):
+    def __init__(
+        self,
+        warmup=5,
+        tpm=300.0,
+        sigma=30.0,
+        machine_cost=0.05,
+        transaction_val=0.9 / 1000,
+        downtime_cost=200.0,
+        downtime_percent=99.5,
+        initial_machines=50,
+        max_tpm=100_000.0,
+        max_delta=10,
+        max_steps=10_000,
+    ):
         self.warmup, self.tpm, self.sigma = warmup, tpm, sigma
         self.machine_cost, self.transaction_val, self.downtime_cost = machine_cost, transaction_val, downtime_cost
         self.downtime_share = downtime_percent / 100.0
@@ -96,8 +108,18 @@ class SeedWebserviceSim:
 
     def _observation(self) -> np.ndarray:
         m = self.max_tpm
-        return np.array([self.load / m, self.ema_fast / m, self.ema_slow / m, self.active * self.tpm / m,
-                         sum(self.queue) * self.tpm / m, self.failed, self.down], dtype=np.float32)
+        return np.array(
+            [
+                self.load / m,
+                self.ema_fast / m,
+                self.ema_slow / m,
+                self.active * self.tpm / m,
+                sum(self.queue) * self.tpm / m,
+                self.failed,
+                self.down,
+            ],
+            dtype=np.float32,
+        )
 
     def step(self, action):
         add = int(np.clip(action[0], 0, self.max_delta))
@@ -157,7 +179,7 @@ def _step_rate(env, actions, fleets: int, repeats: int, warm: int) -> tuple[floa
 
 
 def bench_env(steps: int, repeats: int, warm: int) -> tuple[float, list[float]]:
-    from training.env import WebFleetEnv
+    from fleetpilot.training.env import WebFleetEnv
 
     env = WebFleetEnv(episode_minutes=warm + steps * repeats + 1)
     actions = [int(a) for a in np.random.default_rng(0).integers(0, env.action_space.n, size=steps)]
@@ -165,7 +187,7 @@ def bench_env(steps: int, repeats: int, warm: int) -> tuple[float, list[float]]:
 
 
 def bench_vector(fleets: int, steps: int, repeats: int, warm: int) -> tuple[float, list[float]]:
-    from training.env import WebFleetVectorEnv
+    from fleetpilot.training.env import WebFleetVectorEnv
 
     env = WebFleetVectorEnv(fleets, episode_minutes=warm + steps * repeats + 1)
     actions = np.random.default_rng(0).integers(0, 2 * env.d + 1, size=(steps, fleets))
@@ -179,12 +201,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed-steps", type=int, default=20_000, help="steps per repeat of the seed port")
     ap.add_argument("--env-steps", type=int, default=1_000, help="steps per repeat of the per-step env")
     ap.add_argument("--vector-steps", type=int, default=1_000, help="vector steps per repeat (x fleets)")
-    ap.add_argument("--warm-minutes", type=int, default=1500,
-                    help="untimed steps before timing, past the first simulated day so that the seasonal "
-                         "(day-ago) features are computed as in most of an episode; 0 times the first day")
+    ap.add_argument(
+        "--warm-minutes",
+        type=int,
+        default=1500,
+        help="untimed steps before timing, past the first simulated day so that the seasonal "
+        "(day-ago) features are computed as in most of an episode; 0 times the first day",
+    )
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
-    ap.add_argument("--cpu-time", action="store_true",
-                    help="divide by this process's CPU time instead of wall time (steadier on a shared machine)")
+    ap.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="divide by this process's CPU time instead of wall time (steadier on a shared machine)",
+    )
     args = ap.parse_args(argv)
     global _clock
     if args.cpu_time:
@@ -194,23 +223,37 @@ def main(argv: list[str] | None = None) -> int:
     env, env_all = bench_env(args.env_steps, args.repeats, args.warm_minutes)
     vec, vec_all = bench_vector(args.fleets, args.vector_steps, args.repeats, args.warm_minutes)
 
-    rows = [("seed port (per step, global RNG)", seed, seed_all),
-            ("WebFleetEnv (per step)", env, env_all),
-            (f"WebFleetVectorEnv ({args.fleets} fleets)", vec, vec_all)]
+    rows = [
+        ("seed port (per step, global RNG)", seed, seed_all),
+        ("WebFleetEnv (per step)", env, env_all),
+        (f"WebFleetVectorEnv ({args.fleets} fleets)", vec, vec_all),
+    ]
     print(f"clock: {'CPU time of this process' if args.cpu_time else 'wall time'}; median of {args.repeats} repeats")
     print(f"{'simulator':<36} {'steps/s (median)':>17} {'x seed port':>12} {'x per-step env':>15}   min..max")
     for name, rate, all_ in rows:
-        print(f"{name:<36} {rate:>17,.0f} {rate / seed:>12.2f} {rate / env:>15.2f}   "
-              f"{min(all_):,.0f}..{max(all_):,.0f}")
+        print(
+            f"{name:<36} {rate:>17,.0f} {rate / seed:>12.2f} {rate / env:>15.2f}   {min(all_):,.0f}..{max(all_):,.0f}"
+        )
     ok = vec >= TARGET_VECTOR_STEPS_PER_S
-    print(f"target: vector env >= {TARGET_VECTOR_STEPS_PER_S:,} fleet-steps/s: {'met' if ok else 'NOT met'} "
-          f"({vec:,.0f})")
+    print(
+        f"target: vector env >= {TARGET_VECTOR_STEPS_PER_S:,} fleet-steps/s: {'met' if ok else 'NOT met'} ({vec:,.0f})"
+    )
     if args.json:
-        Path(args.json).write_text(json.dumps({
-            "repeats": args.repeats, "fleets": args.fleets, "clock": "cpu" if args.cpu_time else "wall",
-            "steps_per_s": {"seed_port": seed, "per_step_env": env, "vector_env": vec},
-            "all": {"seed_port": seed_all, "per_step_env": env_all, "vector_env": vec_all},
-            "target_vector_steps_per_s": TARGET_VECTOR_STEPS_PER_S, "target_met": ok}, indent=2) + "\n")
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "repeats": args.repeats,
+                    "fleets": args.fleets,
+                    "clock": "cpu" if args.cpu_time else "wall",
+                    "steps_per_s": {"seed_port": seed, "per_step_env": env, "vector_env": vec},
+                    "all": {"seed_port": seed_all, "per_step_env": env_all, "vector_env": vec_all},
+                    "target_vector_steps_per_s": TARGET_VECTOR_STEPS_PER_S,
+                    "target_met": ok,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     return 0
 
 

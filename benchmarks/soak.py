@@ -15,6 +15,7 @@ calls - is driven in a loop: one tick is one simulated minute, so 100,000 ticks 
 
 Exit code 1 when a target is missed. tests/test_reliability_soak.py runs a 5,000-minute version in CI.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,26 +44,44 @@ def rss_mb() -> float:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
-def soak(minutes: int, groups: int = 1, policy: str = "default", warmup: int | None = None,
-         sample_every: int = 1000, journal_dir: str | Path | None = None, progress: bool = False) -> dict:
+def soak(
+    minutes: int,
+    groups: int = 1,
+    policy: str = "default",
+    warmup: int | None = None,
+    sample_every: int = 1000,
+    journal_dir: str | Path | None = None,
+    progress: bool = False,
+) -> dict:
     """Run `minutes` ticks of `groups` simulated groups; return the figures (see the module docstring)."""
     import numpy as np
     from prometheus_client import CollectorRegistry
 
-    from controller.config import DaemonConfig
-    from controller.daemon import Daemon
-
-    from policies.registry import shipped_models
+    from fleetpilot.controller.config import DaemonConfig
+    from fleetpilot.controller.daemon import Daemon
+    from fleetpilot.policies.registry import shipped_models
 
     if policy == "default" and "default" not in shipped_models():
         policy = "target-tracking"  # no shipped model in this installation: its fallback rule, as the daemon would
     warmup = min(minutes // 2, 10_000) if warmup is None else warmup
     tmp = tempfile.TemporaryDirectory() if journal_dir is None else None
     where = Path(journal_dir or tmp.name)
-    cfg = DaemonConfig(interval_seconds=0.001, journal_path=where / "soak.sqlite", groups=[
-        {"name": f"g{i}", "policy": policy, "fallback_policy": "target-tracking", "min_machines": 1,
-         "max_machines": 833, "source": {"kind": "simulator", "seed": i},
-         "backend": {"kind": "simulated", "seed": i, "initial_machines": 50}} for i in range(groups)])
+    cfg = DaemonConfig(
+        interval_seconds=0.001,
+        journal_path=where / "soak.sqlite",
+        groups=[
+            {
+                "name": f"g{i}",
+                "policy": policy,
+                "fallback_policy": "target-tracking",
+                "min_machines": 1,
+                "max_machines": 833,
+                "source": {"kind": "simulator", "seed": i},
+                "backend": {"kind": "simulated", "seed": i, "initial_machines": 50},
+            }
+            for i in range(groups)
+        ],
+    )
     registry = CollectorRegistry()
     daemon = Daemon(cfg, registry)
     daemon.backfill()
@@ -88,8 +107,13 @@ def soak(minutes: int, groups: int = 1, policy: str = "default", warmup: int | N
     def counter(name: str, **labels) -> float:
         return registry.get_sample_value(name, labels) or 0.0
 
-    decisions = sum(s.value for m in registry.collect() if m.name == "fleetpilot_decisions"
-                    for s in m.samples if s.name == "fleetpilot_decisions_total")
+    decisions = sum(
+        s.value
+        for m in registry.collect()
+        if m.name == "fleetpilot_decisions"
+        for s in m.samples
+        if s.name == "fleetpilot_decisions_total"
+    )
     db = sqlite3.connect(where / "soak.sqlite")
     rows = db.execute("SELECT count(*) FROM decisions").fetchone()[0]
     integrity = db.execute("PRAGMA integrity_check").fetchone()[0]
@@ -100,7 +124,9 @@ def soak(minutes: int, groups: int = 1, policy: str = "default", warmup: int | N
     at_warmup = next(mb for k, mb in samples if k >= warmup)
     after = [mb for k, mb in samples if k >= warmup]
     return {
-        "minutes": minutes, "groups": groups, "policy": policy,
+        "minutes": minutes,
+        "groups": groups,
+        "policy": policy,
         "policy_kind": type(daemon.batches[0].policy).__name__ if daemon.batches[0].policy else "fallback only",
         "wall_seconds": round(wall, 1),
         "tick_mean_ms": round(float(durations.mean()) * 1e3, 3),
@@ -108,10 +134,14 @@ def soak(minutes: int, groups: int = 1, policy: str = "default", warmup: int | N
         "ticks": outcomes,
         "error_ticks": int(counter("fleetpilot_ticks_total", outcome="error")),
         "partial_ticks": int(counter("fleetpilot_ticks_total", outcome="partial")),
-        "decisions": int(decisions), "journal_rows": int(rows), "journal_integrity": integrity,
+        "decisions": int(decisions),
+        "journal_rows": int(rows),
+        "journal_integrity": integrity,
         "journal_mb": round(journal_mb, 1),
-        "rss_start_mb": round(samples[0][1], 1), "rss_at_warmup_mb": round(at_warmup, 1),
-        "rss_end_mb": round(samples[-1][1], 1), "rss_max_after_warmup_mb": round(max(after), 1),
+        "rss_start_mb": round(samples[0][1], 1),
+        "rss_at_warmup_mb": round(at_warmup, 1),
+        "rss_end_mb": round(samples[-1][1], 1),
+        "rss_max_after_warmup_mb": round(max(after), 1),
         "rss_growth_after_warmup_mb": round(max(after) - at_warmup, 1),
         "warmup_minutes": warmup,
         "rss_samples": samples,
@@ -124,13 +154,16 @@ def check(r: dict) -> list[str]:
     if r["error_ticks"]:
         bad.append(f"{r['error_ticks']} error ticks (want 0)")
     if not (r["journal_rows"] == r["decisions"] == r["minutes"] * r["groups"]):
-        bad.append(f"journal rows {r['journal_rows']}, decisions {r['decisions']}, ticks x groups "
-                   f"{r['minutes'] * r['groups']} differ")
+        bad.append(
+            f"journal rows {r['journal_rows']}, decisions {r['decisions']}, ticks x groups "
+            f"{r['minutes'] * r['groups']} differ"
+        )
     if r["journal_integrity"] != "ok":
         bad.append(f"journal integrity: {r['journal_integrity']}")
     if r["rss_growth_after_warmup_mb"] > MAX_GROWTH_MB:
-        bad.append(f"resident memory grew {r['rss_growth_after_warmup_mb']} MB after the warm-up "
-                   f"(at most {MAX_GROWTH_MB:g})")
+        bad.append(
+            f"resident memory grew {r['rss_growth_after_warmup_mb']} MB after the warm-up (at most {MAX_GROWTH_MB:g})"
+        )
     return bad
 
 
@@ -138,16 +171,23 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=int, default=100_000)
     ap.add_argument("--groups", type=int, default=1)
-    ap.add_argument("--policy", default="default",
-                    help="default (the shipped model; target-tracking until it ships), a rule or a model directory")
-    ap.add_argument("--warmup", type=int, default=None, help="ticks before memory growth is measured "
-                                                              "(default: min(minutes/2, 10000))")
+    ap.add_argument(
+        "--policy",
+        default="default",
+        help="default (the shipped model; target-tracking until it ships), a rule or a model directory",
+    )
+    ap.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="ticks before memory growth is measured (default: min(minutes/2, 10000))",
+    )
     ap.add_argument("--sample-every", type=int, default=1000)
     ap.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     args = ap.parse_args(argv)
     import logging
 
-    from controller.logs import setup_logging
+    from fleetpilot.controller.logs import setup_logging
 
     setup_logging("WARNING")  # the soak's own output is the figures
     logging.getLogger("fleetpilot").setLevel(logging.WARNING)
@@ -156,16 +196,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps({**r, "ok": not bad}))
     else:
-        print(f"soak: {r['minutes']:,} simulated minutes x {r['groups']} group(s), policy {r['policy']} "
-              f"({r['policy_kind']}), {r['wall_seconds']} s wall")
+        print(
+            f"soak: {r['minutes']:,} simulated minutes x {r['groups']} group(s), policy {r['policy']} "
+            f"({r['policy_kind']}), {r['wall_seconds']} s wall"
+        )
         print(f"  ticks: {r['ticks']}  error ticks: {r['error_ticks']}  partial: {r['partial_ticks']}")
         print(f"  tick time: mean {r['tick_mean_ms']} ms, p99 {r['tick_p99_ms']} ms")
-        print(f"  journal rows {r['journal_rows']:,} = decisions {r['decisions']:,} "
-              f"(integrity {r['journal_integrity']}, {r['journal_mb']} MB)")
-        print(f"  resident memory: start {r['rss_start_mb']} MB, after {r['warmup_minutes']:,}-minute warm-up "
-              f"{r['rss_at_warmup_mb']} MB, end {r['rss_end_mb']} MB, max after warm-up "
-              f"{r['rss_max_after_warmup_mb']} MB: growth {r['rss_growth_after_warmup_mb']} MB "
-              f"(limit {MAX_GROWTH_MB:g})")
+        print(
+            f"  journal rows {r['journal_rows']:,} = decisions {r['decisions']:,} "
+            f"(integrity {r['journal_integrity']}, {r['journal_mb']} MB)"
+        )
+        print(
+            f"  resident memory: start {r['rss_start_mb']} MB, after {r['warmup_minutes']:,}-minute warm-up "
+            f"{r['rss_at_warmup_mb']} MB, end {r['rss_end_mb']} MB, max after warm-up "
+            f"{r['rss_max_after_warmup_mb']} MB: growth {r['rss_growth_after_warmup_mb']} MB "
+            f"(limit {MAX_GROWTH_MB:g})"
+        )
         print("  " + ("OK" if not bad else "FAILED: " + "; ".join(bad)))
     return 0 if not bad else 1
 

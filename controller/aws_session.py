@@ -3,6 +3,7 @@
 Creating a client from a warm session takes milliseconds instead of the ~0.1 s of loading the service model
 again (many groups, one daemon). Imported only where AWS is spoken.
 """
+
 from __future__ import annotations
 
 import threading

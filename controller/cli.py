@@ -3,6 +3,7 @@
 Every subcommand module adds its parsers; heavy imports (torch, onnxruntime, boto3) happen inside commands.
 Bad input ends with one line on stderr naming what is wrong, exit code 2, no traceback.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fleetpilot", description="Predictive autoscaling with a learned policy.")
     parser.add_argument("--version", action="version", version=f"fleetpilot {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    from controller import commands as daemon_commands
-    from training import cli as training_commands
+    from fleetpilot.controller import commands as daemon_commands
+    from fleetpilot.training import cli as training_commands
 
     daemon_commands.add_commands(sub)
     training_commands.add_commands(sub)
@@ -40,20 +41,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from policies.registry import PolicyError
-    from training.load import TraceError
-
-    from controller import cli as this  # under `python -m controller.cli` this module is __main__
+    from fleetpilot.controller import cli as this  # under `python -m controller.cli` this module is __main__
+    from fleetpilot.policies.registry import PolicyError
+    from fleetpilot.training.load import TraceError
 
     errors: list[type[BaseException]] = [CliError, this.CliError, PolicyError, TraceError]
     try:
-        from controller.config import ConfigError
+        from fleetpilot.controller.config import ConfigError
 
         errors.append(ConfigError)
     except ImportError:
         pass
     try:
-        from policies.onnx_policy import ModelError
+        from fleetpilot.policies.onnx_policy import ModelError
 
         errors.append(ModelError)
     except ImportError:

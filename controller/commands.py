@@ -1,9 +1,10 @@
 """Daemon subcommands: `run`, `config check`, `decisions`.
 
-    fleetpilot run --config FILE [--dry-run] [--once] [--quiet]
-    fleetpilot config check FILE
-    fleetpilot decisions (--config FILE | --journal PATH) [--group G] [--last N] [--json]
+fleetpilot run --config FILE [--dry-run] [--once] [--quiet]
+fleetpilot config check FILE
+fleetpilot decisions (--config FILE | --journal PATH) [--group G] [--last N] [--json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,11 +14,15 @@ import signal
 import sys
 import threading
 import time
+from datetime import UTC
 
 
 def add_commands(sub) -> None:
-    p = sub.add_parser("run", help="run the autoscaling daemon",
-                       description="Every tick: read the load, decide, guard, set the desired capacity.")
+    p = sub.add_parser(
+        "run",
+        help="run the autoscaling daemon",
+        description="Every tick: read the load, decide, guard, set the desired capacity.",
+    )
     p.add_argument("--config", required=True, help="YAML config file (FLEETPILOT_ environment variables override)")
     p.add_argument("--dry-run", action="store_true", help="run everything but the backend write")
     p.add_argument("--once", action="store_true", help="run one tick and exit (exit 1 if the tick failed)")
@@ -41,7 +46,7 @@ def add_commands(sub) -> None:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    from controller.config import load_config, summary
+    from fleetpilot.controller.config import load_config, summary
 
     cfg = load_config(args.file)
     print(f"OK {args.file}: {summary(cfg)}")
@@ -49,17 +54,17 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from controller.cli import CliError
-    from controller.config import load_config
+    from fleetpilot.controller.cli import CliError
+    from fleetpilot.controller.config import load_config
 
     t_start = time.perf_counter()
     cfg = load_config(args.config)
-    from controller.logs import setup_logging
+    from fleetpilot.controller.logs import setup_logging
 
     setup_logging(cfg.log_level)
     log = logging.getLogger("fleetpilot.run")
-    from controller.daemon import Daemon, log_config, run_forever
-    from controller.server import StatusServer
+    from fleetpilot.controller.daemon import Daemon, log_config, run_forever
+    from fleetpilot.controller.server import StatusServer
 
     stop = threading.Event()
     running: list = []  # the daemon, once made
@@ -80,19 +85,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         if not args.once:
             try:
-                server = StatusServer(cfg.server.host, cfg.server.port, daemon.registry, daemon.healthz,
-                                      daemon.readyz)
+                server = StatusServer(cfg.server.host, cfg.server.port, daemon.registry, daemon.healthz, daemon.readyz)
             except OSError as exc:
-                raise CliError(f"server: cannot listen on {cfg.server.host}:{cfg.server.port}: "
-                               f"{exc.strerror or exc}") from None
+                raise CliError(
+                    f"server: cannot listen on {cfg.server.host}:{cfg.server.port}: {exc.strerror or exc}"
+                ) from None
             server.start()
             host, port = server.address
             log.info("serving /metrics, /healthz, /readyz", extra={"host": host, "port": port})
         daemon.backfill()
         if args.once:
             outcome = daemon.run_tick()
-            log.info("first decision", extra={"seconds_since_start": round(time.perf_counter() - t_start, 3),
-                                              "outcome": outcome})
+            log.info(
+                "first decision",
+                extra={"seconds_since_start": round(time.perf_counter() - t_start, 3), "outcome": outcome},
+            )
             return 1 if outcome == "error" else 0
         run_forever(daemon, stop)
         log.info("stopped", extra={"ticks": daemon.tick_no})
@@ -105,13 +112,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_decisions(args: argparse.Namespace) -> int:
-    from controller.cli import CliError
-    from controller.journal import read_decisions
+    from fleetpilot.controller.cli import CliError
+    from fleetpilot.controller.journal import read_decisions
 
     if args.last < 1:
         raise CliError("--last must be at least 1")
     if args.config:
-        from controller.config import load_config
+        from fleetpilot.controller.config import load_config
 
         path = load_config(args.config).journal_path
     else:
@@ -126,10 +133,21 @@ def cmd_decisions(args: argparse.Namespace) -> int:
         for r in rows:
             print(json.dumps(r, separators=(",", ":")))
         return 0
-    cols = [("id", "id"), ("minute", "minute"), ("group", "group_name"), ("load_tpm", "load_tpm"),
-            ("active", "active"), ("warming", "warming"), ("before", "desired_before"), ("raw", "raw_action"),
-            ("policy", "policy_desired"), ("action", "action"), ("final", "final"), ("outcome", "outcome"),
-            ("guards", "guards")]
+    cols = [
+        ("id", "id"),
+        ("minute", "minute"),
+        ("group", "group_name"),
+        ("load_tpm", "load_tpm"),
+        ("active", "active"),
+        ("warming", "warming"),
+        ("before", "desired_before"),
+        ("raw", "raw_action"),
+        ("policy", "policy_desired"),
+        ("action", "action"),
+        ("final", "final"),
+        ("outcome", "outcome"),
+        ("guards", "guards"),
+    ]
 
     def cell(r, key):
         v = r[key]
@@ -138,15 +156,15 @@ def cmd_decisions(args: argparse.Namespace) -> int:
         if key == "load_tpm":
             return "-" if v is None else f"{v:.0f}"
         if key == "minute":
-            from datetime import datetime, timezone
+            from datetime import datetime
 
-            return datetime.fromtimestamp(v * 60, tz=timezone.utc).strftime("%Y-%m-%d %H:%M")
+            return datetime.fromtimestamp(v * 60, tz=UTC).strftime("%Y-%m-%d %H:%M")
         return "-" if v is None else str(v)
 
     table = [[h for h, _ in cols]] + [[cell(r, k) for _, k in cols] for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
     for row in table:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)).rstrip())
     if not rows:
         print(f"(no decisions{' for group ' + args.group if args.group else ''} in {path})", file=sys.stderr)
     return 0

@@ -9,6 +9,7 @@ looks like a misspelt field (`FLEETPILOT_DRYRUN=true` must not be silently ignor
 Every error is a `ConfigError` whose one-line message names the file, the field path (`groups[0].max_machines`)
 and the reason. docs/configuration.md lists every field.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,7 +17,7 @@ import os
 import re
 import urllib.parse
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
@@ -61,8 +62,9 @@ class CsvSourceConfig(_Strict):
 class PrometheusSourceConfig(_Strict):
     kind: Literal["prometheus"]
     url: str = Field(description="base URL of the Prometheus HTTP API, e.g. http://prometheus:9090")
-    query: str = Field(min_length=1, pattern=r"\S",
-                       description="PromQL expression whose value is transactions per minute (not blank)")
+    query: str = Field(
+        min_length=1, pattern=r"\S", description="PromQL expression whose value is transactions per minute (not blank)"
+    )
     timeout_seconds: float = Field(5.0, gt=0, le=60)
 
     @field_validator("url")
@@ -99,7 +101,7 @@ class CloudWatchSourceConfig(_Strict):
 
 
 SourceConfig = Annotated[
-    Union[SimulatorSourceConfig, CsvSourceConfig, PrometheusSourceConfig, CloudWatchSourceConfig],
+    SimulatorSourceConfig | CsvSourceConfig | PrometheusSourceConfig | CloudWatchSourceConfig,
     Field(discriminator="kind"),
 ]
 
@@ -115,7 +117,7 @@ class SimulatedBackendConfig(_Strict):
     max_scale_in_per_minute: int = Field(10, ge=1, description="machines the world can stop per minute (seed: 10)")
 
     @model_validator(mode="after")
-    def _initial(self) -> "SimulatedBackendConfig":
+    def _initial(self) -> SimulatedBackendConfig:
         if self.initial_machines > self.max_machines:
             raise ValueError(f"initial_machines ({self.initial_machines}) exceeds max_machines ({self.max_machines})")
         return self
@@ -130,13 +132,14 @@ class Ec2AsgBackendConfig(_Strict):
     retry_base_seconds: float = Field(0.5, ge=0, le=30)
 
 
-BackendConfig = Annotated[Union[SimulatedBackendConfig, Ec2AsgBackendConfig], Field(discriminator="kind")]
+BackendConfig = Annotated[SimulatedBackendConfig | Ec2AsgBackendConfig, Field(discriminator="kind")]
 
 
 class GroupConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$", description="label in metrics and the journal")
-    policy: str = Field("default", min_length=1,
-                        description="default | a rule name | a shipped model | a model directory")
+    policy: str = Field(
+        "default", min_length=1, description="default | a rule name | a shipped model | a model directory"
+    )
     policy_params: dict[str, Any] = Field(default_factory=dict, description="parameters of a rule policy")
     fallback_policy: str = Field("target-tracking", description="rule used on model errors and lasting bad data")
     fallback_policy_params: dict[str, Any] = Field(default_factory=dict)
@@ -175,11 +178,13 @@ class GroupConfig(_Strict):
         if v in RULE_POLICIES or v == "default":
             return v
         if "/" not in v and not v.endswith(".onnx") and not v.startswith("."):
-            from policies.registry import shipped_models
+            from fleetpilot.policies.registry import shipped_models
 
             if v not in shipped_models():
-                raise ValueError(f"unknown policy {v!r}: expected default, {', '.join(RULE_POLICIES)}, "
-                                 "a shipped model name or a model directory")
+                raise ValueError(
+                    f"unknown policy {v!r}: expected default, {', '.join(RULE_POLICIES)}, "
+                    "a shipped model name or a model directory"
+                )
         return v
 
     @property
@@ -188,8 +193,9 @@ class GroupConfig(_Strict):
 
 
 class DaemonConfig(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid",
-                                      case_sensitive=False)
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", case_sensitive=False
+    )
 
     interval_seconds: float = Field(60.0, gt=0, le=3600, description="time between ticks")
     dry_run: bool = Field(False, description="run everything but the backend write")
@@ -204,7 +210,7 @@ class DaemonConfig(BaseSettings):
         return v.upper() if isinstance(v, str) else v
 
     @model_validator(mode="after")
-    def _cross(self) -> "DaemonConfig":
+    def _cross(self) -> DaemonConfig:
         seen: dict[str, int] = {}
         for i, g in enumerate(self.groups):
             if g.name in seen:
@@ -213,12 +219,16 @@ class DaemonConfig(BaseSettings):
         sim = [g.simulated_clock for g in self.groups]
         if any(sim) and not all(sim):
             i = sim.index(not sim[0])
-            raise ValueError(f"groups[{i}].source.kind: simulated sources ({', '.join(SIMULATED_SOURCES)}) cannot "
-                             f"be mixed with real sources in one config (groups[0] uses {self.groups[0].source.kind},"
-                             f" groups[{i}] uses {self.groups[i].source.kind})")
+            raise ValueError(
+                f"groups[{i}].source.kind: simulated sources ({', '.join(SIMULATED_SOURCES)}) cannot "
+                f"be mixed with real sources in one config (groups[0] uses {self.groups[0].source.kind},"
+                f" groups[{i}] uses {self.groups[i].source.kind})"
+            )
         if not all(sim) and self.interval_seconds != int(self.interval_seconds):
-            raise ValueError(f"interval_seconds: {self.interval_seconds:g} is a fraction of a second, allowed only "
-                             "when every group uses a simulator or csv source")
+            raise ValueError(
+                f"interval_seconds: {self.interval_seconds:g} is a fraction of a second, allowed only "
+                "when every group uses a simulator or csv source"
+            )
         for i, g in enumerate(self.groups):
             if g.backend.kind == "simulated" and g.backend.initial_machines > g.backend.max_machines:
                 raise ValueError(f"groups[{i}].backend.initial_machines: exceeds max_machines")
@@ -230,8 +240,9 @@ class DaemonConfig(BaseSettings):
         return all(g.simulated_clock for g in self.groups)
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
-                                   file_secret_settings):
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ):
         return (init_settings, env_settings, _YamlData(settings_cls, cls.yaml_data))
 
     yaml_data: ClassVar[dict[str, Any]] = {}
@@ -265,8 +276,14 @@ def _loc(loc: tuple) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif prev in ("source", "backend") and part in ("simulator", "csv", "prometheus", "cloudwatch",
-                                                        "simulated", "ec2-asg"):
+        elif prev in ("source", "backend") and part in (
+            "simulator",
+            "csv",
+            "prometheus",
+            "cloudwatch",
+            "simulated",
+            "ec2-asg",
+        ):
             pass
         elif not str(part).startswith(("function-", "tagged-union")):
             out += ("." if out else "") + str(part)
@@ -287,13 +304,15 @@ def _check_env_names(where: str) -> list[str]:
     fields = sorted(DaemonConfig.model_fields)
     ignored = []
     for name in sorted(_env_vars()):
-        top = name[len(ENV_PREFIX):].split("__", 1)[0].lower()
+        top = name[len(ENV_PREFIX) :].split("__", 1)[0].lower()
         if top in fields:
             continue
         close = difflib.get_close_matches(top, fields, n=1, cutoff=0.7)
         if close:
-            raise ConfigError(f"{where}: environment variable {name}: unknown field {top!r} "
-                              f"(did you mean {ENV_PREFIX}{close[0].upper()}?)")
+            raise ConfigError(
+                f"{where}: environment variable {name}: unknown field {top!r} "
+                f"(did you mean {ENV_PREFIX}{close[0].upper()}?)"
+            )
         ignored.append(name)
     return ignored
 
@@ -304,7 +323,7 @@ def format_validation_error(where: str, exc: ValidationError) -> str:
     loc = _loc(tuple(err["loc"]))
     msg = str(err["msg"])
     if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
+        msg = msg[len("Value error, ") :]
     if err["type"] == "extra_forbidden":
         msg = "unknown field"
     elif err["type"] == "missing":
@@ -367,7 +386,7 @@ def load_config(path: str | Path) -> DaemonConfig:
 
 
 def _check_policy_params(path: Path, i: int, g: GroupConfig) -> None:
-    from policies.registry import PolicyError, make_policy
+    from fleetpilot.policies.registry import PolicyError, make_policy
 
     checks = [("fallback_policy_params", g.fallback_policy, g.fallback_policy_params)]
     if g.policy in RULE_POLICIES:
@@ -383,8 +402,9 @@ def _check_policy_params(path: Path, i: int, g: GroupConfig) -> None:
 
 _SECRET_KEY = re.compile(r"(pass(word)?|secret|token|credential|api[_-]?key|access[_-]?key|auth)", re.I)
 _URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]*)@", re.I)
-_QUERY_SECRET = re.compile(r"(?P<k>[?&](?:[^=&\s]*(?:token|secret|password|key|signature)[^=&\s]*))=(?P<v>[^&\s]*)",
-                           re.I)
+_QUERY_SECRET = re.compile(
+    r"(?P<k>[?&](?:[^=&\s]*(?:token|secret|password|key|signature)[^=&\s]*))=(?P<v>[^&\s]*)", re.I
+)
 
 
 def mask_secrets(value: Any, key: str = "") -> Any:
@@ -407,9 +427,14 @@ def masked_dump(cfg: DaemonConfig) -> dict[str, Any]:
 
 def summary(cfg: DaemonConfig) -> str:
     """One line for `fleetpilot config check`."""
-    parts = [f"{g.name} ({g.policy}, {g.source.kind} -> {g.backend.kind}, {g.min_machines}..{g.max_machines}"
-             f"{', paused' if g.paused else ''})" for g in cfg.groups]
+    parts = [
+        f"{g.name} ({g.policy}, {g.source.kind} -> {g.backend.kind}, {g.min_machines}..{g.max_machines}"
+        f"{', paused' if g.paused else ''})"
+        for g in cfg.groups
+    ]
     mode = "simulated clock" if cfg.simulated_clock else "wall clock"
-    return (f"{len(cfg.groups)} group{'s' if len(cfg.groups) != 1 else ''}: {'; '.join(parts)}; every "
-            f"{cfg.interval_seconds:g} s ({mode}){'; DRY-RUN' if cfg.dry_run else ''}; "
-            f"metrics on {cfg.server.host}:{cfg.server.port}; journal {cfg.journal_path}")
+    return (
+        f"{len(cfg.groups)} group{'s' if len(cfg.groups) != 1 else ''}: {'; '.join(parts)}; every "
+        f"{cfg.interval_seconds:g} s ({mode}){'; DRY-RUN' if cfg.dry_run else ''}; "
+        f"metrics on {cfg.server.host}:{cfg.server.port}; journal {cfg.journal_path}"
+    )

@@ -14,6 +14,7 @@ minute k of the load; minute 0 at the first tick, without stepping), whatever `i
 real sources, ticks run on the wall clock, aligned to the minute, and history is backfilled at start so a
 restarted daemon sees the same observations as one that never stopped.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,20 +25,20 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from controller import guards
-from controller.backends.base import Backend, BackendError, GroupState
-from controller.config import DaemonConfig, GroupConfig, masked_dump
-from controller.journal import Journal, JournalRow
-from controller.metrics import Metrics
-from controller.sources.base import MetricSource, Sample, SourceError
-from policies.base import Policy
-from policies.observation import HISTORY_MINUTES, ObservationBuilder
+from fleetpilot.controller import guards
+from fleetpilot.controller.backends.base import Backend, BackendError, GroupState
+from fleetpilot.controller.config import DaemonConfig, GroupConfig, masked_dump
+from fleetpilot.controller.journal import Journal, JournalRow
+from fleetpilot.controller.metrics import Metrics
+from fleetpilot.controller.sources.base import MetricSource, Sample, SourceError
+from fleetpilot.policies.base import Policy
+from fleetpilot.policies.observation import HISTORY_MINUTES, ObservationBuilder
 
 log = logging.getLogger("fleetpilot.daemon")
 DRY_RUN_MARKER = "DRY-RUN: would set desired capacity"
@@ -98,16 +99,21 @@ class Streaks:
         self.log = logger
         self.open: dict[tuple, list] = {}  #: key -> [kind, ticks]
 
-    def bad(self, key: tuple, kind: str, msg: str, level: int = logging.WARNING, exc_info: bool = False,
-            **extra: Any) -> None:
+    def bad(
+        self, key: tuple, kind: str, msg: str, level: int = logging.WARNING, exc_info: bool = False, **extra: Any
+    ) -> None:
         cur = self.open.get(key)
         if cur is not None and cur[0] == kind:
             cur[1] += 1
             self.log.debug(msg, extra={**extra, "streak_ticks": cur[1]})
             return
         self.open[key] = [kind, 1]
-        self.log.log(level, msg, extra={**extra, "streak": "started; logged again only when it changes or ends"},
-                     exc_info=exc_info)
+        self.log.log(
+            level,
+            msg,
+            extra={**extra, "streak": "started; logged again only when it changes or ends"},
+            exc_info=exc_info,
+        )
 
     def good(self, key: tuple, msg: str, **extra: Any) -> None:
         cur = self.open.pop(key, None)
@@ -123,7 +129,7 @@ class GroupRuntime:
     backend: Backend
     limits: guards.Limits
     memory: guards.Memory = field(default_factory=guards.Memory)
-    batch: "Batch | None" = None
+    batch: Batch | None = None
     row: int = -1
     # this tick
     sample: Sample | None = None
@@ -138,10 +144,15 @@ class GroupRuntime:
 
 def limits_of(g: GroupConfig) -> guards.Limits:
     return guards.Limits(
-        min_machines=g.min_machines, max_machines=g.max_machines, max_scale_out_per_tick=g.max_scale_out_per_tick,
-        max_scale_in_per_tick=g.max_scale_in_per_tick, scale_in_stabilization_minutes=g.scale_in_stabilization_minutes,
+        min_machines=g.min_machines,
+        max_machines=g.max_machines,
+        max_scale_out_per_tick=g.max_scale_out_per_tick,
+        max_scale_in_per_tick=g.max_scale_in_per_tick,
+        scale_in_stabilization_minutes=g.scale_in_stabilization_minutes,
         block_scale_in_while_warming=g.block_scale_in_while_warming,
-        bad_data_ticks_before_fallback=g.bad_data_ticks_before_fallback, paused=g.paused)
+        bad_data_ticks_before_fallback=g.bad_data_ticks_before_fallback,
+        paused=g.paused,
+    )
 
 
 def _params_key(params: dict[str, Any]) -> str:
@@ -164,7 +175,7 @@ class Batch:
     def build(self) -> None:
         caps = np.array([g.cfg.capacity_tpm_per_machine for g in self.groups], dtype=np.float64)
         self.builder = ObservationBuilder(len(self.groups), caps, self.warmup_minutes)
-        from policies.registry import make_policy
+        from fleetpilot.policies.registry import make_policy
 
         for g in self.groups:
             key = fallback_key(g.cfg)
@@ -183,7 +194,7 @@ def load_policy(spec: str, params: dict[str, Any]) -> tuple[Policy | None, str |
     that cannot be made is a user error (PolicyError/ModelError: one line, exit 2)."""
     from pathlib import Path
 
-    from policies.registry import RULES, PolicyError, make_policy, shipped_models
+    from fleetpilot.policies.registry import RULES, PolicyError, make_policy, shipped_models
 
     if spec not in RULES and spec != "default" and spec not in shipped_models() and not Path(spec).exists():
         # a model path that is not there: never let the registry fall back to its parent directory
@@ -198,7 +209,7 @@ def load_policy(spec: str, params: dict[str, Any]) -> tuple[Policy | None, str |
 
 def _made(factory, g: GroupConfig, i: int, part: str):
     """A source or backend, or a ConfigError naming the group's field (e.g. a trace that cannot be read)."""
-    from controller.config import ConfigError
+    from fleetpilot.controller.config import ConfigError
 
     try:
         return factory(g)
@@ -209,11 +220,20 @@ def _made(factory, g: GroupConfig, i: int, part: str):
 
 # --- the daemon --------------------------------------------------------------------------------------------
 class Daemon:
-    def __init__(self, cfg: DaemonConfig, registry: CollectorRegistry | None = None, *,
-                 sources: list[MetricSource] | None = None, backends: list[Backend] | None = None,
-                 clock: Clock | None = None, dry_run: bool | None = None, summary: bool = False,
-                 journal: Journal | None = None, out=None):
-        from controller.factory import make_backend, make_source
+    def __init__(
+        self,
+        cfg: DaemonConfig,
+        registry: CollectorRegistry | None = None,
+        *,
+        sources: list[MetricSource] | None = None,
+        backends: list[Backend] | None = None,
+        clock: Clock | None = None,
+        dry_run: bool | None = None,
+        summary: bool = False,
+        journal: Journal | None = None,
+        out=None,
+    ):
+        from fleetpilot.controller.factory import make_backend, make_source
 
         self.cfg = cfg
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -221,11 +241,15 @@ class Daemon:
         self.dry_run = cfg.dry_run if dry_run is None else bool(dry_run)
         self.summary = summary
         self.out = out or sys.stdout
-        srcs = sources if sources is not None else [_made(make_source, g, i, "source")
-                                                    for i, g in enumerate(cfg.groups)]
-        bks = backends if backends is not None else [_made(make_backend, g, i, "backend")
-                                                     for i, g in enumerate(cfg.groups)]
-        self.groups = [GroupRuntime(g, s, b, limits_of(g)) for g, s, b in zip(cfg.groups, srcs, bks)]
+        srcs = (
+            sources if sources is not None else [_made(make_source, g, i, "source") for i, g in enumerate(cfg.groups)]
+        )
+        bks = (
+            backends
+            if backends is not None
+            else [_made(make_backend, g, i, "backend") for i, g in enumerate(cfg.groups)]
+        )
+        self.groups = [GroupRuntime(g, s, b, limits_of(g)) for g, s, b in zip(cfg.groups, srcs, bks, strict=False)]
         self.clock = clock or self._default_clock()
         self.journal = journal if journal is not None else Journal(cfg.journal_path)
         self.batches = self._make_batches()
@@ -239,8 +263,11 @@ class Daemon:
         self.streaks = Streaks(log)
         self._last_clock: tuple[float, float] | None = None  #: (wall, monotonic) seconds at the last tick
         real = [g for g in self.groups if not g.cfg.simulated_clock]
-        self._pool = ThreadPoolExecutor(max_workers=min(16, len(real)), thread_name_prefix="fleetpilot-read") \
-            if len(real) > 1 else None
+        self._pool = (
+            ThreadPoolExecutor(max_workers=min(16, len(real)), thread_name_prefix="fleetpilot-read")
+            if len(real) > 1
+            else None
+        )
         for g in self.groups:
             self.metrics.init_group(g.name)
 
@@ -269,14 +296,27 @@ class Daemon:
             b.policy, b.policy_error = load_policy(b.spec, b.params)
             names = [g.name for g in b.groups]
             if b.policy is None:
-                log.error("policy cannot be loaded; its groups run on their fallback rule",
-                          extra={"policy": b.spec, "error": b.policy_error, "groups": names[:20],
-                                 "fallback": sorted({g.cfg.fallback_policy for g in b.groups})})
+                log.error(
+                    "policy cannot be loaded; its groups run on their fallback rule",
+                    extra={
+                        "policy": b.spec,
+                        "error": b.policy_error,
+                        "groups": names[:20],
+                        "fallback": sorted({g.cfg.fallback_policy for g in b.groups}),
+                    },
+                )
             else:
                 b.policy.reset(len(b.groups))
                 providers = getattr(b.policy, "providers", None)
-                log.info("policy loaded", extra={"policy": b.spec, "kind": type(b.policy).__name__,
-                                                 "providers": providers, "groups": len(names)})
+                log.info(
+                    "policy loaded",
+                    extra={
+                        "policy": b.spec,
+                        "kind": type(b.policy).__name__,
+                        "providers": providers,
+                        "groups": len(names),
+                    },
+                )
         return batches
 
     # --- start -------------------------------------------------------------------------------------------
@@ -296,8 +336,10 @@ class Daemon:
                         if math.isfinite(s.load_tpm) and s.load_tpm >= 0 and start <= s.minute < end:
                             got[int(s.minute)] = float(s.load_tpm)
                 except SourceError as exc:
-                    log.warning("history backfill failed; the group starts without history",
-                                extra={"group": g.name, "error": str(exc)})
+                    log.warning(
+                        "history backfill failed; the group starts without history",
+                        extra={"group": g.name, "error": str(exc)},
+                    )
                     self.metrics.source_errors.labels(g.name, "error").inc()
                 series.append(got)
                 total += len(got)
@@ -348,8 +390,15 @@ class Daemon:
             try:
                 outcome = self.tick()
             except Exception as exc:  # a failing tick never kills the daemon
-                self.streaks.bad(("tick",), type(exc).__name__, "tick failed", logging.ERROR, exc_info=True,
-                                 tick=self.tick_no, error=f"{type(exc).__name__}: {exc}")
+                self.streaks.bad(
+                    ("tick",),
+                    type(exc).__name__,
+                    "tick failed",
+                    logging.ERROR,
+                    exc_info=True,
+                    tick=self.tick_no,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
                 outcome = "error"
                 self.tick_no += 1
             else:
@@ -374,7 +423,7 @@ class Daemon:
         proposals = {}
         for b in self.batches:
             proposals.update(self._decide_batch(b))
-        wall = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        wall = datetime.now(UTC).isoformat(timespec="seconds")
         problems = 0
         for g in self.groups:
             problems += self._finish_group(g, proposals.get(g.name), now_minute, wall)
@@ -399,13 +448,21 @@ class Daemon:
             return
         direction = "forward" if skew > 0 else "backward"
         self.metrics.clock_jumps.labels(direction).inc()
-        log.warning("wall clock jumped", extra={"direction": direction, "seconds": round(skew, 1),
-                                                "now": datetime.fromtimestamp(now_s, timezone.utc).isoformat()})
+        log.warning(
+            "wall clock jumped",
+            extra={
+                "direction": direction,
+                "seconds": round(skew, 1),
+                "now": datetime.fromtimestamp(now_s, UTC).isoformat(),
+            },
+        )
         shift = int(round(skew / 60.0))
         if shift:
             for g in self.groups:
-                g.memory = guards.Memory(bad_ticks=g.memory.bad_ticks, recommendations=tuple(
-                    (minute + shift, rec) for minute, rec in g.memory.recommendations))
+                g.memory = guards.Memory(
+                    bad_ticks=g.memory.bad_ticks,
+                    recommendations=tuple((minute + shift, rec) for minute, rec in g.memory.recommendations),
+                )
 
     def _read_one(self, g: GroupRuntime, now_s: float, now_minute: int) -> None:
         g.sample, g.state, g.error = None, None, None
@@ -440,8 +497,15 @@ class Daemon:
         for g in self.groups:
             if g.status != guards.DATA_OK:
                 self.metrics.source_errors.labels(g.name, g.status).inc()
-                self.streaks.bad((g.name, "source"), g.status, "bad load reading", group=g.name, status=g.status,
-                                 error=g.error, sample_minute=getattr(g.sample, "minute", None))
+                self.streaks.bad(
+                    (g.name, "source"),
+                    g.status,
+                    "bad load reading",
+                    group=g.name,
+                    status=g.status,
+                    error=g.error,
+                    sample_minute=getattr(g.sample, "minute", None),
+                )
             else:
                 self.streaks.good((g.name, "source"), "load reading good again", group=g.name)
 
@@ -506,9 +570,15 @@ class Daemon:
                 if desired.shape != (n,) or raw.shape != (n,):
                     raise ValueError(f"policy returned shapes {desired.shape}, {raw.shape} for {n} groups")
             except Exception as exc:
-                self.streaks.bad(("policy", b.spec), "model_error", "policy failed; its groups use their fallback "
-                                 "rule", logging.ERROR, exc_info=True, policy=b.spec,
-                                 error=f"{type(exc).__name__}: {exc}")
+                self.streaks.bad(
+                    ("policy", b.spec),
+                    "model_error",
+                    "policy failed; its groups use their fallback rule",
+                    logging.ERROR,
+                    exc_info=True,
+                    policy=b.spec,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
                 desired = raw = None
                 cause = ["model_error"] * n
             self.metrics.inference.observe(time.perf_counter() - t0)
@@ -517,15 +587,22 @@ class Daemon:
                 cause = [None if finite[i] else "non_finite" for i in range(n)]
                 if not finite.all():
                     bad = [g.name for i, g in enumerate(b.groups) if not finite[i]]
-                    self.streaks.bad(("policy", b.spec), "non_finite", "policy output not finite or negative; "
-                                     "those groups use their fallback rule", logging.ERROR, policy=b.spec,
-                                     groups=bad[:20])
+                    self.streaks.bad(
+                        ("policy", b.spec),
+                        "non_finite",
+                        "policy output not finite or negative; those groups use their fallback rule",
+                        logging.ERROR,
+                        policy=b.spec,
+                        groups=bad[:20],
+                    )
                 else:
                     self.streaks.good(("policy", b.spec), "policy output good again", policy=b.spec)
 
-        need = [g.state is not None and (good[i] and cause[i] is not None
-                                         or guards.needs_fallback(g.memory, g.status, g.limits))
-                for i, g in enumerate(b.groups)]
+        need = [
+            g.state is not None
+            and (good[i] and cause[i] is not None or guards.needs_fallback(g.memory, g.status, g.limits))
+            for i, g in enumerate(b.groups)
+        ]
         fb: dict[int, int] = {}
         for key, policy in b.fallbacks.items():
             rows = [i for i, g in enumerate(b.groups) if need[i] and has_history[i] and fallback_key(g.cfg) == key]
@@ -537,8 +614,12 @@ class Daemon:
         for i, g in enumerate(b.groups):
             pd = int(desired[i]) if desired is not None and cause[i] is None else None
             rw = int(raw[i]) if raw is not None and cause[i] is None else None
-            res[g.name] = (guards.Proposal(policy_desired=pd, fallback_desired=fb.get(i),
-                                           data_status=g.status, model_cause=cause[i]), rw)
+            res[g.name] = (
+                guards.Proposal(
+                    policy_desired=pd, fallback_desired=fb.get(i), data_status=g.status, model_cause=cause[i]
+                ),
+                rw,
+            )
         return res
 
     def _finish_group(self, g: GroupRuntime, prop: tuple | None, now_minute: int, wall: str) -> int:
@@ -546,18 +627,39 @@ class Daemon:
         proposal, raw = prop if prop else (None, None)
         sample = g.sample
         load = sample.load_tpm if sample is not None and g.status == guards.DATA_OK else None
-        row = dict(wall_time=wall, tick=self.tick_no, minute=now_minute, group_name=g.name, policy=g.cfg.policy,
-                   data_status=g.status, load_tpm=load, load_minute=sample.minute if sample else None)
+        row = dict(
+            wall_time=wall,
+            tick=self.tick_no,
+            minute=now_minute,
+            group_name=g.name,
+            policy=g.cfg.policy,
+            data_status=g.status,
+            load_tpm=load,
+            load_minute=sample.minute if sample else None,
+        )
         if g.state is None:
-            self.journal.add(JournalRow(**row, action="hold", active=None, warming=None, desired_before=None,
-                                        raw_action=None, policy_desired=None, fallback_desired=None,
-                                        recommendation=None, guards=["hold:backend-error"], final=None,
-                                        outcome="error"))
+            self.journal.add(
+                JournalRow(
+                    **row,
+                    action="hold",
+                    active=None,
+                    warming=None,
+                    desired_before=None,
+                    raw_action=None,
+                    policy_desired=None,
+                    fallback_desired=None,
+                    recommendation=None,
+                    guards=["hold:backend-error"],
+                    final=None,
+                    outcome="error",
+                )
+            )
             self._summary(g, load, None, None, "backend error")
             return 1
         st = g.state
-        now = guards.GroupNow(active=st.active, warming=st.warming, desired=st.desired, min_size=st.min_size,
-                              max_size=st.max_size)
+        now = guards.GroupNow(
+            active=st.active, warming=st.warming, desired=st.desired, min_size=st.min_size, max_size=st.max_size
+        )
         decision, g.memory = guards.decide(g.memory, now, proposal, g.limits, now_minute)
         if decision.write:
             try:
@@ -565,19 +667,36 @@ class Daemon:
             except BackendError as exc:
                 outcome = "error"
                 self.metrics.backend_errors.labels(g.name).inc()
-                self.streaks.bad((g.name, "backend"), "write", "backend write failed", group=g.name, error=str(exc),
-                                 desired=decision.final)
+                self.streaks.bad(
+                    (g.name, "backend"),
+                    "write",
+                    "backend write failed",
+                    group=g.name,
+                    error=str(exc),
+                    desired=decision.final,
+                )
         elif g.limits.paused:
             outcome = "paused"
         else:
             outcome = "held" if decision.action == "hold" else "unchanged"
         if outcome != "error":
             self.streaks.good((g.name, "backend"), "backend good again", group=g.name)
-        self.journal.add(JournalRow(**row, action=decision.action, active=st.active, warming=st.warming,
-                                    desired_before=st.desired, raw_action=raw,
-                                    policy_desired=proposal.policy_desired, fallback_desired=proposal.fallback_desired,
-                                    recommendation=decision.recommendation, guards=list(decision.reasons),
-                                    final=decision.final, outcome=outcome))
+        self.journal.add(
+            JournalRow(
+                **row,
+                action=decision.action,
+                active=st.active,
+                warming=st.warming,
+                desired_before=st.desired,
+                raw_action=raw,
+                policy_desired=proposal.policy_desired,
+                fallback_desired=proposal.fallback_desired,
+                recommendation=decision.recommendation,
+                guards=list(decision.reasons),
+                final=decision.final,
+                outcome=outcome,
+            )
+        )
         m = self.metrics
         if load is not None:
             m.load.labels(g.name).set(load)
@@ -606,10 +725,15 @@ class Daemon:
         if st is None or decision is None:
             line = f"tick {self.tick_no} {g.name} load={load_s} {outcome}"
         else:
-            how = g.cfg.policy if decision.action == "policy" else (
-                f"{g.cfg.fallback_policy} fallback" if decision.action == "fallback" else "hold")
-            line = (f"tick {self.tick_no} {g.name} load={load_s} active={st.active} warming={st.warming} "
-                    f"desired={decision.final} ({how}) {outcome} reasons={','.join(decision.reasons) or '-'}")
+            how = (
+                g.cfg.policy
+                if decision.action == "policy"
+                else (f"{g.cfg.fallback_policy} fallback" if decision.action == "fallback" else "hold")
+            )
+            line = (
+                f"tick {self.tick_no} {g.name} load={load_s} active={st.active} warming={st.warming} "
+                f"desired={decision.final} ({how}) {outcome} reasons={','.join(decision.reasons) or '-'}"
+            )
         try:
             print(line, file=self.out, flush=True)
         except (OSError, ValueError):  # stdout closed (a pipe that went away): the summary is optional
@@ -654,13 +778,19 @@ class Daemon:
 # --- running -----------------------------------------------------------------------------------------------
 def log_config(cfg: DaemonConfig, dry_run: bool) -> None:
     """The config, once, at start, with anything that looks like a credential masked."""
-    log.info("config", extra={"config": masked_dump(cfg), "dry_run": dry_run,
-                              "clock": "simulated" if cfg.simulated_clock else "wall",
-                              "ignored_environment": cfg.ignored_env})
+    log.info(
+        "config",
+        extra={
+            "config": masked_dump(cfg),
+            "dry_run": dry_run,
+            "clock": "simulated" if cfg.simulated_clock else "wall",
+            "ignored_environment": cfg.ignored_env,
+        },
+    )
 
 
 def next_minute(now: datetime) -> datetime:
-    return (now.replace(second=0, microsecond=0) + timedelta(minutes=1))
+    return now.replace(second=0, microsecond=0) + timedelta(minutes=1)
 
 
 def run_forever(daemon: Daemon, stop: threading.Event) -> None:
@@ -674,14 +804,16 @@ def run_forever(daemon: Daemon, stop: threading.Event) -> None:
     daemon.run_tick()
     if stop.is_set():
         return
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     simulated = getattr(daemon.clock, "simulated", False)
     start = now + timedelta(seconds=interval) if simulated else next_minute(now)
-    sched = BackgroundScheduler(timezone=timezone.utc, job_defaults={
-        "coalesce": True, "max_instances": 1, "misfire_grace_time": None})
+    sched = BackgroundScheduler(
+        timezone=UTC, job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
+    )
     sched.add_listener(lambda ev: daemon.metrics.ticks.labels("skipped").inc(), EVENT_JOB_MAX_INSTANCES)
-    sched.add_job(daemon.run_tick, IntervalTrigger(seconds=interval, start_date=start), id="tick",
-                  name="fleetpilot tick")
+    sched.add_job(
+        daemon.run_tick, IntervalTrigger(seconds=interval, start_date=start), id="tick", name="fleetpilot tick"
+    )
     sched.start()
     log.info("scheduler started", extra={"interval_seconds": interval, "first_tick": start.isoformat()})
     try:

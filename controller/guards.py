@@ -17,6 +17,7 @@ Order of the chain (see docs/configuration.md):
 | 7 | hard bounds: [min, max] again, then the group's own min/max | `min-machines`, `max-machines`, `group-min/max` |
 | 8 | paused: nothing is written | `paused` |
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -48,7 +49,7 @@ class GroupNow:
     warming: int
     desired: int  #: the desired capacity the group is set to now
     min_size: int = 0  #: the group's own bounds (EC2: the ASG's MinSize/MaxSize)
-    max_size: int = 2 ** 31 - 1
+    max_size: int = 2**31 - 1
 
     @property
     def total(self) -> int:
@@ -97,8 +98,9 @@ class Decision:
 
 
 # --- the guards --------------------------------------------------------------------------------------------
-def clamp_bounds(value: int, lo: int, hi: int, names: tuple[str, str] = ("min-machines", "max-machines")
-                 ) -> tuple[int, str | None]:
+def clamp_bounds(
+    value: int, lo: int, hi: int, names: tuple[str, str] = ("min-machines", "max-machines")
+) -> tuple[int, str | None]:
     """Clamp to [lo, hi]; lo wins when they cross (the group can never go below its minimum)."""
     if value > hi:
         value, why = hi, names[1]
@@ -110,8 +112,9 @@ def clamp_bounds(value: int, lo: int, hi: int, names: tuple[str, str] = ("min-ma
     return value, None
 
 
-def stabilize_scale_in(value: int, current: int, window: tuple[tuple[int, int], ...], now_minute: int,
-                       window_minutes: int) -> tuple[int, str | None]:
+def stabilize_scale_in(
+    value: int, current: int, window: tuple[tuple[int, int], ...], now_minute: int, window_minutes: int
+) -> tuple[int, str | None]:
     """Scale in only to the highest recommendation of the last `window_minutes` (value included), never up.
 
     HPA's `stabilizeRecommendationWithBehaviors` for scale-down: min(current, max(window)).
@@ -152,8 +155,9 @@ def needs_fallback(memory: Memory, data_status: str, limits: Limits) -> bool:
 
 
 # --- the decision ------------------------------------------------------------------------------------------
-def decide(memory: Memory, group: GroupNow, proposal: Proposal, limits: Limits, now_minute: int
-           ) -> tuple[Decision, Memory]:
+def decide(
+    memory: Memory, group: GroupNow, proposal: Proposal, limits: Limits, now_minute: int
+) -> tuple[Decision, Memory]:
     """The final desired capacity and its reasons, and the group's memory for the next tick."""
     reasons: list[str] = []
     data_ok = proposal.data_status == DATA_OK
@@ -199,9 +203,14 @@ def decide(memory: Memory, group: GroupNow, proposal: Proposal, limits: Limits, 
         window = tuple((m, r) for m, r in window if m > keep) + ((now_minute, recommendation),)
     elif limits.scale_in_stabilization_minutes <= 0:
         window = ()
-    decision = Decision(final=int(value), action=action, reasons=tuple(reasons), recommendation=recommendation,
-                        fallback_cause=fallback_cause if action != "policy" else None,
-                        write=(not limits.paused) and int(value) != group.desired)
+    decision = Decision(
+        final=int(value),
+        action=action,
+        reasons=tuple(reasons),
+        recommendation=recommendation,
+        fallback_cause=fallback_cause if action != "policy" else None,
+        write=(not limits.paused) and int(value) != group.desired,
+    )
     return decision, Memory(bad_ticks=bad_ticks, recommendations=window)
 
 

@@ -4,6 +4,7 @@ Each row explains a decision: the inputs (load and its minute, data status, acti
 desired capacity), the policy's raw action and desired capacity, the guards that changed it, the final
 capacity and what happened to it (written | dry-run | unchanged | held | paused | error).
 """
+
 from __future__ import annotations
 
 import json
@@ -14,9 +15,27 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 OUTCOMES = ("written", "dry-run", "unchanged", "held", "paused", "error")
-_COLUMNS = ("wall_time", "tick", "minute", "group_name", "policy", "action", "data_status", "load_tpm",
-            "load_minute", "active", "warming", "desired_before", "raw_action", "policy_desired",
-            "fallback_desired", "recommendation", "guards", "final", "outcome")
+_COLUMNS = (
+    "wall_time",
+    "tick",
+    "minute",
+    "group_name",
+    "policy",
+    "action",
+    "data_status",
+    "load_tpm",
+    "load_minute",
+    "active",
+    "warming",
+    "desired_before",
+    "raw_action",
+    "policy_desired",
+    "fallback_desired",
+    "recommendation",
+    "guards",
+    "final",
+    "outcome",
+)
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS decisions (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -34,7 +53,7 @@ CREATE TABLE IF NOT EXISTS decisions (
     recommendation INTEGER,           -- the action clamped to min/max (what scale-in stabilization remembers)
     guards TEXT NOT NULL,             -- JSON list of reasons, in order
     final INTEGER,
-    outcome TEXT NOT NULL             -- {' | '.join(OUTCOMES)}
+    outcome TEXT NOT NULL             -- {" | ".join(OUTCOMES)}
 );
 CREATE INDEX IF NOT EXISTS decisions_group ON decisions (group_name, id);
 PRAGMA user_version = {SCHEMA_VERSION};
@@ -86,14 +105,18 @@ class Journal:
             return
         rows, self._pending = self._pending, []
         with self.db:
-            self.db.executemany(f"INSERT INTO decisions ({', '.join(_COLUMNS)}) VALUES "
-                                f"({', '.join('?' * len(_COLUMNS))})", rows)
+            self.db.executemany(
+                f"INSERT INTO decisions ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})", rows
+            )
 
     def recent_recommendations(self, group: str, since_minute: int) -> list[tuple[int, int]]:
         """(minute, recommendation) of a group's policy/fallback decisions since `since_minute`, oldest first: used to
         restore the scale-in stabilization window after a restart."""
-        cur = self.db.execute("SELECT minute, recommendation FROM decisions WHERE group_name = ? AND minute > ? "
-                              "AND recommendation IS NOT NULL ORDER BY id", (group, since_minute))
+        cur = self.db.execute(
+            "SELECT minute, recommendation FROM decisions WHERE group_name = ? AND minute > ? "
+            "AND recommendation IS NOT NULL ORDER BY id",
+            (group, since_minute),
+        )
         return [(int(m), int(f)) for m, f in cur.fetchall()]
 
     def close(self) -> None:

@@ -3,6 +3,7 @@
 Names are in base units with the `fleetpilot_` prefix, label sets are fixed, counters end in `_total`.
 docs/metrics.md describes each one.
 """
+
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
@@ -20,32 +21,64 @@ class Metrics:
         r = registry
         if process:
             ProcessCollector(registry=r)
-        self.ticks = Counter("fleetpilot_ticks", "Ticks by outcome: ok, partial (some groups failed), error "
-                             "(the tick raised), skipped (the previous tick was still running)", ["outcome"],
-                             registry=r)
-        self.tick_duration = Histogram("fleetpilot_tick_duration_seconds", "Wall time of one tick",
-                                       buckets=_TICK_BUCKETS, registry=r)
-        self.last_tick = Gauge("fleetpilot_last_tick_timestamp_seconds",
-                               "Unix time when the last tick finished (any outcome but error)", registry=r)
-        self.load = Gauge("fleetpilot_load_tpm", "Last good load reading, transactions per minute", ["group"],
-                          registry=r)
-        self.machines = Gauge("fleetpilot_machines", "Machines of a group by state: active, warming, desired "
-                              "(the final desired capacity decided this tick)", ["group", "state"], registry=r)
-        self.decisions = Counter("fleetpilot_decisions", "Decisions by direction (against the group's desired "
-                                 "capacity) and deciding reason", ["group", "direction", "reason"], registry=r)
-        self.fallbacks = Counter("fleetpilot_fallbacks", "Ticks decided by the fallback rule, by cause",
-                                 ["group", "cause"], registry=r)
-        self.source_errors = Counter("fleetpilot_source_errors", "Bad load readings by kind: error, empty, nan, "
-                                     "stale, invalid", ["group", "kind"], registry=r)
-        self.backend_errors = Counter("fleetpilot_backend_errors", "Failed reads or writes of a group",
-                                      ["group"], registry=r)
-        self.inference = Histogram("fleetpilot_inference_seconds", "Wall time of one batched policy decision",
-                                   buckets=_FAST_BUCKETS, registry=r)
-        self.clock_jumps = Counter("fleetpilot_clock_jumps", "Jumps of the wall clock against the monotonic clock "
-                                   "between two ticks (more than 30 s), by direction: forward, backward",
-                                   ["direction"], registry=r)
-        self.dry_run_writes = Counter("fleetpilot_dry_run_writes", "Writes skipped because of dry-run", ["group"],
-                                      registry=r)
+        self.ticks = Counter(
+            "fleetpilot_ticks",
+            "Ticks by outcome: ok, partial (some groups failed), error "
+            "(the tick raised), skipped (the previous tick was still running)",
+            ["outcome"],
+            registry=r,
+        )
+        self.tick_duration = Histogram(
+            "fleetpilot_tick_duration_seconds", "Wall time of one tick", buckets=_TICK_BUCKETS, registry=r
+        )
+        self.last_tick = Gauge(
+            "fleetpilot_last_tick_timestamp_seconds",
+            "Unix time when the last tick finished (any outcome but error)",
+            registry=r,
+        )
+        self.load = Gauge(
+            "fleetpilot_load_tpm", "Last good load reading, transactions per minute", ["group"], registry=r
+        )
+        self.machines = Gauge(
+            "fleetpilot_machines",
+            "Machines of a group by state: active, warming, desired (the final desired capacity decided this tick)",
+            ["group", "state"],
+            registry=r,
+        )
+        self.decisions = Counter(
+            "fleetpilot_decisions",
+            "Decisions by direction (against the group's desired capacity) and deciding reason",
+            ["group", "direction", "reason"],
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "fleetpilot_fallbacks", "Ticks decided by the fallback rule, by cause", ["group", "cause"], registry=r
+        )
+        self.source_errors = Counter(
+            "fleetpilot_source_errors",
+            "Bad load readings by kind: error, empty, nan, stale, invalid",
+            ["group", "kind"],
+            registry=r,
+        )
+        self.backend_errors = Counter(
+            "fleetpilot_backend_errors", "Failed reads or writes of a group", ["group"], registry=r
+        )
+        self.inference = Histogram(
+            "fleetpilot_inference_seconds",
+            "Wall time of one batched policy decision",
+            buckets=_FAST_BUCKETS,
+            registry=r,
+        )
+        self.clock_jumps = Counter(
+            "fleetpilot_clock_jumps",
+            "Jumps of the wall clock against the monotonic clock "
+            "between two ticks (more than 30 s), by direction: forward, backward",
+            ["direction"],
+            registry=r,
+        )
+        self.dry_run_writes = Counter(
+            "fleetpilot_dry_run_writes", "Writes skipped because of dry-run", ["group"], registry=r
+        )
         for outcome in TICK_OUTCOMES:
             self.ticks.labels(outcome)
         for direction in ("forward", "backward"):

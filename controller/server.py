@@ -1,10 +1,11 @@
 """The HTTP endpoint (stdlib http.server in a daemon thread): /metrics, /healthz, /readyz."""
+
 from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 

@@ -13,13 +13,14 @@ when the last minute is more than `surge_ratio` times that mean: then it is the 
 answered at once. With `base_minutes` 1 (models of the first release, whose manifests lack the field) the
 base is simply the last minute's load.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from policies.observation import Observation
+from fleetpilot.policies.observation import Observation
 
 KIND = "utilization-cushion-grid"
 
@@ -83,13 +84,21 @@ class ActionMapping:
         return np.where(target >= total, target, total - removable).astype(np.int64)
 
     def to_json(self) -> dict:
-        return {"kind": KIND, "utilization": list(self.utilization),
-                "cushion_day_max_share": list(self.cushion_day_max_share),
-                "base_minutes": self.base_minutes, "surge_ratio": self.surge_ratio}
+        return {
+            "kind": KIND,
+            "utilization": list(self.utilization),
+            "cushion_day_max_share": list(self.cushion_day_max_share),
+            "base_minutes": self.base_minutes,
+            "surge_ratio": self.surge_ratio,
+        }
 
     @classmethod
-    def from_json(cls, d: dict) -> "ActionMapping":
+    def from_json(cls, d: dict) -> ActionMapping:
         if d.get("kind") != KIND:
             raise ValueError(f"unknown action mapping kind {d.get('kind')!r} (this build knows {KIND!r})")
-        return cls(tuple(float(x) for x in d["utilization"]), tuple(float(x) for x in d["cushion_day_max_share"]),
-                   int(d.get("base_minutes", 1)), float(d.get("surge_ratio", 1.1)))
+        return cls(
+            tuple(float(x) for x in d["utilization"]),
+            tuple(float(x) for x in d["cushion_day_max_share"]),
+            int(d.get("base_minutes", 1)),
+            float(d.get("surge_ratio", 1.1)),
+        )

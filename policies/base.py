@@ -3,6 +3,7 @@
 Every policy, learned or rule, is used the same way by the backtest, the training evaluation and the daemon:
 `reset(n)` once for a batch of n groups, then `decide(obs)` once per minute.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,7 +11,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from policies.observation import Observation
+from fleetpilot.policies.observation import Observation
 
 
 @dataclass

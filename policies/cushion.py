@@ -12,14 +12,15 @@ be dropped meanwhile. 0 turns this off. The window applies only while the load h
 jump (feature `rerise_age`) for `jump_quiet_minutes`: on a bursty load the minutes after a jump are not safe.
 Defaults: the shipped model's starting rule.
 """
+
 from __future__ import annotations
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from policies.actions import ActionMapping
-from policies.base import PolicyOutput
-from policies.observation import Observation
+from fleetpilot.policies.actions import ActionMapping
+from fleetpilot.policies.base import PolicyOutput
+from fleetpilot.policies.observation import Observation
 
 
 def in_jump_window(obs: Observation, window_minutes: int, quiet_minutes: int) -> np.ndarray:
@@ -35,8 +36,9 @@ class RuleActions:
 
     name = "rule"
 
-    def __init__(self, mapping: ActionMapping, main: np.ndarray, jump: np.ndarray | None = None, window: int = 0,
-                 quiet: int = 0):
+    def __init__(
+        self, mapping: ActionMapping, main: np.ndarray, jump: np.ndarray | None = None, window: int = 0, quiet: int = 0
+    ):
         self.mapping, self.main, self.window = mapping, np.asarray(main, dtype=np.int64), int(window)
         self.jump = self.main if jump is None else np.asarray(jump, dtype=np.int64)
         self.quiet = int(quiet)
@@ -56,13 +58,24 @@ class RuleActions:
 class CushionParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     utilization: float = Field(0.76, gt=0, le=1, description="load / mean capacity to run at")
-    cushion_day_max_share: float = Field(0.18, ge=0, le=1, description="extra load to provision for, as a share of the leaky daily maximum")
+    cushion_day_max_share: float = Field(
+        0.18, ge=0, le=1, description="extra load to provision for, as a share of the leaky daily maximum"
+    )
     base_minutes: int = Field(3, ge=1, le=60, description="minutes averaged into the base load")
-    surge_ratio: float = Field(1.1, ge=1, description="last minute above this x the average: the base is the last minute")
-    jump_window_minutes: int = Field(95, ge=0, le=10_000, description="minutes after a detected load jump run at the jump pair below (0: off)")
+    surge_ratio: float = Field(
+        1.1, ge=1, description="last minute above this x the average: the base is the last minute"
+    )
+    jump_window_minutes: int = Field(
+        95, ge=0, le=10_000, description="minutes after a detected load jump run at the jump pair below (0: off)"
+    )
     jump_utilization: float = Field(0.64, gt=0, le=1, description="utilization during the jump window")
     jump_cushion_day_max_share: float = Field(0.0, ge=0, le=1, description="cushion during the jump window")
-    jump_quiet_minutes: int = Field(4320, ge=0, le=100_000, description="the jump window applies only if the load has not re-risen within a jump's refractory time for this many minutes")
+    jump_quiet_minutes: int = Field(
+        4320,
+        ge=0,
+        le=100_000,
+        description="the jump window applies only if the load has not re-risen within a jump's refractory time for this many minutes",
+    )
 
 
 class CushionPolicy:
@@ -70,12 +83,19 @@ class CushionPolicy:
 
     def __init__(self, params: CushionParams | None = None):
         self.params = p = params or CushionParams()
-        mapping = ActionMapping((p.utilization, p.jump_utilization),
-                                (p.cushion_day_max_share, p.jump_cushion_day_max_share),
-                                p.base_minutes, p.surge_ratio)
-        self.rule = RuleActions(mapping, np.array(mapping.index(p.utilization, p.cushion_day_max_share)),
-                                np.array(mapping.index(p.jump_utilization, p.jump_cushion_day_max_share)),
-                                p.jump_window_minutes, p.jump_quiet_minutes)
+        mapping = ActionMapping(
+            (p.utilization, p.jump_utilization),
+            (p.cushion_day_max_share, p.jump_cushion_day_max_share),
+            p.base_minutes,
+            p.surge_ratio,
+        )
+        self.rule = RuleActions(
+            mapping,
+            np.array(mapping.index(p.utilization, p.cushion_day_max_share)),
+            np.array(mapping.index(p.jump_utilization, p.jump_cushion_day_max_share)),
+            p.jump_window_minutes,
+            p.jump_quiet_minutes,
+        )
 
     def reset(self, n: int) -> None:
         pass

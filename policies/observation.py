@@ -41,6 +41,7 @@ was recent. On the seed's synthetic load a jump marks a spike's onset and the ge
 within 105 minutes of the last onset, so re-rises are rare; on bursty real loads they are common. Whether the
 minutes after a jump are safe is for a policy to learn from both features.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -50,9 +51,32 @@ import numpy as np
 #: Bump when any feature's meaning changes; models record it and loading refuses a mismatch.
 OBS_VERSION = 2
 FEATURE_NAMES = (
-    "load", "lag1", "lag2", "lag3", "lag4", "lag5", "ema_fast", "ema_slow", "day_max", "hour_max", "noise",
-    "active", "warming", "util", "tod_sin", "tod_cos", "dow_sin", "dow_cos", "day_ahead", "day_now",
-    "week_ahead", "has_day", "has_week", "granularity", "jump_age", "rerise_age",
+    "load",
+    "lag1",
+    "lag2",
+    "lag3",
+    "lag4",
+    "lag5",
+    "ema_fast",
+    "ema_slow",
+    "day_max",
+    "hour_max",
+    "noise",
+    "active",
+    "warming",
+    "util",
+    "tod_sin",
+    "tod_cos",
+    "dow_sin",
+    "dow_cos",
+    "day_ahead",
+    "day_now",
+    "week_ahead",
+    "has_day",
+    "has_week",
+    "granularity",
+    "jump_age",
+    "rerise_age",
 )
 OBS_DIM = len(FEATURE_NAMES)
 DAY_MINUTES = 1440
@@ -99,7 +123,7 @@ def _jump_matrix() -> np.ndarray:
     m[:_J_RECENT, 0] = 1.0 / _J_RECENT
     first = _J_RECENT + _J_GAP
     m[first:, 1] = _J_W[::-1]  # _J_W runs oldest first (lag 24 .. lag 5)
-    m[first:first + 5, 2] = 1.0 / 5
+    m[first : first + 5, 2] = 1.0 / 5
     return np.ascontiguousarray(m[::-1], dtype=np.float32)
 
 
@@ -134,7 +158,7 @@ def _gather(buf: np.ndarray, pos: np.ndarray, k_lo: int, k_hi: int) -> np.ndarra
     if pos.shape[0] and _uniform(pos):
         first = int(pos[0]) - 1 - k_hi  # the column of lag k_hi
         if first >= 0:
-            return buf[:, first:first + k_hi - k_lo + 1][:, ::-1]
+            return buf[:, first : first + k_hi - k_lo + 1][:, ::-1]
         return buf[:, (int(pos[0]) - 1 - np.arange(k_lo, k_hi + 1)) % h]
     ks = np.arange(k_lo, k_hi + 1)
     idx = (pos[:, None] - 1 - ks[None, :]) % h
@@ -191,8 +215,13 @@ class Observation:
 class ObservationBuilder:
     """Streaming features for N groups. See the module docstring for the feature table."""
 
-    def __init__(self, n: int, capacity_tpm_per_machine: float | np.ndarray, warmup_minutes: int,
-                 history_minutes: int = HISTORY_MINUTES):
+    def __init__(
+        self,
+        n: int,
+        capacity_tpm_per_machine: float | np.ndarray,
+        warmup_minutes: int,
+        history_minutes: int = HISTORY_MINUTES,
+    ):
         self.n = int(n)
         self.cap = np.broadcast_to(np.asarray(capacity_tpm_per_machine, dtype=np.float64), (self.n,)).copy()
         if np.any(self.cap <= 0):
@@ -298,8 +327,9 @@ class ObservationBuilder:
             self._detect_jumps(a)
         return accept
 
-    def _update_next_minute(self, load: np.ndarray, active: np.ndarray, warming: np.ndarray,
-                            minute: np.ndarray) -> np.ndarray:
+    def _update_next_minute(
+        self, load: np.ndarray, active: np.ndarray, warming: np.ndarray, minute: np.ndarray
+    ) -> np.ndarray:
         """`update` when every group has history and this is its next minute: the same arithmetic in place."""
         t = load - self.load
         np.abs(t, out=t)
@@ -404,8 +434,11 @@ class ObservationBuilder:
         has_day = self.count > DAY_MINUTES + 2
         has_week = self.count > WEEK_MINUTES + 2
         hist = self.history
-        for row, has, k in ((18, has_day, DAY_MINUTES - w), (19, has_day, DAY_MINUTES),
-                            (20, has_week, WEEK_MINUTES - w)):
+        for row, has, k in (
+            (18, has_day, DAY_MINUTES - w),
+            (19, has_day, DAY_MINUTES),
+            (20, has_week, WEEK_MINUTES - w),
+        ):
             if not has.any():
                 g[row] = 1.0
             elif has.all():
@@ -421,8 +454,15 @@ class ObservationBuilder:
         g[25] /= _J_RERISE_SCALE
         np.clip(g, -_CLIP, _CLIP, out=g)
         return Observation(
-            features=f.astype(np.float32), load_tpm=self.load.copy(), active=self.active.copy(),
-            warming=self.warming.copy(), capacity_tpm_per_machine=cap, warmup_minutes=self.warmup,
-            minute=self.minute.copy(), history=hist, day_max_tpm=self.day_max.copy(),
-            jump_age_minutes=self.jump_age.copy(), rerise_age_minutes=self.rerise_age.copy(),
+            features=f.astype(np.float32),
+            load_tpm=self.load.copy(),
+            active=self.active.copy(),
+            warming=self.warming.copy(),
+            capacity_tpm_per_machine=cap,
+            warmup_minutes=self.warmup,
+            minute=self.minute.copy(),
+            history=hist,
+            day_max_tpm=self.day_max.copy(),
+            jump_age_minutes=self.jump_age.copy(),
+            rerise_age_minutes=self.rerise_age.copy(),
         )

@@ -7,6 +7,7 @@ spec version equals `OBS_VERSION`; the sha256 of policy.onnx equals the manifest
 
 Input `features` (N, OBS_DIM) float32 -> outputs `action` (N,) int64 (argmax) and `logits` (N, A) float32.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -15,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from policies.actions import ActionMapping
-from policies.base import PolicyOutput
-from policies.observation import OBS_DIM, OBS_VERSION, Observation
+from fleetpilot.policies.actions import ActionMapping
+from fleetpilot.policies.base import PolicyOutput
+from fleetpilot.policies.observation import OBS_DIM, OBS_VERSION, Observation
 
 MANIFEST_FORMAT = 1
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -58,15 +59,19 @@ def verify(model_dir: str | Path) -> tuple[dict, Path]:
     m = read_manifest(d)
     obs = m["observation"]
     if obs.get("version") != OBS_VERSION or obs.get("dim") != OBS_DIM:
-        raise ModelError(f"{d}: trained on observation spec v{obs.get('version')} ({obs.get('dim')} features); "
-                         f"this build builds v{OBS_VERSION} ({OBS_DIM} features): retrain or use a matching build")
+        raise ModelError(
+            f"{d}: trained on observation spec v{obs.get('version')} ({obs.get('dim')} features); "
+            f"this build builds v{OBS_VERSION} ({OBS_DIM} features): retrain or use a matching build"
+        )
     model = d / m["model_file"]
     if not model.is_file():
         raise ModelError(f"{d}: model file {m['model_file']} is missing")
     digest = sha256_of(model)
     if digest != m["sha256"]:
-        raise ModelError(f"{model}: sha256 {digest[:12]}... does not match the manifest's {str(m['sha256'])[:12]}... "
-                         "(corrupt or altered model)")
+        raise ModelError(
+            f"{model}: sha256 {digest[:12]}... does not match the manifest's {str(m['sha256'])[:12]}... "
+            "(corrupt or altered model)"
+        )
     try:
         ActionMapping.from_json(m["action_mapping"])
     except (ValueError, KeyError, TypeError) as exc:
@@ -98,7 +103,7 @@ class OnnxPolicy:
         self.last_logits: np.ndarray | None = None
 
     @classmethod
-    def load(cls, model_dir: str | Path, providers: list[str] | None = None, threads: int | None = None) -> "OnnxPolicy":
+    def load(cls, model_dir: str | Path, providers: list[str] | None = None, threads: int | None = None) -> OnnxPolicy:
         manifest, model = verify(model_dir)
         import onnxruntime as ort
 
@@ -116,7 +121,9 @@ class OnnxPolicy:
         pass
 
     def actions(self, features: np.ndarray) -> np.ndarray:
-        action, logits = self.session.run(["action", "logits"], {"features": np.ascontiguousarray(features, np.float32)})
+        action, logits = self.session.run(
+            ["action", "logits"], {"features": np.ascontiguousarray(features, np.float32)}
+        )
         if not np.all(np.isfinite(logits)):
             raise ModelError(f"model {self.name}: non-finite output")
         self.last_logits = logits

@@ -6,15 +6,16 @@ earlier (clipped to [0.5, 2]). The fleet is max(reactive target tracking, the fo
 forecast only ever raises the fleet, so it never scales in on the forecast alone. Before a day of history it is
 plain target tracking.
 """
+
 from __future__ import annotations
 
 import numpy as np
 from pydantic import ConfigDict, Field
 
-from policies.base import PolicyOutput
-from policies.observation import DAY_MINUTES, WEEK_MINUTES, Observation
-from policies.rules import machines_for
-from policies.target_tracking import TargetTrackingParams, TargetTrackingPolicy
+from fleetpilot.policies.base import PolicyOutput
+from fleetpilot.policies.observation import DAY_MINUTES, WEEK_MINUTES, Observation
+from fleetpilot.policies.rules import machines_for
+from fleetpilot.policies.target_tracking import TargetTrackingParams, TargetTrackingPolicy
 
 
 class PredictiveParams(TargetTrackingParams):
@@ -60,6 +61,7 @@ class PredictivePolicy:
 
     def decide(self, obs: Observation) -> PolicyOutput:
         f = self.forecast_tpm(obs)
-        floor = np.where(np.isnan(f), 0, machines_for(np.nan_to_num(f), obs.capacity_tpm_per_machine,
-                                                      self.params.target_utilization))
+        floor = np.where(
+            np.isnan(f), 0, machines_for(np.nan_to_num(f), obs.capacity_tpm_per_machine, self.params.target_utilization)
+        )
         return self.tt.decide_with_floor(obs, floor.astype(np.int64))

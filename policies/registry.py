@@ -1,4 +1,5 @@
 """Policies by name: the rule baselines, shipped models under `policies/models/<name>/`, or a model directory."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,12 +7,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from policies.base import Policy
-from policies.cushion import CushionParams, CushionPolicy
-from policies.predictive import PredictiveParams, PredictivePolicy
-from policies.static import StaticParams, StaticPolicy
-from policies.step import StepParams, StepPolicy
-from policies.target_tracking import TargetTrackingParams, TargetTrackingPolicy
+from fleetpilot.policies.base import Policy
+from fleetpilot.policies.cushion import CushionParams, CushionPolicy
+from fleetpilot.policies.predictive import PredictiveParams, PredictivePolicy
+from fleetpilot.policies.static import StaticParams, StaticPolicy
+from fleetpilot.policies.step import StepParams, StepPolicy
+from fleetpilot.policies.target_tracking import TargetTrackingParams, TargetTrackingPolicy
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 RULES = {
@@ -63,6 +64,6 @@ def make_policy(spec: str, params: dict[str, Any] | None = None, providers: list
         raise PolicyError(f"unknown policy {spec!r}: expected one of {known}, or a model directory")
     if params:
         raise PolicyError(f"policy {spec}: a learned policy takes no parameters")
-    from policies.onnx_policy import OnnxPolicy  # onnxruntime only when a model is used
+    from fleetpilot.policies.onnx_policy import OnnxPolicy  # onnxruntime only when a model is used
 
     return OnnxPolicy.load(d, providers=providers)

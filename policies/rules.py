@@ -1,9 +1,10 @@
 """Shared arithmetic of the rule baselines (one place, used by every rule)."""
+
 from __future__ import annotations
 
 import numpy as np
 
-from policies.observation import Observation
+from fleetpilot.policies.observation import Observation
 
 
 def machines_for(load_tpm: np.ndarray, cap: np.ndarray, utilization: float) -> np.ndarray:

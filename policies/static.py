@@ -1,11 +1,12 @@
 """`static`: a fixed fleet, whatever the load."""
+
 from __future__ import annotations
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from policies.base import PolicyOutput
-from policies.observation import Observation
+from fleetpilot.policies.base import PolicyOutput
+from fleetpilot.policies.observation import Observation
 
 
 class StaticParams(BaseModel):

@@ -3,23 +3,26 @@
 Each minute the utilization is compared with the steps; the first matching step changes the fleet by its
 percentage (at least one machine). Scale-ins wait for `scale_in_cooldown_minutes` and for warming machines.
 """
+
 from __future__ import annotations
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from policies.base import PolicyOutput
-from policies.observation import Observation
-from policies.rules import ScaleInGate
+from fleetpilot.policies.base import PolicyOutput
+from fleetpilot.policies.observation import Observation
+from fleetpilot.policies.rules import ScaleInGate
 
 
 class StepParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     scale_out_steps: list[tuple[float, float]] = Field(
         [(0.85, 50.0), (0.70, 25.0), (0.62, 10.0)],
-        description="(utilization above, percent to add), checked from the first")
+        description="(utilization above, percent to add), checked from the first",
+    )
     scale_in_steps: list[tuple[float, float]] = Field(
-        [(0.30, 30.0), (0.45, 10.0)], description="(utilization below, percent to remove), checked from the first")
+        [(0.30, 30.0), (0.45, 10.0)], description="(utilization below, percent to remove), checked from the first"
+    )
     scale_in_cooldown_minutes: int = Field(5, ge=0)
 
 

@@ -5,14 +5,15 @@ Scale in only when the fleet is well above that size (by `scale_in_tolerance`), 
 last scale-in is at least `scale_in_cooldown_minutes` old. Defaults tuned on synthetic seeds 0..9 by
 `fleetpilot tune --policy target-tracking --synthetic --seeds 0..9 --minutes 10000` (see README).
 """
+
 from __future__ import annotations
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from policies.base import PolicyOutput
-from policies.observation import Observation
-from policies.rules import ScaleInGate, machines_for
+from fleetpilot.policies.base import PolicyOutput
+from fleetpilot.policies.observation import Observation
+from fleetpilot.policies.rules import ScaleInGate, machines_for
 
 
 class TargetTrackingParams(BaseModel):
@@ -38,8 +39,7 @@ class TargetTrackingPolicy:
         if floor is not None:
             want = np.maximum(want, floor)
         total = obs.total
-        scale_in = ((want < np.floor(total * (1.0 - p.scale_in_tolerance)))
-                    & (obs.warming == 0) & self.gate.allowed(obs))
+        scale_in = (want < np.floor(total * (1.0 - p.scale_in_tolerance))) & (obs.warming == 0) & self.gate.allowed(obs)
         desired = np.where(want > total, want, np.where(scale_in, want, total))
         self.gate.record(obs, scale_in)
         return PolicyOutput(desired.astype(np.int64), desired.astype(np.int64))

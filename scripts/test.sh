@@ -4,7 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
 set +e
-.venv/bin/python -m pytest -q "$@"
+# `pytest`, not `python -m pytest`: the latter puts the checkout on sys.path, the tests must see the installed package
+.venv/bin/pytest -q "$@"
 rc=$?
 set -e
 if [[ $rc == 5 ]]; then

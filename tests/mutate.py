@@ -1,4 +1,5 @@
 """Helpers that damage valid inputs on purpose: edit a nested config by dotted path, write junk to a file."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -19,6 +19,7 @@ Fixtures (loaded by `pytest_plugins = ["tests.real_servers"]` in tests/conftest.
 A missing Prometheus binary FAILS the tests that need it (CI installs the `prometheus` package); it is
 never a skip.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,6 +33,7 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
@@ -104,6 +106,7 @@ def now_minute() -> int:
 
 # -- test exporter -------------------------------------------------------------------------------------
 
+
 @dataclass
 class LoadExporter:
     """A prometheus_client registry served on 127.0.0.1, with values the test controls.
@@ -156,8 +159,7 @@ def load_exporter() -> Iterator[LoadExporter]:
     from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
     registry = CollectorRegistry()
-    load_tpm = Gauge("fleetpilot_test_load_tpm", "Load set by the test, transactions per minute.",
-                     registry=registry)
+    load_tpm = Gauge("fleetpilot_test_load_tpm", "Load set by the test, transactions per minute.", registry=registry)
     shard = Gauge("fleetpilot_test_shard_load_tpm", "Two series, set by the test.", ["shard"], registry=registry)
     shard.labels(shard="a").set(1.0)
     shard.labels(shard="b").set(2.0)
@@ -165,8 +167,14 @@ def load_exporter() -> Iterator[LoadExporter]:
     port = free_port()
     server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
     try:
-        yield LoadExporter(target=f"127.0.0.1:{port}", url=f"http://127.0.0.1:{port}/metrics", registry=registry,
-                           load_tpm=load_tpm, shard_load_tpm=shard, transactions=transactions)
+        yield LoadExporter(
+            target=f"127.0.0.1:{port}",
+            url=f"http://127.0.0.1:{port}/metrics",
+            registry=registry,
+            load_tpm=load_tpm,
+            shard_load_tpm=shard,
+            transactions=transactions,
+        )
     finally:
         server.shutdown()
         server.server_close()
@@ -175,21 +183,26 @@ def load_exporter() -> Iterator[LoadExporter]:
 
 # -- Prometheus server ---------------------------------------------------------------------------------
 
+
 def prometheus_binary() -> str:
     """The Prometheus server binary; FAILS (not skips) with the install command when it is missing."""
     candidates = [os.environ.get("FLEETPILOT_PROMETHEUS_BIN"), PROMETHEUS_BIN, shutil.which("prometheus")]
     for candidate in candidates:
         if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return candidate
-    pytest.fail(f"the Prometheus server binary is missing ({PROMETHEUS_BIN} not found): "
-                f"`{PROMETHEUS_INSTALL_HINT}` (CI installs it), or set FLEETPILOT_PROMETHEUS_BIN", pytrace=False)
+    pytest.fail(
+        f"the Prometheus server binary is missing ({PROMETHEUS_BIN} not found): "
+        f"`{PROMETHEUS_INSTALL_HINT}` (CI installs it), or set FLEETPILOT_PROMETHEUS_BIN",
+        pytrace=False,
+    )
 
 
 class PrometheusServer:
     """A real Prometheus server on 127.0.0.1:<free port>, scraping `targets` every second, data in `workdir`."""
 
-    def __init__(self, binary: str, workdir: Path, targets: list[str],
-                 more_jobs: dict[str, list[str]] | None = None) -> None:
+    def __init__(
+        self, binary: str, workdir: Path, targets: list[str], more_jobs: dict[str, list[str]] | None = None
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         workdir.mkdir(parents=True, exist_ok=True)
@@ -203,16 +216,26 @@ class PrometheusServer:
             f"  - job_name: {EXPORTER_JOB}\n"
             "    static_configs:\n"
             f"      - targets: {json.dumps(targets)}\n"
-            + "".join(f"  - job_name: {job}\n    static_configs:\n      - targets: {json.dumps(job_targets)}\n"
-                      for job, job_targets in (more_jobs or {}).items())
+            + "".join(
+                f"  - job_name: {job}\n    static_configs:\n      - targets: {json.dumps(job_targets)}\n"
+                for job, job_targets in (more_jobs or {}).items()
+            )
         )
         self.log_path = workdir / "prometheus.log"
         self._log = self.log_path.open("wb")
         self.started_at = time.time()
         self.process = subprocess.Popen(
-            [binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
-            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--log.level=warn",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
         self._wait_ready()
 
     def _wait_ready(self) -> None:
@@ -229,8 +252,9 @@ class PrometheusServer:
                 pass
             time.sleep(0.1)
         self.stop()
-        pytest.fail(f"prometheus not ready within {PROMETHEUS_READY_TIMEOUT_SECONDS} s: {self.log_tail()}",
-                    pytrace=False)
+        pytest.fail(
+            f"prometheus not ready within {PROMETHEUS_READY_TIMEOUT_SECONDS} s: {self.log_tail()}", pytrace=False
+        )
 
     def log_tail(self, chars: int = 2000) -> str:
         with contextlib.suppress(OSError):
@@ -246,8 +270,9 @@ class PrometheusServer:
         assert answer["status"] == "success", answer
         return answer["data"]
 
-    def wait_for(self, expression: str, predicate: Callable[[list[float]], bool], timeout_seconds: float = 15.0
-                 ) -> list[float]:
+    def wait_for(
+        self, expression: str, predicate: Callable[[list[float]], bool], timeout_seconds: float = 15.0
+    ) -> list[float]:
         """Poll an instant query (now) until `predicate(values)` holds; fail with the last values otherwise."""
         deadline = time.monotonic() + timeout_seconds
         values: list[float] = []
@@ -257,8 +282,11 @@ class PrometheusServer:
             if predicate(values):
                 return values
             time.sleep(0.2)
-        pytest.fail(f"Prometheus query {expression!r} never satisfied the condition in {timeout_seconds} s; "
-                    f"last values {values}", pytrace=False)
+        pytest.fail(
+            f"Prometheus query {expression!r} never satisfied the condition in {timeout_seconds} s; "
+            f"last values {values}",
+            pytrace=False,
+        )
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -291,8 +319,11 @@ def prometheus_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cal
 
 
 @pytest.fixture(scope="session")
-def prometheus_server(prometheus_factory: Callable[..., PrometheusServer], load_exporter: LoadExporter,
-                      vanishing_exporter: VanishingExporter) -> PrometheusServer:
+def prometheus_server(
+    prometheus_factory: Callable[..., PrometheusServer],
+    load_exporter: LoadExporter,
+    vanishing_exporter: VanishingExporter,
+) -> PrometheusServer:
     """The session's Prometheus: job EXPORTER_JOB scrapes `load_exporter`, job VANISHING_JOB
     `vanishing_exporter`; returned once both have been scraped."""
     server = prometheus_factory([load_exporter.target], {VANISHING_JOB: [vanishing_exporter.target]})
@@ -301,6 +332,7 @@ def prometheus_server(prometheus_factory: Callable[..., PrometheusServer], load_
 
 
 # -- moto server (AWS APIs over HTTP) ------------------------------------------------------------------
+
 
 class MotoAws:
     """Helpers around a moto server: boto3 clients with test credentials, groups, CloudWatch data."""
@@ -322,7 +354,8 @@ class MotoAws:
                 if self._session is None:
                     self._session = boto3.session.Session(**AWS_TEST_CREDENTIALS)
                 self._clients[service] = self._session.client(
-                    service, region_name=self.region, endpoint_url=self.endpoint_url)
+                    service, region_name=self.region, endpoint_url=self.endpoint_url
+                )
             return self._clients[service]
 
     def image_id(self) -> str:
@@ -339,12 +372,16 @@ class MotoAws:
         name = name or f"fleetpilot-test-{uuid.uuid4().hex[:8]}"
         template = f"{name}-lt"
         self.client("ec2").create_launch_template(
-            LaunchTemplateName=template,
-            LaunchTemplateData={"ImageId": self.image_id(), "InstanceType": "t3.micro"})
+            LaunchTemplateName=template, LaunchTemplateData={"ImageId": self.image_id(), "InstanceType": "t3.micro"}
+        )
         self.client("autoscaling").create_auto_scaling_group(
-            AutoScalingGroupName=name, LaunchTemplate={"LaunchTemplateName": template, "Version": "$Latest"},
-            MinSize=min_size, MaxSize=max_size, DesiredCapacity=desired,
-            AvailabilityZones=[f"{self.region}a"])
+            AutoScalingGroupName=name,
+            LaunchTemplate={"LaunchTemplateName": template, "Version": "$Latest"},
+            MinSize=min_size,
+            MaxSize=max_size,
+            DesiredCapacity=desired,
+            AvailabilityZones=[f"{self.region}a"],
+        )
         return name
 
     def group(self, name: str) -> dict[str, Any]:
@@ -352,13 +389,29 @@ class MotoAws:
         groups = self.client("autoscaling").describe_auto_scaling_groups(AutoScalingGroupNames=[name])
         return groups["AutoScalingGroups"][0]
 
-    def put_load(self, namespace: str, metric_name: str, dimensions: dict[str, str], minute: int,
-                 values: list[float], second_in_minute: int = 10) -> None:
+    def put_load(
+        self,
+        namespace: str,
+        metric_name: str,
+        dimensions: dict[str, str],
+        minute: int,
+        values: list[float],
+        second_in_minute: int = 10,
+    ) -> None:
         """PutMetricData: `values` as separate datapoints inside epoch minute `minute`."""
-        timestamp = dt.datetime.fromtimestamp(minute * 60 + second_in_minute, tz=dt.timezone.utc)
-        self.client("cloudwatch").put_metric_data(Namespace=namespace, MetricData=[
-            {"MetricName": metric_name, "Dimensions": [{"Name": k, "Value": v} for k, v in dimensions.items()],
-             "Timestamp": timestamp, "Value": value} for value in values])
+        timestamp = dt.datetime.fromtimestamp(minute * 60 + second_in_minute, tz=dt.UTC)
+        self.client("cloudwatch").put_metric_data(
+            Namespace=namespace,
+            MetricData=[
+                {
+                    "MetricName": metric_name,
+                    "Dimensions": [{"Name": k, "Value": v} for k, v in dimensions.items()],
+                    "Timestamp": timestamp,
+                    "Value": value,
+                }
+                for value in values
+            ],
+        )
 
 
 @pytest.fixture(scope="session")
@@ -378,9 +431,16 @@ def moto_server() -> Iterator[MotoAws]:
 @pytest.fixture
 def aws(moto_server: MotoAws, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> MotoAws:
     """moto with the default boto3 credential chain pointed at test credentials (nothing from ~/.aws)."""
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ENDPOINT_URL",
-                 "AWS_ENDPOINT_URL_AUTOSCALING", "AWS_ENDPOINT_URL_CLOUDWATCH", "AWS_ROLE_ARN",
-                 "AWS_WEB_IDENTITY_TOKEN_FILE"):
+    for name in (
+        "AWS_PROFILE",
+        "AWS_SESSION_TOKEN",
+        "AWS_SECURITY_TOKEN",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_AUTOSCALING",
+        "AWS_ENDPOINT_URL_CLOUDWATCH",
+        "AWS_ROLE_ARN",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
@@ -392,6 +452,7 @@ def aws(moto_server: MotoAws, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
 
 
 # -- fault-injecting proxy in front of moto ------------------------------------------------------------
+
 
 def _cbor_text(text: str) -> bytes:
     raw = text.encode()
@@ -494,12 +555,18 @@ class FaultProxy(LoopbackServer):
                     headers["Content-Type"] = "text/xml"
                 elif protocol == "cbor":
                     payload = cbor_text_map({"__type": f"com.amazonaws.error#{fault.code}", "message": fault.message})
-                    headers.update({"Content-Type": "application/cbor", "smithy-protocol": "rpc-v2-cbor",
-                                    "x-amzn-query-error": f"{fault.code};Sender"})
+                    headers.update(
+                        {
+                            "Content-Type": "application/cbor",
+                            "smithy-protocol": "rpc-v2-cbor",
+                            "x-amzn-query-error": f"{fault.code};Sender",
+                        }
+                    )
                 else:
                     payload = json.dumps({"__type": fault.code, "message": fault.message}).encode()
-                    headers.update({"Content-Type": "application/x-amz-json-1.0",
-                                    "x-amzn-query-error": f"{fault.code};Sender"})
+                    headers.update(
+                        {"Content-Type": "application/x-amz-json-1.0", "x-amzn-query-error": f"{fault.code};Sender"}
+                    )
                 self._reply(fault.status, headers, payload)
 
             def _forward(self, body: bytes) -> None:
@@ -510,8 +577,9 @@ class FaultProxy(LoopbackServer):
                     connection.request(self.command, self.path, body=body, headers=headers)
                     response = connection.getresponse()
                     payload = response.read()
-                    self._reply(response.status,
-                                {k: v for k, v in response.getheaders() if k.lower() not in skip}, payload)
+                    self._reply(
+                        response.status, {k: v for k, v in response.getheaders() if k.lower() not in skip}, payload
+                    )
                 finally:
                     connection.close()
 
@@ -545,6 +613,7 @@ def fault_proxy(aws: MotoAws) -> Iterator[Callable[..., FaultProxy]]:
 
 
 # -- misbehaving HTTP endpoints ------------------------------------------------------------------------
+
 
 @pytest.fixture
 def silent_server() -> Iterator[str]:
@@ -604,3 +673,68 @@ def canned_http() -> Iterator[Callable[[int, bytes, str], CannedHttp]]:
     finally:
         for server in servers:
             stop_http_server(server)
+
+
+# -- a proxy in front of the real Prometheus server -------------------------------------------------------
+@dataclass
+class PromProxy(LoopbackServer):
+    """Forwards to a real Prometheus server; `mode` injects a fault into instant queries (range queries, the
+    backfill, always pass): `pass`; `slow` (answers after `delay` s); `empty` and `nan` (the real server
+    answers a rewritten query: no series / NaN); `garbage` (an HTML page with status 200); `http500`."""
+
+    upstream: str
+    mode: str = "pass"
+    delay: float = 2.0
+    instant_queries: int = 0
+    url: str = ""
+    _server: ThreadingHTTPServer | None = field(default=None, repr=False)
+
+    def start(self) -> PromProxy:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):  # noqa: N802
+                parts = urllib.parse.urlsplit(self.path)
+                params = dict(urllib.parse.parse_qsl(parts.query))
+                mode = proxy.mode if parts.path.endswith("/api/v1/query") else "pass"
+                if parts.path.endswith("/api/v1/query"):
+                    proxy.instant_queries += 1
+                if mode == "garbage":
+                    return self._send(200, b"<html><body>502 Bad Gateway (nginx)</body></html>", "text/html")
+                if mode == "http500":
+                    return self._send(500, b"internal error", "text/plain")
+                if mode == "slow":
+                    time.sleep(proxy.delay)
+                if mode == "empty":
+                    params["query"] = "fleetpilot_reliability_no_such_series"
+                if mode == "nan":
+                    params["query"] = "vector(0) / 0"
+                url = f"{proxy.upstream}{parts.path}?{urllib.parse.urlencode(params)}"
+                try:
+                    with urllib.request.urlopen(url, timeout=10) as r:  # noqa: S310 - loopback
+                        return self._send(r.status, r.read(), r.headers.get("Content-Type", "application/json"))
+                except urllib.error.HTTPError as e:
+                    return self._send(e.code, e.read(), "application/json")
+
+            def _send(self, status, body, ctype):
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", ctype)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except OSError:  # the client gave up (timeout)
+                    pass
+
+        self._serve(Handler)
+        return self
+
+
+@pytest.fixture
+def prom_proxy(prometheus_server: PrometheusServer):
+    proxy = PromProxy(prometheus_server.url).start()
+    yield proxy
+    proxy.close()

@@ -1,4 +1,5 @@
 """Ec2AsgBackend against a moto server over HTTP (and a fault proxy speaking the Auto Scaling error format)."""
+
 from __future__ import annotations
 
 import json
@@ -9,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from controller.backends import ec2_asg
-from controller.backends.base import Backend, BackendError, GroupState
-from controller.backends.ec2_asg import Ec2AsgBackend, backoff_seconds, count_instances
-from controller.sources import cloudwatch
+from fleetpilot.controller.backends import ec2_asg
+from fleetpilot.controller.backends.base import Backend, BackendError, GroupState
+from fleetpilot.controller.backends.ec2_asg import Ec2AsgBackend, backoff_seconds, count_instances
+from fleetpilot.controller.sources import cloudwatch
 from tests.real_servers import Fault, MotoAws
 
 DOCS_AWS = Path(__file__).resolve().parent.parent / "docs" / "aws.md"
@@ -65,18 +66,35 @@ def test_set_desired_is_idempotent_and_skips_the_call(aws: MotoAws, fault_proxy)
 def test_standby_instances_are_neither_active_nor_warming(aws: MotoAws) -> None:
     group = aws.create_group(min_size=0, max_size=5, desired=3)
     instance = aws.group(group)["Instances"][0]["InstanceId"]
-    aws.client("autoscaling").enter_standby(AutoScalingGroupName=group, InstanceIds=[instance],
-                                            ShouldDecrementDesiredCapacity=True)
+    aws.client("autoscaling").enter_standby(
+        AutoScalingGroupName=group, InstanceIds=[instance], ShouldDecrementDesiredCapacity=True
+    )
     state = backend_for(aws, group).read()
     assert (state.desired, state.active, state.warming) == (2, 2, 0)
 
 
 def test_lifecycle_states_are_counted_as_documented() -> None:
     """moto puts every instance InService at once, so the Pending* states are checked on the pure counter."""
-    instances = [{"LifecycleState": s} for s in [
-        "InService", "InService", "Pending", "Pending:Wait", "Pending:Proceed", "Terminating", "Terminating:Wait",
-        "Terminating:Proceed", "Terminated", "Detaching", "Detached", "EnteringStandby", "Standby", "Quarantined",
-        "Warmed:Pending"]]
+    instances = [
+        {"LifecycleState": s}
+        for s in [
+            "InService",
+            "InService",
+            "Pending",
+            "Pending:Wait",
+            "Pending:Proceed",
+            "Terminating",
+            "Terminating:Wait",
+            "Terminating:Proceed",
+            "Terminated",
+            "Detaching",
+            "Detached",
+            "EnteringStandby",
+            "Standby",
+            "Quarantined",
+            "Warmed:Pending",
+        ]
+    ]
     assert count_instances(instances) == (2, 3)
     assert count_instances([]) == (0, 0)
 
@@ -95,10 +113,18 @@ def test_busy_and_throttled_calls_are_retried_then_succeed(aws: MotoAws, fault_p
     group = aws.create_group(min_size=1, max_size=8, desired=2)
     proxy = fault_proxy(
         Fault("DescribeAutoScalingGroups", "Throttling", times=1, message="Rate exceeded"),
-        Fault("SetDesiredCapacity", "ScalingActivityInProgress", times=1,
-              message="Scaling activity 1234 is in progress and blocks this action."),
-        Fault("SetDesiredCapacity", "ResourceContention", times=1,
-              message="You already have a pending update to an Auto Scaling resource."),
+        Fault(
+            "SetDesiredCapacity",
+            "ScalingActivityInProgress",
+            times=1,
+            message="Scaling activity 1234 is in progress and blocks this action.",
+        ),
+        Fault(
+            "SetDesiredCapacity",
+            "ResourceContention",
+            times=1,
+            message="You already have a pending update to an Auto Scaling resource.",
+        ),
         Fault("SetDesiredCapacity", "RequestLimitExceeded", times=1),
         Fault("SetDesiredCapacity", "ServiceUnavailable", times=1, status=503),
     )
@@ -112,8 +138,11 @@ def test_retries_give_up_after_max_retries(aws: MotoAws, fault_proxy) -> None:
     group = aws.create_group(min_size=1, max_size=8, desired=2)
     proxy = fault_proxy(Fault("SetDesiredCapacity", "Throttling", times=-1, message="Rate exceeded"))
     backend = backend_for(aws, group, endpoint_url=proxy.url, max_retries=3)
-    with pytest.raises(BackendError, match=r"SetDesiredCapacity on group .* failed after 4 attempts: "
-                                           r"Throttling: Rate exceeded"):
+    with pytest.raises(
+        BackendError,
+        match=r"SetDesiredCapacity on group .* failed after 4 attempts: "
+        r"Throttling: Rate exceeded",
+    ):
         backend.set_desired(6)
     assert proxy.count("SetDesiredCapacity") == 4
     assert aws.group(group)["DesiredCapacity"] == 2
@@ -122,8 +151,14 @@ def test_retries_give_up_after_max_retries(aws: MotoAws, fault_proxy) -> None:
 @pytest.mark.parametrize("code", ["ValidationError", "AccessDenied"])
 def test_validation_and_access_errors_are_not_retried(aws: MotoAws, fault_proxy, code: str) -> None:
     group = aws.create_group(min_size=1, max_size=8, desired=2)
-    proxy = fault_proxy(Fault("SetDesiredCapacity", code, times=-1,
-                              message="New SetDesiredCapacity value 6 is above max value 5 for the AutoScalingGroup."))
+    proxy = fault_proxy(
+        Fault(
+            "SetDesiredCapacity",
+            code,
+            times=-1,
+            message="New SetDesiredCapacity value 6 is above max value 5 for the AutoScalingGroup.",
+        )
+    )
     with pytest.raises(BackendError, match=f"SetDesiredCapacity on group .* failed: {code}: New SetDesired"):
         backend_for(aws, group, endpoint_url=proxy.url, max_retries=5).set_desired(6)
     assert proxy.count("SetDesiredCapacity") == 1
@@ -132,8 +167,9 @@ def test_validation_and_access_errors_are_not_retried(aws: MotoAws, fault_proxy,
 def test_endpoint_down_is_an_error_after_retries(aws: MotoAws, unused_url: str) -> None:
     backend = backend_for(aws, "any-group", endpoint_url=unused_url, max_retries=2, timeout_seconds=1.0)
     started = time.monotonic()
-    with pytest.raises(BackendError, match="DescribeAutoScalingGroups .* failed after 3 attempts: "
-                                           "EndpointConnectionError"):
+    with pytest.raises(
+        BackendError, match="DescribeAutoScalingGroups .* failed after 3 attempts: EndpointConnectionError"
+    ):
         backend.read()
     assert time.monotonic() - started < 5.0
 
@@ -149,7 +185,7 @@ def test_silent_endpoint_times_out_and_is_retried(aws: MotoAws, silent_server: s
 def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
     rng = random.Random(7)
     for attempt in range(12):
-        step = min(ec2_asg.RETRY_MAX_SLEEP_SECONDS, 0.5 * 2 ** attempt)
+        step = min(ec2_asg.RETRY_MAX_SLEEP_SECONDS, 0.5 * 2**attempt)
         delays = [backoff_seconds(attempt, 0.5, rng) for _ in range(50)]
         assert all(step / 2 <= d <= step for d in delays)
         assert len(set(delays)) > 1  # jittered
@@ -170,7 +206,8 @@ def test_only_the_documented_actions_are_called(aws: MotoAws) -> None:
     backend = backend_for(aws, group)
     called: list[str] = []
     backend._client.meta.events.register(
-        "before-call.*.*", lambda model, **_: called.append(f"autoscaling:{model.name}"))
+        "before-call.*.*", lambda model, **_: called.append(f"autoscaling:{model.name}")
+    )
     backend.read()
     backend.set_desired(4)
     backend.set_desired(4)

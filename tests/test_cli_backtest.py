@@ -1,6 +1,7 @@
 """`fleetpilot backtest` and `fleetpilot traces generate` end to end, as subprocesses (issue 2): the happy path
 writes JSON and a PNG; bad trace files and bad options each end with one line naming the file and line (or the
 option) and the reason, exit code 2, and no traceback."""
+
 from __future__ import annotations
 
 import json
@@ -12,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.load import read_trace, synthetic_load
+from fleetpilot.training.load import read_trace, synthetic_load
 
 REPO = Path(__file__).resolve().parents[1]
-FLEETPILOT = [sys.executable, "-m", "controller.cli"]
+FLEETPILOT = [sys.executable, "-m", "fleetpilot.controller.cli"]
 GOOD_HEADER = "timestamp,requests\n"
 
 
@@ -31,14 +32,18 @@ def _run(args: list[str], cwd: Path, timeout: float = 120) -> subprocess.Complet
 
 
 def _rows(first_minute: int, values: list[int]) -> str:
-    return "".join(f"2026-01-05T{(first_minute + i) // 60:02d}:{(first_minute + i) % 60:02d}:00Z,{v}\n"
-                   for i, v in enumerate(values))
+    return "".join(
+        f"2026-01-05T{(first_minute + i) // 60:02d}:{(first_minute + i) % 60:02d}:00Z,{v}\n"
+        for i, v in enumerate(values)
+    )
 
 
 def test_backtest_synthetic_writes_json_and_plot(tmp_path):
     out, png = tmp_path / "out.json", tmp_path / "plot.png"
-    p = _run(["backtest", "--synthetic", "--seeds", "1..2", "--minutes", "1500", "--json", str(out),
-              "--plot", str(png)], tmp_path)
+    p = _run(
+        ["backtest", "--synthetic", "--seeds", "1..2", "--minutes", "1500", "--json", str(out), "--plot", str(png)],
+        tmp_path,
+    )
     assert p.returncode == 0, p.stderr
     assert "Traceback" not in p.stderr
     doc = json.loads(out.read_text())
@@ -47,8 +52,9 @@ def test_backtest_synthetic_writes_json_and_plot(tmp_path):
     names = [s["policy"] for s in doc["summary"]]
     assert names == ["static", "target-tracking", "step", "predictive", "oracle"]  # the default policies
     assert all("pct_of_oracle" in s for s in doc["summary"])
-    assert max(s["expected_profit_usd"] for s in doc["summary"]) == \
-        next(s["expected_profit_usd"] for s in doc["summary"] if s["policy"] == "oracle")
+    assert max(s["expected_profit_usd"] for s in doc["summary"]) == next(
+        s["expected_profit_usd"] for s in doc["summary"] if s["policy"] == "oracle"
+    )
     for name in names:  # the table names every policy
         assert name in p.stdout
     data = png.read_bytes()
@@ -64,8 +70,24 @@ def test_traces_generate_then_replay(tmp_path):
     np.testing.assert_array_equal(load.load_tpm, synthetic_load(np.random.default_rng(7), 3000))
     assert csv.read_text().startswith(GOOD_HEADER)
     out = tmp_path / "replay.json"
-    p = _run(["backtest", "--trace", str(csv), "--peak-tpm", "9000", "--minutes", "1200",
-              "--policy", "target-tracking", "--policy", "oracle", "--json", str(out)], tmp_path)
+    p = _run(
+        [
+            "backtest",
+            "--trace",
+            str(csv),
+            "--peak-tpm",
+            "9000",
+            "--minutes",
+            "1200",
+            "--policy",
+            "target-tracking",
+            "--policy",
+            "oracle",
+            "--json",
+            str(out),
+        ],
+        tmp_path,
+    )
     assert p.returncode == 0, p.stderr
     doc = json.loads(out.read_text())
     assert len(doc["runs"]) == 1 and doc["runs"][0]["minutes"] == 1200
@@ -114,14 +136,26 @@ def bad_runs(tmp_path_factory):
         if content is not None:
             path.write_text(content)
         procs[name] = (path, ["backtest", "--trace", str(path), "--policy", "static"])
-    procs["gap_filled"] = (d / "gap.csv", ["backtest", "--trace", str(d / "gap.csv"), "--fill-gaps",
-                                            "--policy", "static", "--policy", "oracle"])
+    procs["gap_filled"] = (
+        d / "gap.csv",
+        ["backtest", "--trace", str(d / "gap.csv"), "--fill-gaps", "--policy", "static", "--policy", "oracle"],
+    )
     for name, (args, _) in BAD_OPTIONS.items():
-        procs[name] = (None, ["backtest", *[str(good) if a == "TRACE" else a for a in args], "--minutes", "50"]
-                       if "--minutes" not in args else ["backtest", *args])
-    started = {name: (path, subprocess.Popen([*FLEETPILOT, *args], cwd=d, env=_env(), stdout=subprocess.PIPE,
-                                             stderr=subprocess.PIPE, text=True))
-               for name, (path, args) in procs.items()}
+        procs[name] = (
+            None,
+            ["backtest", *[str(good) if a == "TRACE" else a for a in args], "--minutes", "50"]
+            if "--minutes" not in args
+            else ["backtest", *args],
+        )
+    started = {
+        name: (
+            path,
+            subprocess.Popen(
+                [*FLEETPILOT, *args], cwd=d, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            ),
+        )
+        for name, (path, args) in procs.items()
+    }
     done = {}
     for name, (path, proc) in started.items():
         out, err = proc.communicate(timeout=180)

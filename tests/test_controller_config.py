@@ -1,4 +1,5 @@
 """Config: YAML + FLEETPILOT_ env, refused fields, one-line errors naming the field, `config check`."""
+
 from __future__ import annotations
 
 import copy
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from controller.config import ConfigError, load_config, mask_secrets, masked_dump, summary
+from fleetpilot.controller.config import ConfigError, load_config, mask_secrets, masked_dump, summary
 
 REPO = Path(__file__).resolve().parents[1]
 FLEETPILOT = str(Path(sys.executable).parent / "fleetpilot")
@@ -17,11 +18,16 @@ FLEETPILOT = str(Path(sys.executable).parent / "fleetpilot")
 BASE = {
     "interval_seconds": 0.05,
     "server": {"host": "127.0.0.1", "port": 0},
-    "groups": [{
-        "name": "web", "policy": "target-tracking", "min_machines": 1, "max_machines": 100,
-        "source": {"kind": "simulator", "seed": 0},
-        "backend": {"kind": "simulated", "seed": 0, "initial_machines": 50},
-    }],
+    "groups": [
+        {
+            "name": "web",
+            "policy": "target-tracking",
+            "min_machines": 1,
+            "max_machines": 100,
+            "source": {"kind": "simulator", "seed": 0},
+            "backend": {"kind": "simulated", "seed": 0, "initial_machines": 50},
+        }
+    ],
 }
 
 
@@ -59,35 +65,42 @@ def test_valid_config_and_defaults(tmp_path):
     g = cfg.groups[0]
     assert cfg.simulated_clock and cfg.dry_run is False and cfg.log_level == "INFO"
     assert cfg.journal_path == tmp_path / "fleetpilot-journal.sqlite"  # relative to the config file
-    assert (g.fallback_policy, g.warmup_minutes, g.max_scale_out_per_tick, g.stale_after_seconds) == \
-        ("target-tracking", 5, 10, 180.0)
+    assert (g.fallback_policy, g.warmup_minutes, g.max_scale_out_per_tick, g.stale_after_seconds) == (
+        "target-tracking",
+        5,
+        10,
+        180.0,
+    )
     assert "web (target-tracking, simulator -> simulated, 1..100)" in summary(cfg)
 
 
-@pytest.mark.parametrize("path, value, field, reason", [
-    ("groups.0.max_machines", 0, "groups[0].max_machines", "greater than or equal to 1"),
-    ("groups.0.min_machines", 200, "groups[0].max_machines", "below min_machines"),
-    ("groups.0.fallback_policy", "default", "groups[0].fallback_policy", "must be a rule policy"),
-    ("groups.0.policy", "no-such-policy", "groups[0].policy", "unknown policy"),
-    ("groups.0.warmup_minutes", -1, "groups[0].warmup_minutes", "greater than or equal to 0"),
-    ("groups.0.capacity_tpm_per_machine", 0, "groups[0].capacity_tpm_per_machine", "greater than 0"),
-    ("groups.0.bogus", 1, "groups[0].bogus", "unknown field"),
-    ("groups.0.source.kind", "kafka", "groups[0].source", "does not match any of the expected tags"),
-    ("groups.0.source", {"kind": "prometheus", "query": "x"}, "groups[0].source.url", "required field is missing"),
-    ("groups.0.source", {"kind": "prometheus", "url": "ftp://x", "query": "q"}, "groups[0].source.url", "http"),
-    ("groups.0.source", {"kind": "csv", "path": "missing.csv"}, "groups[0].source.path", "no such file"),
-    ("groups.0.source.seed", "abc", "groups[0].source.seed", "valid integer"),
-    ("groups.0.backend.initial_machines", 900, "groups[0].backend", "exceeds max_machines"),
-    ("groups.0.backend", {"kind": "ec2-asg"}, "groups[0].backend.group_name", "required field is missing"),
-    ("groups.0.policy_params", {"target_utilization": 2}, "groups[0].policy_params", "target_utilization"),
-    ("groups.0.name", "bad name!", "groups[0].name", "pattern"),
-    ("groups", [], "groups", "at least 1 item"),
-    ("groups", "DELETE", "groups", "required field is missing"),
-    ("interval_seconds", 0, "interval_seconds", "greater than 0"),
-    ("log_level", "LOUD", "log_level", "DEBUG"),
-    ("server.port", 70000, "server.port", "less than or equal to 65535"),
-    ("surprise", True, "surprise", "unknown field"),
-])
+@pytest.mark.parametrize(
+    "path, value, field, reason",
+    [
+        ("groups.0.max_machines", 0, "groups[0].max_machines", "greater than or equal to 1"),
+        ("groups.0.min_machines", 200, "groups[0].max_machines", "below min_machines"),
+        ("groups.0.fallback_policy", "default", "groups[0].fallback_policy", "must be a rule policy"),
+        ("groups.0.policy", "no-such-policy", "groups[0].policy", "unknown policy"),
+        ("groups.0.warmup_minutes", -1, "groups[0].warmup_minutes", "greater than or equal to 0"),
+        ("groups.0.capacity_tpm_per_machine", 0, "groups[0].capacity_tpm_per_machine", "greater than 0"),
+        ("groups.0.bogus", 1, "groups[0].bogus", "unknown field"),
+        ("groups.0.source.kind", "kafka", "groups[0].source", "does not match any of the expected tags"),
+        ("groups.0.source", {"kind": "prometheus", "query": "x"}, "groups[0].source.url", "required field is missing"),
+        ("groups.0.source", {"kind": "prometheus", "url": "ftp://x", "query": "q"}, "groups[0].source.url", "http"),
+        ("groups.0.source", {"kind": "csv", "path": "missing.csv"}, "groups[0].source.path", "no such file"),
+        ("groups.0.source.seed", "abc", "groups[0].source.seed", "valid integer"),
+        ("groups.0.backend.initial_machines", 900, "groups[0].backend", "exceeds max_machines"),
+        ("groups.0.backend", {"kind": "ec2-asg"}, "groups[0].backend.group_name", "required field is missing"),
+        ("groups.0.policy_params", {"target_utilization": 2}, "groups[0].policy_params", "target_utilization"),
+        ("groups.0.name", "bad name!", "groups[0].name", "pattern"),
+        ("groups", [], "groups", "at least 1 item"),
+        ("groups", "DELETE", "groups", "required field is missing"),
+        ("interval_seconds", 0, "interval_seconds", "greater than 0"),
+        ("log_level", "LOUD", "log_level", "DEBUG"),
+        ("server.port", 70000, "server.port", "less than or equal to 65535"),
+        ("surprise", True, "surprise", "unknown field"),
+    ],
+)
 def test_bad_config_names_the_field(tmp_path, path, value, field, reason):
     p = write(tmp_path, mutate(path, value))
     with pytest.raises(ConfigError) as exc:
@@ -149,13 +162,17 @@ def test_env_overrides_yaml_nested_and_refuses_unknown_names(tmp_path, monkeypat
 
 
 def test_secrets_are_masked_in_the_logged_config(tmp_path):
-    d = mutate("groups.0.source", {"kind": "prometheus", "url": "https://bob:hunter2@prom:9090/?token=abc",
-                                   "query": "q"})
+    d = mutate(
+        "groups.0.source", {"kind": "prometheus", "url": "https://bob:hunter2@prom:9090/?token=abc", "query": "q"}
+    )
     d["interval_seconds"] = 60
     dumped = str(masked_dump(load_config(write(tmp_path, d))))
     assert "hunter2" not in dumped and "abc" not in dumped and "bob:***@prom" in dumped
-    assert mask_secrets({"aws_secret_access_key": "x", "n": 1, "l": ["http://a:b@h"]}) == \
-        {"aws_secret_access_key": "***", "n": 1, "l": ["http://a:***@h"]}
+    assert mask_secrets({"aws_secret_access_key": "x", "n": 1, "l": ["http://a:b@h"]}) == {
+        "aws_secret_access_key": "***",
+        "n": 1,
+        "l": ["http://a:***@h"],
+    }
 
 
 def run_cli(*args: str, env=None) -> subprocess.CompletedProcess:
@@ -179,6 +196,10 @@ def test_example_configs_check():
     assert ok.returncode == 0, ok.stderr
     cfg = load_config(REPO / "examples" / "simulator.yaml")
     g = cfg.groups[0]
-    assert (g.policy, g.fallback_policy, g.source.kind, g.backend.kind) == \
-        ("default", "target-tracking", "simulator", "simulated")
+    assert (g.policy, g.fallback_policy, g.source.kind, g.backend.kind) == (
+        "default",
+        "target-tracking",
+        "simulator",
+        "simulated",
+    )
     assert (cfg.server.host, cfg.server.port) == ("127.0.0.1", 9108) and cfg.interval_seconds < 1

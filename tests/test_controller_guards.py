@@ -1,23 +1,33 @@
 """Each guard alone, then the decision chain (controller.guards)."""
+
 from __future__ import annotations
 
 import pytest
 
-from controller import guards as g
-from controller.guards import Decision, GroupNow, Limits, Memory, Proposal, decide
+from fleetpilot.controller import guards as g
+from fleetpilot.controller.guards import Decision, GroupNow, Limits, Memory, Proposal, decide
 
 
 def limits(**kw) -> Limits:
-    base = dict(min_machines=2, max_machines=100, max_scale_out_per_tick=10, max_scale_in_per_tick=5,
-                scale_in_stabilization_minutes=0, block_scale_in_while_warming=False,
-                bad_data_ticks_before_fallback=3, paused=False)
+    base = dict(
+        min_machines=2,
+        max_machines=100,
+        max_scale_out_per_tick=10,
+        max_scale_in_per_tick=5,
+        scale_in_stabilization_minutes=0,
+        block_scale_in_while_warming=False,
+        bad_data_ticks_before_fallback=3,
+        paused=False,
+    )
     base.update(kw)
     return Limits(**base)
 
 
 # --- single guards -----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("value, expected", [(50, (50, None)), (1, (2, "min-machines")), (101, (100, "max-machines")),
-                                             (2, (2, None)), (100, (100, None))])
+@pytest.mark.parametrize(
+    "value, expected",
+    [(50, (50, None)), (1, (2, "min-machines")), (101, (100, "max-machines")), (2, (2, None)), (100, (100, None))],
+)
 def test_clamp_bounds(value, expected):
     assert g.clamp_bounds(value, 2, 100) == expected
 
@@ -55,8 +65,10 @@ def test_bad_data_never_scales_in():
     assert g.hold_on_bad_data(10, 20, data_ok=True) == (10, None)
 
 
-@pytest.mark.parametrize("value, expected", [(35, (30, "scale-out-limit")), (30, (30, None)),
-                                             (14, (15, "scale-in-limit")), (15, (15, None)), (20, (20, None))])
+@pytest.mark.parametrize(
+    "value, expected",
+    [(35, (30, "scale-out-limit")), (30, (30, None)), (14, (15, "scale-in-limit")), (15, (15, None)), (20, (20, None))],
+)
 def test_step_limits(value, expected):
     assert g.limit_step(value, 20, max_out=10, max_in=5) == expected
 
@@ -147,8 +159,13 @@ def test_group_bounds_are_never_left():
 
 
 def test_decide_is_pure():
-    args = (Memory(bad_ticks=1, recommendations=((99, 40),)), GroupNow(30, 2, 31), Proposal(12, 15, "stale"),
-            limits(scale_in_stabilization_minutes=5), 100)
+    args = (
+        Memory(bad_ticks=1, recommendations=((99, 40),)),
+        GroupNow(30, 2, 31),
+        Proposal(12, 15, "stale"),
+        limits(scale_in_stabilization_minutes=5),
+        100,
+    )
     first = decide(*args)
     assert all(decide(*args) == first for _ in range(3))
     assert isinstance(first[0], Decision)

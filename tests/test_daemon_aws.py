@@ -1,5 +1,6 @@
 """The daemon against AWS APIs over real HTTP (moto server): CloudWatch load in, Auto Scaling group out;
 dry-run leaves the group untouched, a real run sets its desired capacity."""
+
 from __future__ import annotations
 
 import sys
@@ -7,21 +8,44 @@ import uuid
 
 from prometheus_client import CollectorRegistry
 
-from controller.config import DaemonConfig
-from controller.daemon import Daemon
-from controller.journal import read_decisions
+from fleetpilot.controller.config import DaemonConfig
+from fleetpilot.controller.daemon import Daemon
+from fleetpilot.controller.journal import read_decisions
 from tests.real_servers import MotoAws, now_minute
 
 
 def _config(tmp_path, aws: MotoAws, group_name: str, dimensions: dict[str, str], **kw) -> DaemonConfig:
-    return DaemonConfig(interval_seconds=60, journal_path=tmp_path / "j.sqlite", groups=[{
-        "name": "web", "policy": "target-tracking", "policy_params": {"target_utilization": 0.65},
-        "min_machines": 1, "max_machines": 20,
-        "block_scale_in_while_warming": False,
-        "source": {"kind": "cloudwatch", "namespace": "Fleetpilot/Test", "metric_name": "Transactions",
-                   "dimensions": dimensions, "region": aws.region, "endpoint_url": aws.endpoint_url},
-        "backend": {"kind": "ec2-asg", "group_name": group_name, "region": aws.region,
-                    "endpoint_url": aws.endpoint_url, "max_retries": 1, "retry_base_seconds": 0.01}}], **kw)
+    return DaemonConfig(
+        interval_seconds=60,
+        journal_path=tmp_path / "j.sqlite",
+        groups=[
+            {
+                "name": "web",
+                "policy": "target-tracking",
+                "policy_params": {"target_utilization": 0.65},
+                "min_machines": 1,
+                "max_machines": 20,
+                "block_scale_in_while_warming": False,
+                "source": {
+                    "kind": "cloudwatch",
+                    "namespace": "Fleetpilot/Test",
+                    "metric_name": "Transactions",
+                    "dimensions": dimensions,
+                    "region": aws.region,
+                    "endpoint_url": aws.endpoint_url,
+                },
+                "backend": {
+                    "kind": "ec2-asg",
+                    "group_name": group_name,
+                    "region": aws.region,
+                    "endpoint_url": aws.endpoint_url,
+                    "max_retries": 1,
+                    "retry_base_seconds": 0.01,
+                },
+            }
+        ],
+        **kw,
+    )
 
 
 def test_cloudwatch_to_asg_dry_run_then_write(tmp_path, aws: MotoAws):

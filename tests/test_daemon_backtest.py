@@ -1,17 +1,18 @@
 """The daemon decides as the backtest does: same policy, same load, same noise -> same observations, same
 actions, same fleet (with guards that do not bind)."""
+
 from __future__ import annotations
 
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from controller.backends.simulated import noise_key
-from controller.config import DaemonConfig
-from controller.daemon import Daemon
-from controller.sources.simulator import SYNTHETIC_START_MINUTE, SimulatorSource
-from policies.registry import make_policy
-from training.backtest import simulate
-from training.params import FleetParams
+from fleetpilot.controller.backends.simulated import noise_key
+from fleetpilot.controller.config import DaemonConfig
+from fleetpilot.controller.daemon import Daemon
+from fleetpilot.controller.sources.simulator import SYNTHETIC_START_MINUTE, SimulatorSource
+from fleetpilot.policies.registry import make_policy
+from fleetpilot.training.backtest import simulate
+from fleetpilot.training.params import FleetParams
 
 TICKS = 400
 SEEDS = (0, 7, 11)
@@ -32,16 +33,24 @@ class Recorder:
 
 
 def non_binding_group(seed: int) -> dict:
-    return {"name": f"g{seed}", "policy": "target-tracking", "min_machines": 0, "max_machines": 833,
-            "max_scale_out_per_tick": 10, "max_scale_in_per_tick": 10, "scale_in_stabilization_minutes": 0,
-            "block_scale_in_while_warming": False,
-            "source": {"kind": "simulator", "seed": seed, "minutes": TICKS + 10},
-            "backend": {"kind": "simulated", "seed": seed, "initial_machines": 50}}
+    return {
+        "name": f"g{seed}",
+        "policy": "target-tracking",
+        "min_machines": 0,
+        "max_machines": 833,
+        "max_scale_out_per_tick": 10,
+        "max_scale_in_per_tick": 10,
+        "scale_in_stabilization_minutes": 0,
+        "block_scale_in_while_warming": False,
+        "source": {"kind": "simulator", "seed": seed, "minutes": TICKS + 10},
+        "backend": {"kind": "simulated", "seed": seed, "initial_machines": 50},
+    }
 
 
 def test_daemon_equals_backtest(tmp_path):
-    cfg = DaemonConfig(interval_seconds=0.01, journal_path=tmp_path / "j.sqlite",
-                       groups=[non_binding_group(s) for s in SEEDS])
+    cfg = DaemonConfig(
+        interval_seconds=0.01, journal_path=tmp_path / "j.sqlite", groups=[non_binding_group(s) for s in SEEDS]
+    )
     daemon = Daemon(cfg, CollectorRegistry())
     assert len(daemon.batches) == 1  # groups sharing a policy are decided in one batched call
     batch = daemon.batches[0]
@@ -54,23 +63,26 @@ def test_daemon_equals_backtest(tmp_path):
         active_seen[:, k] = [g.state.active for g in daemon.groups]
     daemon.close()
 
-    loads = np.stack([SimulatorSource(s, minutes=TICKS + 10).load_tpm[:TICKS + 1].astype(np.float64) for s in SEEDS])
+    loads = np.stack([SimulatorSource(s, minutes=TICKS + 10).load_tpm[: TICKS + 1].astype(np.float64) for s in SEEDS])
     keys = np.array([noise_key(s) for s in SEEDS], dtype=np.uint64)
     ref = Recorder(make_policy("target-tracking"))
     traj = simulate(ref, loads[:, :TICKS], np.full(len(SEEDS), SYNTHETIC_START_MINUTE), keys, FleetParams())
 
     # same observations at every decision
     assert len(batch.policy.features) == TICKS and len(ref.features) == TICKS - 1
-    np.testing.assert_array_equal(np.stack(batch.policy.features[:TICKS - 1]), np.stack(ref.features))
+    np.testing.assert_array_equal(np.stack(batch.policy.features[: TICKS - 1]), np.stack(ref.features))
     # same actions: the journal's policy_desired per tick equals the backtest's desired
     import sqlite3
 
     db = sqlite3.connect(tmp_path / "j.sqlite")
     for i, s in enumerate(SEEDS):
-        rows = db.execute("SELECT tick, policy_desired, final, load_tpm, active, outcome FROM decisions "
-                          "WHERE group_name = ? ORDER BY tick", (f"g{s}",)).fetchall()
+        rows = db.execute(
+            "SELECT tick, policy_desired, final, load_tpm, active, outcome FROM decisions "
+            "WHERE group_name = ? ORDER BY tick",
+            (f"g{s}",),
+        ).fetchall()
         assert [r[0] for r in rows] == list(range(TICKS))
-        np.testing.assert_array_equal([r[1] for r in rows][:TICKS - 1], traj.desired[i])
+        np.testing.assert_array_equal([r[1] for r in rows][: TICKS - 1], traj.desired[i])
         np.testing.assert_array_equal([r[3] for r in rows], loads[i, :TICKS])
         assert {r[5] for r in rows} <= {"written", "unchanged"}
     # same fleet: the daemon's world after k steps is the backtest's

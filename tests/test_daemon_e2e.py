@@ -1,5 +1,6 @@
 """End to end: `fleetpilot run` as a subprocess against the simulator; /metrics, /healthz, /readyz; SIGTERM;
 exit code, JSON logs and journal; `--once`, `--dry-run`, `decisions`; no torch in the daemon process."""
+
 from __future__ import annotations
 
 import json
@@ -26,9 +27,15 @@ def config(tmp_path: Path, **over) -> Path:
         "interval_seconds": 0.05,
         "journal_path": "journal.sqlite",
         "server": {"host": "127.0.0.1", "port": 0},
-        "groups": [{"name": "web", "policy": "target-tracking", "fallback_policy": "target-tracking",
-                    "source": {"kind": "simulator", "seed": 3},
-                    "backend": {"kind": "simulated", "seed": 3, "initial_machines": 50}}],
+        "groups": [
+            {
+                "name": "web",
+                "policy": "target-tracking",
+                "fallback_policy": "target-tracking",
+                "source": {"kind": "simulator", "seed": 3},
+                "backend": {"kind": "simulated", "seed": 3, "initial_machines": 50},
+            }
+        ],
     }
     d.update(over)
     p = tmp_path / "fleetpilot.yaml"
@@ -60,8 +67,9 @@ def _pump(stream, q: queue.Queue) -> None:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_run_serves_metrics_and_stops_cleanly(tmp_path, sig):
     cfg = config(tmp_path)
-    proc = subprocess.Popen([FLEETPILOT, "run", "--config", str(cfg)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [FLEETPILOT, "run", "--config", str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     errq: queue.Queue = queue.Queue()
     stderr_lines: list[str] = []
     threading.Thread(target=_pump, args=(proc.stderr, errq), daemon=True).start()
@@ -121,14 +129,13 @@ def _run_once_in_process(cfg: Path, *extra: str, env=None) -> subprocess.Complet
     """`fleetpilot run --once` in a fresh interpreter that then reports what it imported and mapped."""
     code = (
         "import sys, json\n"
-        "from controller.cli import main\n"
+        "from fleetpilot.controller.cli import main\n"
         f"rc = main(['run', '--config', {str(cfg)!r}, '--once', *{list(extra)!r}])\n"
         "maps = open('/proc/self/maps').read()\n"
         "print(json.dumps({'rc': rc, 'torch': sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')),"
         " 'libtorch': 'libtorch' in maps, 'boto3': 'boto3' in sys.modules}))\n"
     )
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env,
-                          cwd=REPO)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env, cwd=REPO)
 
 
 def test_once_decides_once_without_torch(tmp_path):
@@ -156,33 +163,62 @@ def test_example_config_runs_without_torch(tmp_path):
 
 def test_dry_run_flag_skips_the_write(tmp_path):
     cfg = config(tmp_path)
-    p = subprocess.run([FLEETPILOT, "run", "--config", str(cfg), "--once", "--dry-run"], capture_output=True,
-                       text=True, timeout=60)
+    p = subprocess.run(
+        [FLEETPILOT, "run", "--config", str(cfg), "--once", "--dry-run"], capture_output=True, text=True, timeout=60
+    )
     assert p.returncode == 0, p.stderr
     marks = [json.loads(line) for line in p.stderr.splitlines() if "DRY-RUN" in line]
     assert len(marks) == 1 and marks[0]["msg"] == "DRY-RUN: would set desired capacity" and marks[0]["group"] == "web"
-    (outcome, final, before) = sqlite3.connect(tmp_path / "journal.sqlite").execute(
-        "SELECT outcome, final, desired_before FROM decisions").fetchone()
+    (outcome, final, before) = (
+        sqlite3.connect(tmp_path / "journal.sqlite")
+        .execute("SELECT outcome, final, desired_before FROM decisions")
+        .fetchone()
+    )
     assert outcome == "dry-run" and final != before
 
 
 def test_decisions_command(tmp_path):
-    cfg = config(tmp_path, groups=[
-        {"name": n, "policy": "target-tracking", "source": {"kind": "simulator", "seed": i},
-         "backend": {"kind": "simulated", "seed": i}} for i, n in enumerate(("web", "api"))])
+    cfg = config(
+        tmp_path,
+        groups=[
+            {
+                "name": n,
+                "policy": "target-tracking",
+                "source": {"kind": "simulator", "seed": i},
+                "backend": {"kind": "simulated", "seed": i},
+            }
+            for i, n in enumerate(("web", "api"))
+        ],
+    )
     for _ in range(2):
-        assert subprocess.run([FLEETPILOT, "run", "--config", str(cfg), "--once", "--quiet"], capture_output=True,
-                              timeout=60).returncode == 0
-    t = subprocess.run([FLEETPILOT, "decisions", "--config", str(cfg), "--group", "api", "--last", "5"],
-                       capture_output=True, text=True, timeout=60)
+        assert (
+            subprocess.run(
+                [FLEETPILOT, "run", "--config", str(cfg), "--once", "--quiet"], capture_output=True, timeout=60
+            ).returncode
+            == 0
+        )
+    t = subprocess.run(
+        [FLEETPILOT, "decisions", "--config", str(cfg), "--group", "api", "--last", "5"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert t.returncode == 0, t.stderr
     lines = t.stdout.strip().splitlines()
     assert lines[0].split()[:4] == ["id", "minute", "group", "load_tpm"] and len(lines) == 3
     assert all(" api " in line for line in lines[1:])
-    j = subprocess.run([FLEETPILOT, "decisions", "--journal", str(tmp_path / "journal.sqlite"), "--last", "3",
-                        "--json"], capture_output=True, text=True, timeout=60)
+    j = subprocess.run(
+        [FLEETPILOT, "decisions", "--journal", str(tmp_path / "journal.sqlite"), "--last", "3", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     rows = [json.loads(line) for line in j.stdout.splitlines()]
     assert len(rows) == 3 and {"group_name", "load_tpm", "raw_action", "guards", "final", "outcome"} <= set(rows[0])
-    bad = subprocess.run([FLEETPILOT, "decisions", "--journal", str(tmp_path / "none.sqlite")], capture_output=True,
-                         text=True, timeout=60)
+    bad = subprocess.run(
+        [FLEETPILOT, "decisions", "--journal", str(tmp_path / "none.sqlite")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "no journal" in bad.stderr

@@ -1,4 +1,5 @@
 """The tick in-process, with sources and backends that misbehave on demand."""
+
 from __future__ import annotations
 
 import logging
@@ -9,14 +10,14 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from controller.backends.base import BackendError, GroupState
-from controller.backends.simulated import SimulatedBackend
-from controller.config import DaemonConfig
-from controller.daemon import DRY_RUN_MARKER, Daemon
-from controller.journal import read_decisions
-from controller.sources.base import Sample, SourceError
-from policies.base import PolicyOutput
-from training.params import FleetParams
+from fleetpilot.controller.backends.base import BackendError, GroupState
+from fleetpilot.controller.backends.simulated import SimulatedBackend
+from fleetpilot.controller.config import DaemonConfig
+from fleetpilot.controller.daemon import DRY_RUN_MARKER, Daemon
+from fleetpilot.controller.journal import read_decisions
+from fleetpilot.controller.sources.base import Sample, SourceError
+from fleetpilot.policies.base import PolicyOutput
+from fleetpilot.training.params import FleetParams
 
 START = 29_000_000  # an epoch minute (2025-02-18)
 
@@ -87,10 +88,15 @@ class FlakyBackend(SimulatedBackend):
 
 
 def group(name="web", **kw) -> dict:
-    g = {"name": name, "policy": "target-tracking", "min_machines": 1, "max_machines": 200,
-         "bad_data_ticks_before_fallback": 2,
-         "source": {"kind": "prometheus", "url": "http://127.0.0.1:1", "query": "q"},
-         "backend": {"kind": "simulated"}}
+    g = {
+        "name": name,
+        "policy": "target-tracking",
+        "min_machines": 1,
+        "max_machines": 200,
+        "bad_data_ticks_before_fallback": 2,
+        "source": {"kind": "prometheus", "url": "http://127.0.0.1:1", "query": "q"},
+        "backend": {"kind": "simulated"},
+    }
     g.update(kw)
     return g
 
@@ -100,8 +106,7 @@ def make(tmp_path, groups=None, sources=None, backends=None, registry=None, cloc
     cfg = DaemonConfig(interval_seconds=60, journal_path=tmp_path / "j.sqlite", groups=groups, **cfg_kw)
     sources = sources or [FakeSource() for _ in groups]
     backends = backends or [FlakyBackend() for _ in groups]
-    d = Daemon(cfg, registry or CollectorRegistry(), sources=sources, backends=backends,
-               clock=clock or FakeClock())
+    d = Daemon(cfg, registry or CollectorRegistry(), sources=sources, backends=backends, clock=clock or FakeClock())
     d.backfill()
     return d
 
@@ -201,8 +206,9 @@ def test_dry_run_runs_everything_but_the_write(tmp_path, caplog):
 
 def test_backend_errors_are_counted_and_the_daemon_goes_on(tmp_path):
     b = FlakyBackend()
-    d = make(tmp_path, groups=[group(), group("api")], sources=[FakeSource(), FakeSource(2.0)],
-             backends=[b, FlakyBackend()])
+    d = make(
+        tmp_path, groups=[group(), group("api")], sources=[FakeSource(), FakeSource(2.0)], backends=[b, FlakyBackend()]
+    )
     b.fail_read = True
     assert d.run_tick() == "partial"
     b.fail_read, b.fail_write = False, True
@@ -238,14 +244,21 @@ def test_metrics_per_group(tmp_path):
     assert metric(d, "fleetpilot_machines", group="web", state="active") == 50
     desired = metric(d, "fleetpilot_machines", group="web", state="desired")
     assert desired == rows(tmp_path)[0]["final"]
-    total = sum(metric(d, "fleetpilot_decisions_total", group="web", direction=x, reason=r)
-                for x in ("up", "down", "none") for r in ("policy", "scale-in-limit", "scale-out-limit"))
+    total = sum(
+        metric(d, "fleetpilot_decisions_total", group="web", direction=x, reason=r)
+        for x in ("up", "down", "none")
+        for r in ("policy", "scale-in-limit", "scale-out-limit")
+    )
     assert total == 1 and metric(d, "fleetpilot_tick_duration_seconds_count") == 1
 
 
 def test_groups_sharing_a_policy_are_one_batch(tmp_path):
-    groups = [group("a"), group("b"), group("c", policy="static", policy_params={"machines": 7}),
-              group("d", warmup_minutes=3)]
+    groups = [
+        group("a"),
+        group("b"),
+        group("c", policy="static", policy_params={"machines": 7}),
+        group("d", warmup_minutes=3),
+    ]
     d = make(tmp_path, groups=groups)
     assert sorted(len(b.groups) for b in d.batches) == [1, 1, 2]
     d.run_tick()
@@ -256,6 +269,7 @@ def test_groups_sharing_a_policy_are_one_batch(tmp_path):
 def test_restarted_daemon_sees_the_same_observations(tmp_path):
     """One daemon runs 300 minutes; a second starts at minute 200 with backfilled history: from its first tick
     on, both build the same observations."""
+
     class Spy:
         name = "spy"
 

@@ -1,4 +1,5 @@
 """The learned policy: PPO smoke training through the CLI, ONNX export parity, model verification."""
+
 from __future__ import annotations
 
 import json
@@ -10,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from policies.actions import ActionMapping
-from policies.observation import OBS_DIM, OBS_VERSION
-from policies.onnx_policy import ModelError, OnnxPolicy, verify
+from fleetpilot.policies.actions import ActionMapping
+from fleetpilot.policies.observation import OBS_DIM, OBS_VERSION
+from fleetpilot.policies.onnx_policy import ModelError, OnnxPolicy, verify
 
-FLEETPILOT = [sys.executable, "-m", "controller.cli"]
+FLEETPILOT = [sys.executable, "-m", "fleetpilot.controller.cli"]
 TRACE = Path(__file__).resolve().parents[2] / "shared" / "data" / "traces" / "nasa_http_jul95_minute.csv"
 
 SMOKE = """
@@ -32,8 +33,12 @@ def _train_smoke(d: Path, name: str) -> tuple[Path, subprocess.CompletedProcess]
     cfg = d / "ppo.yaml"
     cfg.write_text(SMOKE)
     out = d / name
-    r = subprocess.run(FLEETPILOT + ["train", "--config", str(cfg), "--steps", "2048", "--seed", "3", "--out", str(out)],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        FLEETPILOT + ["train", "--config", str(cfg), "--steps", "2048", "--seed", "3", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     return out, r
 
@@ -48,8 +53,11 @@ def smoke_model(tmp_path_factory) -> Path:
 def test_train_writes_a_verified_model(smoke_model: Path):
     manifest, model = verify(smoke_model)
     assert model.name == "policy.onnx"
-    assert manifest["observation"] == {"version": OBS_VERSION, "dim": OBS_DIM,
-                                       "features": manifest["observation"]["features"]}
+    assert manifest["observation"] == {
+        "version": OBS_VERSION,
+        "dim": OBS_DIM,
+        "features": manifest["observation"]["features"],
+    }
     assert manifest["training"]["steps"] >= 2048
     names = [s["policy"] for s in manifest["validation"]["summary"]]
     assert names[0] == "default" and "oracle" in names and "target-tracking" in names
@@ -74,7 +82,7 @@ def test_training_is_deterministic_for_a_seed(smoke_model: Path, tmp_path: Path)
 def test_onnx_matches_torch_on_10000_observations(smoke_model: Path):
     import torch
 
-    from training.ppo import Agent
+    from fleetpilot.training.ppo import Agent
 
     state = torch.load(smoke_model / "checkpoint.pt", weights_only=False)
     agent = Agent(ActionMapping().n, state["config"]["hidden"])
@@ -111,9 +119,24 @@ def test_observation_version_mismatch_is_refused(smoke_model: Path, tmp_path: Pa
 
 
 def test_backtest_accepts_a_model_directory(smoke_model: Path):
-    r = subprocess.run(FLEETPILOT + ["backtest", "--synthetic", "--seeds", "7", "--minutes", "300",
-                                     "--policy", str(smoke_model), "--policy", "oracle"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        FLEETPILOT
+        + [
+            "backtest",
+            "--synthetic",
+            "--seeds",
+            "7",
+            "--minutes",
+            "300",
+            "--policy",
+            str(smoke_model),
+            "--policy",
+            "oracle",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert str(smoke_model) in r.stdout
 
@@ -129,15 +152,16 @@ def test_policies_cli_lists_and_inspects(smoke_model: Path):
 def test_train_refuses_bad_config(tmp_path: Path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("num_envz: 3\n")
-    r = subprocess.run(FLEETPILOT + ["train", "--config", str(cfg), "--out", str(tmp_path / "o")],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        FLEETPILOT + ["train", "--config", str(cfg), "--out", str(tmp_path / "o")], capture_output=True, text=True
+    )
     assert r.returncode == 2
     assert "num_envz" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_action_mapping_never_removes_needed_active_machines_while_others_warm():
     """12 active, 10 warming, target 12: nothing is removed (the seed removes active machines at once)."""
-    from policies.observation import ObservationBuilder
+    from fleetpilot.policies.observation import ObservationBuilder
 
     m = ActionMapping()
     b = ObservationBuilder(3, 300.0, 5)
@@ -174,7 +198,7 @@ def test_an_interrupted_training_resumes_from_its_checkpoint(tmp_path: Path):
 
 
 def _obs_after(loads: list[float]):
-    from policies.observation import ObservationBuilder
+    from fleetpilot.policies.observation import ObservationBuilder
 
     b = ObservationBuilder(1, 300.0, 5)
     for i, x in enumerate(loads):
@@ -200,8 +224,14 @@ def test_manifests_of_the_first_release_keep_the_last_minute_as_their_base():
     assert old.base_load(_obs_after([1000.0, 1000.0, 1300.0]))[0] == 1300.0
 
 
-@pytest.mark.parametrize("field,value,message", [("base_minutes", 0, "base_minutes"), ("surge_ratio", 0.9, "surge_ratio"),
-                                                 ("utilization", [0.5, 1.5], "utilization")])
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("base_minutes", 0, "base_minutes"),
+        ("surge_ratio", 0.9, "surge_ratio"),
+        ("utilization", [0.5, 1.5], "utilization"),
+    ],
+)
 def test_an_action_mapping_with_impossible_values_is_refused(field, value, message):
     d = ActionMapping().to_json()
     d[field] = value
@@ -212,14 +242,16 @@ def test_an_action_mapping_with_impossible_values_is_refused(field, value, messa
 def test_a_higher_training_downtime_penalty_starts_from_a_more_cautious_rule():
     """The penalty training optimizes (PPOConfig.downtime_cost_usd_per_minute) moves the starting rule towards
     more machines: the fixed action chosen under $5,000 a minute keeps at least as many as under $0."""
-    from policies.observation import ObservationBuilder
-    from training.params import FleetParams
-    from training.ppo import best_fixed_action
+    from fleetpilot.policies.observation import ObservationBuilder
+    from fleetpilot.training.params import FleetParams
+    from fleetpilot.training.ppo import best_fixed_action
 
     m = ActionMapping()
     base = FleetParams()
-    picks = {cost: best_fixed_action(m, base.model_copy(update={"downtime_cost_usd_per_minute": cost}), None, 3, 4, 3000)
-             for cost in (0.0, 5000.0)}
+    picks = {
+        cost: best_fixed_action(m, base.model_copy(update={"downtime_cost_usd_per_minute": cost}), None, 3, 4, 3000)
+        for cost in (0.0, 5000.0)
+    }
     b = ObservationBuilder(1, 300.0, 5)
     b.update(np.array([3000.0]), np.array([10]), np.array([0]), np.array([1]))
     obs = b.observation()
@@ -233,10 +265,10 @@ def test_imitation_learns_the_starting_rule_and_its_jump_window():
     not fitted on, inside the windows (a minority of minutes) as well as outside."""
     import torch
 
-    from training.backtest import simulate
-    from training.params import FleetParams
-    from policies.cushion import RuleActions
-    from training.ppo import Agent, PPOConfig, _draw_loads, _Recorder, imitate
+    from fleetpilot.policies.cushion import RuleActions
+    from fleetpilot.training.backtest import simulate
+    from fleetpilot.training.params import FleetParams
+    from fleetpilot.training.ppo import Agent, PPOConfig, _draw_loads, _Recorder, imitate
 
     m, fleet = ActionMapping(), FleetParams()
     rule = RuleActions(m, np.array(m.index(0.76, 0.18)), np.array(m.index(0.64, 0.0)), 95, 4320)

@@ -1,6 +1,7 @@
 """The hindsight oracle and the backtest harness (issue 2): the oracle bounds every rule, respects the fleet's
 limits and matches brute force; expected_reward matches Monte Carlo of the fleet core; the JSON has the issue's
 shape; common random numbers make runs repeatable."""
+
 from __future__ import annotations
 
 import itertools
@@ -9,17 +10,26 @@ import json
 import numpy as np
 import pytest
 
-from policies.registry import make_policy
-from training.backtest import ORACLE, backtest, simulate, synthetic_run, trace_run, write_json
-from training.fleet import FleetCore, expected_reward, standard_normal_at
-from training.load import read_trace
-from training.oracle import oracle_fleet
-from training.params import FleetParams
+from fleetpilot.policies.registry import make_policy
+from fleetpilot.training.backtest import ORACLE, backtest, simulate, synthetic_run, trace_run, write_json
+from fleetpilot.training.fleet import FleetCore, expected_reward, standard_normal_at
+from fleetpilot.training.load import read_trace
+from fleetpilot.training.oracle import oracle_fleet
+from fleetpilot.training.params import FleetParams
 
 RULES = ("static", "target-tracking", "step", "predictive", "cushion")
 TRACES = "/work/shared/data/traces"
-RESULT_KEYS = {"policy", "profit_usd", "expected_profit_usd", "revenue_usd", "machine_cost_usd",
-               "downtime_minutes", "failed_transactions", "machine_minutes", "scaling_actions"}
+RESULT_KEYS = {
+    "policy",
+    "profit_usd",
+    "expected_profit_usd",
+    "revenue_usd",
+    "machine_cost_usd",
+    "downtime_minutes",
+    "failed_transactions",
+    "machine_minutes",
+    "scaling_actions",
+}
 
 
 def _policies(with_oracle: bool = True) -> dict:
@@ -88,8 +98,9 @@ def test_oracle_path_respects_step_limits_and_warmup():
 
 
 def test_oracle_matches_brute_force_on_a_tiny_problem():
-    p = FleetParams(initial_machines=3, max_machines=8, max_scale_out_per_minute=2, max_scale_in_per_minute=2,
-                    warmup_minutes=2)
+    p = FleetParams(
+        initial_machines=3, max_machines=8, max_scale_out_per_minute=2, max_scale_in_per_minute=2, warmup_minutes=2
+    )
     rng = np.random.default_rng(4)
     for trial in range(3):
         load = np.floor(rng.uniform(0, 2400, size=8))
@@ -112,14 +123,26 @@ def test_oracle_matches_brute_force_on_a_tiny_problem():
         assert got == pytest.approx(best, abs=1e-9), (trial, path, got, best)
 
 
-@pytest.mark.parametrize("machines, load", [(50, 10_000.0), (50, 14_500.0), (50, 14_900.0), (50, 15_000.0),
-                                            (50, 16_000.0), (50, 25_000.0), (1, 250.0), (7, 2_100.0),
-                                            (0, 100.0), (30, 0.0)])
+@pytest.mark.parametrize(
+    "machines, load",
+    [
+        (50, 10_000.0),
+        (50, 14_500.0),
+        (50, 14_900.0),
+        (50, 15_000.0),
+        (50, 16_000.0),
+        (50, 25_000.0),
+        (1, 250.0),
+        (7, 2_100.0),
+        (0, 100.0),
+        (30, 0.0),
+    ],
+)
 def test_expected_reward_matches_monte_carlo_of_the_fleet_core(machines, load):
     p = FleetParams(initial_machines=machines)
     n = 100_000
     core = FleetCore(n, p)
-    core.reset(slice(None), np.random.default_rng(machines).integers(0, 2 ** 63, size=n, dtype=np.uint64))
+    core.reset(slice(None), np.random.default_rng(machines).integers(0, 2**63, size=n, dtype=np.uint64))
     out = core.step(np.zeros(n, dtype=np.int64), np.full(n, load))
     mc = out.reward.mean()
     se = out.reward.std() / np.sqrt(n)
@@ -201,9 +224,9 @@ def test_expected_profit_is_the_sum_of_expected_rewards_along_the_path(synthetic
 
 
 def test_the_cushion_rule_is_one_action_of_the_learned_policies_mapping():
-    from policies.actions import ActionMapping
-    from policies.cushion import CushionParams, CushionPolicy
-    from policies.observation import ObservationBuilder
+    from fleetpilot.policies.actions import ActionMapping
+    from fleetpilot.policies.cushion import CushionParams, CushionPolicy
+    from fleetpilot.policies.observation import ObservationBuilder
 
     rng = np.random.default_rng(3)
     b = ObservationBuilder(64, 300.0, 5)
@@ -218,34 +241,36 @@ def test_the_cushion_rule_is_one_action_of_the_learned_policies_mapping():
 
 
 def test_tune_reports_the_profit_downtime_frontier(monkeypatch):
-    from training import tune as tune_mod
+    from fleetpilot.training import tune as tune_mod
 
-    monkeypatch.setitem(tune_mod.GRIDS, "cushion", {"utilization": [0.6, 0.7, 0.8, 0.9],
-                                                    "cushion_day_max_share": [0.0, 0.1, 0.2]})
+    monkeypatch.setitem(
+        tune_mod.GRIDS, "cushion", {"utilization": [0.6, 0.7, 0.8, 0.9], "cushion_day_max_share": [0.0, 0.1, 0.2]}
+    )
     out = tune_mod.tune("cushion", [synthetic_run(s, 1500) for s in (5, 6)])
     front = out["frontier"]
     assert front[0]["params"] == out["params"]
     e = [x["expected_profit_usd"] for x in front]
     d = [x["downtime_minutes"] for x in front]
-    assert e == sorted(e, reverse=True) and all(a > b for a, b in zip(d, d[1:]))
+    assert e == sorted(e, reverse=True) and all(a > b for a, b in zip(d, d[1:], strict=False))
     assert front[-1]["downtime_minutes"] <= min(x["downtime_minutes"] for x in out["top5"])
     # every grid point is matched or beaten by a frontier point on both counts
     for top in out["top5"]:
-        assert any(f["expected_profit_usd"] >= top["expected_profit_usd"] and f["downtime_minutes"] <= top["downtime_minutes"]
-                   for f in front)
+        assert any(
+            f["expected_profit_usd"] >= top["expected_profit_usd"] and f["downtime_minutes"] <= top["downtime_minutes"]
+            for f in front
+        )
 
 
 def test_the_cushion_rule_takes_its_jump_pair_inside_the_jump_window_only():
-    from policies.actions import ActionMapping
-    from policies.cushion import CushionParams, CushionPolicy
-    from policies.observation import ObservationBuilder
+    from fleetpilot.policies.actions import ActionMapping
+    from fleetpilot.policies.cushion import CushionParams, CushionPolicy
+    from fleetpilot.policies.observation import ObservationBuilder
 
     b = ObservationBuilder(3, 300.0, 5)
     for minute in range(200):  # all fall from 6,000 to 2,000 tpm at 50; groups 0 and 2 jump to 3,500 at 100,
         flat = 6000.0 if minute < 50 else 2000.0  # and group 2 rises again, to 4,000, at 130 (a re-rise)
         up = 3500.0 if minute >= 100 else flat
-        b.update(np.array([up, flat, 4000.0 if minute >= 130 else up]), np.full(3, 20), np.zeros(3),
-                 np.full(3, minute))
+        b.update(np.array([up, flat, 4000.0 if minute >= 130 else up]), np.full(3, 20), np.zeros(3), np.full(3, minute))
         obs = b.observation()
         age = obs.jump_age_minutes
         if minute < 100:

@@ -2,6 +2,7 @@
 values; every invalid one is a one-line ConfigError naming the file and the field, and `fleetpilot config
 check` answers it with exit code 2 and that one line (no traceback); junk (any text, any bytes, any nesting)
 is a ConfigError too, never another exception."""
+
 from __future__ import annotations
 
 import contextlib
@@ -16,13 +17,16 @@ import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from controller.cli import main as cli_main
-from controller.config import RULE_POLICIES, ConfigError, DaemonConfig, load_config
+from fleetpilot.controller.cli import main as cli_main
+from fleetpilot.controller.config import RULE_POLICIES, ConfigError, DaemonConfig, load_config
 from tests.mutate import DELETE, set_path, write_junk
 
 #: PROPERTY_EXAMPLES=1000 for a longer hunt (CI runs the default).
-SETTINGS = settings(max_examples=int(os.environ.get("PROPERTY_EXAMPLES", "60")), deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=int(os.environ.get("PROPERTY_EXAMPLES", "60")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 TRACE = "timestamp,requests\n2026-01-05T00:00:00Z,100\n2026-01-05T00:01:00Z,120\n"
 
 
@@ -43,10 +47,19 @@ host = st.sampled_from(["prometheus", "127.0.0.1", "prom.example.com", "[::1]", 
 @st.composite
 def simulated_source(draw):
     if draw(st.booleans()):
-        return {"kind": "simulator", "seed": draw(st.integers(0, 2**31)), "minutes": draw(st.integers(2, 525_600)),
-                "peak_tpm": draw(st.none() | pos_float)}
-    return {"kind": "csv", "path": "trace.csv", "peak_tpm": draw(st.none() | pos_float),
-            "fill_gaps": draw(st.booleans()), "loop": draw(st.booleans())}
+        return {
+            "kind": "simulator",
+            "seed": draw(st.integers(0, 2**31)),
+            "minutes": draw(st.integers(2, 525_600)),
+            "peak_tpm": draw(st.none() | pos_float),
+        }
+    return {
+        "kind": "csv",
+        "path": "trace.csv",
+        "peak_tpm": draw(st.none() | pos_float),
+        "fill_gaps": draw(st.booleans()),
+        "loop": draw(st.booleans()),
+    }
 
 
 @st.composite
@@ -55,31 +68,47 @@ def real_source(draw):
         auth = draw(st.sampled_from(["", "alice:s3cret@", "bob@"]))
         port = draw(st.sampled_from(["", ":9090", ":443", ":65535"]))
         path = draw(st.sampled_from(["", "/", "/prom", "/a/b/"]))
-        return {"kind": "prometheus", "url": f"{draw(st.sampled_from(['http', 'https']))}://{auth}{draw(host)}"
-                                             f"{port}{path}",
-                "query": draw(st.text(printable, min_size=1, max_size=40).filter(lambda q: q.strip())),
-                "timeout_seconds": draw(st.floats(min_value=1e-3, max_value=60))}
+        return {
+            "kind": "prometheus",
+            "url": f"{draw(st.sampled_from(['http', 'https']))}://{auth}{draw(host)}{port}{path}",
+            "query": draw(st.text(printable, min_size=1, max_size=40).filter(lambda q: q.strip())),
+            "timeout_seconds": draw(st.floats(min_value=1e-3, max_value=60)),
+        }
     stat = draw(st.sampled_from(["Sum", "Average", "Maximum", "Minimum", "SampleCount", "p99", "p50", "p99.9"]))
-    return {"kind": "cloudwatch", "namespace": draw(st.text(printable, min_size=1, max_size=20)),
-            "metric_name": draw(st.text(printable, min_size=1, max_size=20)),
-            "dimensions": draw(st.dictionaries(st.text(printable, min_size=1, max_size=8),
-                                               st.text(printable, max_size=8), max_size=3)),
-            "statistic": stat, "region": draw(st.sampled_from(["us-east-1", "eu-west-3"])),
-            "endpoint_url": draw(st.none() | st.just("http://127.0.0.1:5000")),
-            "timeout_seconds": draw(st.floats(min_value=1e-3, max_value=60))}
+    return {
+        "kind": "cloudwatch",
+        "namespace": draw(st.text(printable, min_size=1, max_size=20)),
+        "metric_name": draw(st.text(printable, min_size=1, max_size=20)),
+        "dimensions": draw(
+            st.dictionaries(st.text(printable, min_size=1, max_size=8), st.text(printable, max_size=8), max_size=3)
+        ),
+        "statistic": stat,
+        "region": draw(st.sampled_from(["us-east-1", "eu-west-3"])),
+        "endpoint_url": draw(st.none() | st.just("http://127.0.0.1:5000")),
+        "timeout_seconds": draw(st.floats(min_value=1e-3, max_value=60)),
+    }
 
 
 @st.composite
 def backend(draw):
     if draw(st.booleans()):
         mx = draw(st.integers(1, 5000))
-        return {"kind": "simulated", "seed": draw(st.integers(0, 2**31)), "max_machines": mx,
-                "initial_machines": draw(st.integers(0, mx)), "capacity_sigma_tpm": draw(st.floats(0, 1000)),
-                "max_scale_out_per_minute": draw(st.integers(1, 100)),
-                "max_scale_in_per_minute": draw(st.integers(1, 100))}
-    return {"kind": "ec2-asg", "group_name": draw(st.text(printable, min_size=1, max_size=30)),
-            "region": draw(st.sampled_from(["us-east-1", "ap-south-1"])), "max_retries": draw(st.integers(0, 20)),
-            "retry_base_seconds": draw(st.floats(0, 30))}
+        return {
+            "kind": "simulated",
+            "seed": draw(st.integers(0, 2**31)),
+            "max_machines": mx,
+            "initial_machines": draw(st.integers(0, mx)),
+            "capacity_sigma_tpm": draw(st.floats(0, 1000)),
+            "max_scale_out_per_minute": draw(st.integers(1, 100)),
+            "max_scale_in_per_minute": draw(st.integers(1, 100)),
+        }
+    return {
+        "kind": "ec2-asg",
+        "group_name": draw(st.text(printable, min_size=1, max_size=30)),
+        "region": draw(st.sampled_from(["us-east-1", "ap-south-1"])),
+        "max_retries": draw(st.integers(0, 20)),
+        "retry_base_seconds": draw(st.floats(0, 30)),
+    }
 
 
 @st.composite
@@ -114,8 +143,10 @@ def valid_config(draw):
         "dry_run": draw(st.booleans()),
         "journal_path": draw(st.sampled_from(["j.sqlite", "data/journal.sqlite"])),
         "log_level": draw(st.sampled_from(["DEBUG", "info", "Warning", "ERROR"])),
-        "server": {"host": draw(st.sampled_from(["127.0.0.1", "0.0.0.0", "::", "localhost"])),
-                   "port": draw(st.integers(0, 65535))},
+        "server": {
+            "host": draw(st.sampled_from(["127.0.0.1", "0.0.0.0", "::", "localhost"])),
+            "port": draw(st.integers(0, 65535)),
+        },
         "groups": [draw(group_config(n, simulated)) for n in group_names],
     }
     # optional fields may be left out: the defaults are valid too
@@ -140,7 +171,7 @@ def test_every_valid_config_is_accepted_with_its_values(data):
     assert isinstance(cfg, DaemonConfig)
     assert cfg.interval_seconds == data["interval_seconds"] and cfg.server.port == data["server"]["port"]
     assert cfg.log_level == data["log_level"].upper()
-    for g, want in zip(cfg.groups, data["groups"]):
+    for g, want in zip(cfg.groups, data["groups"], strict=False):
         assert (g.name, g.min_machines, g.max_machines) == (want["name"], want["min_machines"], want["max_machines"])
         assert g.source.kind == want["source"]["kind"] and g.backend.kind == want["backend"]["kind"]
         assert g.capacity_tpm_per_machine == want["capacity_tpm_per_machine"]
@@ -166,27 +197,55 @@ def broken_config(draw):
     d = copy.deepcopy(base)
     g0 = d["groups"][0]
     simulated = g0["source"]["kind"] in ("simulator", "csv")
-    case = draw(st.sampled_from([
-        "range", "type", "unknown", "missing", "enum", "min_gt_max", "duplicate", "mixed", "fraction", "fallback",
-        "policy", "name", "url", "statistic", "initial"]))
+    case = draw(
+        st.sampled_from(
+            [
+                "range",
+                "type",
+                "unknown",
+                "missing",
+                "enum",
+                "min_gt_max",
+                "duplicate",
+                "mixed",
+                "fraction",
+                "fallback",
+                "policy",
+                "name",
+                "url",
+                "statistic",
+                "initial",
+            ]
+        )
+    )
     if case == "range":
-        path, bad = draw(st.sampled_from([
-            ("groups.0.min_machines", st.integers(-10**6, -1)),
-            ("groups.0.max_machines", st.integers(-10**6, 0)),
-            ("groups.0.warmup_minutes", st.integers(121, 10**6) | st.integers(-100, -1)),
-            ("groups.0.scale_in_stabilization_minutes", st.integers(1441, 10**6)),
-            ("groups.0.stale_after_seconds", st.floats(max_value=0, allow_nan=False)),
-            ("groups.0.bad_data_ticks_before_fallback", st.integers(-100, 0)),
-            ("groups.0.capacity_tpm_per_machine", st.floats(max_value=0, allow_nan=False)),
-            ("groups.0.max_scale_out_per_tick", st.integers(-100, -1)),
-            ("interval_seconds", st.floats(max_value=0, allow_nan=False) | st.floats(min_value=3600.5, max_value=1e9)),
-            ("server.port", st.integers(65536, 10**6) | st.integers(-10**6, -1)),
-        ]))
+        path, bad = draw(
+            st.sampled_from(
+                [
+                    ("groups.0.min_machines", st.integers(-(10**6), -1)),
+                    ("groups.0.max_machines", st.integers(-(10**6), 0)),
+                    ("groups.0.warmup_minutes", st.integers(121, 10**6) | st.integers(-100, -1)),
+                    ("groups.0.scale_in_stabilization_minutes", st.integers(1441, 10**6)),
+                    ("groups.0.stale_after_seconds", st.floats(max_value=0, allow_nan=False)),
+                    ("groups.0.bad_data_ticks_before_fallback", st.integers(-100, 0)),
+                    ("groups.0.capacity_tpm_per_machine", st.floats(max_value=0, allow_nan=False)),
+                    ("groups.0.max_scale_out_per_tick", st.integers(-100, -1)),
+                    (
+                        "interval_seconds",
+                        st.floats(max_value=0, allow_nan=False) | st.floats(min_value=3600.5, max_value=1e9),
+                    ),
+                    ("server.port", st.integers(65536, 10**6) | st.integers(-(10**6), -1)),
+                ]
+            )
+        )
         set_path(d, path, draw(bad))
         return d, _field(path)
     if case == "type":
-        path = draw(st.sampled_from(["groups.0.min_machines", "groups.0.warmup_minutes", "server.port",
-                                     "groups.0.max_scale_in_per_tick"]))
+        path = draw(
+            st.sampled_from(
+                ["groups.0.min_machines", "groups.0.warmup_minutes", "server.port", "groups.0.max_scale_in_per_tick"]
+            )
+        )
         set_path(d, path, draw(not_an_int))
         return d, _field(path)
     if case == "unknown":
@@ -195,22 +254,39 @@ def broken_config(draw):
         node = d
         for k in filter(None, where.split(".")):
             node = node[int(k) if k.isdigit() else k]
-        known = set(node) | {"kind", "url", "query", "path", "seed", "name", "policy", "groups", "server", "source",
-                             "backend", "host", "port", "minutes"}
+        known = set(node) | {
+            "kind",
+            "url",
+            "query",
+            "path",
+            "seed",
+            "name",
+            "policy",
+            "groups",
+            "server",
+            "source",
+            "backend",
+            "host",
+            "port",
+            "minutes",
+        }
         known |= set(DaemonConfig.model_fields)
         assume(key not in known and key.upper() not in {k.upper() for k in known})
         node[key] = 1
         return d, _field(f"{where}.{key}" if where else key)
     if case == "missing":
-        path = draw(st.sampled_from(["groups", "groups.0.source", "groups.0.backend", "groups.0.name",
-                                     "groups.0.source.kind"]))
+        path = draw(
+            st.sampled_from(["groups", "groups.0.source", "groups.0.backend", "groups.0.name", "groups.0.source.kind"])
+        )
         set_path(d, path, DELETE)
         return d, _field(path.removesuffix(".kind"))
     if case == "enum":
         path = draw(st.sampled_from(["log_level", "groups.0.source.kind", "groups.0.backend.kind"]))
         word = draw(st.from_regex(r"[a-z]{3,10}", fullmatch=True))
-        assume(word.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR")
-               and word not in ("simulator", "csv", "prometheus", "cloudwatch", "simulated"))
+        assume(
+            word.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR")
+            and word not in ("simulator", "csv", "prometheus", "cloudwatch", "simulated")
+        )
         set_path(d, path, word)
         return d, _field(path.removesuffix(".kind"))
     if case == "min_gt_max":
@@ -222,8 +298,9 @@ def broken_config(draw):
     if case == "mixed":
         other = copy.deepcopy(g0)
         other["name"] = g0["name"] + "-x"
-        other["source"] = ({"kind": "prometheus", "url": "http://p:9090", "query": "q"} if simulated
-                           else {"kind": "simulator"})
+        other["source"] = (
+            {"kind": "prometheus", "url": "http://p:9090", "query": "q"} if simulated else {"kind": "simulator"}
+        )
         d["groups"].append(other)
         d["interval_seconds"] = 60
         return d, f"groups[{len(d['groups']) - 1}].source.kind"
@@ -244,16 +321,35 @@ def broken_config(draw):
         return d, "groups[0].name"
     if case == "url":
         d["interval_seconds"] = 60
-        g0["source"] = {"kind": "prometheus", "query": "q", "url": draw(st.sampled_from([
-            "prometheus:9090", "ftp://host", "http://", "http://host:notaport", "http://:9090", "http://h:99999",
-            "//host:9090", "http:/host"]))}
+        g0["source"] = {
+            "kind": "prometheus",
+            "query": "q",
+            "url": draw(
+                st.sampled_from(
+                    [
+                        "prometheus:9090",
+                        "ftp://host",
+                        "http://",
+                        "http://host:notaport",
+                        "http://:9090",
+                        "http://h:99999",
+                        "//host:9090",
+                        "http:/host",
+                    ]
+                )
+            ),
+        }
         for g in d["groups"][1:]:
             g["source"] = {"kind": "prometheus", "url": "http://p:9090", "query": "q"}
         return d, "groups[0].source.url"
     if case == "statistic":
         d["interval_seconds"] = 60
-        g0["source"] = {"kind": "cloudwatch", "namespace": "n", "metric_name": "m",
-                        "statistic": draw(st.sampled_from(["sum", "P99", "p", "p999", "median", ""]))}
+        g0["source"] = {
+            "kind": "cloudwatch",
+            "namespace": "n",
+            "metric_name": "m",
+            "statistic": draw(st.sampled_from(["sum", "P99", "p", "p999", "median", ""])),
+        }
         for g in d["groups"][1:]:
             g["source"] = {"kind": "prometheus", "url": "http://p:9090", "query": "q"}
         return d, "groups[0].source.statistic"
@@ -291,19 +387,24 @@ def test_every_invalid_config_is_one_line_naming_the_field(case):
 
 junk_yaml = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(printable, max_size=10),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(printable, max_size=10), children,
-                                                                      max_size=4),
-    max_leaves=20)
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(printable, max_size=10), children, max_size=4)
+    ),
+    max_leaves=20,
+)
 
 
 @SETTINGS
-@given(st.one_of(
-    st.text(max_size=300),
-    st.binary(max_size=300),
-    junk_yaml.map(lambda v: yaml.safe_dump(v, allow_unicode=True)),
-    st.dictionaries(st.sampled_from(["groups", "server", "interval_seconds", "dry_run", "log_level"]), junk_yaml,
-                    min_size=1).map(lambda v: yaml.safe_dump(v, allow_unicode=True)),
-))
+@given(
+    st.one_of(
+        st.text(max_size=300),
+        st.binary(max_size=300),
+        junk_yaml.map(lambda v: yaml.safe_dump(v, allow_unicode=True)),
+        st.dictionaries(
+            st.sampled_from(["groups", "server", "interval_seconds", "dry_run", "log_level"]), junk_yaml, min_size=1
+        ).map(lambda v: yaml.safe_dump(v, allow_unicode=True)),
+    )
+)
 def test_junk_is_a_config_error_never_a_crash(content):
     with tempfile.TemporaryDirectory() as tmp:
         p = Path(tmp) / "junk.yaml"

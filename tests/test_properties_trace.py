@@ -1,11 +1,12 @@
 """Trace CSVs (training.load.read_trace), property-based: every well-formed file is read with exactly its
 values and start; every malformed one is a TraceError naming `file:line` of the defect, never another
 exception."""
+
 from __future__ import annotations
 
 import os
 import tempfile
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -13,14 +14,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from training.load import TraceError, read_trace
+from fleetpilot.training.load import TraceError, read_trace
 from tests.mutate import write_junk
 
-SETTINGS = settings(max_examples=int(os.environ.get("PROPERTY_EXAMPLES", "80")), deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=int(os.environ.get("PROPERTY_EXAMPLES", "80")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 starts = st.datetimes(min_value=datetime(1990, 1, 1), max_value=datetime(2090, 1, 1)).map(
-    lambda t: t.replace(second=0, microsecond=0, tzinfo=timezone.utc))
+    lambda t: t.replace(second=0, microsecond=0, tzinfo=UTC)
+)
 loads = st.floats(min_value=0, max_value=1e9, allow_nan=False, allow_infinity=False) | st.integers(0, 10**9)
 #: Ways of writing the same UTC instant that read_trace accepts (ISO-8601).
 TIME_FORMATS = (
@@ -81,8 +86,24 @@ def broken_trace(draw):
     ti, vi = (1, 0) if swap else (0, 1)
     i = draw(st.integers(0, len(rows) - 1))
     line = i + 2  # line 1 is the header
-    defect = draw(st.sampled_from(["value", "negative", "nonfinite", "time", "second", "duplicate", "earlier",
-                                   "gap", "short", "header", "empty", "norows"]))
+    defect = draw(
+        st.sampled_from(
+            [
+                "value",
+                "negative",
+                "nonfinite",
+                "time",
+                "second",
+                "duplicate",
+                "earlier",
+                "gap",
+                "short",
+                "header",
+                "empty",
+                "norows",
+            ]
+        )
+    )
     if defect == "value":
         rows[i][vi] = draw(st.sampled_from(["abc", "", "12a", "1,5".replace(",", ";"), "--1", "0x10", "1e"]))
         return header, rows, line, "is not a number"
@@ -93,8 +114,19 @@ def broken_trace(draw):
         rows[i][vi] = draw(st.sampled_from(["nan", "NaN", "inf", "-inf", "Infinity", "1e999"]))
         return header, rows, line, "is not finite"
     if defect == "time":
-        rows[i][ti] = draw(st.sampled_from(["yesterday", "", "2026-13-01T00:00:00Z", "2026-02-30T00:00Z",
-                                            "12:00", "2026/01/05 00:00", "1767571200"]))
+        rows[i][ti] = draw(
+            st.sampled_from(
+                [
+                    "yesterday",
+                    "",
+                    "2026-13-01T00:00:00Z",
+                    "2026-02-30T00:00Z",
+                    "12:00",
+                    "2026/01/05 00:00",
+                    "1767571200",
+                ]
+            )
+        )
         return header, rows, line, "is not ISO-8601"
     if defect == "second":
         t = start + timedelta(minutes=i, seconds=draw(st.integers(1, 59)))
@@ -108,8 +140,12 @@ def broken_trace(draw):
         back = {"duplicate": 1, "earlier": draw(st.integers(2, 50)), "gap": -draw(st.integers(1, 50))}[defect]
         t = start + timedelta(minutes=i - back)
         rows[i][ti] = t.strftime("%Y-%m-%dT%H:%M:%SZ")
-        return header, rows[: i + 1], line, {"duplicate": "duplicate timestamp", "earlier": "is earlier than",
-                                             "gap": "gap of"}[defect]
+        return (
+            header,
+            rows[: i + 1],
+            line,
+            {"duplicate": "duplicate timestamp", "earlier": "is earlier than", "gap": "gap of"}[defect],
+        )
     if defect == "short":
         rows[i] = [rows[i][0]]
         return header, rows, line, "expected"
@@ -154,7 +190,7 @@ def test_any_bytes_are_a_trace_or_a_trace_error(content):
 
 
 def test_invalid_utf8_names_its_own_line(tmp_path):
-    t = datetime(2026, 1, 5, tzinfo=timezone.utc)
+    t = datetime(2026, 1, 5, tzinfo=UTC)
     rows = [f"{(t + timedelta(minutes=i)).strftime('%Y-%m-%dT%H:%M:%SZ')},{i}" for i in range(5)]
     p = tmp_path / "trace.csv"
     p.write_bytes(("timestamp,requests\n" + "\n".join(rows) + "\n").encode() + b"2026-01-05T00:05:00Z,\xff\n")

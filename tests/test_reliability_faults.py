@@ -6,26 +6,22 @@ For every fault: the tick never fails (`partial`, never `error`), bad data never
 is counted in a metric, and it is logged once per streak (plus one line when it ends), not once per tick.
 docs/reliability.md lists each case with the test that shows it.
 """
+
 from __future__ import annotations
 
 import logging
 import math
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from controller.config import DaemonConfig
-from controller.daemon import Daemon
-from controller.journal import read_decisions
-from policies.base import PolicyOutput
-from tests.real_servers import Fault, LoopbackServer, MotoAws, PrometheusServer, now_minute
+from fleetpilot.controller.config import DaemonConfig
+from fleetpilot.controller.daemon import Daemon
+from fleetpilot.controller.journal import read_decisions
+from fleetpilot.policies.base import PolicyOutput
+from tests.real_servers import Fault, MotoAws, PromProxy, now_minute
 
 #: A load Prometheus computes for any evaluation time, so history and "now" are real answers of a real server
 #: at any (simulated) minute: 1,500..6,500 tpm over a 9.4-hour period, whole numbers.
@@ -64,76 +60,19 @@ class StepClock:
         self.offset += seconds
 
 
-# -- a proxy in front of the real Prometheus server -------------------------------------------------------
-@dataclass
-class PromProxy(LoopbackServer):
-    """Forwards to a real Prometheus server; `mode` injects a fault into instant queries (range queries, the
-    backfill, always pass): `pass`; `slow` (answers after `delay` s); `empty` and `nan` (the real server
-    answers a rewritten query: no series / NaN); `garbage` (an HTML page with status 200); `http500`."""
-
-    upstream: str
-    mode: str = "pass"
-    delay: float = 2.0
-    instant_queries: int = 0
-    url: str = ""
-    _server: ThreadingHTTPServer | None = field(default=None, repr=False)
-
-    def start(self) -> "PromProxy":
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):  # noqa: N802
-                parts = urllib.parse.urlsplit(self.path)
-                params = dict(urllib.parse.parse_qsl(parts.query))
-                mode = proxy.mode if parts.path.endswith("/api/v1/query") else "pass"
-                if parts.path.endswith("/api/v1/query"):
-                    proxy.instant_queries += 1
-                if mode == "garbage":
-                    return self._send(200, b"<html><body>502 Bad Gateway (nginx)</body></html>", "text/html")
-                if mode == "http500":
-                    return self._send(500, b"internal error", "text/plain")
-                if mode == "slow":
-                    time.sleep(proxy.delay)
-                if mode == "empty":
-                    params["query"] = "fleetpilot_reliability_no_such_series"
-                if mode == "nan":
-                    params["query"] = "vector(0) / 0"
-                url = f"{proxy.upstream}{parts.path}?{urllib.parse.urlencode(params)}"
-                try:
-                    with urllib.request.urlopen(url, timeout=10) as r:  # noqa: S310 - loopback
-                        return self._send(r.status, r.read(), r.headers.get("Content-Type", "application/json"))
-                except urllib.error.HTTPError as e:
-                    return self._send(e.code, e.read(), "application/json")
-
-            def _send(self, status, body, ctype):
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", ctype)
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                except OSError:  # the client gave up (timeout)
-                    pass
-
-        self._serve(Handler)
-        return self
-
-
-@pytest.fixture
-def prom_proxy(prometheus_server: PrometheusServer):
-    proxy = PromProxy(prometheus_server.url).start()
-    yield proxy
-    proxy.close()
-
-
 # -- helpers ------------------------------------------------------------------------------------------------
 def group(source: dict, backend: dict | None = None, **kw) -> dict:
-    g = {"name": "web", "policy": "target-tracking", "policy_params": TT_PARAMS, "min_machines": 1,
-         "max_machines": 200, "bad_data_ticks_before_fallback": 3, "scale_in_stabilization_minutes": 0,
-         "source": source, "backend": backend or {"kind": "simulated", "initial_machines": 50}}
+    g = {
+        "name": "web",
+        "policy": "target-tracking",
+        "policy_params": TT_PARAMS,
+        "min_machines": 1,
+        "max_machines": 200,
+        "bad_data_ticks_before_fallback": 3,
+        "scale_in_stabilization_minutes": 0,
+        "source": source,
+        "backend": backend or {"kind": "simulated", "initial_machines": 50},
+    }
     g.update(kw)
     return g
 
@@ -168,8 +107,9 @@ def assert_never_scaled_in(rows: list[dict]) -> None:
 
 
 # -- Prometheus: slow, empty, NaN, garbage, HTTP error ------------------------------------------------------
-@pytest.mark.parametrize("mode, status", [("slow", "error"), ("empty", "empty"), ("nan", "nan"),
-                                          ("garbage", "error"), ("http500", "error")])
+@pytest.mark.parametrize(
+    "mode, status", [("slow", "error"), ("empty", "empty"), ("nan", "nan"), ("garbage", "error"), ("http500", "error")]
+)
 def test_prometheus_fault_holds_counts_and_logs_once(tmp_path, prom_proxy: PromProxy, caplog, mode, status):
     caplog.set_level(logging.INFO)
     start = now_minute() - 300
@@ -242,8 +182,15 @@ def test_cloudwatch_throttling(tmp_path, aws: MotoAws, fault_proxy, caplog):
     for m in range(now - 60, now):
         aws.put_load("Fleetpilot/Reliability", "Transactions", dims, m, [3000.0])
     proxy = fault_proxy()
-    source = {"kind": "cloudwatch", "namespace": "Fleetpilot/Reliability", "metric_name": "Transactions",
-              "dimensions": dims, "region": aws.region, "endpoint_url": proxy.url, "timeout_seconds": 1}
+    source = {
+        "kind": "cloudwatch",
+        "namespace": "Fleetpilot/Reliability",
+        "metric_name": "Transactions",
+        "dimensions": dims,
+        "region": aws.region,
+        "endpoint_url": proxy.url,
+        "timeout_seconds": 1,
+    }
     d = daemon(tmp_path, [group(source)], StepClock(now - 30))
     assert d.run_tick() == "ok"
     proxy.add(Fault("GetMetricData", "Throttling", times=-1, message="Rate exceeded"))
@@ -261,22 +208,33 @@ def test_cloudwatch_throttling(tmp_path, aws: MotoAws, fault_proxy, caplog):
 
 
 # -- EC2 Auto Scaling API errors ----------------------------------------------------------------------------
-@pytest.mark.parametrize("operation, code, status", [
-    ("DescribeAutoScalingGroups", "Throttling", 400),
-    ("SetDesiredCapacity", "Throttling", 400),
-    ("SetDesiredCapacity", "ScalingActivityInProgress", 400),
-    ("SetDesiredCapacity", "ValidationError", 400),
-    ("DescribeAutoScalingGroups", "ServiceUnavailable", 503),
-])
-def test_auto_scaling_api_errors(tmp_path, prometheus_server, aws: MotoAws, fault_proxy, caplog, operation, code,
-                                 status):
+@pytest.mark.parametrize(
+    "operation, code, status",
+    [
+        ("DescribeAutoScalingGroups", "Throttling", 400),
+        ("SetDesiredCapacity", "Throttling", 400),
+        ("SetDesiredCapacity", "ScalingActivityInProgress", 400),
+        ("SetDesiredCapacity", "ValidationError", 400),
+        ("DescribeAutoScalingGroups", "ServiceUnavailable", 503),
+    ],
+)
+def test_auto_scaling_api_errors(
+    tmp_path, prometheus_server, aws: MotoAws, fault_proxy, caplog, operation, code, status
+):
     caplog.set_level(logging.INFO)
     name = aws.create_group(min_size=1, max_size=60, desired=50)
     proxy = fault_proxy()
-    backend = {"kind": "ec2-asg", "group_name": name, "region": aws.region, "endpoint_url": proxy.url,
-               "max_retries": 2, "retry_base_seconds": 0.01}
-    d = daemon(tmp_path, [group(prom_source(prometheus_server.url), backend, max_machines=60)],
-               StepClock(now_minute() - 300))
+    backend = {
+        "kind": "ec2-asg",
+        "group_name": name,
+        "region": aws.region,
+        "endpoint_url": proxy.url,
+        "max_retries": 2,
+        "retry_base_seconds": 0.01,
+    }
+    d = daemon(
+        tmp_path, [group(prom_source(prometheus_server.url), backend, max_machines=60)], StepClock(now_minute() - 300)
+    )
     assert d.run_tick() == "ok"
     desired = aws.group(name)["DesiredCapacity"]
     assert desired == 40  # scaled in by the step limit
@@ -294,8 +252,9 @@ def test_auto_scaling_api_errors(tmp_path, prometheus_server, aws: MotoAws, faul
     assert metric(d, "fleetpilot_backend_errors_total", group="web") == 4
     retried = code != "ValidationError"
     assert proxy.count(operation) >= 4 * (3 if retried else 1)  # busy/throttled retried, validation not
-    bad = records(caplog, "backend read failed" if operation.startswith("Describe") else "backend write failed",
-                  logging.WARNING)
+    bad = records(
+        caplog, "backend read failed" if operation.startswith("Describe") else "backend write failed", logging.WARNING
+    )
     assert len(bad) == 1 and code in bad[0].error
     assert len(records(caplog, "backend good again")) == 1
     assert not [r for r in caplog.records if "retry" in r.getMessage() and r.levelno >= logging.INFO]
@@ -303,8 +262,14 @@ def test_auto_scaling_api_errors(tmp_path, prometheus_server, aws: MotoAws, faul
 
 def test_auto_scaling_endpoint_down(tmp_path, prometheus_server, aws: MotoAws, unused_url, caplog):
     caplog.set_level(logging.INFO)
-    backend = {"kind": "ec2-asg", "group_name": "fleetpilot-gone", "region": aws.region, "endpoint_url": unused_url,
-               "max_retries": 1, "retry_base_seconds": 0.01}
+    backend = {
+        "kind": "ec2-asg",
+        "group_name": "fleetpilot-gone",
+        "region": aws.region,
+        "endpoint_url": unused_url,
+        "max_retries": 1,
+        "retry_base_seconds": 0.01,
+    }
     d = daemon(tmp_path, [group(prom_source(prometheus_server.url), backend)], StepClock(now_minute() - 300))
     assert run_streak(d, 3) == ["partial"] * 3
     d.close()
@@ -339,8 +304,11 @@ class Faulty:
 @pytest.mark.parametrize("how, cause", [("raise", "model_error"), ("nan", "non_finite")])
 def test_model_failure_streak_uses_the_fallback(tmp_path, caplog, how, cause):
     caplog.set_level(logging.INFO)
-    cfg = DaemonConfig(interval_seconds=0.01, journal_path=tmp_path / "j.sqlite", groups=[
-        group({"kind": "simulator", "seed": 1}, {"kind": "simulated", "seed": 1})])
+    cfg = DaemonConfig(
+        interval_seconds=0.01,
+        journal_path=tmp_path / "j.sqlite",
+        groups=[group({"kind": "simulator", "seed": 1}, {"kind": "simulated", "seed": 1})],
+    )
     d = Daemon(cfg, CollectorRegistry())
     d.backfill()
     policy = d.batches[0].policy = Faulty(d.batches[0].policy)
@@ -351,8 +319,10 @@ def test_model_failure_streak_uses_the_fallback(tmp_path, caplog, how, cause):
     assert run_streak(d, 2) == ["ok"] * 2
     d.close()
     rows = read_decisions(tmp_path / "j.sqlite")
-    assert all(r["action"] == "fallback" and r["guards"][0] == f"fallback:{cause}" and r["final"] is not None
-               for r in rows[3:9])
+    assert all(
+        r["action"] == "fallback" and r["guards"][0] == f"fallback:{cause}" and r["final"] is not None
+        for r in rows[3:9]
+    )
     assert {r["action"] for r in rows[9:]} == {"policy"}
     assert metric(d, "fleetpilot_fallbacks_total", group="web", cause=cause) == 6
     failed = [r for r in caplog.records if r.getMessage().startswith("policy ") and r.levelno == logging.ERROR]

@@ -5,6 +5,7 @@ manifest as training/export.py writes it. `fleetpilot run` refuses a model that 
 line and exit code 2, before any decision; a model whose output is not finite sends its groups to the
 fallback rule and the daemon goes on.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,12 +20,12 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from controller.config import DaemonConfig
-from controller.daemon import Daemon
-from controller.journal import read_decisions
-from policies.actions import ActionMapping
-from policies.observation import FEATURE_NAMES, OBS_DIM, OBS_VERSION
-from policies.onnx_policy import MANIFEST_FORMAT, sha256_of
+from fleetpilot.controller.config import DaemonConfig
+from fleetpilot.controller.daemon import Daemon
+from fleetpilot.controller.journal import read_decisions
+from fleetpilot.policies.actions import ActionMapping
+from fleetpilot.policies.observation import FEATURE_NAMES, OBS_DIM, OBS_VERSION
+from fleetpilot.policies.onnx_policy import MANIFEST_FORMAT, sha256_of
 
 FLEETPILOT = str(Path(sys.executable).parent / "fleetpilot")
 
@@ -40,22 +41,30 @@ def write_model(d: Path, nan: bool = False, obs_version: int = OBS_VERSION) -> P
     b = np.zeros(n, dtype=np.float32)
     if nan:
         b[:] = np.nan
-    nodes = [helper.make_node("MatMul", ["features", "W"], ["xw"]),
-             helper.make_node("Add", ["xw", "B"], ["logits"]),
-             helper.make_node("ArgMax", ["logits"], ["action"], axis=1, keepdims=0)]
+    nodes = [
+        helper.make_node("MatMul", ["features", "W"], ["xw"]),
+        helper.make_node("Add", ["xw", "B"], ["logits"]),
+        helper.make_node("ArgMax", ["logits"], ["action"], axis=1, keepdims=0),
+    ]
     graph = helper.make_graph(
-        nodes, "tiny-policy",
+        nodes,
+        "tiny-policy",
         [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", OBS_DIM])],
-        [helper.make_tensor_value_info("action", TensorProto.INT64, ["N"]),
-         helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", n])],
-        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")])
+        [
+            helper.make_tensor_value_info("action", TensorProto.INT64, ["N"]),
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", n]),
+        ],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
     d.mkdir(parents=True, exist_ok=True)
     onnx.save(model, d / "policy.onnx")
     manifest = {
-        "format_version": MANIFEST_FORMAT, "name": d.name, "model_file": "policy.onnx",
+        "format_version": MANIFEST_FORMAT,
+        "name": d.name,
+        "model_file": "policy.onnx",
         "sha256": sha256_of(d / "policy.onnx"),
         "observation": {"version": obs_version, "dim": OBS_DIM, "features": list(FEATURE_NAMES)},
         "action_mapping": ActionMapping().to_json(),
@@ -66,16 +75,30 @@ def write_model(d: Path, nan: bool = False, obs_version: int = OBS_VERSION) -> P
 
 def write_config(tmp_path: Path, policy: str) -> Path:
     p = tmp_path / "fleetpilot.yaml"
-    p.write_text(yaml.safe_dump({
-        "interval_seconds": 0.05, "journal_path": "journal.sqlite", "server": {"host": "127.0.0.1", "port": 0},
-        "groups": [{"name": "web", "policy": policy, "source": {"kind": "simulator", "seed": 0},
-                    "backend": {"kind": "simulated", "seed": 0}}]}))
+    p.write_text(
+        yaml.safe_dump(
+            {
+                "interval_seconds": 0.05,
+                "journal_path": "journal.sqlite",
+                "server": {"host": "127.0.0.1", "port": 0},
+                "groups": [
+                    {
+                        "name": "web",
+                        "policy": policy,
+                        "source": {"kind": "simulator", "seed": 0},
+                        "backend": {"kind": "simulated", "seed": 0},
+                    }
+                ],
+            }
+        )
+    )
     return p
 
 
 def run_once(cfg: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([FLEETPILOT, "run", "--config", str(cfg), "--once", "--quiet"], capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [FLEETPILOT, "run", "--config", str(cfg), "--once", "--quiet"], capture_output=True, text=True, timeout=60
+    )
 
 
 def test_a_good_model_decides(tmp_path):
@@ -126,16 +149,25 @@ def bad_model(tmp_path: Path, case: str, damage) -> Path:
 def test_a_bad_model_is_refused_before_any_decision(tmp_path, case, damage, reason, monkeypatch):
     import onnxruntime
 
-    from policies.onnx_policy import ModelError
-    from policies.registry import PolicyError
+    from fleetpilot.policies.onnx_policy import ModelError
+    from fleetpilot.policies.registry import PolicyError
 
     sessions = []
     real = onnxruntime.InferenceSession
     monkeypatch.setattr(onnxruntime, "InferenceSession", lambda *a, **k: sessions.append(1) or real(*a, **k))
     model = bad_model(tmp_path, case, damage)
-    cfg = DaemonConfig(interval_seconds=0.01, journal_path=tmp_path / "j.sqlite", groups=[
-        {"name": "web", "policy": str(model), "source": {"kind": "simulator", "seed": 0},
-         "backend": {"kind": "simulated", "seed": 0}}])
+    cfg = DaemonConfig(
+        interval_seconds=0.01,
+        journal_path=tmp_path / "j.sqlite",
+        groups=[
+            {
+                "name": "web",
+                "policy": str(model),
+                "source": {"kind": "simulator", "seed": 0},
+                "backend": {"kind": "simulated", "seed": 0},
+            }
+        ],
+    )
     with pytest.raises((ModelError, PolicyError), match=reason) as info:
         Daemon(cfg, CollectorRegistry())
     assert "\n" not in str(info.value)
@@ -144,8 +176,9 @@ def test_a_bad_model_is_refused_before_any_decision(tmp_path, case, damage, reas
     assert not (tmp_path / "j.sqlite").exists() or not read_decisions(tmp_path / "j.sqlite")
 
 
-@pytest.mark.parametrize("case, damage, reason", [c for c in CASES if c[0] in ("missing-dir", "sha256")],
-                         ids=["missing-dir", "sha256"])
+@pytest.mark.parametrize(
+    "case, damage, reason", [c for c in CASES if c[0] in ("missing-dir", "sha256")], ids=["missing-dir", "sha256"]
+)
 def test_fleetpilot_run_refuses_a_bad_model_with_one_line_and_exit_2(tmp_path, case, damage, reason):
     p = run_once(write_config(tmp_path, str(bad_model(tmp_path, case, damage))))
     lines = p.stderr.strip().splitlines()
@@ -154,8 +187,9 @@ def test_fleetpilot_run_refuses_a_bad_model_with_one_line_and_exit_2(tmp_path, c
     assert lines[-1].startswith("fleetpilot run: error: ") and reason in lines[-1], lines[-1]
     assert all(json.loads(line) for line in lines[:-1]) and "Traceback" not in p.stderr
     journal = tmp_path / "journal.sqlite"
-    assert not journal.exists() or sqlite3.connect(journal).execute(
-        "SELECT count(*) FROM decisions").fetchone()[0] == 0  # no decision was made
+    assert (
+        not journal.exists() or sqlite3.connect(journal).execute("SELECT count(*) FROM decisions").fetchone()[0] == 0
+    )  # no decision was made
 
 
 def test_a_model_answering_nan_falls_back_and_the_daemon_goes_on(tmp_path, caplog):
@@ -163,9 +197,18 @@ def test_a_model_answering_nan_falls_back_and_the_daemon_goes_on(tmp_path, caplo
     rule, counted, logged once for the streak."""
     caplog.set_level(logging.INFO)
     model = write_model(tmp_path / "nan-model", nan=True)
-    cfg = DaemonConfig(interval_seconds=0.01, journal_path=tmp_path / "j.sqlite", groups=[
-        {"name": "web", "policy": str(model), "source": {"kind": "simulator", "seed": 0},
-         "backend": {"kind": "simulated", "seed": 0}}])
+    cfg = DaemonConfig(
+        interval_seconds=0.01,
+        journal_path=tmp_path / "j.sqlite",
+        groups=[
+            {
+                "name": "web",
+                "policy": str(model),
+                "source": {"kind": "simulator", "seed": 0},
+                "backend": {"kind": "simulated", "seed": 0},
+            }
+        ],
+    )
     d = Daemon(cfg, CollectorRegistry())
     d.backfill()
     assert [d.run_tick() for _ in range(5)] == ["partial"] * 5
@@ -179,13 +222,24 @@ def test_a_model_answering_nan_falls_back_and_the_daemon_goes_on(tmp_path, caplo
 
 def test_missing_shipped_default_runs_on_the_fallback_rule(tmp_path, monkeypatch):
     """Package data removed: `default` is unknown, its groups run on their fallback rule and it is counted."""
-    import policies.registry as registry
+    import fleetpilot.policies.registry as registry
 
     monkeypatch.setattr(registry, "MODELS_DIR", tmp_path / "no-models")
-    cfg = DaemonConfig(interval_seconds=0.01, journal_path=tmp_path / "j.sqlite", groups=[{
-        "name": "web", "policy": "default", "fallback_policy": "target-tracking", "min_machines": 1,
-        "max_machines": 833, "source": {"kind": "simulator", "seed": 0},
-        "backend": {"kind": "simulated", "seed": 0, "initial_machines": 50}}])
+    cfg = DaemonConfig(
+        interval_seconds=0.01,
+        journal_path=tmp_path / "j.sqlite",
+        groups=[
+            {
+                "name": "web",
+                "policy": "default",
+                "fallback_policy": "target-tracking",
+                "min_machines": 1,
+                "max_machines": 833,
+                "source": {"kind": "simulator", "seed": 0},
+                "backend": {"kind": "simulated", "seed": 0, "initial_machines": 50},
+            }
+        ],
+    )
     reg = CollectorRegistry()
     d = Daemon(cfg, reg)
     d.backfill()

@@ -4,6 +4,7 @@
 moto over HTTP (through the fault proxy), or the simulator; the restart equivalence runs the real tick in
 process against Prometheus and moto, with the "kill" landing between the backend write and the journal commit.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,19 +19,22 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from controller.config import DaemonConfig
-from controller.daemon import Daemon
-from controller.journal import read_decisions
-from tests.real_servers import Fault, MotoAws, now_minute
-from tests.test_reliability_faults import (  # noqa: F401 - prom_proxy is a fixture
-    LOAD_QUERY, TT_PARAMS, PromProxy, StepClock, group, load_at, prom_proxy, prom_source)
+from fleetpilot.controller.config import DaemonConfig
+from fleetpilot.controller.daemon import Daemon
+from fleetpilot.controller.journal import read_decisions
+from tests.real_servers import Fault, MotoAws, PromProxy, now_minute
+from tests.test_reliability_faults import StepClock, group, load_at, prom_source
 
 FLEETPILOT = str(Path(sys.executable).parent / "fleetpilot")
 
 
 def write_config(tmp_path: Path, groups: list[dict], **over) -> Path:
-    d = {"interval_seconds": 60, "journal_path": "journal.sqlite", "server": {"host": "127.0.0.1", "port": 0},
-         "groups": groups}
+    d = {
+        "interval_seconds": 60,
+        "journal_path": "journal.sqlite",
+        "server": {"host": "127.0.0.1", "port": 0},
+        "groups": groups,
+    }
     d.update(over)
     p = tmp_path / "fleetpilot.yaml"
     p.write_text(yaml.safe_dump(d))
@@ -38,8 +42,12 @@ def write_config(tmp_path: Path, groups: list[dict], **over) -> Path:
 
 
 def start(cfg: Path) -> subprocess.Popen:
-    return subprocess.Popen([FLEETPILOT, "run", "--config", str(cfg), "--quiet"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [FLEETPILOT, "run", "--config", str(cfg), "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_until(predicate, timeout: float = 20.0, what: str = "condition") -> None:
@@ -94,8 +102,14 @@ def test_sigterm_during_backend_retries_exits_within_5_s(tmp_path, prometheus_se
     SIGTERM comes: the retries stop, the tick is journaled as a failed write, the group is untouched."""
     name = aws.create_group(min_size=1, max_size=60, desired=50)
     proxy = fault_proxy(Fault("SetDesiredCapacity", "Throttling", times=-1, message="Rate exceeded"))
-    backend = {"kind": "ec2-asg", "group_name": name, "region": aws.region, "endpoint_url": proxy.url,
-               "max_retries": 10, "retry_base_seconds": 1.0}
+    backend = {
+        "kind": "ec2-asg",
+        "group_name": name,
+        "region": aws.region,
+        "endpoint_url": proxy.url,
+        "max_retries": 10,
+        "retry_base_seconds": 1.0,
+    }
     cfg = write_config(tmp_path, [group(prom_source(prometheus_server.url), backend, max_machines=60)])
     proc = start(cfg)
     wait_until(lambda: proxy.count("SetDesiredCapacity") >= 2 or proc.poll() is not None, 30, "a retried write")
@@ -110,8 +124,15 @@ def test_sigterm_during_backend_retries_exits_within_5_s(tmp_path, prometheus_se
 
 # -- kill -9 ------------------------------------------------------------------------------------------------
 def test_kill_9_leaves_a_consistent_journal_and_a_restart_appends_to_it(tmp_path):
-    groups = [{"name": n, "policy": "target-tracking", "source": {"kind": "simulator", "seed": i},
-               "backend": {"kind": "simulated", "seed": i}} for i, n in enumerate(("web", "api"))]
+    groups = [
+        {
+            "name": n,
+            "policy": "target-tracking",
+            "source": {"kind": "simulator", "seed": i},
+            "backend": {"kind": "simulated", "seed": i},
+        }
+        for i, n in enumerate(("web", "api"))
+    ]
     cfg = write_config(tmp_path, groups, interval_seconds=0.01)
     path = tmp_path / "journal.sqlite"
 
@@ -136,8 +157,9 @@ def test_kill_9_leaves_a_consistent_journal_and_a_restart_appends_to_it(tmp_path
             proc.kill()
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    per_tick = db.execute("SELECT tick, count(*), group_concat(group_name) FROM decisions GROUP BY tick "
-                          "ORDER BY tick").fetchall()
+    per_tick = db.execute(
+        "SELECT tick, count(*), group_concat(group_name) FROM decisions GROUP BY tick ORDER BY tick"
+    ).fetchall()
     db.close()
     n = len(per_tick)
     assert n >= 40 and [t for t, _, _ in per_tick] == list(range(n))  # no tick lost in the middle
@@ -164,8 +186,7 @@ def _falling_start() -> int:
     raise AssertionError("no falling stretch")  # pragma: no cover - the load is periodic (565 minutes)
 
 
-def test_restart_after_kill_decides_as_an_uninterrupted_run(tmp_path, prometheus_server, aws: MotoAws,
-                                                           fault_proxy):
+def test_restart_after_kill_decides_as_an_uninterrupted_run(tmp_path, prometheus_server, aws: MotoAws, fault_proxy):
     """Daemon A is killed at minute S+15 after its write and before its journal commit; daemon B starts on the
     same journal and group at S+16 (history backfilled from Prometheus, stabilization window from the
     journal). From then on B decides exactly as daemon U, which never stopped (own group and journal), and
@@ -174,10 +195,19 @@ def test_restart_after_kill_decides_as_an_uninterrupted_run(tmp_path, prometheus
     kw = dict(max_machines=60, scale_in_stabilization_minutes=10, max_scale_in_per_tick=3)
 
     def make(journal: str, name: str, proxy_url: str, minute: int) -> Daemon:
-        backend = {"kind": "ec2-asg", "group_name": name, "region": aws.region, "endpoint_url": proxy_url,
-                   "max_retries": 1, "retry_base_seconds": 0.01}
-        cfg = DaemonConfig(interval_seconds=60, journal_path=tmp_path / journal,
-                           groups=[group(prom_source(prometheus_server.url), backend, **kw)])
+        backend = {
+            "kind": "ec2-asg",
+            "group_name": name,
+            "region": aws.region,
+            "endpoint_url": proxy_url,
+            "max_retries": 1,
+            "retry_base_seconds": 0.01,
+        }
+        cfg = DaemonConfig(
+            interval_seconds=60,
+            journal_path=tmp_path / journal,
+            groups=[group(prom_source(prometheus_server.url), backend, **kw)],
+        )
         d = Daemon(cfg, CollectorRegistry(), clock=StepClock(minute))
         d.backfill()
         return d
@@ -214,7 +244,7 @@ def test_restart_after_kill_decides_as_an_uninterrupted_run(tmp_path, prometheus
     rr = read_decisions(tmp_path / "r.sqlite", "web", 1000)
     assert [r["minute"] for r in rr] == list(range(s, s + 15)) + list(range(s + 16, s + 30))
     keys = ("load_tpm", "active", "desired_before", "policy_desired", "recommendation", "guards", "final", "outcome")
-    for x, y in zip(ru[:15] + ru[16:], rr):
+    for x, y in zip(ru[:15] + ru[16:], rr, strict=False):
         assert {k: x[k] for k in keys} == {k: y[k] for k in keys}, (x, y)
     assert any("stabilization" in r["guards"] for r in rr[15:])  # the restored window mattered
     assert p_r.count("SetDesiredCapacity") == p_u.count("SetDesiredCapacity") > 0

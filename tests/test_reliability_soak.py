@@ -1,5 +1,6 @@
 """Soak, the CI version: 5,000 simulated minutes through the daemon's real tick (benchmarks/soak.py; the
 100,000-minute run and its figures are in docs/reliability.md)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -27,8 +28,15 @@ def test_soak_5000_minutes(tmp_path):
 
 def test_check_flags_each_missed_target():
     soak = _soak_module()
-    good = {"minutes": 10, "groups": 1, "error_ticks": 0, "journal_rows": 10, "decisions": 10,
-            "journal_integrity": "ok", "rss_growth_after_warmup_mb": 1.0}
+    good = {
+        "minutes": 10,
+        "groups": 1,
+        "error_ticks": 0,
+        "journal_rows": 10,
+        "decisions": 10,
+        "journal_integrity": "ok",
+        "rss_growth_after_warmup_mb": 1.0,
+    }
     assert soak.check(good) == []
     assert "error ticks" in soak.check({**good, "error_ticks": 1})[0]
     assert "journal rows" in soak.check({**good, "journal_rows": 9})[0]

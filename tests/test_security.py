@@ -8,6 +8,7 @@ test_values_security_defaults); docs/aws.md's policy equals the actions used
 (tests/test_backend_ec2.py::test_docs_iam_policy_grants_exactly_the_actions_used). The dependency audit
 (pip-audit) needs the network for its vulnerability database: its procedure is in docs/reliability.md.
 """
+
 from __future__ import annotations
 
 import base64
@@ -17,7 +18,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
@@ -25,10 +25,10 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from controller.backends import ec2_asg
-from controller.config import DaemonConfig
-from controller.server import StatusServer
-from controller.sources import cloudwatch
+from fleetpilot.controller.backends import ec2_asg
+from fleetpilot.controller.config import DaemonConfig
+from fleetpilot.controller.server import StatusServer
+from fleetpilot.controller.sources import cloudwatch
 from tests.real_servers import MotoAws, now_minute
 from tests.test_reliability_faults import LOAD_QUERY
 
@@ -47,12 +47,30 @@ def test_status_server_binds_loopback_by_default(tmp_path):
     """`fleetpilot run` with no `server.host`: every listening socket of the process is on 127.0.0.1."""
     assert DaemonConfig.model_fields["server"].default_factory().host == "127.0.0.1"
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "interval_seconds": 0.05, "journal_path": "j.sqlite", "server": {"port": 0},
-        "groups": [{"name": "web", "policy": "target-tracking", "source": {"kind": "simulator"},
-                    "backend": {"kind": "simulated"}}]}))
-    proc = subprocess.Popen([FLEETPILOT, "run", "--config", str(cfg), "--quiet"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env=clean_env())
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "interval_seconds": 0.05,
+                "journal_path": "j.sqlite",
+                "server": {"port": 0},
+                "groups": [
+                    {
+                        "name": "web",
+                        "policy": "target-tracking",
+                        "source": {"kind": "simulator"},
+                        "backend": {"kind": "simulated"},
+                    }
+                ],
+            }
+        )
+    )
+    proc = subprocess.Popen(
+        [FLEETPILOT, "run", "--config", str(cfg), "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
+    )
     try:
         port = None
         for line in proc.stderr:
@@ -62,8 +80,7 @@ def test_status_server_binds_loopback_by_default(tmp_path):
                 assert rec["host"] == "127.0.0.1"
                 break
         assert port, "the daemon never served"
-        listening = [c for c in psutil.Process(proc.pid).net_connections(kind="inet")
-                     if c.status == psutil.CONN_LISTEN]
+        listening = [c for c in psutil.Process(proc.pid).net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
         assert [(c.laddr.ip, c.laddr.port) for c in listening] == [("127.0.0.1", port)]
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -88,8 +105,9 @@ AWS_SECRETS = {
 }
 
 
-def test_no_credentials_in_logs_config_dumps_journal_or_cli(tmp_path, prometheus_server, aws: MotoAws,
-                                                            unused_url, monkeypatch):
+def test_no_credentials_in_logs_config_dumps_journal_or_cli(
+    tmp_path, prometheus_server, aws: MotoAws, unused_url, monkeypatch
+):
     """A Prometheus URL with user:password (one reachable, one refusing connections: its errors quote the
     URL) and AWS credentials in the environment (CloudWatch and Auto Scaling on moto); the daemon runs at
     DEBUG. No secret, and not the basic-auth header, appears in any output or file."""
@@ -102,25 +120,49 @@ def test_no_credentials_in_logs_config_dumps_journal_or_cli(tmp_path, prometheus
     for m in range(now - 10, now):
         aws.put_load("Fleetpilot/Security", "Transactions", dims, m, [3000.0])
     groups = [
-        {"name": "prom", "policy": "target-tracking",
-         "source": {"kind": "prometheus", "url": with_auth(prometheus_server.url) + "/?token=" + PROM_PASSWORD,
-                    "query": LOAD_QUERY},
-         "backend": {"kind": "simulated"}},
-        {"name": "prom-down", "policy": "target-tracking",
-         "source": {"kind": "prometheus", "url": with_auth(unused_url), "query": LOAD_QUERY, "timeout_seconds": 1},
-         "backend": {"kind": "simulated"}},
-        {"name": "aws", "policy": "target-tracking",
-         "source": {"kind": "cloudwatch", "namespace": "Fleetpilot/Security", "metric_name": "Transactions",
-                    "dimensions": dims, "region": aws.region, "endpoint_url": aws.endpoint_url},
-         "backend": {"kind": "ec2-asg", "group_name": name, "region": aws.region, "endpoint_url": aws.endpoint_url}},
+        {
+            "name": "prom",
+            "policy": "target-tracking",
+            "source": {
+                "kind": "prometheus",
+                "url": with_auth(prometheus_server.url) + "/?token=" + PROM_PASSWORD,
+                "query": LOAD_QUERY,
+            },
+            "backend": {"kind": "simulated"},
+        },
+        {
+            "name": "prom-down",
+            "policy": "target-tracking",
+            "source": {"kind": "prometheus", "url": with_auth(unused_url), "query": LOAD_QUERY, "timeout_seconds": 1},
+            "backend": {"kind": "simulated"},
+        },
+        {
+            "name": "aws",
+            "policy": "target-tracking",
+            "source": {
+                "kind": "cloudwatch",
+                "namespace": "Fleetpilot/Security",
+                "metric_name": "Transactions",
+                "dimensions": dims,
+                "region": aws.region,
+                "endpoint_url": aws.endpoint_url,
+            },
+            "backend": {"kind": "ec2-asg", "group_name": name, "region": aws.region, "endpoint_url": aws.endpoint_url},
+        },
     ]
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump({"interval_seconds": 60, "journal_path": "journal.sqlite", "log_level": "DEBUG",
-                                   "groups": groups}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {"interval_seconds": 60, "journal_path": "journal.sqlite", "log_level": "DEBUG", "groups": groups}
+        )
+    )
     env = clean_env()
     outputs = []
-    for args in (["config", "check", str(cfg)], ["run", "--config", str(cfg), "--once"],
-                 ["decisions", "--config", str(cfg), "--json"]):
+    for args in (
+        ["config", "check", str(cfg)],
+        ["run", "--config", str(cfg), "--once"],
+        ["decisions", "--config", str(cfg), "--json"],
+    ):
         p = subprocess.run([FLEETPILOT, *args], capture_output=True, text=True, timeout=60, env=env)
         assert p.returncode == 0, p.stderr[-3000:]
         outputs.append(p.stdout + p.stderr)
@@ -141,8 +183,8 @@ def test_no_credentials_in_logs_config_dumps_journal_or_cli(tmp_path, prometheus
 def test_a_model_reaches_onnxruntime_only_after_its_sha256_is_checked(tmp_path, monkeypatch):
     import onnxruntime
 
-    from policies.onnx_policy import ModelError
-    from policies.registry import make_policy
+    from fleetpilot.policies.onnx_policy import ModelError
+    from fleetpilot.policies.registry import make_policy
     from tests.test_reliability_model import write_model
 
     seen: list[bytes] = []
@@ -183,7 +225,9 @@ def test_every_documented_iam_permissions_policy_grants_only_actions_the_code_ca
                 assert s["Effect"] == "Allow" and "NotAction" not in s, (doc.name, s)
                 granted |= {s["Action"]} if isinstance(s["Action"], str) else set(s["Action"])
                 if "autoscaling:SetDesiredCapacity" in granted and s["Action"] in (
-                        "autoscaling:SetDesiredCapacity", ["autoscaling:SetDesiredCapacity"]):
+                    "autoscaling:SetDesiredCapacity",
+                    ["autoscaling:SetDesiredCapacity"],
+                ):
                     assert s["Resource"] != "*" and "autoScalingGroupName/" in s["Resource"], (doc.name, s)
             assert granted <= used and not any("*" in a for a in granted), (doc.name, granted - used)
             assert set(ec2_asg.AWS_ACTIONS) <= granted, (doc.name, "the backend's actions are missing")

@@ -1,5 +1,6 @@
 """The simulator (issue 2): gymnasium conformance, per-step vs vector parity, the seed semantics of the fleet
 core, and the synthetic load."""
+
 from __future__ import annotations
 
 import warnings
@@ -9,15 +10,15 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-import training
-from policies.observation import DAY_MINUTES, FEATURE_NAMES, ObservationBuilder, _gather
-from training.env import WebFleetEnv, WebFleetVectorEnv
-from training.fleet import FleetCore, standard_normal_at
-from training.load import synthetic_load
-from training.params import FleetParams, SyntheticLoadParams
-
+from fleetpilot import training
+from fleetpilot.policies.observation import DAY_MINUTES, FEATURE_NAMES, ObservationBuilder, _gather
+from fleetpilot.training.env import WebFleetEnv, WebFleetVectorEnv
+from fleetpilot.training.fleet import FleetCore, standard_normal_at
+from fleetpilot.training.load import synthetic_load
+from fleetpilot.training.params import FleetParams, SyntheticLoadParams
 
 # --- gymnasium conformance ----------------------------------------------------------------------------------
+
 
 def test_check_env_passes_without_warnings():
     env = WebFleetEnv(episode_minutes=300)
@@ -44,8 +45,15 @@ def test_registered_env_and_vector_entry_point():
 
 # --- parity: fleet i of a vector env seeded s == per-step env seeded s + i -----------------------------------
 
-def _run_parity(n: int, seed: int, steps: int, episode_minutes: int, options: dict | None = None,
-                per_env_options: list[dict] | None = None) -> int:
+
+def _run_parity(
+    n: int,
+    seed: int,
+    steps: int,
+    episode_minutes: int,
+    options: dict | None = None,
+    per_env_options: list[dict] | None = None,
+) -> int:
     """Step both on the same random actions; assert equality each step; return the number of autoresets."""
     venv = WebFleetVectorEnv(n, episode_minutes=episode_minutes)
     envs = [WebFleetEnv(episode_minutes=episode_minutes) for _ in range(n)]
@@ -105,6 +113,7 @@ def test_info_reports_the_fleet_state():
 
 
 # --- seed semantics of the fleet core ----------------------------------------------------------------------
+
 
 def _core(n: int = 1, **kw) -> FleetCore:
     core = FleetCore(n, FleetParams(**kw))
@@ -176,8 +185,9 @@ def test_capacity_noise_is_common_to_every_fleet_with_the_same_key_and_minute():
     ob = b.step(np.array([0, 0, 0]), np.full(3, 1000.0))  # minute 2 differs from minute 1
     assert ob.capacity_tpm[0] != oa.capacity_tpm[0]
     # the draw is a function of (key, minute) only
-    np.testing.assert_array_equal(standard_normal_at(keys, np.array([5, 5, 5])),
-                                  standard_normal_at(keys, np.array([5, 5, 5])))
+    np.testing.assert_array_equal(
+        standard_normal_at(keys, np.array([5, 5, 5])), standard_normal_at(keys, np.array([5, 5, 5]))
+    )
 
 
 def test_standard_normal_at_is_standard_normal():
@@ -212,6 +222,7 @@ def test_reward_with_noise_on_a_hand_checked_minute():
 
 
 # --- synthetic load ------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_synthetic_load_range_shape_and_determinism(seed):
@@ -255,6 +266,7 @@ def test_synthetic_load_is_clipped_to_the_maximum():
 
 # --- the observation builder's fast paths keep the features' values ----------------------------------------
 
+
 def test_seasonal_window_mean_matches_numpy_mean_of_the_gathered_window():
     """The builder's day-ago features sum 5 lags in order and divide by 5: the same value, bit for bit, as
     numpy's mean of the gathered window (LoadHistory.window_mean), on non-integer loads."""
@@ -264,16 +276,21 @@ def test_seasonal_window_mean_matches_numpy_mean_of_the_gathered_window():
         b.update(rng.uniform(0, 1e5, 6) * rng.random(), np.full(6, 10), np.zeros(6), np.full(6, 1_000_000 + t))
         if t > 20:
             for k in (0, 3, 17):
-                ref = np.take_along_axis(b.buf, (b.pos[:, None] - 1 - np.arange(k, k + 5)[None, :]) % b.h,
-                                         axis=1).astype(np.float64).mean(axis=1)
+                ref = (
+                    np.take_along_axis(b.buf, (b.pos[:, None] - 1 - np.arange(k, k + 5)[None, :]) % b.h, axis=1)
+                    .astype(np.float64)
+                    .mean(axis=1)
+                )
                 np.testing.assert_array_equal(b._mean5(k), ref)
                 np.testing.assert_array_equal(b.history.window_mean(k, k + 4), ref)
-                np.testing.assert_array_equal(_gather(b.buf, b.pos, k, k + 4),
-                                              b.buf[np.arange(6)[:, None],
-                                                    (b.pos[:, None] - 1 - np.arange(k, k + 5)) % b.h])
+                np.testing.assert_array_equal(
+                    _gather(b.buf, b.pos, k, k + 4),
+                    b.buf[np.arange(6)[:, None], (b.pos[:, None] - 1 - np.arange(k, k + 5)) % b.h],
+                )
 
 
 # --- the load-jump detector (feature jump_age) --------------------------------------------------------------
+
 
 def _feed(loads: np.ndarray, minute0: int = 1_000_000) -> tuple[np.ndarray, np.ndarray]:
     """Feed (N, T) loads into a builder; returns the (N, T) jump ages and re-rise ages after each minute."""
@@ -285,10 +302,14 @@ def _feed(loads: np.ndarray, minute0: int = 1_000_000) -> tuple[np.ndarray, np.n
         b.update(loads[:, t], np.full(n, 20), np.zeros(n), np.full(n, minute0 + t))
         obs = b.observation()
         ages[:, t], rerise[:, t] = obs.jump_age_minutes, obs.rerise_age_minutes
-        assert np.array_equal(obs.features[:, FEATURE_NAMES.index("jump_age")],
-                              (np.minimum(obs.jump_age_minutes, 1000) / 100.0).astype(np.float32))
-        assert np.array_equal(obs.features[:, FEATURE_NAMES.index("rerise_age")],
-                              (np.minimum(obs.rerise_age_minutes, 10_000) / 1000.0).astype(np.float32))
+        assert np.array_equal(
+            obs.features[:, FEATURE_NAMES.index("jump_age")],
+            (np.minimum(obs.jump_age_minutes, 1000) / 100.0).astype(np.float32),
+        )
+        assert np.array_equal(
+            obs.features[:, FEATURE_NAMES.index("rerise_age")],
+            (np.minimum(obs.rerise_age_minutes, 10_000) / 1000.0).astype(np.float32),
+        )
     return ages, rerise
 
 
@@ -309,7 +330,7 @@ def test_jumps_are_detected_within_three_minutes_and_nowhere_else():
     loads *= rng.normal(1, np.linspace(0.01, 0.025, 8)[:, None], loads.shape)
     onsets = np.arange(300, t_len - 200, 450)
     for first in onsets:  # 1,200 tpm, decaying linearly over 60 minutes like the seed's spikes
-        loads[:, first:first + 60] += 1200 * (1 - np.arange(60) / 60)
+        loads[:, first : first + 60] += 1200 * (1 - np.arange(60) / 60)
     ages, rerise = _feed(loads)
     assert (rerise > 1000).all()  # each spike decays: nothing rises again after its jump
     detected = ages == 0
@@ -335,10 +356,10 @@ def test_jump_age_counts_minutes_a_second_rise_soon_after_is_a_rerise_and_ages_s
     assert ages[99] > 1000 and ages[100] in (0, 1, 2)
     assert rerise[159] > 1000 and rerise[160:163].min() == 0
     last = int(np.nonzero(rerise[:300] == 0)[0].max())
-    assert np.array_equal(rerise[last:last + 200], np.arange(200))
+    assert np.array_equal(rerise[last : last + 200], np.arange(200))
     assert rerise[400:420].min() > 0  # a jump after the refractory time is a jump, not a re-rise
     first = int(np.argmax(ages == 0))
-    assert np.array_equal(ages[first:first + 250], np.arange(250))
+    assert np.array_equal(ages[first : first + 250], np.arange(250))
     assert ages[400:403].min() == 0
     b = ObservationBuilder(1, 300.0, 5)
     for t, v in enumerate(load[:150]):

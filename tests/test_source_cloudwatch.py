@@ -1,4 +1,5 @@
 """CloudWatchSource against a moto server over HTTP (and a fault proxy / dead endpoints), all on 127.0.0.1."""
+
 from __future__ import annotations
 
 import time
@@ -7,11 +8,10 @@ from typing import Any
 
 import pytest
 
-from controller.sources import cloudwatch
-from controller.sources.base import MetricSource, Sample, SourceError
-from controller.sources.cloudwatch import CloudWatchSource
+from fleetpilot.controller.sources import cloudwatch
+from fleetpilot.controller.sources.base import MetricSource, Sample, SourceError
+from fleetpilot.controller.sources.cloudwatch import CloudWatchSource
 from tests.real_servers import Fault, MotoAws, now_minute
-
 
 
 @pytest.fixture
@@ -19,8 +19,11 @@ def metric(aws: MotoAws) -> dict[str, Any]:
     """A fresh namespace, metric name and dimensions per test (the moto server is shared by the session).
     The dimension value is unique too: moto 5.2 ignores the namespace when a query has dimensions."""
     unique = uuid.uuid4().hex[:8]
-    return {"namespace": f"FleetpilotTest/{unique}", "metric_name": "Transactions",
-            "dimensions": {"Service": f"web-{unique}", "Stage": "prod"}}
+    return {
+        "namespace": f"FleetpilotTest/{unique}",
+        "metric_name": "Transactions",
+        "dimensions": {"Service": f"web-{unique}", "Stage": "prod"},
+    }
 
 
 def source_for(aws: MotoAws, metric: dict[str, Any], **kwargs) -> CloudWatchSource:
@@ -48,7 +51,8 @@ def test_put_values_come_back_per_minute(aws: MotoAws, metric: dict[str, Any]) -
     try:
         history = source.history(now - 8, now + 1)
         assert history == [Sample(minute=now - back, load_tpm=1000.0 * back + 5.0) for back in range(5, 0, -1)] + [
-            Sample(minute=now, load_tpm=123.0)]
+            Sample(minute=now, load_tpm=123.0)
+        ]
         assert source.history(now - 8, now) == history[:-1]
         assert source.latest(now) == Sample(minute=now - 1, load_tpm=1005.0)
     finally:
@@ -84,7 +88,10 @@ def test_history_has_holes_not_zeros(aws: MotoAws, metric: dict[str, Any]) -> No
     for back in (10, 7, 2):
         put(aws, metric, now - back, [float(back)])
     assert source_for(aws, metric).history(now - 12, now) == [
-        Sample(now - 10, 10.0), Sample(now - 7, 7.0), Sample(now - 2, 2.0)]
+        Sample(now - 10, 10.0),
+        Sample(now - 7, 7.0),
+        Sample(now - 2, 2.0),
+    ]
 
 
 def test_endpoint_down_is_an_error_within_seconds(aws: MotoAws, metric: dict[str, Any], unused_url: str) -> None:
@@ -107,8 +114,9 @@ def test_silent_endpoint_times_out(aws: MotoAws, metric: dict[str, Any], silent_
 def test_throttling_is_an_error_then_recovers(aws: MotoAws, metric: dict[str, Any], fault_proxy) -> None:
     now = now_minute()
     put(aws, metric, now - 1, [50.0])
-    proxy = fault_proxy(Fault("GetMetricData", "Throttling", times=cloudwatch.TOTAL_MAX_ATTEMPTS,
-                              message="Rate exceeded"))
+    proxy = fault_proxy(
+        Fault("GetMetricData", "Throttling", times=cloudwatch.TOTAL_MAX_ATTEMPTS, message="Rate exceeded")
+    )
     source = source_for(aws, metric, endpoint_url=proxy.url)
     with pytest.raises(SourceError, match="Throttling: Rate exceeded"):
         source.latest(now)
@@ -117,8 +125,15 @@ def test_throttling_is_an_error_then_recovers(aws: MotoAws, metric: dict[str, An
 
 
 def test_access_denied_is_an_error(aws: MotoAws, metric: dict[str, Any], fault_proxy) -> None:
-    proxy = fault_proxy(Fault("GetMetricData", "AccessDenied", times=-1, status=403,
-                              message="not authorized to perform: cloudwatch:GetMetricData"))
+    proxy = fault_proxy(
+        Fault(
+            "GetMetricData",
+            "AccessDenied",
+            times=-1,
+            status=403,
+            message="not authorized to perform: cloudwatch:GetMetricData",
+        )
+    )
     with pytest.raises(SourceError, match="AccessDenied: not authorized"):
         source_for(aws, metric, endpoint_url=proxy.url).history(now_minute() - 5, now_minute())
     assert proxy.count("GetMetricData") == 1  # not retried
@@ -127,8 +142,7 @@ def test_access_denied_is_an_error(aws: MotoAws, metric: dict[str, Any], fault_p
 def test_only_the_documented_actions_are_called(aws: MotoAws, metric: dict[str, Any]) -> None:
     source = source_for(aws, metric)
     called: list[str] = []
-    source._client.meta.events.register(
-        "before-call.*.*", lambda model, **_: called.append(f"cloudwatch:{model.name}"))
+    source._client.meta.events.register("before-call.*.*", lambda model, **_: called.append(f"cloudwatch:{model.name}"))
     source.latest(now_minute())
     source.history(now_minute() - 30, now_minute())
     assert called and set(called) <= set(cloudwatch.AWS_ACTIONS)

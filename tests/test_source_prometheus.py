@@ -1,4 +1,5 @@
 """PrometheusSource against a real Prometheus server (and misbehaving HTTP endpoints), all on 127.0.0.1."""
+
 from __future__ import annotations
 
 import base64
@@ -8,8 +9,8 @@ import time
 
 import pytest
 
-from controller.sources.base import MetricSource, Sample, SourceError
-from controller.sources.prometheus import MAX_POINTS_PER_RANGE_QUERY, PrometheusSource, minute_ending_at
+from fleetpilot.controller.sources.base import MetricSource, Sample, SourceError
+from fleetpilot.controller.sources.prometheus import MAX_POINTS_PER_RANGE_QUERY, PrometheusSource, minute_ending_at
 from tests.real_servers import VANISHING_JOB, LoadExporter, PrometheusServer, VanishingExporter, now_minute
 
 GAUGE = "fleetpilot_test_load_tpm"
@@ -31,8 +32,9 @@ def test_minute_ending_at() -> None:
     assert minute_ending_at(179.999) == 2
 
 
-def test_latest_is_the_value_the_exporter_served(load_exporter: LoadExporter,
-                                                 prometheus_server: PrometheusServer) -> None:
+def test_latest_is_the_value_the_exporter_served(
+    load_exporter: LoadExporter, prometheus_server: PrometheusServer
+) -> None:
     set_and_wait(load_exporter, prometheus_server, 1234.5)
     minute = now_minute()
     # evaluated at the end of the current minute (`now_minute` = the next one): the newest scrape
@@ -63,8 +65,9 @@ def test_history_of_an_empty_range_is_empty(prometheus_server: PrometheusServer)
     assert source.history(100, 50) == []
 
 
-def test_history_has_holes_before_data_not_zeros(load_exporter: LoadExporter,
-                                                 prometheus_server: PrometheusServer) -> None:
+def test_history_has_holes_before_data_not_zeros(
+    load_exporter: LoadExporter, prometheus_server: PrometheusServer
+) -> None:
     set_and_wait(load_exporter, prometheus_server, 777.0)
     minute = now_minute()
     samples = PrometheusSource(prometheus_server.url, GAUGE).history(minute - 30, minute + 1)
@@ -100,13 +103,17 @@ def test_infinity_is_reported_as_nan(prometheus_server: PrometheusServer, query:
     assert sample is not None and math.isnan(sample.load_tpm)
 
 
-def test_more_than_one_series_is_an_error_naming_the_query(load_exporter: LoadExporter,
-                                                           prometheus_server: PrometheusServer) -> None:
+def test_more_than_one_series_is_an_error_naming_the_query(
+    load_exporter: LoadExporter, prometheus_server: PrometheusServer
+) -> None:
     query = "fleetpilot_test_shard_load_tpm"
     prometheus_server.wait_for(query, lambda values: len(values) == 2)
     source = PrometheusSource(prometheus_server.url, query)
-    with pytest.raises(SourceError, match=r"2 series.*'fleetpilot_test_shard_load_tpm'|"
-                                          r"'fleetpilot_test_shard_load_tpm'.*2 series") as info:
+    with pytest.raises(
+        SourceError,
+        match=r"2 series.*'fleetpilot_test_shard_load_tpm'|"
+        r"'fleetpilot_test_shard_load_tpm'.*2 series",
+    ) as info:
         source.latest(now_minute() + 1)
     assert "sum(" in str(info.value)
     minute = now_minute()
@@ -139,8 +146,9 @@ def test_stopped_server_is_an_error(prometheus_factory, load_exporter: LoadExpor
         source.history(now_minute() - 5, now_minute())
 
 
-def test_series_of_a_vanished_target_goes_stale_to_none(prometheus_server: PrometheusServer,
-                                                        vanishing_exporter: VanishingExporter) -> None:
+def test_series_of_a_vanished_target_goes_stale_to_none(
+    prometheus_server: PrometheusServer, vanishing_exporter: VanishingExporter
+) -> None:
     """When the scrape target disappears, Prometheus marks its series stale: None, not the last value."""
     query = "fleetpilot_test_vanishing_load_tpm"
     source = PrometheusSource(prometheus_server.url, query)
@@ -163,19 +171,32 @@ def test_slow_server_times_out_within_the_timeout(silent_server: str) -> None:
     ("status", "body", "content_type", "message"),
     [
         (200, b"<html>not the API</html>", "text/html", "not JSON"),
-        (200, b'{"status": "error", "errorType": "timeout", "error": "query timed out"}', "application/json",
-         "status 'error', timeout: query timed out"),
+        (
+            200,
+            b'{"status": "error", "errorType": "timeout", "error": "query timed out"}',
+            "application/json",
+            "status 'error', timeout: query timed out",
+        ),
         (200, b'{"status": "success"}', "application/json", "no data object"),
-        (200, b'{"status": "success", "data": {"resultType": "vector", "result": [{"value": [1, "x"]}]}}',
-         "application/json", "unparseable sample value"),
+        (
+            200,
+            b'{"status": "success", "data": {"resultType": "vector", "result": [{"value": [1, "x"]}]}}',
+            "application/json",
+            "unparseable sample value",
+        ),
         (503, b"Service Unavailable\nupstream down", "text/plain", "HTTP 503 .*: Service Unavailable upstream down"),
-        (422, b'{"status": "error", "errorType": "execution", "error": "too many samples"}', "application/json",
-         "HTTP 422 .*execution: too many samples"),
+        (
+            422,
+            b'{"status": "error", "errorType": "execution", "error": "too many samples"}',
+            "application/json",
+            "HTTP 422 .*execution: too many samples",
+        ),
     ],
     ids=["html", "status-error", "no-data", "bad-value", "http-503", "http-422-json"],
 )
-def test_bad_answers_are_one_line_errors(canned_http, status: int, body: bytes, content_type: str,
-                                         message: str) -> None:
+def test_bad_answers_are_one_line_errors(
+    canned_http, status: int, body: bytes, content_type: str, message: str
+) -> None:
     server = canned_http(status, body, content_type)
     with pytest.raises(SourceError, match=message) as info:
         PrometheusSource(server.url, GAUGE).latest(now_minute())

@@ -3,6 +3,7 @@
 Importing this package registers `fleetpilot/WebFleet-v0` (with a numpy vector entry point). torch is
 imported only by `training.ppo` and `training.export`.
 """
+
 import gymnasium as gym
 
 ENV_ID = "fleetpilot/WebFleet-v0"
@@ -10,7 +11,7 @@ ENV_ID = "fleetpilot/WebFleet-v0"
 if ENV_ID not in gym.registry:
     gym.register(
         id=ENV_ID,
-        entry_point="training.env:WebFleetEnv",
-        vector_entry_point="training.env:WebFleetVectorEnv",
+        entry_point="fleetpilot.training.env:WebFleetEnv",
+        vector_entry_point="fleetpilot.training.env:WebFleetVectorEnv",
         max_episode_steps=10_000,
     )

@@ -5,6 +5,7 @@ For each load (a synthetic seed or a trace window) and each policy, the fleet is
 `expected_reward` along the policy's own fleet sizes, so luck does not decide a comparison. The oracle is the
 hindsight dynamic program of `training.oracle`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -14,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from policies.base import Policy
-from policies.observation import ObservationBuilder
-from training.fleet import FleetCore, expected_reward, standard_normal_at
-from training.load import SYNTHETIC_START, Load, synthetic_load
-from training.oracle import oracle_fleet
-from training.params import FleetParams, SyntheticLoadParams
+from fleetpilot.policies.base import Policy
+from fleetpilot.policies.observation import ObservationBuilder
+from fleetpilot.training.fleet import FleetCore, expected_reward, standard_normal_at
+from fleetpilot.training.load import SYNTHETIC_START, Load, synthetic_load
+from fleetpilot.training.oracle import oracle_fleet
+from fleetpilot.training.params import FleetParams, SyntheticLoadParams
 
 ORACLE = "oracle"
 
@@ -74,8 +75,9 @@ class Report:
         return {"runs": self.runs, "summary": self.summary}
 
 
-def synthetic_run(seed: int, minutes: int, params: SyntheticLoadParams | None = None,
-                  max_load_tpm: float = 100_000.0) -> Run:
+def synthetic_run(
+    seed: int, minutes: int, params: SyntheticLoadParams | None = None, max_load_tpm: float = 100_000.0
+) -> Run:
     """Seed s: the load from child 0 of SeedSequence(s), the capacity-noise key from child 1."""
     load_ss, noise_ss = np.random.SeedSequence(seed).spawn(2)
     load = synthetic_load(np.random.default_rng(load_ss), minutes + 1, params, max_load_tpm)
@@ -86,15 +88,21 @@ def synthetic_run(seed: int, minutes: int, params: SyntheticLoadParams | None = 
 def trace_run(load: Load, first: int, minutes: int, lead: int) -> Run:
     """Score `minutes` minutes of `load` after minute `first` (observed), with up to `lead` minutes before."""
     lead = min(lead, first)
-    part = load.load_tpm[first - lead:first + minutes + 1]
+    part = load.load_tpm[first - lead : first + minutes + 1]
     tag = f"{load.name}:{first}:{minutes}".encode()
     key = int.from_bytes(hashlib.sha256(tag).digest()[:8], "little")
-    return Run(f"{load.name}[{first}:{first + minutes + 1}]", part.astype(np.float64),
-               load.start_minute() + first - lead, key, lead)
+    return Run(
+        f"{load.name}[{first}:{first + minutes + 1}]",
+        part.astype(np.float64),
+        load.start_minute() + first - lead,
+        key,
+        lead,
+    )
 
 
-def simulate(policy: Policy, loads: np.ndarray, start_minutes: np.ndarray, noise_keys: np.ndarray,
-             params: FleetParams) -> Trajectory:
+def simulate(
+    policy: Policy, loads: np.ndarray, start_minutes: np.ndarray, noise_keys: np.ndarray, params: FleetParams
+) -> Trajectory:
     """Replay `policy` on N loads at once. loads: (N, T + 1); minute 0 is observed, minutes 1..T are served.
 
     Per minute: observe, decide a desired capacity, apply delta = clip(desired - (active + warming)) to the
@@ -123,13 +131,21 @@ def simulate(policy: Policy, loads: np.ndarray, start_minutes: np.ndarray, noise
     return traj
 
 
-def score(policy: str, active: np.ndarray, delta: np.ndarray, load: np.ndarray, noise_key: int,
-          first_minute: int, p: FleetParams) -> Result:
+def score(
+    policy: str,
+    active: np.ndarray,
+    delta: np.ndarray,
+    load: np.ndarray,
+    noise_key: int,
+    first_minute: int,
+    p: FleetParams,
+) -> Result:
     """Realized and expected profit of one fleet-size path (1-D arrays over the scored minutes).
     `first_minute` is the fleet-core minute counter of the first scored minute (for the common noise)."""
     minutes = np.arange(first_minute, first_minute + load.shape[0])
     x = p.capacity_tpm_per_machine + p.capacity_sigma_tpm * standard_normal_at(
-        np.full(load.shape[0], noise_key, dtype=np.uint64), minutes)
+        np.full(load.shape[0], noise_key, dtype=np.uint64), minutes
+    )
     cap = np.maximum(np.trunc(active * x), 0.0)
     served = np.minimum(load, cap)
     down = (load > 0) & (served < p.downtime_served_share * load)
@@ -168,12 +184,12 @@ def backtest(runs: list[Run], policies: dict[str, Policy | None], params: FleetP
                 traj = simulate(pol, loads, starts, keys, p)
                 active, delta = traj.active[:, lead:], traj.delta[:, lead:]
             for j, i in enumerate(idx):
-                results[i].append(score(name, active[j], delta[j], loads[j, lead + 1:], int(keys[j]), lead + 1, p))
+                results[i].append(score(name, active[j], delta[j], loads[j, lead + 1 :], int(keys[j]), lead + 1, p))
                 actives[i][name] = active[j]
     report = Report()
     for i, r in enumerate(runs):
         report.runs.append({"load": r.name, "minutes": r.minutes, "results": [asdict(x) for x in results[i]]})
-        report.trajectories[r.name] = {"load_tpm": r.load_tpm[r.lead + 1:], **actives[i]}
+        report.trajectories[r.name] = {"load_tpm": r.load_tpm[r.lead + 1 :], **actives[i]}
     report.summary = summarize(report.runs, ORACLE in policies)
     return report
 
@@ -181,7 +197,7 @@ def backtest(runs: list[Run], policies: dict[str, Policy | None], params: FleetP
 def _oracle(loads: np.ndarray, lead: int, p: FleetParams) -> tuple[np.ndarray, np.ndarray]:
     """The oracle's fleet over the scored minutes; during a lead-in it starts from the seed's initial fleet
     and may grow at once (a policy had the lead-in to get there)."""
-    served = loads[:, lead + 1:]
+    served = loads[:, lead + 1 :]
     first_increase = p.warmup_minutes if lead == 0 else 0
     active = oracle_fleet(served, p, first_increase=first_increase)
     prev = np.concatenate([np.full((active.shape[0], 1), p.initial_machines), active[:, :-1]], axis=1)
@@ -195,9 +211,12 @@ def summarize(runs: list[dict], with_oracle: bool) -> list[dict]:
     for name in names:
         rows = [x for r in runs for x in r["results"] if x["policy"] == name]
         e = sum(x["expected_profit_usd"] for x in rows)
-        item = {"policy": name, "profit_usd": round(sum(x["profit_usd"] for x in rows), 2),
-                "expected_profit_usd": round(e, 2),
-                "downtime_minutes": int(sum(x["downtime_minutes"] for x in rows))}
+        item = {
+            "policy": name,
+            "profit_usd": round(sum(x["profit_usd"] for x in rows), 2),
+            "expected_profit_usd": round(e, 2),
+            "downtime_minutes": int(sum(x["downtime_minutes"] for x in rows)),
+        }
         if with_oracle:
             item["pct_of_oracle"] = round(100.0 * e / oracle_e, 2) if oracle_e > 0 else None
         out.append(item)
@@ -213,16 +232,21 @@ def format_table(report: Report, per_run: bool = False) -> str:
             parts.append(f"== {r['load']}\n" + format_table(one))
         parts.append("== all runs")
     minutes = sum(r["minutes"] for r in report.runs)
-    lines = [f"{len(report.runs)} run(s), {minutes} scored minutes",
-             f"{'policy':<28} {'profit $':>12} {'E[profit] $':>12} {'% oracle':>9} {'downtime min':>13} "
-             f"{'machine-min':>12}"]
-    machine_minutes = {s["policy"]: sum(x["machine_minutes"] for r in report.runs for x in r["results"]
-                                        if x["policy"] == s["policy"]) for s in report.summary}
+    lines = [
+        f"{len(report.runs)} run(s), {minutes} scored minutes",
+        f"{'policy':<28} {'profit $':>12} {'E[profit] $':>12} {'% oracle':>9} {'downtime min':>13} {'machine-min':>12}",
+    ]
+    machine_minutes = {
+        s["policy"]: sum(x["machine_minutes"] for r in report.runs for x in r["results"] if x["policy"] == s["policy"])
+        for s in report.summary
+    }
     for s in report.summary:
         pct = s.get("pct_of_oracle")
-        lines.append(f"{s['policy']:<28} {s['profit_usd']:>12,.0f} {s['expected_profit_usd']:>12,.0f} "
-                     f"{(f'{pct:.1f}' if pct is not None else '-'):>9} {s['downtime_minutes']:>13} "
-                     f"{machine_minutes[s['policy']]:>12,}")
+        lines.append(
+            f"{s['policy']:<28} {s['profit_usd']:>12,.0f} {s['expected_profit_usd']:>12,.0f} "
+            f"{(f'{pct:.1f}' if pct is not None else '-'):>9} {s['downtime_minutes']:>13} "
+            f"{machine_minutes[s['policy']]:>12,}"
+        )
     return "\n".join(parts + ["\n".join(lines)])
 
 
@@ -230,8 +254,9 @@ def write_json(report: Report, path: str | Path) -> None:
     Path(path).write_text(json.dumps(report.to_json(), indent=2) + "\n")
 
 
-def plot(report: Report, path: str | Path, params: FleetParams | None = None, max_runs: int = 3,
-         max_minutes: int = 2880) -> None:
+def plot(
+    report: Report, path: str | Path, params: FleetParams | None = None, max_runs: int = 3, max_minutes: int = 2880
+) -> None:
     """Load (as capacity needed) and capacity per policy for the first runs; downtime marked with x."""
     import matplotlib
 
@@ -241,7 +266,7 @@ def plot(report: Report, path: str | Path, params: FleetParams | None = None, ma
     p = params or FleetParams()
     names = list(report.trajectories)[:max_runs]
     fig, axes = plt.subplots(len(names), 1, figsize=(12, 3.2 * len(names)), squeeze=False)
-    for ax, name in zip(axes[:, 0], names):
+    for ax, name in zip(axes[:, 0], names, strict=False):
         tr = report.trajectories[name]
         load = tr["load_tpm"][:max_minutes]
         t = np.arange(load.shape[0])
@@ -250,7 +275,7 @@ def plot(report: Report, path: str | Path, params: FleetParams | None = None, ma
             if pol == "load_tpm":
                 continue
             a = active[:max_minutes]
-            line, = ax.plot(t, a * p.capacity_tpm_per_machine, lw=0.9, label=f"{pol} capacity")
+            (line,) = ax.plot(t, a * p.capacity_tpm_per_machine, lw=0.9, label=f"{pol} capacity")
             short = load > p.downtime_served_share * a * p.capacity_tpm_per_machine
             ax.plot(t[short], load[short], "x", color=line.get_color(), ms=5)
         ax.set_title(f"{name} (first {load.shape[0]} minutes; x = load above the mean capacity)")

@@ -1,4 +1,5 @@
 """Training-side subcommands: `backtest`, `traces generate`, `tune`, `train`, `policies`."""
+
 from __future__ import annotations
 
 import argparse
@@ -8,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from controller.cli import CliError
+from fleetpilot.controller.cli import CliError
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -34,6 +35,7 @@ def _positive(kind):
         if not v > 0:
             raise argparse.ArgumentTypeError(f"{text!r} must be positive")
         return v
+
     return conv
 
 
@@ -48,23 +50,39 @@ def _fraction(text: str) -> float:
 
 
 def add_load_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--trace", action="append", default=[], metavar="FILE", help="trace CSV (timestamp,requests); repeatable")
+    p.add_argument(
+        "--trace", action="append", default=[], metavar="FILE", help="trace CSV (timestamp,requests); repeatable"
+    )
     p.add_argument("--synthetic", action="store_true", help="the seed's synthetic load")
     p.add_argument("--seeds", default="1000..1009", help="synthetic seeds, A..B inclusive (default 1000..1009)")
-    p.add_argument("--minutes", type=_positive(int), default=None,
-                   help="scored minutes per run (synthetic: default 10000; traces: default the whole selection)")
+    p.add_argument(
+        "--minutes",
+        type=_positive(int),
+        default=None,
+        help="scored minutes per run (synthetic: default 10000; traces: default the whole selection)",
+    )
     p.add_argument("--peak-tpm", type=_positive(float), default=None, help="rescale each trace so its peak is this")
     p.add_argument("--fill-gaps", action="store_true", help="interpolate missing minutes in traces instead of refusing")
-    p.add_argument("--from", dest="start_fraction", type=_fraction, default=0.0,
-                   help="score each trace from this fraction of its length (default 0)")
-    p.add_argument("--to", dest="end_fraction", type=_fraction, default=1.0,
-                   help="score each trace up to this fraction of its length (default 1)")
+    p.add_argument(
+        "--from",
+        dest="start_fraction",
+        type=_fraction,
+        default=0.0,
+        help="score each trace from this fraction of its length (default 0)",
+    )
+    p.add_argument(
+        "--to",
+        dest="end_fraction",
+        type=_fraction,
+        default=1.0,
+        help="score each trace up to this fraction of its length (default 1)",
+    )
 
 
 def build_runs(args) -> list:
-    from policies.observation import HISTORY_MINUTES
-    from training.backtest import synthetic_run, trace_run
-    from training.load import read_trace
+    from fleetpilot.policies.observation import HISTORY_MINUTES
+    from fleetpilot.training.backtest import synthetic_run, trace_run
+    from fleetpilot.training.load import read_trace
 
     if args.synthetic and args.trace:
         raise CliError("use either --synthetic or --trace, not both")
@@ -93,8 +111,8 @@ def build_runs(args) -> list:
 
 
 def cmd_backtest(args) -> int:
-    from policies.registry import make_policy
-    from training.backtest import ORACLE, backtest, format_table, plot, write_json
+    from fleetpilot.policies.registry import make_policy
+    from fleetpilot.training.backtest import ORACLE, backtest, format_table, plot, write_json
 
     if args.plot and not args.plot.lower().endswith(".png"):
         raise CliError(f"--plot {args.plot}: the plot is written as PNG; give a FILE.png")
@@ -104,7 +122,7 @@ def cmd_backtest(args) -> int:
     names = args.policy or ["static", "target-tracking", "step", "predictive", ORACLE]
     if len(set(names)) != len(names):
         raise CliError("a --policy is given twice")
-    from policies.registry import PolicyError
+    from fleetpilot.policies.registry import PolicyError
 
     try:
         policies = {n: (None if n == ORACLE else make_policy(n)) for n in names}
@@ -129,7 +147,7 @@ def cmd_backtest(args) -> int:
 def cmd_traces_generate(args) -> int:
     import numpy as np
 
-    from training.load import Load, synthetic_load, write_trace
+    from fleetpilot.training.load import Load, synthetic_load, write_trace
 
     if not Path(args.out).resolve().parent.is_dir():
         raise CliError(f"cannot write {args.out}: directory {Path(args.out).resolve().parent} does not exist")
@@ -140,7 +158,7 @@ def cmd_traces_generate(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    from training.tune import tune
+    from fleetpilot.training.tune import tune
 
     best = tune(args.policy, build_runs(args))
     print(json.dumps(best, indent=2))
@@ -150,8 +168,13 @@ def cmd_tune(args) -> int:
 def add_commands(sub) -> None:
     p = sub.add_parser("backtest", help="replay policies on loads with common random numbers")
     add_load_options(p)
-    p.add_argument("--policy", action="append", default=[], metavar="NAME",
-                   help="static, target-tracking, step, predictive, cushion, oracle, default, or a model directory; repeatable")
+    p.add_argument(
+        "--policy",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="static, target-tracking, step, predictive, cushion, oracle, default, or a model directory; repeatable",
+    )
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="plot load and capacity per policy")
     p.add_argument("--per-run", action="store_true", help="print a table per run before the summary")
@@ -178,8 +201,8 @@ def _train_config(path: str | None, args):
 
     import yaml
 
-    from training.params import FleetParams
-    from training.ppo import PPOConfig
+    from fleetpilot.training.params import FleetParams
+    from fleetpilot.training.ppo import PPOConfig
 
     data: dict = {}
     if path:
@@ -213,13 +236,13 @@ def _train_config(path: str | None, args):
 def cmd_train(args) -> int:
     import dataclasses
 
-    from policies.observation import HISTORY_MINUTES
-    from policies.registry import make_policy
-    from training.backtest import backtest, format_table, trace_run
-    from training.env import LoadSampler
-    from training.export import write_model
-    from training.load import Augment, read_trace
-    from training.ppo import TorchPolicy, train, validation_runs
+    from fleetpilot.policies.observation import HISTORY_MINUTES
+    from fleetpilot.policies.registry import make_policy
+    from fleetpilot.training.backtest import backtest, format_table, trace_run
+    from fleetpilot.training.env import LoadSampler
+    from fleetpilot.training.export import write_model
+    from fleetpilot.training.load import Augment, read_trace
+    from fleetpilot.training.ppo import TorchPolicy, train, validation_runs
 
     cfg, fleet = _train_config(args.config, args)
     out = Path(args.out)
@@ -238,8 +261,15 @@ def cmd_train(args) -> int:
                 raise CliError(f"{path}: {train_part.minutes} training minutes; at least a day (1441) is needed")
             train_parts.append(train_part)
             val_runs.append(trace_run(load, held, load.minutes - held - 1, HISTORY_MINUTES))
-            loads_info.append({"trace": str(path), "minutes": load.minutes, "train_minutes": cut,
-                               "validation_minutes": load.minutes - held - 1, "peak_tpm": args.peak_tpm})
+            loads_info.append(
+                {
+                    "trace": str(path),
+                    "minutes": load.minutes,
+                    "train_minutes": cut,
+                    "validation_minutes": load.minutes - held - 1,
+                    "peak_tpm": args.peak_tpm,
+                }
+            )
         episode = min(cfg.episode_minutes, min(t.minutes for t in train_parts) - 1)
         cfg = dataclasses.replace(cfg, episode_minutes=episode)
         sampler = LoadSampler(traces=train_parts, augment=Augment(), max_load_tpm=fleet.max_load_tpm)
@@ -247,38 +277,56 @@ def cmd_train(args) -> int:
         val_runs = validation_runs(cfg)
     t0 = time.perf_counter()
     budget = args.budget_minutes * 60 if args.budget_minutes else None
-    result = train(cfg, out, sampler=sampler, fleet=fleet, val_runs=val_runs, budget_seconds=budget,
-                   resume=not args.no_resume)
+    result = train(
+        cfg, out, sampler=sampler, fleet=fleet, val_runs=val_runs, budget_seconds=budget, resume=not args.no_resume
+    )
     seconds = time.perf_counter() - t0
     learned = TorchPolicy(result["agent"], result["mapping"], name=args.name)
-    pols = {args.name: learned, "target-tracking": make_policy("target-tracking"),
-            "predictive": make_policy("predictive"), "step": make_policy("step"), "cushion": make_policy("cushion"),
-            "oracle": None}
+    pols = {
+        args.name: learned,
+        "target-tracking": make_policy("target-tracking"),
+        "predictive": make_policy("predictive"),
+        "step": make_policy("step"),
+        "cushion": make_policy("cushion"),
+        "oracle": None,
+    }
     report = backtest(val_runs, pols, fleet)
     print(format_table(report))
     command = "fleetpilot train " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["train"] else None
-    training_info = {"ppo": dataclasses.asdict(cfg), "steps": result["steps"], "seconds": round(seconds, 1),
-                     "start_rule": result["start_rule"], "selected_update": result["selected_update"],
-                     "loads": loads_info or [{"synthetic": "seed generator", "validation_seeds": list(cfg.eval_seeds)}],
-                     "command": command}
+    training_info = {
+        "ppo": dataclasses.asdict(cfg),
+        "steps": result["steps"],
+        "seconds": round(seconds, 1),
+        "start_rule": result["start_rule"],
+        "selected_update": result["selected_update"],
+        "loads": loads_info or [{"synthetic": "seed generator", "validation_seeds": list(cfg.eval_seeds)}],
+        "command": command,
+    }
     validation = {"runs": [r["load"] for r in report.runs], "summary": report.summary}
-    manifest = write_model(result["agent"], result["mapping"], out, args.name, fleet.model_dump(), training_info,
-                           validation)
+    manifest = write_model(
+        result["agent"], result["mapping"], out, args.name, fleet.model_dump(), training_info, validation
+    )
     print(f"wrote {out / 'policy.onnx'} and {manifest}")
     return 0
 
 
 def cmd_policies_list(args) -> int:
-    from policies.onnx_policy import ModelError, read_manifest
-    from policies.registry import MODELS_DIR, RULES, shipped_models
+    from fleetpilot.policies.onnx_policy import ModelError, read_manifest
+    from fleetpilot.policies.registry import MODELS_DIR, RULES, shipped_models
 
     for name in RULES:
         print(f"{name:<18} rule")
     for name in shipped_models():
         try:
             m = read_manifest(MODELS_DIR / name)
-            pct = next((s.get("pct_of_oracle") for s in m.get("validation", {}).get("summary", [])
-                        if s.get("policy") == m.get("name")), None)
+            pct = next(
+                (
+                    s.get("pct_of_oracle")
+                    for s in m.get("validation", {}).get("summary", [])
+                    if s.get("policy") == m.get("name")
+                ),
+                None,
+            )
             extra = f" validation {pct}% of oracle" if pct is not None else ""
             print(f"{name:<18} model (obs v{m['observation'].get('version')}){extra}")
         except ModelError as exc:
@@ -287,8 +335,8 @@ def cmd_policies_list(args) -> int:
 
 
 def cmd_policies_inspect(args) -> int:
-    from policies.onnx_policy import verify
-    from policies.registry import RULES, make_policy, model_dir
+    from fleetpilot.policies.onnx_policy import verify
+    from fleetpilot.policies.registry import RULES, make_policy, model_dir
 
     if args.name in RULES:
         pol = make_policy(args.name)
@@ -305,12 +353,18 @@ def cmd_policies_inspect(args) -> int:
 
 def add_training_commands(sub) -> None:
     t = sub.add_parser("train", help="train a PPO policy on synthetic load or your own history; export ONNX")
-    t.add_argument("--trace", action="append", default=[], metavar="FILE", help="history CSV (timestamp,requests); repeatable")
+    t.add_argument(
+        "--trace", action="append", default=[], metavar="FILE", help="history CSV (timestamp,requests); repeatable"
+    )
     t.add_argument("--peak-tpm", type=_positive(float), default=None, help="rescale each trace so its peak is this")
     t.add_argument("--fill-gaps", action="store_true", help="interpolate missing minutes in traces")
-    t.add_argument("--holdout", type=_fraction, default=1 / 3, help="last share of each trace kept for validation (default 1/3)")
+    t.add_argument(
+        "--holdout", type=_fraction, default=1 / 3, help="last share of each trace kept for validation (default 1/3)"
+    )
     t.add_argument("--budget-minutes", type=_positive(float), default=None, help="stop training after this wall time")
-    t.add_argument("--steps", type=_positive(int), default=None, help="fleet-minutes of experience (overrides the config)")
+    t.add_argument(
+        "--steps", type=_positive(int), default=None, help="fleet-minutes of experience (overrides the config)"
+    )
     t.add_argument("--seed", type=int, default=None)
     t.add_argument("--config", metavar="FILE", help="YAML of PPO settings (training.ppo.PPOConfig fields, plus fleet:)")
     t.add_argument("--name", default="default", help="model name recorded in the manifest")

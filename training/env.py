@@ -21,6 +21,7 @@ Never terminated; truncated after `episode_minutes` minutes (10,000), or when an
 Options of `reset`: `load` (an array of minutes + 1 loads: minute 0 is observed at reset, the rest are stepped)
 and `start_minute` (minutes since the epoch of minute 0, for time-of-day features).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -31,10 +32,10 @@ from gymnasium import spaces
 from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 
-from policies.observation import OBS_DIM, ObservationBuilder
-from training.fleet import FleetCore, expected_reward
-from training.load import Augment, Load, SYNTHETIC_START, sample_window, synthetic_load
-from training.params import FleetParams, SyntheticLoadParams
+from fleetpilot.policies.observation import OBS_DIM, ObservationBuilder
+from fleetpilot.training.fleet import FleetCore, expected_reward
+from fleetpilot.training.load import SYNTHETIC_START, Augment, Load, sample_window, synthetic_load
+from fleetpilot.training.params import FleetParams, SyntheticLoadParams
 
 _OBS_SPACE = spaces.Box(-10.0, 10.0, (OBS_DIM,), np.float32)
 
@@ -42,8 +43,13 @@ _OBS_SPACE = spaces.Box(-10.0, 10.0, (OBS_DIM,), np.float32)
 class LoadSampler:
     """Draws the load of one episode: the seed's synthetic load, or windows of real traces (augmented)."""
 
-    def __init__(self, traces: list[Load] | None = None, synthetic: SyntheticLoadParams | None = None,
-                 augment: Augment | None = None, max_load_tpm: float = 100_000.0):
+    def __init__(
+        self,
+        traces: list[Load] | None = None,
+        synthetic: SyntheticLoadParams | None = None,
+        augment: Augment | None = None,
+        max_load_tpm: float = 100_000.0,
+    ):
         self.traces = list(traces or [])
         self.synthetic = synthetic or SyntheticLoadParams()
         self.augment = augment
@@ -52,8 +58,10 @@ class LoadSampler:
     def sample(self, rng: np.random.Generator, minutes: int) -> tuple[np.ndarray, int]:
         """(load of `minutes` minutes, epoch minute of its first value)."""
         if not self.traces:
-            return (synthetic_load(rng, minutes, self.synthetic, self.max_load_tpm),
-                    int(SYNTHETIC_START.timestamp() // 60))
+            return (
+                synthetic_load(rng, minutes, self.synthetic, self.max_load_tpm),
+                int(SYNTHETIC_START.timestamp() // 60),
+            )
         fits = [t for t in self.traces if t.minutes >= minutes]
         if not fits:
             raise ValueError(f"no trace has the {minutes} minutes an episode needs")
@@ -70,8 +78,12 @@ class WebFleetEnv(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, fleet: FleetParams | dict | None = None, sampler: LoadSampler | None = None,
-                 episode_minutes: int | None = None):
+    def __init__(
+        self,
+        fleet: FleetParams | dict | None = None,
+        sampler: LoadSampler | None = None,
+        episode_minutes: int | None = None,
+    ):
         self.params = _params(fleet)
         self.sampler = sampler or LoadSampler(max_load_tpm=self.params.max_load_tpm)
         self.episode_minutes = int(episode_minutes or self.params.episode_minutes)
@@ -92,7 +104,7 @@ class WebFleetEnv(gym.Env):
             self.start_minute = int(options.get("start_minute", SYNTHETIC_START.timestamp() // 60))
         else:
             self.load, self.start_minute = self.sampler.sample(self.np_random, self.episode_minutes + 1)
-        key = self.np_random.integers(0, 2 ** 63, dtype=np.uint64)
+        key = self.np_random.integers(0, 2**63, dtype=np.uint64)
         self.core.reset(slice(None), key)
         self.builder.reset()
         self.t = 0
@@ -103,13 +115,17 @@ class WebFleetEnv(gym.Env):
         if not self.action_space.contains(action):
             raise ValueError(f"action {action!r} is not in {self.action_space}")
         self.t += 1
-        out = self.core.step(np.array([int(action) - self.d]), self.load[self.t:self.t + 1])
+        out = self.core.step(np.array([int(action) - self.d]), self.load[self.t : self.t + 1])
         self.builder.update(out.load_tpm, out.active, self.core.warming, np.array([self.start_minute + self.t]))
         obs = self.builder.observation().features[0]
         truncated = self.t >= min(self.episode_minutes, self.load.shape[0] - 1)
-        info = {"load_tpm": float(out.load_tpm[0]), "active": int(out.active[0]),
-                "warming": int(self.core.warming[0]), "capacity_tpm": float(out.capacity_tpm[0]),
-                "down": bool(out.down[0])}
+        info = {
+            "load_tpm": float(out.load_tpm[0]),
+            "active": int(out.active[0]),
+            "warming": int(self.core.warming[0]),
+            "capacity_tpm": float(out.capacity_tpm[0]),
+            "down": bool(out.down[0]),
+        }
         return obs, float(out.reward[0]), False, bool(truncated), info
 
 
@@ -119,9 +135,15 @@ class WebFleetVectorEnv(VectorEnv):
 
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
 
-    def __init__(self, num_envs: int = 1, fleet: FleetParams | dict | None = None, sampler: LoadSampler | None = None,
-                 episode_minutes: int | None = None, max_episode_steps: int | None = None,
-                 expected_reward: bool = False):
+    def __init__(
+        self,
+        num_envs: int = 1,
+        fleet: FleetParams | dict | None = None,
+        sampler: LoadSampler | None = None,
+        episode_minutes: int | None = None,
+        max_episode_steps: int | None = None,
+        expected_reward: bool = False,
+    ):
         self.params = _params(fleet)
         #: reward = the expected reward over the capacity noise (same objective, lower variance: for training)
         self.expected_reward = bool(expected_reward)
@@ -134,8 +156,9 @@ class WebFleetVectorEnv(VectorEnv):
         self.single_observation_space = _OBS_SPACE
         self.observation_space = spaces.Box(-10.0, 10.0, (self.num_envs, OBS_DIM), np.float32)
         self.core = FleetCore(self.num_envs, self.params)
-        self.builder = ObservationBuilder(self.num_envs, self.params.capacity_tpm_per_machine,
-                                          self.params.warmup_minutes)
+        self.builder = ObservationBuilder(
+            self.num_envs, self.params.capacity_tpm_per_machine, self.params.warmup_minutes
+        )
         self.loads = np.zeros((self.num_envs, self.episode_minutes + 1))
         self.length = np.full(self.num_envs, self.episode_minutes, dtype=np.int64)
         self.start_minute = np.zeros(self.num_envs, dtype=np.int64)
@@ -156,7 +179,7 @@ class WebFleetVectorEnv(VectorEnv):
             else:
                 self.loads[i], self.start_minute[i] = self.sampler.sample(self.rngs[i], self.episode_minutes + 1)
                 self.length[i] = self.episode_minutes
-            self.core.reset(i, self.rngs[i].integers(0, 2 ** 63, dtype=np.uint64))
+            self.core.reset(i, self.rngs[i].integers(0, 2**63, dtype=np.uint64))
         self.t[rows] = 0
         self.builder.reset(rows)
 
@@ -182,8 +205,7 @@ class WebFleetVectorEnv(VectorEnv):
         self.builder.update(out.load_tpm, out.active, warming, self.start_minute + self.t)
         truncated = self.t >= self.length
         terminated = np.zeros(self.num_envs, dtype=bool)
-        info: dict[str, Any] = {"load_tpm": out.load_tpm, "active": out.active, "warming": warming,
-                                "down": out.down}
+        info: dict[str, Any] = {"load_tpm": out.load_tpm, "active": out.active, "warming": warming, "down": out.down}
         if truncated.any():
             final = self.builder.observation().features
             done = np.nonzero(truncated)[0]

@@ -3,6 +3,7 @@
 The graph: features (N, OBS_DIM) float32 -> Gemm -> Tanh -> Gemm -> Tanh -> Gemm = logits (N, A) -> ArgMax =
 action (N,) int64. No observation normalization to fold: the builder's features are already scaled.
 """
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from policies.observation import FEATURE_NAMES, OBS_DIM, OBS_VERSION
-from policies.onnx_policy import MANIFEST_FORMAT, sha256_of
+from fleetpilot.policies.observation import FEATURE_NAMES, OBS_DIM, OBS_VERSION
+from fleetpilot.policies.onnx_policy import MANIFEST_FORMAT, sha256_of
 
 OPSET = 17
 
@@ -37,19 +38,22 @@ def actor_to_onnx(agent, path: Path) -> None:
     nodes.append(helper.make_node("ArgMax", ["logits"], ["action"], axis=1, keepdims=0))
     n_actions = linears[-1].weight.shape[0]
     graph = helper.make_graph(
-        nodes, "fleetpilot_actor",
+        nodes,
+        "fleetpilot_actor",
         [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", OBS_DIM])],
-        [helper.make_tensor_value_info("action", TensorProto.INT64, ["N"]),
-         helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", n_actions])],
-        inits)
+        [
+            helper.make_tensor_value_info("action", TensorProto.INT64, ["N"]),
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", n_actions]),
+        ],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="fleetpilot")
     model.ir_version = 8
     onnx.checker.check_model(model)
     path.write_bytes(model.SerializeToString())
 
 
-def write_model(agent, mapping, out_dir: Path, name: str, simulator: dict, training: dict,
-                validation: dict) -> Path:
+def write_model(agent, mapping, out_dir: Path, name: str, simulator: dict, training: dict, validation: dict) -> Path:
     """policy.onnx + manifest.json in out_dir; returns the manifest path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -70,8 +74,10 @@ def write_model(agent, mapping, out_dir: Path, name: str, simulator: dict, train
         "sha256": sha256_of(model),
         "observation": {"version": OBS_VERSION, "dim": OBS_DIM, "features": list(FEATURE_NAMES)},
         "inputs": {"features": {"dtype": "float32", "shape": ["N", OBS_DIM]}},
-        "outputs": {"action": {"dtype": "int64", "shape": ["N"]},
-                    "logits": {"dtype": "float32", "shape": ["N", mapping.n]}},
+        "outputs": {
+            "action": {"dtype": "int64", "shape": ["N"]},
+            "logits": {"dtype": "float32", "shape": ["N", mapping.n]},
+        },
         "action_mapping": mapping.to_json(),
         "simulator": simulator,
         "training": training,

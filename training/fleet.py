@@ -12,19 +12,20 @@ Fixed seed defects: a minute with zero load is not downtime (the seed divided by
 noise is a counter-based normal drawn from (noise key, minute), so every policy replayed on the same load sees
 the same capacity in the same minute (common random numbers), and a fleet needs no sequential RNG state.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
 
-from training.params import FleetParams
+from fleetpilot.training.params import FleetParams
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 _S30, _S27, _S31, _S11 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(11)
-_TWO53 = float(2 ** 53)
+_TWO53 = float(2**53)
 
 
 _TWO_PI = 2.0 * np.pi
@@ -93,9 +94,11 @@ def expected_reward(active: np.ndarray, load_tpm: np.ndarray, p: FleetParams) ->
             served = np.minimum(load, cap)
     p_down = np.where(load > 0, p_down, 0.0)
     served = np.clip(served, 0.0, load)
-    return (served * p.revenue_usd_per_1k_transactions / 1000.0
-            - n * p.machine_cost_usd_per_minute
-            - p_down * p.downtime_cost_usd_per_minute)
+    return (
+        served * p.revenue_usd_per_1k_transactions / 1000.0
+        - n * p.machine_cost_usd_per_minute
+        - p_down * p.downtime_cost_usd_per_minute
+    )
 
 
 @dataclass

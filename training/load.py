@@ -3,21 +3,22 @@
 A load is a float64 array of transactions per minute, one entry per minute, with the UTC time of its first
 minute. All randomness comes from the `numpy.random.Generator` passed in (the env's `np_random`).
 """
+
 from __future__ import annotations
 
 import csv
 import io
 import math
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 
-from training.params import SyntheticLoadParams
+from fleetpilot.training.params import SyntheticLoadParams
 
 #: Synthetic loads have no calendar; they start on this Monday, 00:00 UTC (their daily phase is random anyway).
-SYNTHETIC_START = datetime(2026, 1, 5, tzinfo=timezone.utc)
+SYNTHETIC_START = datetime(2026, 1, 5, tzinfo=UTC)
 
 
 class TraceError(ValueError):
@@ -40,13 +41,16 @@ class Load:
         """Minutes since the Unix epoch of the first value (used for time-of-day features)."""
         return int(self.start.timestamp() // 60)
 
-    def window(self, first: int, minutes: int, name: str | None = None) -> "Load":
+    def window(self, first: int, minutes: int, name: str | None = None) -> Load:
         if first < 0 or first + minutes > self.minutes:
             raise ValueError(f"window [{first}, {first + minutes}) is outside {self.name} ({self.minutes} minutes)")
-        return Load(name or f"{self.name}[{first}:{first + minutes}]", self.load_tpm[first:first + minutes].copy(),
-                    self.start + timedelta(minutes=first))
+        return Load(
+            name or f"{self.name}[{first}:{first + minutes}]",
+            self.load_tpm[first : first + minutes].copy(),
+            self.start + timedelta(minutes=first),
+        )
 
-    def rescaled(self, peak_tpm: float) -> "Load":
+    def rescaled(self, peak_tpm: float) -> Load:
         """The same shape with its maximum at `peak_tpm`."""
         peak = float(self.load_tpm.max()) if self.minutes else 0.0
         if peak <= 0:
@@ -54,8 +58,9 @@ class Load:
         return Load(self.name, self.load_tpm * (peak_tpm / peak), self.start)
 
 
-def synthetic_load(rng: np.random.Generator, minutes: int, params: SyntheticLoadParams | None = None,
-                   max_load_tpm: float = 100_000.0) -> np.ndarray:
+def synthetic_load(
+    rng: np.random.Generator, minutes: int, params: SyntheticLoadParams | None = None, max_load_tpm: float = 100_000.0
+) -> np.ndarray:
     """The seed's `LoadSimulator` for `minutes` minutes (its minute counter starts at 1).
 
     Fixed seed defects: randomness from `rng`, not the global RNG; the last minute of a spike no longer adds a
@@ -104,8 +109,8 @@ def _parse_time(text: str) -> datetime:
         s = s[:-1] + "+00:00"
     ts = datetime.fromisoformat(s)
     if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=timezone.utc)
-    return ts.astimezone(timezone.utc)
+        ts = ts.replace(tzinfo=UTC)
+    return ts.astimezone(UTC)
 
 
 def read_trace(path: str | Path, fill_gaps: bool = False) -> Load:
@@ -171,8 +176,10 @@ def read_trace(path: str | Path, fill_gaps: bool = False) -> Load:
                     if m < prev:
                         raise TraceError(f"{name}:{line}: timestamp {row[it].strip()} is earlier than the row before")
                     if m > prev + 1 and not fill_gaps:
-                        raise TraceError(f"{name}:{line}: gap of {m - prev - 1} minute(s) before {row[it].strip()} "
-                                         "(use --fill-gaps to interpolate)")
+                        raise TraceError(
+                            f"{name}:{line}: gap of {m - prev - 1} minute(s) before {row[it].strip()} "
+                            "(use --fill-gaps to interpolate)"
+                        )
                 times.append(m)
                 values.append(v)
                 prev = m
@@ -185,7 +192,7 @@ def read_trace(path: str | Path, fill_gaps: bool = False) -> Load:
     if t[-1] - t[0] + 1 != t.size:  # only reachable with fill_gaps
         full = np.arange(t[0], t[-1] + 1)
         v = np.interp(full, t, v)
-    start = datetime.fromtimestamp(int(t[0]) * 60, tz=timezone.utc)
+    start = datetime.fromtimestamp(int(t[0]) * 60, tz=UTC)
     return Load(path.stem, v, start)
 
 

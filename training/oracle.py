@@ -7,14 +7,15 @@ maximizes the sum of expected rewards (`training.fleet.expected_reward`). It rel
 net action per minute (it may add and remove in the same minute), so it is an upper bound on every policy
 evaluated on the same load.
 """
+
 from __future__ import annotations
 
 import math
 
 import numpy as np
 
-from training.fleet import expected_reward
-from training.params import FleetParams
+from fleetpilot.training.fleet import expected_reward
+from fleetpilot.training.params import FleetParams
 
 
 def _size_bound(loads: np.ndarray, p: FleetParams) -> int:
@@ -24,8 +25,9 @@ def _size_bound(loads: np.ndarray, p: FleetParams) -> int:
     return int(min(p.max_machines, max(need, p.initial_machines)))
 
 
-def oracle_fleet(loads: np.ndarray, p: FleetParams, initial: np.ndarray | int | None = None,
-                 first_increase: int | None = None) -> np.ndarray:
+def oracle_fleet(
+    loads: np.ndarray, p: FleetParams, initial: np.ndarray | int | None = None, first_increase: int | None = None
+) -> np.ndarray:
     """Best active fleet size per minute, (N, T) int64, for loads (N, T) of the minutes to be served.
 
     `initial`: active machines before the first minute (default p.initial_machines); `first_increase`: the

@@ -4,6 +4,7 @@ The agent sees the features of the one observation builder and picks a discrete 
 `ActionMapping` (a utilization target and a cushion); the mapping turns it into a desired capacity, and the
 env applies the step limits. Training runs on the numpy vector env (`WebFleetVectorEnv`).
 """
+
 from __future__ import annotations
 
 import copy
@@ -18,13 +19,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from policies.actions import ActionMapping
-from policies.base import PolicyOutput
-from policies.cushion import RuleActions
-from policies.observation import OBS_DIM, Observation
-from training.backtest import backtest, synthetic_run
-from training.env import LoadSampler, WebFleetVectorEnv
-from training.params import FleetParams
+from fleetpilot.policies.actions import ActionMapping
+from fleetpilot.policies.base import PolicyOutput
+from fleetpilot.policies.cushion import RuleActions
+from fleetpilot.policies.observation import OBS_DIM, Observation
+from fleetpilot.training.backtest import backtest, synthetic_run
+from fleetpilot.training.env import LoadSampler, WebFleetVectorEnv
+from fleetpilot.training.params import FleetParams
+
+SQRT2 = math.sqrt(2)  #: orthogonal init gain of the hidden layers (CleanRL)
 
 
 @dataclass
@@ -105,16 +108,18 @@ class Agent(nn.Module):
     def __init__(self, n_actions: int, hidden: int = 64):
         super().__init__()
 
-        def layer(i, o, std=math.sqrt(2)):
+        def layer(i, o, std=SQRT2):
             lin = nn.Linear(i, o)
             nn.init.orthogonal_(lin.weight, std)
             nn.init.zeros_(lin.bias)
             return lin
 
-        self.actor = nn.Sequential(layer(OBS_DIM, hidden), nn.Tanh(), layer(hidden, hidden), nn.Tanh(),
-                                   layer(hidden, n_actions, 0.01))
-        self.critic = nn.Sequential(layer(OBS_DIM, hidden), nn.Tanh(), layer(hidden, hidden), nn.Tanh(),
-                                    layer(hidden, 1, 1.0))
+        self.actor = nn.Sequential(
+            layer(OBS_DIM, hidden), nn.Tanh(), layer(hidden, hidden), nn.Tanh(), layer(hidden, n_actions, 0.01)
+        )
+        self.critic = nn.Sequential(
+            layer(OBS_DIM, hidden), nn.Tanh(), layer(hidden, hidden), nn.Tanh(), layer(hidden, 1, 1.0)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Deterministic action (argmax of the logits): what is exported to ONNX."""
@@ -136,8 +141,9 @@ class TorchPolicy:
         return PolicyOutput(self.mapping.desired(k, obs), k.astype(np.int64))
 
 
-def _draw_loads(fleet: FleetParams, sampler: LoadSampler | None, seed: int, n_loads: int,
-                minutes: int) -> tuple[np.ndarray, np.ndarray]:
+def _draw_loads(
+    fleet: FleetParams, sampler: LoadSampler | None, seed: int, n_loads: int, minutes: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(n_loads, minutes + 1) training loads and their start minutes, drawn from `seed` alone."""
     sampler = sampler or LoadSampler(max_load_tpm=fleet.max_load_tpm)
     rng = np.random.default_rng([seed, 7919])
@@ -145,31 +151,43 @@ def _draw_loads(fleet: FleetParams, sampler: LoadSampler | None, seed: int, n_lo
     return np.stack([d[0] for d in drawn]), np.array([d[1] for d in drawn])
 
 
-def _best_of_grid(mapping: ActionMapping, fleet: FleetParams, loads: np.ndarray, starts: np.ndarray,
-                  main: int | None, window: int, quiet: int = 0) -> int:
+def _best_of_grid(
+    mapping: ActionMapping,
+    fleet: FleetParams,
+    loads: np.ndarray,
+    starts: np.ndarray,
+    main: int | None,
+    window: int,
+    quiet: int = 0,
+) -> int:
     """The grid action earning most on `loads`: as the main action (main None) or as the jump action."""
-    from training.backtest import simulate
-    from training.fleet import expected_reward
+    from fleetpilot.training.backtest import simulate
+    from fleetpilot.training.fleet import expected_reward
 
     n_loads = loads.shape[0]
     rows = np.repeat(np.arange(mapping.n), n_loads)
-    rule = (RuleActions(mapping, rows) if main is None
-            else RuleActions(mapping, np.full_like(rows, main), rows, window, quiet))
+    rule = (
+        RuleActions(mapping, rows)
+        if main is None
+        else RuleActions(mapping, np.full_like(rows, main), rows, window, quiet)
+    )
     tiled = np.tile(loads, (mapping.n, 1))
     traj = simulate(rule, tiled, np.tile(starts, mapping.n), np.zeros(rows.shape[0], dtype=np.uint64), fleet)
     e = expected_reward(traj.active, tiled[:, 1:], fleet).sum(axis=1)
     return int(np.argmax(e.reshape(mapping.n, n_loads).sum(axis=1)))
 
 
-def best_fixed_action(mapping: ActionMapping, fleet: FleetParams, sampler: LoadSampler | None, seed: int,
-                      n_loads: int, minutes: int) -> int:
+def best_fixed_action(
+    mapping: ActionMapping, fleet: FleetParams, sampler: LoadSampler | None, seed: int, n_loads: int, minutes: int
+) -> int:
     """The grid action with the highest expected profit as a fixed rule on `n_loads` training episodes."""
     loads, starts = _draw_loads(fleet, sampler, seed, n_loads, minutes)
     return _best_of_grid(mapping, fleet, loads, starts, None, 0)
 
 
-def choose_start_rule(cfg: "PPOConfig", mapping: ActionMapping, fleet: FleetParams, loads: np.ndarray,
-                      starts: np.ndarray) -> RuleActions:
+def choose_start_rule(
+    cfg: PPOConfig, mapping: ActionMapping, fleet: FleetParams, loads: np.ndarray, starts: np.ndarray
+) -> RuleActions:
     """The rule PPO starts from (see `PPOConfig.init_action` and `init_jump_action`), chosen on `loads`."""
     window, quiet = cfg.init_jump_window_minutes, cfg.init_jump_quiet_minutes
 
@@ -202,10 +220,11 @@ class _Recorder:
         return out
 
 
-def imitate(agent: "Agent", rule: RuleActions, fleet: FleetParams, loads: np.ndarray, starts: np.ndarray,
-            cfg: "PPOConfig") -> float:
+def imitate(
+    agent: Agent, rule: RuleActions, fleet: FleetParams, loads: np.ndarray, starts: np.ndarray, cfg: PPOConfig
+) -> float:
     """Fit the actor to `rule`'s decisions on `loads` (cross-entropy); returns the share of them it matches."""
-    from training.backtest import simulate
+    from fleetpilot.training.backtest import simulate
 
     rec = _Recorder(rule)
     simulate(rec, loads, starts, np.zeros(loads.shape[0], dtype=np.uint64), fleet)
@@ -217,7 +236,7 @@ def imitate(agent: "Agent", rule: RuleActions, fleet: FleetParams, loads: np.nda
     for _ in range(cfg.imitation_epochs):
         perm = torch.randperm(x.shape[0], generator=gen)
         for s in range(0, x.shape[0], mb):
-            i = perm[s:s + mb]
+            i = perm[s : s + mb]
             loss = nn.functional.cross_entropy(agent.actor(x[i]), y[i])
             opt.zero_grad()
             loss.backward()
@@ -253,9 +272,16 @@ def _plot_curve(log_rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def train(cfg: PPOConfig, out: Path, sampler: LoadSampler | None = None, fleet: FleetParams | None = None,
-          val_runs: list | None = None, budget_seconds: float | None = None, resume: bool = True,
-          progress: bool = True) -> dict:
+def train(
+    cfg: PPOConfig,
+    out: Path,
+    sampler: LoadSampler | None = None,
+    fleet: FleetParams | None = None,
+    val_runs: list | None = None,
+    budget_seconds: float | None = None,
+    resume: bool = True,
+    progress: bool = True,
+) -> dict:
     """Train; writes out/checkpoint.pt (resumable), out/train_log.jsonl, out/learning_curve.png.
     Before PPO, the actor imitates a starting rule chosen on training loads (`choose_start_rule`, `imitate`).
     Returns {"agent": Agent, "mapping": ActionMapping, "validation": last validation summary, "steps": int,
@@ -266,11 +292,19 @@ def train(cfg: PPOConfig, out: Path, sampler: LoadSampler | None = None, fleet: 
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     fleet = fleet or FleetParams()
-    train_fleet = fleet if cfg.downtime_cost_usd_per_minute is None else fleet.model_copy(
-        update={"downtime_cost_usd_per_minute": cfg.downtime_cost_usd_per_minute})
+    train_fleet = (
+        fleet
+        if cfg.downtime_cost_usd_per_minute is None
+        else fleet.model_copy(update={"downtime_cost_usd_per_minute": cfg.downtime_cost_usd_per_minute})
+    )
     mapping = ActionMapping.from_json(cfg.mapping)
-    env = WebFleetVectorEnv(cfg.num_envs, fleet=train_fleet, sampler=sampler, episode_minutes=cfg.episode_minutes,
-                            expected_reward=cfg.expected_reward)
+    env = WebFleetVectorEnv(
+        cfg.num_envs,
+        fleet=train_fleet,
+        sampler=sampler,
+        episode_minutes=cfg.episode_minutes,
+        expected_reward=cfg.expected_reward,
+    )
     agent = Agent(mapping.n, cfg.hidden)
     ckpt = out / "checkpoint.pt"
     resuming = resume and ckpt.is_file()
@@ -278,13 +312,20 @@ def train(cfg: PPOConfig, out: Path, sampler: LoadSampler | None = None, fleet: 
     if not resuming:
         loads, starts = _draw_loads(train_fleet, sampler, cfg.seed, cfg.init_loads, cfg.episode_minutes)
         rule = choose_start_rule(cfg, mapping, train_fleet, loads, starts)
-        start = {"main": mapping.describe(int(rule.main)), "jump": mapping.describe(int(rule.jump)),
-                 "jump_window_minutes": rule.window, "jump_quiet_minutes": rule.quiet,
-                 "imitated_share": round(imitate(agent, rule, train_fleet, loads, starts, cfg), 5)}
+        start = {
+            "main": mapping.describe(int(rule.main)),
+            "jump": mapping.describe(int(rule.jump)),
+            "jump_window_minutes": rule.window,
+            "jump_quiet_minutes": rule.quiet,
+            "imitated_share": round(imitate(agent, rule, train_fleet, loads, starts, cfg), 5),
+        }
         if progress:
             jump = f", {start['jump']} for {rule.window} minutes after a load jump" if rule.window else ""
-            print(f"starting from the rule {start['main']}{jump} "
-                  f"(imitated: {100 * start['imitated_share']:.2f}% of its decisions)", file=sys.stderr)
+            print(
+                f"starting from the rule {start['main']}{jump} "
+                f"(imitated: {100 * start['imitated_share']:.2f}% of its decisions)",
+                file=sys.stderr,
+            )
     opt = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=1e-5)
     batch = cfg.num_envs * cfg.num_steps
     num_updates = max(cfg.total_steps // batch, 1)
@@ -314,8 +355,11 @@ def train(cfg: PPOConfig, out: Path, sampler: LoadSampler | None = None, fleet: 
         if not oracle_e:
             oracle_e.append(backtest(val_runs, {"oracle": None}, fleet).summary[0]["expected_profit_usd"])
         s = backtest(val_runs, {"ppo": TorchPolicy(agent, mapping)}, fleet).summary[0]
-        return {"expected_profit_usd": s["expected_profit_usd"], "downtime_minutes": s["downtime_minutes"],
-                "pct_of_oracle": round(100 * s["expected_profit_usd"] / oracle_e[0], 2)}
+        return {
+            "expected_profit_usd": s["expected_profit_usd"],
+            "downtime_minutes": s["downtime_minutes"],
+            "pct_of_oracle": round(100 * s["expected_profit_usd"] / oracle_e[0], 2),
+        }
 
     best: dict = {}
     if resuming:
@@ -370,7 +414,7 @@ def train(cfg: PPOConfig, out: Path, sampler: LoadSampler | None = None, fleet: 
         for _ in range(cfg.update_epochs):
             perm = torch.randperm(batch)
             for s in range(0, batch, mb):
-                i = perm[s:s + mb]
+                i = perm[s : s + mb]
                 logits = agent.actor(b_obs[i])
                 dist = torch.distributions.Categorical(logits=logits)
                 ratio = torch.exp(dist.log_prob(b_act[i]) - b_logp[i])
@@ -384,9 +428,15 @@ def train(cfg: PPOConfig, out: Path, sampler: LoadSampler | None = None, fleet: 
                 opt.step()
         elapsed = time.perf_counter() - t_start
         sps = (global_step - steps_at_start) / max(elapsed, 1e-9)
-        row = {"update": update, "step": global_step, "steps_per_s": round(sps), "reward_per_minute": reward_ema,
-               "loss": float(loss.detach()), "value_loss": float(v_loss.detach()),
-               "entropy": float(dist.entropy().mean().detach())}
+        row = {
+            "update": update,
+            "step": global_step,
+            "steps_per_s": round(sps),
+            "reward_per_minute": reward_ema,
+            "loss": float(loss.detach()),
+            "value_loss": float(v_loss.detach()),
+            "entropy": float(dist.entropy().mean().detach()),
+        }
         final = update == num_updates or (budget_seconds is not None and elapsed >= budget_seconds)
         if val_runs and (update % cfg.eval_every_updates == 0 or final):
             last_val = validate()
@@ -400,12 +450,27 @@ def train(cfg: PPOConfig, out: Path, sampler: LoadSampler | None = None, fleet: 
         if progress:
             pct = f" val {last_val['pct_of_oracle']:.1f}% of oracle" if last_val else ""
             bar = int(30 * update / num_updates)
-            print(f"\r[{'#' * bar}{'.' * (30 - bar)}] {global_step / 1e6:6.1f}M steps {sps / 1e3:5.0f}k/s "
-                  f"reward {reward_ema * 10_000:9,.0f} $/10k min{pct}   ", end="", file=sys.stderr, flush=True)
+            print(
+                f"\r[{'#' * bar}{'.' * (30 - bar)}] {global_step / 1e6:6.1f}M steps {sps / 1e3:5.0f}k/s "
+                f"reward {reward_ema * 10_000:9,.0f} $/10k min{pct}   ",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
         if update % 20 == 0 or final:
-            torch.save({"agent": agent.state_dict(), "optimizer": opt.state_dict(), "update": update,
-                        "global_step": global_step, "config": asdict(cfg), "torch_rng": torch.get_rng_state(),
-                        "start": start, "best": best}, ckpt)
+            torch.save(
+                {
+                    "agent": agent.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "update": update,
+                    "global_step": global_step,
+                    "config": asdict(cfg),
+                    "torch_rng": torch.get_rng_state(),
+                    "start": start,
+                    "best": best,
+                },
+                ckpt,
+            )
         if final:
             break
     if progress:
@@ -416,7 +481,16 @@ def train(cfg: PPOConfig, out: Path, sampler: LoadSampler | None = None, fleet: 
         agent.actor.load_state_dict(best["actor"])
         last_val, selected = best["validation"], best["update"]
         if progress:
-            print(f"kept the actor of update {selected} (validation {last_val['pct_of_oracle']:.2f}% of oracle; "
-                  "update 0 is the imitated starting rule)", file=sys.stderr)
-    return {"agent": agent, "mapping": mapping, "validation": last_val, "steps": global_step, "start_rule": start,
-            "selected_update": selected}
+            print(
+                f"kept the actor of update {selected} (validation {last_val['pct_of_oracle']:.2f}% of oracle; "
+                "update 0 is the imitated starting rule)",
+                file=sys.stderr,
+            )
+    return {
+        "agent": agent,
+        "mapping": mapping,
+        "validation": last_val,
+        "steps": global_step,
+        "start_rule": start,
+        "selected_update": selected,
+    }

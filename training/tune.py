@@ -4,13 +4,14 @@
 and their expected profit; the defaults in `policies/*.py` are the results of these commands (README).
 Tuning seeds (0..9) are disjoint from the evaluation seeds (1000..1009, 2000..2009).
 """
+
 from __future__ import annotations
 
 import itertools
 from typing import Any
 
-from policies.registry import make_policy
-from training.backtest import Run, backtest
+from fleetpilot.policies.registry import make_policy
+from fleetpilot.training.backtest import Run, backtest
 
 GRIDS: dict[str, dict[str, list[Any]]] = {
     "static": {"machines": [20, 25, 30, 35, 40, 45, 50]},
@@ -30,8 +31,11 @@ GRIDS: dict[str, dict[str, list[Any]]] = {
         "cushion_day_max_share": [0.06, 0.08, 0.1, 0.12, 0.14, 0.16, 0.18, 0.2, 0.22, 0.24],
     },
     "step": {
-        "scale_out_steps": [[(0.85, 50.0), (0.70, 25.0), (0.62, 10.0)], [(0.8, 40.0), (0.7, 20.0), (0.6, 10.0)],
-                            [(0.9, 60.0), (0.75, 30.0), (0.65, 10.0)]],
+        "scale_out_steps": [
+            [(0.85, 50.0), (0.70, 25.0), (0.62, 10.0)],
+            [(0.8, 40.0), (0.7, 20.0), (0.6, 10.0)],
+            [(0.9, 60.0), (0.75, 30.0), (0.65, 10.0)],
+        ],
         "scale_in_steps": [[(0.30, 30.0), (0.45, 10.0)], [(0.35, 20.0), (0.5, 5.0)], [(0.4, 20.0), (0.5, 10.0)]],
         "scale_in_cooldown_minutes": [0, 5, 10],
     },
@@ -44,7 +48,7 @@ def tune(policy: str, runs: list[Run]) -> dict[str, Any]:
     keys = list(grid)
     scored = []
     for values in itertools.product(*(grid[k] for k in keys)):
-        params = dict(zip(keys, values))
+        params = dict(zip(keys, values, strict=False))
         report = backtest(runs, {"p": make_policy(policy, params)})
         s = report.summary[0]
         scored.append((s["expected_profit_usd"], s["downtime_minutes"], params))
@@ -56,7 +60,12 @@ def tune(policy: str, runs: list[Run]) -> dict[str, Any]:
         if fewest is None or d < fewest:
             frontier.append({"params": p, "expected_profit_usd": e, "downtime_minutes": d})
             fewest = d
-    return {"policy": policy, "params": best[2], "expected_profit_usd": best[0], "downtime_minutes": best[1],
-            "grid_points": len(scored),
-            "top5": [{"params": p, "expected_profit_usd": e, "downtime_minutes": d} for e, d, p in scored[:5]],
-            "frontier": frontier}
+    return {
+        "policy": policy,
+        "params": best[2],
+        "expected_profit_usd": best[0],
+        "downtime_minutes": best[1],
+        "grid_points": len(scored),
+        "top5": [{"params": p, "expected_profit_usd": e, "downtime_minutes": d} for e, d, p in scored[:5]],
+        "frontier": frontier,
+    }

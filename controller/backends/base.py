@@ -1,4 +1,5 @@
 """The scaling-backend interface: read a group, set its desired capacity."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -24,22 +24,22 @@ Retries: botocore's own retries are off; this module retries `ScalingActivityInP
 `max_retries` times, then raises BackendError. `ValidationError`, access errors, an unknown group and
 anything else fail at once.
 """
+
 from __future__ import annotations
 
 import logging
-import threading
 import operator
 import random
+import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from botocore.config import Config
-
-from controller.aws_session import client as aws_client
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from controller.backends.base import BackendError, GroupState
+from fleetpilot.controller.aws_session import client as aws_client
+from fleetpilot.controller.backends.base import BackendError, GroupState
 
 log = logging.getLogger(__name__)
 
@@ -54,22 +54,24 @@ WARMING_STATES: frozenset[str] = frozenset({"Pending", "Pending:Wait", "Pending:
 
 #: Error codes retried with backoff: the group is busy, or the API is throttling or briefly unavailable
 #: (codes from the Auto Scaling API reference and botocore's retry configuration).
-RETRYABLE_ERROR_CODES: frozenset[str] = frozenset({
-    "ScalingActivityInProgress",
-    "ResourceContention",
-    "Throttling",
-    "ThrottlingException",
-    "ThrottledException",
-    "RequestThrottled",
-    "RequestThrottledException",
-    "RequestLimitExceeded",
-    "TooManyRequestsException",
-    "SlowDown",
-    "PriorRequestNotComplete",
-    "InternalFailure",
-    "InternalError",
-    "ServiceUnavailable",
-})
+RETRYABLE_ERROR_CODES: frozenset[str] = frozenset(
+    {
+        "ScalingActivityInProgress",
+        "ResourceContention",
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottled",
+        "RequestThrottledException",
+        "RequestLimitExceeded",
+        "TooManyRequestsException",
+        "SlowDown",
+        "PriorRequestNotComplete",
+        "InternalFailure",
+        "InternalError",
+        "ServiceUnavailable",
+    }
+)
 
 #: Upper bound of one backoff sleep, seconds.
 RETRY_MAX_SLEEP_SECONDS = 20.0
@@ -87,11 +89,12 @@ def count_instances(instances: Iterable[Mapping[str, Any]]) -> tuple[int, int]:
     return active, warming
 
 
-def backoff_seconds(attempt: int, base_seconds: float, rng: random.Random,
-                    max_seconds: float = RETRY_MAX_SLEEP_SECONDS) -> float:
+def backoff_seconds(
+    attempt: int, base_seconds: float, rng: random.Random, max_seconds: float = RETRY_MAX_SLEEP_SECONDS
+) -> float:
     """Sleep before retry number `attempt` (0-based): exponential, capped, with "equal jitter" (uniform
     in [half, whole] of the exponential step, so retries of many daemons spread out yet still grow)."""
-    step = min(max_seconds, base_seconds * (2 ** attempt))
+    step = min(max_seconds, base_seconds * (2**attempt))
     return rng.uniform(step / 2, step)
 
 
@@ -161,13 +164,20 @@ class Ec2AsgBackend:
         min_size, max_size = int(group["MinSize"]), int(group["MaxSize"])
         target = max(min_size, min(max_size, requested))
         if target != requested:
-            log.info("group %s: desired %d clamped to %d by the group's own min %d / max %d",
-                     self.group_name, requested, target, min_size, max_size)
+            log.info(
+                "group %s: desired %d clamped to %d by the group's own min %d / max %d",
+                self.group_name,
+                requested,
+                target,
+                min_size,
+                max_size,
+            )
         if int(group["DesiredCapacity"]) == target:
             log.debug("group %s: desired already %d, no write", self.group_name, target)
             return
-        self._call("set_desired_capacity", AutoScalingGroupName=self.group_name,
-                   DesiredCapacity=target, HonorCooldown=False)
+        self._call(
+            "set_desired_capacity", AutoScalingGroupName=self.group_name, DesiredCapacity=target, HonorCooldown=False
+        )
 
     def interrupt(self) -> None:
         """Stop retrying (the daemon is shutting down): a call in its backoff fails at once."""
@@ -211,6 +221,7 @@ class Ec2AsgBackend:
                 # DEBUG: the daemon logs a failing group once per streak, not every attempt of every tick
                 log.debug("%s: %s; retry %d of %d in %.2f s", what, last_error, attempt + 1, self.max_retries, delay)
                 if self._interrupt.wait(delay):
-                    raise BackendError(f"{what} failed after {attempt + 1} attempts (retries stopped: shutting "
-                                       f"down): {last_error}")
+                    raise BackendError(
+                        f"{what} failed after {attempt + 1} attempts (retries stopped: shutting down): {last_error}"
+                    )
         raise BackendError(f"{what} failed after {attempts} attempts: {last_error}")

@@ -6,18 +6,19 @@ load)`: removals at once, orders join after the warm-up, capacity noise from the
 `numpy.random.default_rng(seed).integers(0, 2**63, dtype=numpy.uint64)` and the minute (common random
 numbers: the same seed gives the same capacity draws as the backtest).
 """
+
 from __future__ import annotations
 
 import numpy as np
 
-from controller.backends.base import BackendError, GroupState
-from training.fleet import FleetCore, StepOutcome
-from training.params import FleetParams
+from fleetpilot.controller.backends.base import BackendError, GroupState
+from fleetpilot.training.fleet import FleetCore, StepOutcome
+from fleetpilot.training.params import FleetParams
 
 
 def noise_key(seed: int) -> np.uint64:
     """The capacity-noise key of a simulated group with `seed` (documented in docs/configuration.md)."""
-    return np.random.default_rng(seed).integers(0, 2 ** 63, dtype=np.uint64)
+    return np.random.default_rng(seed).integers(0, 2**63, dtype=np.uint64)
 
 
 class SimulatedBackend:
@@ -31,8 +32,13 @@ class SimulatedBackend:
 
     # --- Backend protocol ---
     def read(self) -> GroupState:
-        return GroupState(desired=self.desired, min_size=0, max_size=self.params.max_machines,
-                          active=int(self.core.active[0]), warming=int(self.core.warming[0]))
+        return GroupState(
+            desired=self.desired,
+            min_size=0,
+            max_size=self.params.max_machines,
+            active=int(self.core.active[0]),
+            warming=int(self.core.warming[0]),
+        )
 
     def set_desired(self, capacity: int) -> None:
         if not 0 <= capacity <= self.params.max_machines:

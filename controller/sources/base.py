@@ -1,4 +1,5 @@
 """The metric-source interface: timestamped load samples, never a silent zero."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

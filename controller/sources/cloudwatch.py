@@ -17,6 +17,7 @@ A datapoint's timestamp is the start of its 60 s period, so its minute is `times
 publishes with a delay of a minute or more, so `latest` may return an older minute than `now_minute - 1`;
 the caller's staleness rule decides what to do with it (the sample carries its minute).
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -25,11 +26,10 @@ import math
 from typing import Any
 
 from botocore.config import Config
-
-from controller.aws_session import client as aws_client
 from botocore.exceptions import BotoCoreError, ClientError
 
-from controller.sources.base import Sample, SourceError
+from fleetpilot.controller.aws_session import client as aws_client
+from fleetpilot.controller.sources.base import Sample, SourceError
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def _minute_of(timestamp: dt.datetime) -> int:
 
 
 def _utc(minute: int) -> dt.datetime:
-    return dt.datetime.fromtimestamp(minute * 60, tz=dt.timezone.utc)
+    return dt.datetime.fromtimestamp(minute * 60, tz=dt.UTC)
 
 
 class CloudWatchSource:
@@ -102,8 +102,10 @@ class CloudWatchSource:
         self._client = aws_client("cloudwatch", region, endpoint_url, config)
 
     def __repr__(self) -> str:
-        return (f"CloudWatchSource(namespace={self.namespace!r}, metric_name={self.metric_name!r}, "
-                f"dimensions={self.dimensions!r}, statistic={self.statistic!r}, region={self.region!r})")
+        return (
+            f"CloudWatchSource(namespace={self.namespace!r}, metric_name={self.metric_name!r}, "
+            f"dimensions={self.dimensions!r}, statistic={self.statistic!r}, region={self.region!r})"
+        )
 
     # -- the MetricSource protocol -------------------------------------------------------------------
 
@@ -159,7 +161,7 @@ class CloudWatchSource:
                 if status not in ("Complete", "PartialData"):
                     details = "; ".join(f"{m.get('Code')}: {m.get('Value')}" for m in result.get("Messages") or [])
                     raise SourceError(f"{self._what()}: status {status}" + (f" ({details})" if details else ""))
-                for timestamp, value in zip(result.get("Timestamps") or [], result.get("Values") or []):
+                for timestamp, value in zip(result.get("Timestamps") or [], result.get("Values") or [], strict=False):
                     minute = _minute_of(timestamp)
                     if start_minute <= minute < end_minute:
                         load = float(value)

@@ -4,17 +4,24 @@ The trace's first row is replayed at `start_minute` (by default its own timestam
 the trace's). With `loop`, the trace starts again after its last row; without it, the last sample is returned
 from then on and goes stale (the daemon holds, then falls back) - never a zero.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
-from controller.sources.simulator import ReplaySource
-from training.load import read_trace
+from fleetpilot.controller.sources.simulator import ReplaySource
+from fleetpilot.training.load import read_trace
 
 
 class CsvReplaySource(ReplaySource):
-    def __init__(self, path: str | Path, start_minute: int | None = None, peak_tpm: float | None = None,
-                 fill_gaps: bool = False, loop: bool = True):
+    def __init__(
+        self,
+        path: str | Path,
+        start_minute: int | None = None,
+        peak_tpm: float | None = None,
+        fill_gaps: bool = False,
+        loop: bool = True,
+    ):
         trace = read_trace(path, fill_gaps=fill_gaps)  # raises TraceError naming file, line and reason
         if peak_tpm is not None:
             trace = trace.rescaled(peak_tpm)

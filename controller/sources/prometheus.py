@@ -20,6 +20,7 @@ of minute `now_minute - 1`.
 Credentials embedded in the URL (`http://user:pass@host:9090`) are sent as HTTP basic auth and never appear
 in messages or `repr` (they read `http://***@host:9090`).
 """
+
 from __future__ import annotations
 
 import base64
@@ -34,7 +35,7 @@ import urllib.request
 from http.client import HTTPException
 from typing import Any
 
-from controller.sources.base import Sample, SourceError
+from fleetpilot.controller.sources.base import Sample, SourceError
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +138,10 @@ class PrometheusSource:
         if result_type == "scalar":
             return _parse_point(result, what)
         if result_type != "vector":
-            raise SourceError(f"{what}: expected an instant vector, got a {result_type!r} result"
-                              + (" (drop the [range] selector)" if result_type == "matrix" else ""))
+            raise SourceError(
+                f"{what}: expected an instant vector, got a {result_type!r} result"
+                + (" (drop the [range] selector)" if result_type == "matrix" else "")
+            )
         if not isinstance(result, list):
             raise SourceError(f"{what}: unexpected answer {_one_line(repr(data))}")
         if not result:
@@ -173,7 +176,8 @@ class PrometheusSource:
             labels = [item.get("metric", {}) if isinstance(item, dict) else item for item in result[:3]]
             raise SourceError(
                 f"{self._what()}: {len(result)} series returned (e.g. {_one_line(repr(labels), 160)}); "
-                "the expression must aggregate to one series, e.g. wrap it in sum(...)")
+                "the expression must aggregate to one series, e.g. wrap it in sum(...)"
+            )
 
     def _range(self, chunk_start: int, chunk_end: int) -> list[Sample]:
         """Points evaluated at the end of each minute in [chunk_start, chunk_end)."""
@@ -217,11 +221,12 @@ class PrometheusSource:
             if isinstance(reason, (TimeoutError, socket.timeout)):
                 raise SourceError(self._mask(f"{what}: no answer within {self.timeout_seconds:g} s")) from None
             raise SourceError(self._mask(f"{what}: cannot reach the server: {_one_line(str(reason))}")) from None
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             raise SourceError(self._mask(f"{what}: no answer within {self.timeout_seconds:g} s")) from None
         except (HTTPException, OSError) as exc:
-            raise SourceError(self._mask(
-                f"{what}: connection failed: {type(exc).__name__}: {_one_line(str(exc))}")) from None
+            raise SourceError(
+                self._mask(f"{what}: connection failed: {type(exc).__name__}: {_one_line(str(exc))}")
+            ) from None
         try:
             answer = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError):
@@ -230,9 +235,12 @@ class PrometheusSource:
         if not isinstance(answer, dict):
             raise SourceError(self._mask(f"{what}: unexpected answer {_one_line(repr(answer))}"))
         if answer.get("status") != "success":
-            raise SourceError(self._mask(
-                f"{what}: status {answer.get('status')!r}, {answer.get('errorType', '')}: "
-                f"{_one_line(str(answer.get('error', '')))}"))
+            raise SourceError(
+                self._mask(
+                    f"{what}: status {answer.get('status')!r}, {answer.get('errorType', '')}: "
+                    f"{_one_line(str(answer.get('error', '')))}"
+                )
+            )
         for warning in answer.get("warnings") or []:
             log.warning("%s", self._mask(f"{what}: Prometheus warning: {_one_line(str(warning))}"))
         data = answer.get("data")

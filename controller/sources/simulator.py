@@ -4,12 +4,13 @@ The load is generated once from `seed` (`numpy.random.default_rng(seed)`) for `m
 after that. Minute i of the load is the epoch minute `start_minute + i`; `latest(now)` is the last complete
 minute, `now - 1`. There is no data before `start_minute` (an explicit None / empty history, never a zero).
 """
+
 from __future__ import annotations
 
 import numpy as np
 
-from controller.sources.base import Sample
-from training.load import SYNTHETIC_START, Load, synthetic_load
+from fleetpilot.controller.sources.base import Sample
+from fleetpilot.training.load import SYNTHETIC_START, Load, synthetic_load
 
 #: Epoch minute of the first synthetic minute (training.load.SYNTHETIC_START, a Monday 00:00 UTC).
 SYNTHETIC_START_MINUTE = int(SYNTHETIC_START.timestamp() // 60)
@@ -60,8 +61,13 @@ class ReplaySource:
 class SimulatorSource(ReplaySource):
     """Synthetic seed load: `SimulatorSource(seed, start_minute, minutes=20160, peak_tpm=None)`."""
 
-    def __init__(self, seed: int, start_minute: int = SYNTHETIC_START_MINUTE, minutes: int = 20_160,
-                 peak_tpm: float | None = None):
+    def __init__(
+        self,
+        seed: int,
+        start_minute: int = SYNTHETIC_START_MINUTE,
+        minutes: int = 20_160,
+        peak_tpm: float | None = None,
+    ):
         load = synthetic_load(np.random.default_rng(seed), minutes)
         if peak_tpm is not None:
             load = Load("synthetic", load).rescaled(peak_tpm).load_tpm
