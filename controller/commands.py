@@ -54,8 +54,8 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from fleetpilot.controller.cli import CliError
     from fleetpilot.controller.config import load_config
+    from fleetpilot.policies.errors import CliError
 
     t_start = time.perf_counter()
     cfg = load_config(args.config)
@@ -112,8 +112,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_decisions(args: argparse.Namespace) -> int:
-    from fleetpilot.controller.cli import CliError
     from fleetpilot.controller.journal import read_decisions
+    from fleetpilot.policies.errors import CliError
 
     if args.last < 1:
         raise CliError("--last must be at least 1")

@@ -23,6 +23,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from fleetpilot.policies.errors import UserError
+
 ENV_PREFIX = "FLEETPILOT_"
 #: Policies that are rules (the fallback must be one); mirrors policies.registry.RULES without importing it.
 RULE_POLICIES = ("static", "target-tracking", "step", "predictive", "cushion")
@@ -30,7 +32,7 @@ RULE_POLICIES = ("static", "target-tracking", "step", "predictive", "cushion")
 SIMULATED_SOURCES = ("simulator", "csv")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A configuration that cannot be used: one line naming the file, the field and the reason."""
 
 
@@ -46,7 +48,7 @@ class ServerConfig(_Strict):
 # --- metric sources (discriminated on `kind`) -------------------------------------------------------------
 class SimulatorSourceConfig(_Strict):
     kind: Literal["simulator"]
-    seed: int = Field(0, ge=0, description="seed of the synthetic load (training.load.synthetic_load)")
+    seed: int = Field(0, ge=0, description="seed of the synthetic load (sim.load.synthetic_load)")
     peak_tpm: float | None = Field(None, gt=0, description="rescale the load so its maximum is this (tpm)")
     minutes: int = Field(20_160, ge=2, le=525_600, description="length of the generated load; it then repeats")
 

@@ -18,13 +18,14 @@ import numpy as np
 
 from fleetpilot.policies.actions import ActionMapping
 from fleetpilot.policies.base import PolicyOutput
+from fleetpilot.policies.errors import UserError
 from fleetpilot.policies.observation import OBS_DIM, OBS_VERSION, Observation
 
 MANIFEST_FORMAT = 1
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
 
-class ModelError(ValueError):
+class ModelError(UserError):
     """A model that must not be used; the message names the directory and the failed check."""
 
 

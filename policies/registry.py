@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from fleetpilot.policies.base import Policy
 from fleetpilot.policies.cushion import CushionParams, CushionPolicy
+from fleetpilot.policies.errors import UserError
 from fleetpilot.policies.predictive import PredictiveParams, PredictivePolicy
 from fleetpilot.policies.static import StaticParams, StaticPolicy
 from fleetpilot.policies.step import StepParams, StepPolicy
@@ -24,7 +25,7 @@ RULES = {
 }
 
 
-class PolicyError(ValueError):
+class PolicyError(UserError):
     """A policy that cannot be made; the message says which and why."""
 
 

@@ -11,8 +11,8 @@ from fleetpilot.controller.config import DaemonConfig
 from fleetpilot.controller.daemon import Daemon
 from fleetpilot.controller.sources.simulator import SYNTHETIC_START_MINUTE, SimulatorSource
 from fleetpilot.policies.registry import make_policy
+from fleetpilot.sim.params import FleetParams
 from fleetpilot.training.backtest import simulate
-from fleetpilot.training.params import FleetParams
 
 TICKS = 400
 SEEDS = (0, 7, 11)

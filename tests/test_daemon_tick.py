@@ -17,7 +17,7 @@ from fleetpilot.controller.daemon import DRY_RUN_MARKER, Daemon
 from fleetpilot.controller.journal import read_decisions
 from fleetpilot.controller.sources.base import Sample, SourceError
 from fleetpilot.policies.base import PolicyOutput
-from fleetpilot.training.params import FleetParams
+from fleetpilot.sim.params import FleetParams
 
 START = 29_000_000  # an epoch minute (2025-02-18)
 

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from fleetpilot.controller.cli import CliError
+from fleetpilot.policies.errors import CliError
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -81,8 +81,8 @@ def add_load_options(p: argparse.ArgumentParser) -> None:
 
 def build_runs(args) -> list:
     from fleetpilot.policies.observation import HISTORY_MINUTES
+    from fleetpilot.sim.load import read_trace
     from fleetpilot.training.backtest import synthetic_run, trace_run
-    from fleetpilot.training.load import read_trace
 
     if args.synthetic and args.trace:
         raise CliError("use either --synthetic or --trace, not both")
@@ -147,7 +147,7 @@ def cmd_backtest(args) -> int:
 def cmd_traces_generate(args) -> int:
     import numpy as np
 
-    from fleetpilot.training.load import Load, synthetic_load, write_trace
+    from fleetpilot.sim.load import Load, synthetic_load, write_trace
 
     if not Path(args.out).resolve().parent.is_dir():
         raise CliError(f"cannot write {args.out}: directory {Path(args.out).resolve().parent} does not exist")
@@ -201,7 +201,7 @@ def _train_config(path: str | None, args):
 
     import yaml
 
-    from fleetpilot.training.params import FleetParams
+    from fleetpilot.sim.params import FleetParams
     from fleetpilot.training.ppo import PPOConfig
 
     data: dict = {}
@@ -238,10 +238,10 @@ def cmd_train(args) -> int:
 
     from fleetpilot.policies.observation import HISTORY_MINUTES
     from fleetpilot.policies.registry import make_policy
+    from fleetpilot.sim.load import Augment, read_trace
     from fleetpilot.training.backtest import backtest, format_table, trace_run
     from fleetpilot.training.env import LoadSampler
     from fleetpilot.training.export import write_model
-    from fleetpilot.training.load import Augment, read_trace
     from fleetpilot.training.ppo import TorchPolicy, train, validation_runs
 
     cfg, fleet = _train_config(args.config, args)
