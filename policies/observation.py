@@ -327,6 +327,27 @@ class ObservationBuilder:
             self._detect_jumps(a)
         return accept
 
+    def update_where(
+        self, take: np.ndarray, load_tpm: np.ndarray, active: np.ndarray, warming: np.ndarray, minute: np.ndarray
+    ) -> None:
+        """`update` for the groups in the (N,) bool mask `take`; the others take no sample. Their load history
+        stays as it is, and a group without history stays without one (the daemon's bad readings, the minutes a
+        group's source had no sample for in a backfill)."""
+        if take.all():
+            self.update(load_tpm, active, warming, minute)
+            return
+        fresh = self.count == 0
+        self.update(np.where(take, load_tpm, self.load), active, warming, np.where(take, minute, self.minute))
+        undo = fresh & ~take
+        if undo.any():
+            self.reset(np.nonzero(undo)[0])
+
+    def set_machines(self, active: np.ndarray, warming: np.ndarray) -> None:
+        """The machines of every group now, also of those whose load took no sample this minute (machines are
+        read from the backend; the load may be repeated or bad)."""
+        self.active[:] = active
+        self.warming[:] = warming
+
     def _update_next_minute(
         self, load: np.ndarray, active: np.ndarray, warming: np.ndarray, minute: np.ndarray
     ) -> np.ndarray:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fleetpilot.controller.backends.base import BackendError, GroupState
+from fleetpilot.controller.backends.base import Backend, BackendError, GroupState
 from fleetpilot.sim.fleet import FleetCore, StepOutcome
 from fleetpilot.sim.params import FleetParams
 
@@ -21,7 +21,7 @@ def noise_key(seed: int) -> np.uint64:
     return np.random.default_rng(seed).integers(0, 2**63, dtype=np.uint64)
 
 
-class SimulatedBackend:
+class SimulatedBackend(Backend):
     def __init__(self, params: FleetParams, seed: int = 0):
         self.params = params
         self.core = FleetCore(1, params)

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from fleetpilot.controller.sources.base import Sample
+from fleetpilot.controller.sources.base import MetricSource, Sample
 from fleetpilot.sim.load import SYNTHETIC_START, Load, synthetic_load
 
 #: Epoch minute of the first synthetic minute (sim.load.SYNTHETIC_START, a Monday 00:00 UTC).
 SYNTHETIC_START_MINUTE = int(SYNTHETIC_START.timestamp() // 60)
 
 
-class ReplaySource:
+class ReplaySource(MetricSource):
     """A per-minute load array replayed from `start_minute` (shared by the simulator and CSV sources)."""
 
     def __init__(self, load_tpm: np.ndarray, start_minute: int, loop: bool = True):
