@@ -24,10 +24,11 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from fleetpilot.policies.errors import UserError
+from fleetpilot.policies.registry import RULE_NAMES
 
 ENV_PREFIX = "FLEETPILOT_"
-#: Policies that are rules (the fallback must be one); mirrors policies.registry.RULES without importing it.
-RULE_POLICIES = ("static", "target-tracking", "step", "predictive", "cushion")
+#: Policies that are rules (the fallback must be one): the registry's.
+RULE_POLICIES = RULE_NAMES
 #: Source kinds driven by the daemon's simulated clock (each tick is one simulated minute).
 SIMULATED_SOURCES = ("simulator", "csv")
 
@@ -240,6 +241,11 @@ class DaemonConfig(BaseSettings):
     def simulated_clock(self) -> bool:
         """True when every group replays a simulated or recorded load: each tick is one simulated minute."""
         return all(g.simulated_clock for g in self.groups)
+
+    def with_dry_run(self, flag: bool) -> DaemonConfig:
+        """The one place dry-run is resolved: the command line's `--dry-run` turns it on, never off (the file and
+        `FLEETPILOT_DRY_RUN` are already in `dry_run`). The daemon and its logs then read `dry_run` only."""
+        return self.model_copy(update={"dry_run": True}) if flag and not self.dry_run else self
 
     @classmethod
     def settings_customise_sources(

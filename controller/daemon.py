@@ -38,10 +38,20 @@ from fleetpilot.controller.assembly import default_clock, make_batches, make_gro
 from fleetpilot.controller.backends.base import Backend, BackendError, GroupState
 from fleetpilot.controller.clock import CLOCK_JUMP_SECONDS, Clock, JumpDetector, SimulatedClock, WallClock
 from fleetpilot.controller.config import DaemonConfig, masked_dump
+from fleetpilot.controller.guards import Action, Cause, DataStatus
 from fleetpilot.controller.journal import Journal, JournalRow
 from fleetpilot.controller.logs import Streaks
 from fleetpilot.controller.metrics import Metrics
-from fleetpilot.controller.runtime import Batch, GroupRuntime, PolicyRun, Proposed, Reading, read_history
+from fleetpilot.controller.runtime import (
+    Batch,
+    GroupRuntime,
+    Outcome,
+    PolicyRun,
+    Proposed,
+    Reading,
+    TickOutcome,
+    read_history,
+)
 from fleetpilot.controller.sources.base import MetricSource, SourceError
 from fleetpilot.policies.base import Policy
 from fleetpilot.policies.observation import HISTORY_MINUTES
@@ -75,17 +85,15 @@ class Daemon:
         backends: list[Backend] | None = None,
         policies: Mapping[str, Policy] | None = None,
         clock: Clock | None = None,
-        dry_run: bool | None = None,
         summary: bool = False,
         journal: Journal | None = None,
         out: TextIO | None = None,
     ):
         """`sources`, `backends` (one per group), `policies` (by the groups' `policy` spec), `clock` and `journal`
-        replace what the config would make (tests, embedding)."""
+        replace what the config would make (tests, embedding). Dry-run is the config's (`cfg.with_dry_run`)."""
         self.cfg = cfg
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry, process=registry is None)
-        self.dry_run = cfg.dry_run if dry_run is None else bool(dry_run)
         self.summary = summary
         self.out = out or sys.stdout
         self.groups: list[GroupRuntime] = make_groups(cfg, sources, backends)
@@ -97,7 +105,7 @@ class Daemon:
         self.started_at = time.monotonic()
         self.ready_since: float | None = None
         self.last_tick_end: float | None = None
-        self.last_outcome: str | None = None
+        self.last_outcome: TickOutcome | None = None
         self._tick_lock = threading.Lock()
         self.streaks = Streaks(log)
         self._jumps = JumpDetector()
@@ -129,7 +137,7 @@ class Daemon:
                         "history backfill failed; the group starts without history",
                         extra={"group": g.name, "error": str(exc)},
                     )
-                    self.metrics.source_errors.labels(g.name, "error").inc()
+                    self.metrics.source_errors.labels(g.name, DataStatus.ERROR).inc()
                 series.append(got)
                 total += len(got)
             b.feed_history(series)
@@ -143,7 +151,7 @@ class Daemon:
         log.info("history backfilled", extra={"samples": total, "minutes": HISTORY_MINUTES})
 
     # --- one tick ----------------------------------------------------------------------------------------
-    def run_tick(self) -> str:
+    def run_tick(self) -> TickOutcome:
         """One tick that never raises: the outcome is counted and logged."""
         with self._tick_lock:
             t0 = time.perf_counter()
@@ -159,7 +167,7 @@ class Daemon:
                     tick=self.tick_no,
                     error=f"{type(exc).__name__}: {exc}",
                 )
-                outcome = "error"
+                outcome = TickOutcome.ERROR
                 self.tick_no += 1
             else:
                 self.streaks.good(("tick",), "ticks complete again", tick=self.tick_no - 1)
@@ -167,13 +175,13 @@ class Daemon:
             self.metrics.ticks.labels(outcome).inc()
             self.metrics.tick_duration.observe(dt)
             self.last_outcome = outcome
-            if outcome != "error":
+            if outcome != TickOutcome.ERROR:
                 self.last_tick_end = time.monotonic()
                 self.metrics.last_tick.set(time.time())
             return outcome
 
-    def tick(self) -> str:
-        """readings -> states -> proposals -> guarded decisions, writes and journal rows; "ok" or "partial"."""
+    def tick(self) -> TickOutcome:
+        """readings -> states -> proposals -> guarded decisions, writes and journal rows; OK or PARTIAL."""
         if self.tick_no > 0:
             self.clock.advance()
         now = Now.at(self.clock.now_seconds())
@@ -188,7 +196,7 @@ class Daemon:
             problems += self._settle(g, now.minute, wall, readings[i], states[i], proposed[i])
         self.journal.commit()
         self.tick_no += 1
-        return "ok" if problems == 0 else "partial"
+        return TickOutcome.OK if problems == 0 else TickOutcome.PARTIAL
 
     def _check_clock(self, now_s: float) -> None:
         """Detect the wall clock jumping against the monotonic clock between two ticks. A jump is counted and
@@ -221,20 +229,22 @@ class Daemon:
         try:
             s = g.source.latest(now.minute)
         except SourceError as exc:
-            return Reading(None, "error", str(exc))
+            return Reading(None, DataStatus.ERROR, str(exc))
         except Exception as exc:  # a source bug is a source error, not a dead tick
-            return Reading(None, "error", f"{type(exc).__name__}: {exc}")
+            return Reading(None, DataStatus.ERROR, f"{type(exc).__name__}: {exc}")
         if s is None:
-            return Reading(s, "empty")
+            return Reading(s, DataStatus.EMPTY)
         if not math.isfinite(s.load_tpm):
-            return Reading(s, "nan")
+            return Reading(s, DataStatus.NAN)
         if s.load_tpm < 0:
-            return Reading(s, "invalid")
+            return Reading(s, DataStatus.INVALID)
         if now.seconds - (s.minute + 1) * 60.0 > g.cfg.stale_after_seconds:
-            return Reading(s, "stale")
+            return Reading(s, DataStatus.STALE)
         if g.batch is not None and g.batch.is_repeat(g.row, s.minute):
-            return Reading(s, "repeat")  # older than the history already seen: the clock (or the source) went back
-        return Reading(s, guards.DATA_OK)
+            return Reading(
+                s, DataStatus.REPEAT
+            )  # older than the history already seen: the clock (or the source) went back
+        return Reading(s, DataStatus.OK)
 
     def _read_sources(self, now: Now) -> list[Reading]:
         if self._pool is None:
@@ -307,7 +317,7 @@ class Daemon:
         if run.error is not None:
             self.streaks.bad(
                 key,
-                "model_error",
+                Cause.MODEL_ERROR,
                 "policy failed; its groups use their fallback rule",
                 logging.ERROR,
                 exc_info=run.error,
@@ -321,7 +331,7 @@ class Daemon:
         if run.non_finite:
             self.streaks.bad(
                 key,
-                "non_finite",
+                Cause.NON_FINITE,
                 "policy output not finite or negative; those groups use their fallback rule",
                 logging.ERROR,
                 policy=b.spec,
@@ -348,7 +358,7 @@ class Daemon:
         )
         if state is None:
             self.journal.add(JournalRow(**row, **_NO_STATE, guards=["hold:backend-error"]))
-            self._summary(g, reading, None, None, "backend error")
+            self._summary(g, reading, None, None, "backend error")  # the journal says Outcome.ERROR
             return 1
         now = guards.GroupNow(
             active=state.active,
@@ -377,15 +387,15 @@ class Daemon:
         )
         self._count(g, load, now, decision)
         self._summary(g, reading, state, decision, outcome)
-        return int(not reading.ok or outcome == "error" or p.proposal.model_cause is not None)
+        return int(not reading.ok or outcome == Outcome.ERROR or p.proposal.model_cause is not None)
 
-    def _apply(self, g: GroupRuntime, decision: guards.Decision) -> str:
+    def _apply(self, g: GroupRuntime, decision: guards.Decision) -> Outcome:
         """The write the decision asks for, if any; the outcome for the journal."""
         if decision.write:
             try:
                 outcome = self._write(g, decision.final)
             except BackendError as exc:
-                outcome = "error"
+                outcome = Outcome.ERROR
                 self.metrics.backend_errors.labels(g.name).inc()
                 self.streaks.bad(
                     (g.name, "backend"),
@@ -396,21 +406,21 @@ class Daemon:
                     desired=decision.final,
                 )
         elif g.limits.paused:
-            outcome = "paused"
+            outcome = Outcome.PAUSED
         else:
-            outcome = "held" if decision.action == "hold" else "unchanged"
-        if outcome != "error":
+            outcome = Outcome.HELD if decision.action == Action.HOLD else Outcome.UNCHANGED
+        if outcome != Outcome.ERROR:
             self.streaks.good((g.name, "backend"), "backend good again", group=g.name)
         return outcome
 
-    def _write(self, g: GroupRuntime, capacity: int) -> str:
+    def _write(self, g: GroupRuntime, capacity: int) -> Outcome:
         """The one place that writes a group, and so the one place that checks dry-run."""
-        if self.dry_run:
+        if self.cfg.dry_run:
             log.info(DRY_RUN_MARKER, extra={"group": g.name, "desired": capacity})
             self.metrics.dry_run_writes.labels(g.name).inc()
-            return "dry-run"
+            return Outcome.DRY_RUN
         g.backend.set_desired(capacity)
-        return "written"
+        return Outcome.WRITTEN
 
     def _count(self, g: GroupRuntime, load: float | None, now: guards.GroupNow, decision: guards.Decision) -> None:
         m = self.metrics
@@ -420,7 +430,7 @@ class Daemon:
         m.machines.labels(g.name, "warming").set(now.warming)
         m.machines.labels(g.name, "desired").set(decision.final)
         m.decisions.labels(g.name, guards.direction(decision.final, now), decision.reason).inc()
-        if decision.action == "fallback" or (decision.action == "hold" and decision.fallback_cause):
+        if decision.action == Action.FALLBACK or (decision.action == Action.HOLD and decision.fallback_cause):
             m.fallbacks.labels(g.name, decision.fallback_cause or "unknown").inc()
 
     def _summary(
@@ -440,8 +450,8 @@ class Daemon:
         else:
             how = (
                 g.cfg.policy
-                if decision.action == "policy"
-                else (f"{g.cfg.fallback_policy} fallback" if decision.action == "fallback" else "hold")
+                if decision.action == Action.POLICY
+                else (f"{g.cfg.fallback_policy} fallback" if decision.action == Action.FALLBACK else "hold")
             )
             line = (
                 f"tick {self.tick_no} {g.name} load={load_s} active={st.active} warming={st.warming} "
@@ -463,7 +473,7 @@ class Daemon:
 
     def readyz(self) -> tuple[bool, dict]:
         """History backfilled and the last tick completed (ok, or partial: some groups held or fell back)."""
-        ok = self.backfilled and self.last_outcome in ("ok", "partial")
+        ok = self.backfilled and self.last_outcome in (TickOutcome.OK, TickOutcome.PARTIAL)
         return ok, {"backfilled": self.backfilled, "last_tick_outcome": self.last_outcome}
 
     def request_stop(self) -> None:
@@ -486,7 +496,7 @@ class Daemon:
 
 #: The journal row of a group whose backend could not be read: nothing decided, nothing written.
 _NO_STATE: dict[str, Any] = dict(
-    action="hold",
+    action=Action.HOLD,
     active=None,
     warming=None,
     desired_before=None,
@@ -495,18 +505,18 @@ _NO_STATE: dict[str, Any] = dict(
     fallback_desired=None,
     recommendation=None,
     final=None,
-    outcome="error",
+    outcome=Outcome.ERROR,
 )
 
 
 # --- running -----------------------------------------------------------------------------------------------
-def log_config(cfg: DaemonConfig, dry_run: bool) -> None:
+def log_config(cfg: DaemonConfig) -> None:
     """The config, once, at start, with anything that looks like a credential masked."""
     log.info(
         "config",
         extra={
             "config": masked_dump(cfg),
-            "dry_run": dry_run,
+            "dry_run": cfg.dry_run,
             "clock": "simulated" if cfg.simulated_clock else "wall",
             "ignored_environment": cfg.ignored_env,
         },

@@ -12,6 +12,7 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -22,6 +23,25 @@ from fleetpilot.controller.config import GroupConfig
 from fleetpilot.controller.sources.base import MetricSource, Sample
 from fleetpilot.policies.base import Policy
 from fleetpilot.policies.observation import HISTORY_MINUTES, Observation, ObservationBuilder
+
+
+class Outcome(StrEnum):
+    """What happened to a group's decision (the journal's `outcome`)."""
+
+    WRITTEN = "written"
+    DRY_RUN = "dry-run"  #: the write was skipped: dry-run
+    UNCHANGED = "unchanged"  #: the decision is the group's desired capacity already
+    HELD = "held"  #: held (bad data, no fallback): nothing to write
+    PAUSED = "paused"  #: decided, never written
+    ERROR = "error"  #: the backend could not be read or written
+
+
+class TickOutcome(StrEnum):
+    """How a tick went (the `outcome` label of the tick counter)."""
+
+    OK = "ok"
+    PARTIAL = "partial"  #: some groups held, fell back or could not be written
+    ERROR = "error"  #: the tick failed
 
 
 @dataclass
@@ -52,7 +72,7 @@ class Reading(NamedTuple):
 
     @property
     def ok(self) -> bool:
-        return self.status == guards.DATA_OK
+        return self.status == guards.DataStatus.OK
 
     @property
     def load_tpm(self) -> float | None:
@@ -210,7 +230,7 @@ class Batch:
         """The policy's answer (desired, raw) and how it fared; no answer on an error or without a policy."""
         n = len(self.groups)
         if self.policy is None:
-            return PolicyRun(["model_unavailable"] * n), None, None
+            return PolicyRun([guards.Cause.MODEL_UNAVAILABLE] * n), None, None
         t0 = time.perf_counter()
         try:
             out = self.policy.decide(obs)
@@ -218,10 +238,10 @@ class Batch:
             if desired.shape != (n,) or raw.shape != (n,):
                 raise ValueError(f"policy returned shapes {desired.shape}, {raw.shape} for {n} groups")
         except Exception as exc:
-            return PolicyRun(["model_error"] * n, time.perf_counter() - t0, error=exc), None, None
+            return PolicyRun([guards.Cause.MODEL_ERROR] * n, time.perf_counter() - t0, error=exc), None, None
         seconds = time.perf_counter() - t0
         values = desired.astype(np.float64)
         finite = np.isfinite(values) & (values >= 0)
-        causes: list[str | None] = [None if finite[i] else "non_finite" for i in range(n)]
+        causes: list[str | None] = [None if finite[i] else guards.Cause.NON_FINITE for i in range(n)]
         bad = tuple(g.name for i, g in enumerate(self.groups) if not finite[i])
         return PolicyRun(causes, seconds, non_finite=bad), desired, raw

@@ -81,3 +81,36 @@ def test_the_daemon_imports_nothing_from_training():
         if _package(mod) == "controller" and _package(dep) == "training" and mod != "fleetpilot.controller.cli"
     }
     assert offenders == set()
+
+
+def test_one_list_of_rules():
+    """Every list of rule names derives from the registry (issue 11, item 5)."""
+    from fleetpilot.controller.cli import build_parser
+    from fleetpilot.controller.config import RULE_POLICIES
+    from fleetpilot.policies.registry import BACKTEST_BASELINES, RULE_NAMES, RULES, TRAIN_BASELINES
+    from fleetpilot.training.tune import GRIDS
+
+    assert RULE_POLICIES == RULE_NAMES == tuple(RULES)
+    assert set(GRIDS) == set(RULES)
+    assert set(BACKTEST_BASELINES) <= set(RULES) and set(TRAIN_BASELINES) <= set(RULES)
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    tune_policy = next(a for a in sub.choices["tune"]._actions if a.dest == "policy")
+    assert tuple(tune_policy.choices) == RULE_NAMES
+
+
+def test_feature_index_follows_the_names():
+    """The builder writes every feature by name: feeding a load that only changes the active machines moves
+    exactly the feature named `active` (and the utilization it divides)."""
+    import numpy as np
+
+    from fleetpilot.policies.observation import FEATURE_INDEX, FEATURE_NAMES, ObservationBuilder
+
+    assert [FEATURE_INDEX[n] for n in FEATURE_NAMES] == list(range(len(FEATURE_NAMES)))
+    obs = []
+    for active in (10, 20):
+        b = ObservationBuilder(1, 300.0, 5)
+        for m in range(30):
+            b.update(np.array([3000.0]), np.array([active]), np.array([0]), np.array([1000 + m]))
+        obs.append(b.observation().features[0])
+    moved = {FEATURE_NAMES[i] for i in np.nonzero(obs[0] != obs[1])[0]}
+    assert moved == {"active", "util"}

@@ -211,6 +211,13 @@ def test_dry_run_runs_everything_but_the_write(tmp_path, caplog):
     assert sum(rec.getMessage() == DRY_RUN_MARKER for rec in caplog.records) == n_dry
 
 
+def test_dry_run_is_resolved_once_in_the_config(tmp_path):
+    cfg = DaemonConfig(interval_seconds=60, journal_path=tmp_path / "j.sqlite", groups=[group()])
+    assert cfg.dry_run is False and cfg.with_dry_run(False) is cfg and cfg.with_dry_run(True).dry_run is True
+    on = DaemonConfig(interval_seconds=60, journal_path=tmp_path / "j.sqlite", groups=[group()], dry_run=True)
+    assert on.with_dry_run(False).dry_run is True  # the flag turns dry-run on, never off
+
+
 def test_backend_errors_are_counted_and_the_daemon_goes_on(tmp_path):
     b = FlakyBackend()
     d = make(

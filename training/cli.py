@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from fleetpilot.policies.errors import CliError
+from fleetpilot.policies.registry import RULE_NAMES
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -111,7 +112,7 @@ def build_runs(args) -> list:
 
 
 def cmd_backtest(args) -> int:
-    from fleetpilot.policies.registry import make_policy
+    from fleetpilot.policies.registry import BACKTEST_BASELINES, make_policy
     from fleetpilot.training.backtest import ORACLE, backtest, format_table, plot, write_json
 
     if args.plot and not args.plot.lower().endswith(".png"):
@@ -119,7 +120,7 @@ def cmd_backtest(args) -> int:
     for out in (args.json, args.plot):
         if out and not Path(out).resolve().parent.is_dir():
             raise CliError(f"cannot write {out}: directory {Path(out).resolve().parent} does not exist")
-    names = args.policy or ["static", "target-tracking", "step", "predictive", ORACLE]
+    names = args.policy or [*BACKTEST_BASELINES, ORACLE]
     if len(set(names)) != len(names):
         raise CliError("a --policy is given twice")
     from fleetpilot.policies.registry import PolicyError
@@ -173,7 +174,7 @@ def add_commands(sub) -> None:
         action="append",
         default=[],
         metavar="NAME",
-        help="static, target-tracking, step, predictive, cushion, oracle, default, or a model directory; repeatable",
+        help=f"{', '.join(RULE_NAMES)}, oracle, default, or a model directory; repeatable",
     )
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="plot load and capacity per policy")
@@ -190,7 +191,7 @@ def add_commands(sub) -> None:
 
     u = sub.add_parser("tune", help="grid-search a rule's parameters on loads (reproduces the shipped defaults)")
     add_load_options(u)
-    u.add_argument("--policy", required=True, choices=["target-tracking", "step", "predictive", "static", "cushion"])
+    u.add_argument("--policy", required=True, choices=RULE_NAMES)
     u.set_defaults(func=cmd_tune)
     add_training_commands(sub)
 
@@ -237,7 +238,7 @@ def cmd_train(args) -> int:
     import dataclasses
 
     from fleetpilot.policies.observation import HISTORY_MINUTES
-    from fleetpilot.policies.registry import make_policy
+    from fleetpilot.policies.registry import TRAIN_BASELINES, make_policy
     from fleetpilot.sim.load import Augment, read_trace
     from fleetpilot.training.backtest import backtest, format_table, trace_run
     from fleetpilot.training.env import LoadSampler
@@ -284,10 +285,7 @@ def cmd_train(args) -> int:
     learned = TorchPolicy(result["agent"], result["mapping"], name=args.name)
     pols = {
         args.name: learned,
-        "target-tracking": make_policy("target-tracking"),
-        "predictive": make_policy("predictive"),
-        "step": make_policy("step"),
-        "cushion": make_policy("cushion"),
+        **{name: make_policy(name) for name in TRAIN_BASELINES},
         "oracle": None,
     }
     report = backtest(val_runs, pols, fleet)
