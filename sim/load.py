@@ -156,21 +156,7 @@ def read_trace(path: str | Path, fill_gaps: bool = False) -> Load:
                     continue
                 if len(row) <= max(it, ir):
                     raise TraceError(f"{name}:{line}: expected {len(cols)} fields, found {len(row)}")
-                try:
-                    ts = _parse_time(row[it])
-                except ValueError:
-                    raise TraceError(f"{name}:{line}: timestamp {row[it].strip()!r} is not ISO-8601") from None
-                if ts.second or ts.microsecond:
-                    raise TraceError(f"{name}:{line}: timestamp {row[it].strip()!r} is not the start of a minute")
-                try:
-                    v = float(row[ir])
-                except ValueError:
-                    raise TraceError(f"{name}:{line}: requests {row[ir].strip()!r} is not a number") from None
-                if not math.isfinite(v):
-                    raise TraceError(f"{name}:{line}: requests {row[ir].strip()!r} is not finite")
-                if v < 0:
-                    raise TraceError(f"{name}:{line}: requests {row[ir].strip()!r} is negative")
-                m = int(ts.timestamp() // 60)
+                m, v = _minute_and_count(f"{name}:{line}", row[it], row[ir])
                 if prev is not None:
                     if m == prev:
                         raise TraceError(f"{name}:{line}: duplicate timestamp {row[it].strip()}")
@@ -189,12 +175,31 @@ def read_trace(path: str | Path, fill_gaps: bool = False) -> Load:
     if not times:
         raise TraceError(f"{name}:2: no data rows")
     t = np.asarray(times, dtype=np.int64)
-    v = np.asarray(values, dtype=np.float64)
+    load = np.asarray(values, dtype=np.float64)
     if t[-1] - t[0] + 1 != t.size:  # only reachable with fill_gaps
         full = np.arange(t[0], t[-1] + 1)
-        v = np.interp(full, t, v)
+        load = np.interp(full, t, load)
     start = datetime.fromtimestamp(int(t[0]) * 60, tz=UTC)
-    return Load(path.stem, v, start)
+    return Load(path.stem, load, start)
+
+
+def _minute_and_count(where: str, timestamp: str, requests: str) -> tuple[int, float]:
+    """One row's epoch minute and request count, or a TraceError naming `where` (file:line) and the reason."""
+    try:
+        ts = _parse_time(timestamp)
+    except ValueError:
+        raise TraceError(f"{where}: timestamp {timestamp.strip()!r} is not ISO-8601") from None
+    if ts.second or ts.microsecond:
+        raise TraceError(f"{where}: timestamp {timestamp.strip()!r} is not the start of a minute")
+    try:
+        v = float(requests)
+    except ValueError:
+        raise TraceError(f"{where}: requests {requests.strip()!r} is not a number") from None
+    if not math.isfinite(v):
+        raise TraceError(f"{where}: requests {requests.strip()!r} is not finite")
+    if v < 0:
+        raise TraceError(f"{where}: requests {requests.strip()!r} is negative")
+    return int(ts.timestamp() // 60), v
 
 
 def write_trace(path: str | Path, load: Load) -> None:
