@@ -352,7 +352,7 @@ class Daemon:
             minute=now_minute,
             group_name=g.name,
             policy=g.cfg.policy,
-            data_status=reading.status,
+            data_status=str(reading.status),  # plain str: sqlite binds it faster than a StrEnum
             load_tpm=load,
             load_minute=reading.sample.minute if reading.sample else None,
         )
@@ -372,7 +372,7 @@ class Daemon:
         self.journal.add(
             JournalRow(
                 **row,
-                action=decision.action,
+                action=str(decision.action),
                 active=state.active,
                 warming=state.warming,
                 desired_before=state.desired,
@@ -382,7 +382,7 @@ class Daemon:
                 recommendation=decision.recommendation,
                 guards=list(decision.reasons),
                 final=decision.final,
-                outcome=outcome,
+                outcome=str(outcome),
             )
         )
         self._count(g, load, now, decision)
@@ -496,7 +496,7 @@ class Daemon:
 
 #: The journal row of a group whose backend could not be read: nothing decided, nothing written.
 _NO_STATE: dict[str, Any] = dict(
-    action=Action.HOLD,
+    action=str(Action.HOLD),
     active=None,
     warming=None,
     desired_before=None,
@@ -505,7 +505,7 @@ _NO_STATE: dict[str, Any] = dict(
     fallback_desired=None,
     recommendation=None,
     final=None,
-    outcome=Outcome.ERROR,
+    outcome=str(Outcome.ERROR),
 )
 
 

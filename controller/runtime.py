@@ -24,6 +24,8 @@ from fleetpilot.controller.sources.base import MetricSource, Sample
 from fleetpilot.policies.base import Policy
 from fleetpilot.policies.observation import HISTORY_MINUTES, Observation, ObservationBuilder
 
+_OK = guards.DataStatus.OK  # a module constant: read per group and tick, faster than the enum's attribute
+
 
 class Outcome(StrEnum):
     """What happened to a group's decision (the journal's `outcome`)."""
@@ -72,7 +74,7 @@ class Reading(NamedTuple):
 
     @property
     def ok(self) -> bool:
-        return self.status == guards.DataStatus.OK
+        return self.status == _OK
 
     @property
     def load_tpm(self) -> float | None:
