@@ -46,6 +46,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY controller/ controller/
 COPY policies/ policies/
+COPY sim/ sim/
 COPY training/ training/
 # The runtime venv: the project wheel with its runtime dependencies only (no `train` extra, so no torch,
 # onnx or matplotlib). For the GPU variant onnxruntime is swapped for onnxruntime-gpu at a pinned version.

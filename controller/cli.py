@@ -1,7 +1,8 @@
 """`fleetpilot`: one command line for the daemon and the training tools.
 
 Every subcommand module adds its parsers; heavy imports (torch, onnxruntime, boto3) happen inside commands.
-Bad input ends with one line on stderr naming what is wrong, exit code 2, no traceback.
+Bad input (any `policies.errors.UserError`: config, policy, model, trace, command-line value) ends with one line
+on stderr naming what is wrong, exit code 2, no traceback.
 """
 
 from __future__ import annotations
@@ -9,9 +10,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from fleetpilot.policies.errors import CliError, UserError
 
-class CliError(ValueError):
-    """Bad input from the user: printed as one line, exit code 2."""
+__all__ = ["CliError", "UserError", "build_parser", "main"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,33 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from fleetpilot.controller import cli as this  # under `python -m controller.cli` this module is __main__
-    from fleetpilot.policies.registry import PolicyError
-    from fleetpilot.training.load import TraceError
-
-    errors: list[type[BaseException]] = [CliError, this.CliError, PolicyError, TraceError]
-    try:
-        from fleetpilot.controller.config import ConfigError
-
-        errors.append(ConfigError)
-    except ImportError:
-        pass
-    try:
-        from fleetpilot.policies.onnx_policy import ModelError
-
-        errors.append(ModelError)
-    except ImportError:
-        pass
-    return tuple(errors)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except _user_errors() as exc:
+    except UserError as exc:
         print(f"fleetpilot {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -54,8 +54,8 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from fleetpilot.controller.cli import CliError
     from fleetpilot.controller.config import load_config
+    from fleetpilot.policies.errors import CliError
 
     t_start = time.perf_counter()
     cfg = load_config(args.config)
@@ -64,6 +64,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(cfg.log_level)
     log = logging.getLogger("fleetpilot.run")
     from fleetpilot.controller.daemon import Daemon, log_config, run_forever
+    from fleetpilot.controller.runtime import TickOutcome
     from fleetpilot.controller.server import StatusServer
 
     stop = threading.Event()
@@ -77,9 +78,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    dry_run = bool(args.dry_run or cfg.dry_run)
-    log_config(cfg, dry_run)
-    daemon = Daemon(cfg, dry_run=dry_run, summary=cfg.simulated_clock and not args.quiet)
+    cfg = cfg.with_dry_run(args.dry_run)
+    log_config(cfg)
+    daemon = Daemon(cfg, summary=cfg.simulated_clock and not args.quiet)
     running.append(daemon)
     server = None
     try:
@@ -100,7 +101,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 "first decision",
                 extra={"seconds_since_start": round(time.perf_counter() - t_start, 3), "outcome": outcome},
             )
-            return 1 if outcome == "error" else 0
+            return 1 if outcome == TickOutcome.ERROR else 0
         run_forever(daemon, stop)
         log.info("stopped", extra={"ticks": daemon.tick_no})
         return 0
@@ -112,8 +113,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_decisions(args: argparse.Namespace) -> int:
-    from fleetpilot.controller.cli import CliError
     from fleetpilot.controller.journal import read_decisions
+    from fleetpilot.policies.errors import CliError
 
     if args.last < 1:
         raise CliError("--last must be at least 1")

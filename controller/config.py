@@ -23,14 +23,17 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from fleetpilot.policies.errors import UserError
+from fleetpilot.policies.registry import RULE_NAMES
+
 ENV_PREFIX = "FLEETPILOT_"
-#: Policies that are rules (the fallback must be one); mirrors policies.registry.RULES without importing it.
-RULE_POLICIES = ("static", "target-tracking", "step", "predictive", "cushion")
+#: Policies that are rules (the fallback must be one): the registry's.
+RULE_POLICIES = RULE_NAMES
 #: Source kinds driven by the daemon's simulated clock (each tick is one simulated minute).
 SIMULATED_SOURCES = ("simulator", "csv")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A configuration that cannot be used: one line naming the file, the field and the reason."""
 
 
@@ -46,7 +49,7 @@ class ServerConfig(_Strict):
 # --- metric sources (discriminated on `kind`) -------------------------------------------------------------
 class SimulatorSourceConfig(_Strict):
     kind: Literal["simulator"]
-    seed: int = Field(0, ge=0, description="seed of the synthetic load (training.load.synthetic_load)")
+    seed: int = Field(0, ge=0, description="seed of the synthetic load (sim.load.synthetic_load)")
     peak_tpm: float | None = Field(None, gt=0, description="rescale the load so its maximum is this (tpm)")
     minutes: int = Field(20_160, ge=2, le=525_600, description="length of the generated load; it then repeats")
 
@@ -238,6 +241,11 @@ class DaemonConfig(BaseSettings):
     def simulated_clock(self) -> bool:
         """True when every group replays a simulated or recorded load: each tick is one simulated minute."""
         return all(g.simulated_clock for g in self.groups)
+
+    def with_dry_run(self, flag: bool) -> DaemonConfig:
+        """The one place dry-run is resolved: the command line's `--dry-run` turns it on, never off (the file and
+        `FLEETPILOT_DRY_RUN` are already in `dry_run`). The daemon and its logs then read `dry_run` only."""
+        return self.model_copy(update={"dry_run": True}) if flag and not self.dry_run else self
 
     @classmethod
     def settings_customise_sources(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from fleetpilot.controller.backends.base import Backend
 from fleetpilot.controller.config import GroupConfig
 from fleetpilot.controller.sources.base import MetricSource
-from fleetpilot.training.params import FleetParams
+from fleetpilot.sim.params import FleetParams
 
 
 def make_source(g: GroupConfig) -> MetricSource:

@@ -21,10 +21,40 @@ Order of the chain (see docs/configuration.md):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
-#: Data status of a tick's reading; only OK is good data.
-DATA_OK = "ok"
-DATA_STATUSES = (DATA_OK, "error", "empty", "nan", "stale", "invalid", "repeat")
+
+class DataStatus(StrEnum):
+    """Data status of a tick's reading; only OK is good data."""
+
+    OK = "ok"
+    ERROR = "error"  #: the source could not be read
+    EMPTY = "empty"  #: the source has no sample
+    NAN = "nan"  #: the source said NaN
+    STALE = "stale"  #: the last sample is older than `stale_after_seconds`
+    INVALID = "invalid"  #: a negative load
+    REPEAT = "repeat"  #: older than the history already seen (the clock or the source went back)
+
+
+class Action(StrEnum):
+    """How a decision's capacity was made."""
+
+    POLICY = "policy"
+    FALLBACK = "fallback"
+    HOLD = "hold"
+
+
+class Cause(StrEnum):
+    """Why a group's policy answer is not used (the `cause` label of the fallback counter)."""
+
+    MODEL_UNAVAILABLE = "model_unavailable"  #: the policy could not be loaded
+    MODEL_ERROR = "model_error"  #: the policy raised or answered in the wrong shape
+    NON_FINITE = "non_finite"  #: the answer was not finite or negative
+    BAD_DATA = "bad_data"  #: the load reading has been bad for `bad_data_ticks_before_fallback` ticks
+
+
+DATA_OK = DataStatus.OK
+DATA_STATUSES = tuple(DataStatus)
 
 
 @dataclass(frozen=True)
@@ -67,8 +97,8 @@ class Proposal:
 
     policy_desired: int | None
     fallback_desired: int | None
-    data_status: str = DATA_OK
-    model_cause: str | None = None
+    data_status: str = DataStatus.OK  #: a DataStatus
+    model_cause: str | None = None  #: a Cause
 
 
 @dataclass(frozen=True)
@@ -82,10 +112,10 @@ class Memory:
 @dataclass(frozen=True)
 class Decision:
     final: int
-    action: str  #: "policy" | "fallback" | "hold"
+    action: Action
     reasons: tuple[str, ...]
     recommendation: int | None  #: after the min/max clamp (what stabilization remembers)
-    fallback_cause: str | None = None
+    fallback_cause: str | None = None  #: a Cause
     write: bool = False  #: final differs from the group's desired and the group is not paused
 
     @property
@@ -164,22 +194,22 @@ def decide(
     bad_ticks = 0 if data_ok else memory.bad_ticks + 1
     fallback_cause: str | None = None
     if data_ok and proposal.policy_desired is not None:
-        action, value = "policy", int(proposal.policy_desired)
+        action, value = Action.POLICY, int(proposal.policy_desired)
     elif data_ok or bad_ticks >= limits.bad_data_ticks_before_fallback:
-        fallback_cause = proposal.model_cause if data_ok else "bad_data"
+        fallback_cause = proposal.model_cause if data_ok else Cause.BAD_DATA
         if proposal.fallback_desired is not None:
-            action, value = "fallback", int(proposal.fallback_desired)
+            action, value = Action.FALLBACK, int(proposal.fallback_desired)
             reasons.append(f"fallback:{fallback_cause or 'unknown'}")
         else:
-            action, value = "hold", group.desired
+            action, value = Action.HOLD, group.desired
             reasons.append(f"hold:{proposal.data_status if not data_ok else 'no-fallback'}")
     else:
-        action, value = "hold", group.desired
+        action, value = Action.HOLD, group.desired
         reasons.append(f"hold:{proposal.data_status}")
 
     recommendation: int | None = None
     window = memory.recommendations
-    if action != "hold":
+    if action != Action.HOLD:
         value, why = clamp_bounds(value, limits.min_machines, limits.max_machines)
         reasons += [why] if why else []
         recommendation = value
@@ -208,7 +238,7 @@ def decide(
         action=action,
         reasons=tuple(reasons),
         recommendation=recommendation,
-        fallback_cause=fallback_cause if action != "policy" else None,
+        fallback_cause=fallback_cause if action != Action.POLICY else None,
         write=(not limits.paused) and int(value) != group.desired,
     )
     return decision, Memory(bad_ticks=bad_ticks, recommendations=window)

@@ -7,6 +7,7 @@ import logging
 import sys
 import traceback
 from datetime import UTC, datetime
+from typing import Any
 
 #: Fields of a LogRecord that are not user data.
 _STD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "taskName"}
@@ -47,3 +48,44 @@ def setup_logging(level: str = "INFO", stream=None) -> None:
     logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.getLevelName(level)))
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class Streaks:
+    """Log a fault once when its streak starts (or changes kind) and once when it ends, never every tick.
+
+    `bad(key, kind, msg, ...)` each tick the fault is there; `good(key, msg, ...)` each tick it is not. The
+    first bad tick of a streak logs `msg` at `level`; later ticks of the same kind log at DEBUG; the first good
+    tick after a streak logs the recovery at INFO with the number of bad ticks. Metrics count every tick.
+    """
+
+    def __init__(self, logger: logging.Logger):
+        self.log = logger
+        self.open: dict[tuple, list] = {}  #: key -> [kind, ticks]
+
+    def bad(
+        self,
+        key: tuple,
+        kind: str,
+        msg: str,
+        level: int = logging.WARNING,
+        exc_info: bool | BaseException = False,
+        **extra: Any,
+    ) -> None:
+        """`exc_info`: True inside an `except` block, or the exception itself (its traceback is logged)."""
+        cur = self.open.get(key)
+        if cur is not None and cur[0] == kind:
+            cur[1] += 1
+            self.log.debug(msg, extra={**extra, "streak_ticks": cur[1]})
+            return
+        self.open[key] = [kind, 1]
+        self.log.log(
+            level,
+            msg,
+            extra={**extra, "streak": "started; logged again only when it changes or ends"},
+            exc_info=exc_info,
+        )
+
+    def good(self, key: tuple, msg: str, **extra: Any) -> None:
+        cur = self.open.pop(key, None)
+        if cur is not None:
+            self.log.info(msg, extra={**extra, "kind": cur[0], "bad_ticks": cur[1]})

@@ -25,7 +25,11 @@ class PolicyOutput:
 
 @runtime_checkable
 class Policy(Protocol):
+    """Implementations subclass this to inherit the defaults of the optional parts (`providers`)."""
+
     name: str
+    #: onnxruntime execution providers of a learned policy, as chosen at load; None for rules.
+    providers: list[str] | None = None
 
     def reset(self, n: int) -> None:
         """Forget all per-group state; the next `decide` gets a batch of `n` groups."""

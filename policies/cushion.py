@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from fleetpilot.policies.actions import ActionMapping
-from fleetpilot.policies.base import PolicyOutput
+from fleetpilot.policies.base import Policy, PolicyOutput
 from fleetpilot.policies.observation import Observation
 
 
@@ -78,7 +78,7 @@ class CushionParams(BaseModel):
     )
 
 
-class CushionPolicy:
+class CushionPolicy(Policy):
     name = "cushion"
 
     def __init__(self, params: CushionParams | None = None):

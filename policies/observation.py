@@ -44,7 +44,9 @@ minutes after a jump are safe is for a policy to learn from both features.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import numpy as np
 
@@ -79,6 +81,11 @@ FEATURE_NAMES = (
     "rerise_age",
 )
 OBS_DIM = len(FEATURE_NAMES)
+#: The column of each feature (`FEATURE_INDEX["ema_fast"] == 6`): the builder writes by name, never by number.
+FEATURE_INDEX: Mapping[str, int] = MappingProxyType({name: i for i, name in enumerate(FEATURE_NAMES)})
+_F = FEATURE_INDEX
+_LAGS = slice(_F["lag1"], _F["lag5"] + 1)
+assert _LAGS.stop - _LAGS.start == 5  # lag1..lag5 are consecutive
 DAY_MINUTES = 1440
 WEEK_MINUTES = 7 * DAY_MINUTES
 #: History kept per group: a week plus slack for the +-2-minute seasonal windows.
@@ -287,25 +294,15 @@ class ObservationBuilder:
             self.rerise_age[f] = JUMP_NONE_MINUTES
             self.load[f] = load[f]
         accept = ok
-        prev = self.load
         upd = accept & ~fresh
         if upd.all():
-            self.noise += _A_NOISE * (np.abs(load - prev) - self.noise)
-            self.noise_slow += _A_NOISE_SLOW * (np.abs(load - prev) - self.noise_slow)
-            self.ema_fast += _A_FAST * (load - self.ema_fast)
-            self.ema_mid += _A_MID * (load - self.ema_mid)
-            self.ema_slow += _A_SLOW * (load - self.ema_slow)
-            self.day_max = np.maximum(load, self.day_max * _DECAY_DAY)
-            self.hour_max = np.maximum(load, self.hour_max * _DECAY_HOUR)
+            self._step_stats(load, self.load)
         elif upd.any():
-            u = upd
-            self.noise[u] += _A_NOISE * (np.abs(load[u] - prev[u]) - self.noise[u])
-            self.noise_slow[u] += _A_NOISE_SLOW * (np.abs(load[u] - prev[u]) - self.noise_slow[u])
-            self.ema_fast[u] += _A_FAST * (load[u] - self.ema_fast[u])
-            self.ema_mid[u] += _A_MID * (load[u] - self.ema_mid[u])
-            self.ema_slow[u] += _A_SLOW * (load[u] - self.ema_slow[u])
-            self.day_max[u] = np.maximum(load[u], self.day_max[u] * _DECAY_DAY)
-            self.hour_max[u] = np.maximum(load[u], self.hour_max[u] * _DECAY_HOUR)
+            stats = self._stats()
+            part = tuple(a[upd] for a in stats)
+            self._step_stats(load[upd], self.load[upd], part)
+            for a, v in zip(stats, part, strict=True):
+                a[upd] = v
         if accept.all():
             self.buf[self._rows, self.pos] = load
             self.pos = (self.pos + 1) % self.h
@@ -327,24 +324,32 @@ class ObservationBuilder:
             self._detect_jumps(a)
         return accept
 
+    def update_where(
+        self, take: np.ndarray, load_tpm: np.ndarray, active: np.ndarray, warming: np.ndarray, minute: np.ndarray
+    ) -> None:
+        """`update` for the groups in the (N,) bool mask `take`; the others take no sample. Their load history
+        stays as it is, and a group without history stays without one (the daemon's bad readings, the minutes a
+        group's source had no sample for in a backfill)."""
+        if take.all():
+            self.update(load_tpm, active, warming, minute)
+            return
+        fresh = self.count == 0
+        self.update(np.where(take, load_tpm, self.load), active, warming, np.where(take, minute, self.minute))
+        undo = fresh & ~take
+        if undo.any():
+            self.reset(np.nonzero(undo)[0])
+
+    def set_machines(self, active: np.ndarray, warming: np.ndarray) -> None:
+        """The machines of every group now, also of those whose load took no sample this minute (machines are
+        read from the backend; the load may be repeated or bad)."""
+        self.active[:] = active
+        self.warming[:] = warming
+
     def _update_next_minute(
         self, load: np.ndarray, active: np.ndarray, warming: np.ndarray, minute: np.ndarray
     ) -> np.ndarray:
-        """`update` when every group has history and this is its next minute: the same arithmetic in place."""
-        t = load - self.load
-        np.abs(t, out=t)
-        t -= self.noise
-        self.noise_slow += _A_NOISE_SLOW * (t + self.noise - self.noise_slow)
-        t *= _A_NOISE
-        self.noise += t
-        for ema, a in ((self.ema_fast, _A_FAST), (self.ema_mid, _A_MID), (self.ema_slow, _A_SLOW)):
-            np.subtract(load, ema, out=t)
-            t *= a
-            ema += t
-        self.day_max *= _DECAY_DAY
-        np.maximum(load, self.day_max, out=self.day_max)
-        self.hour_max *= _DECAY_HOUR
-        np.maximum(load, self.hour_max, out=self.hour_max)
+        """`update` when every group has history and this is its next minute (the usual case)."""
+        self._step_stats(load, self.load)
         if _uniform(self.pos):
             self.buf[:, int(self.pos[0])] = load
         else:
@@ -357,6 +362,30 @@ class ObservationBuilder:
         self.warming = np.array(warming, dtype=np.int64)
         self._detect_jumps(None)
         return np.ones(self.n, dtype=bool)
+
+    def _stats(self) -> tuple[np.ndarray, ...]:
+        """The streaming statistics `_step_stats` moves, in its order."""
+        return (self.noise, self.noise_slow, self.ema_fast, self.ema_mid, self.ema_slow, self.day_max, self.hour_max)
+
+    def _step_stats(self, load: np.ndarray, prev: np.ndarray, stats: tuple[np.ndarray, ...] | None = None) -> None:
+        """One minute of the streaming statistics, in place: the EMAs of |minute-to-minute change| (noise, slow
+        noise), the EMAs of the load and the leaky maxima. The one place of this arithmetic. `stats`: the arrays
+        of the rows that take a sample, in `_stats()` order (default: every group's own arrays)."""
+        noise, noise_slow, ema_fast, ema_mid, ema_slow, day_max, hour_max = stats or self._stats()
+        t = load - prev
+        np.abs(t, out=t)
+        t -= noise
+        noise_slow += _A_NOISE_SLOW * (t + noise - noise_slow)
+        t *= _A_NOISE
+        noise += t
+        for ema, a in ((ema_fast, _A_FAST), (ema_mid, _A_MID), (ema_slow, _A_SLOW)):
+            np.subtract(load, ema, out=t)
+            t *= a
+            ema += t
+        day_max *= _DECAY_DAY
+        np.maximum(load, day_max, out=day_max)
+        hour_max *= _DECAY_HOUR
+        np.maximum(load, hour_max, out=hour_max)
 
     def _detect_jumps(self, rows: np.ndarray | None) -> None:
         """Age every group that took a sample (`rows`: bool mask, None = all) by one minute, then restart the
@@ -411,47 +440,51 @@ class ObservationBuilder:
         inv = 1.0 / (r_m * cap)  # multiply a load in tpm by this to get load / R
         f = np.empty((self.n, OBS_DIM), dtype=np.float64)
         g = f.T  # feature-major view: g[k] is feature k of every group
-        np.multiply(self.load, inv, out=g[0])
-        np.multiply(_gather(self.buf, self.pos, 1, 5).T, inv, out=g[1:6])
-        np.multiply(self.ema_fast, inv, out=g[6])
-        np.multiply(self.ema_slow, inv, out=g[7])
-        np.multiply(self.day_max, inv, out=g[8])
-        np.multiply(self.hour_max, inv, out=g[9])
-        np.multiply(self.noise, inv, out=g[10])
-        np.divide(self.active, r_m, out=g[11])
-        np.divide(self.warming, r_m, out=g[12])
-        u = g[13]
+        np.multiply(self.load, inv, out=g[_F["load"]])
+        np.multiply(_gather(self.buf, self.pos, 1, 5).T, inv, out=g[_LAGS])
+        for name, v in (
+            ("ema_fast", self.ema_fast),
+            ("ema_slow", self.ema_slow),
+            ("day_max", self.day_max),
+            ("hour_max", self.hour_max),
+            ("noise", self.noise),
+        ):
+            np.multiply(v, inv, out=g[_F[name]])
+        np.divide(self.active, r_m, out=g[_F["active"]])
+        np.divide(self.warming, r_m, out=g[_F["warming"]])
+        u = g[_F["util"]]
         np.divide(self.load, cap, out=u)
         u /= np.maximum(self.active, 1)
         np.minimum(u, 5.0, out=u)
         tod = self.minute % DAY_MINUTES
         dow = (self.minute // DAY_MINUTES + _EPOCH_DOW) % 7
-        np.take(_TOD_SIN, tod, out=g[14], mode="clip")
-        np.take(_TOD_COS, tod, out=g[15], mode="clip")
-        np.take(_DOW_SIN, dow, out=g[16], mode="clip")
-        np.take(_DOW_COS, dow, out=g[17], mode="clip")
+        np.take(_TOD_SIN, tod, out=g[_F["tod_sin"]], mode="clip")
+        np.take(_TOD_COS, tod, out=g[_F["tod_cos"]], mode="clip")
+        np.take(_DOW_SIN, dow, out=g[_F["dow_sin"]], mode="clip")
+        np.take(_DOW_COS, dow, out=g[_F["dow_cos"]], mode="clip")
         w = self.warmup
         has_day = self.count > DAY_MINUTES + 2
         has_week = self.count > WEEK_MINUTES + 2
         hist = self.history
-        for row, has, k in (
-            (18, has_day, DAY_MINUTES - w),
-            (19, has_day, DAY_MINUTES),
-            (20, has_week, WEEK_MINUTES - w),
+        for name, has, k in (
+            ("day_ahead", has_day, DAY_MINUTES - w),
+            ("day_now", has_day, DAY_MINUTES),
+            ("week_ahead", has_week, WEEK_MINUTES - w),
         ):
+            row = g[_F[name]]
             if not has.any():
-                g[row] = 1.0
+                row[:] = 1.0
             elif has.all():
-                np.multiply(self._mean5(k - 2), inv, out=g[row])
+                np.multiply(self._mean5(k - 2), inv, out=row)
             else:
-                g[row] = np.where(has, self._mean5(k - 2) * inv, 1.0)
-        g[21] = has_day
-        g[22] = has_week
-        np.divide(1.0, r_m, out=g[23])
-        np.minimum(self.jump_age, _J_AGE_CLIP, out=g[24], casting="unsafe")
-        g[24] /= _J_AGE_SCALE
-        np.minimum(self.rerise_age, _J_RERISE_CLIP, out=g[25], casting="unsafe")
-        g[25] /= _J_RERISE_SCALE
+                row[:] = np.where(has, self._mean5(k - 2) * inv, 1.0)
+        g[_F["has_day"]] = has_day
+        g[_F["has_week"]] = has_week
+        np.divide(1.0, r_m, out=g[_F["granularity"]])
+        np.minimum(self.jump_age, _J_AGE_CLIP, out=g[_F["jump_age"]], casting="unsafe")
+        g[_F["jump_age"]] /= _J_AGE_SCALE
+        np.minimum(self.rerise_age, _J_RERISE_CLIP, out=g[_F["rerise_age"]], casting="unsafe")
+        g[_F["rerise_age"]] /= _J_RERISE_SCALE
         np.clip(g, -_CLIP, _CLIP, out=g)
         return Observation(
             features=f.astype(np.float32),

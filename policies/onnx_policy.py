@@ -17,14 +17,15 @@ from pathlib import Path
 import numpy as np
 
 from fleetpilot.policies.actions import ActionMapping
-from fleetpilot.policies.base import PolicyOutput
+from fleetpilot.policies.base import Policy, PolicyOutput
+from fleetpilot.policies.errors import UserError
 from fleetpilot.policies.observation import OBS_DIM, OBS_VERSION, Observation
 
 MANIFEST_FORMAT = 1
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
 
-class ModelError(ValueError):
+class ModelError(UserError):
     """A model that must not be used; the message names the directory and the failed check."""
 
 
@@ -91,7 +92,7 @@ def choose_providers(requested: list[str] | None = None) -> list[str]:
     return [p for p in PREFERRED_PROVIDERS if p in available] or list(available)
 
 
-class OnnxPolicy:
+class OnnxPolicy(Policy):
     """Batched ONNX inference: all groups that share the model are decided in one call."""
 
     def __init__(self, name: str, session, manifest: dict, providers: list[str]):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import ConfigDict, Field
 
-from fleetpilot.policies.base import PolicyOutput
+from fleetpilot.policies.base import Policy, PolicyOutput
 from fleetpilot.policies.observation import DAY_MINUTES, WEEK_MINUTES, Observation
 from fleetpilot.policies.rules import machines_for
 from fleetpilot.policies.target_tracking import TargetTrackingParams, TargetTrackingPolicy
@@ -28,7 +28,7 @@ class PredictiveParams(TargetTrackingParams):
     window_minutes: int = Field(2, ge=0, le=30, description="half width of the seasonal average")
 
 
-class PredictivePolicy:
+class PredictivePolicy(Policy):
     name = "predictive"
 
     def __init__(self, params: PredictiveParams | None = None):

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from fleetpilot.policies.base import Policy
 from fleetpilot.policies.cushion import CushionParams, CushionPolicy
+from fleetpilot.policies.errors import UserError
 from fleetpilot.policies.predictive import PredictiveParams, PredictivePolicy
 from fleetpilot.policies.static import StaticParams, StaticPolicy
 from fleetpilot.policies.step import StepParams, StepPolicy
@@ -22,9 +23,17 @@ RULES = {
     "predictive": (PredictivePolicy, PredictiveParams),
     "cushion": (CushionPolicy, CushionParams),
 }
+#: The rule names, in the registry's order: every list of rules (the config's fallback choices, the command
+#: line's help and choices, `fleetpilot tune`'s grids) is this one.
+RULE_NAMES: tuple[str, ...] = tuple(RULES)
+#: The rules `fleetpilot backtest` compares when no --policy is given: the classic baselines (the cushion rule is
+#: the learned policy's starting rule, which `fleetpilot train` compares with its model).
+BACKTEST_BASELINES = ("static", "target-tracking", "step", "predictive")
+#: The rules `fleetpilot train` compares its model with on the validation loads.
+TRAIN_BASELINES = ("target-tracking", "predictive", "step", "cushion")
 
 
-class PolicyError(ValueError):
+class PolicyError(UserError):
     """A policy that cannot be made; the message says which and why."""
 
 

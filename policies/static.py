@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from fleetpilot.policies.base import PolicyOutput
+from fleetpilot.policies.base import Policy, PolicyOutput
 from fleetpilot.policies.observation import Observation
 
 
@@ -14,7 +14,7 @@ class StaticParams(BaseModel):
     machines: int = Field(50, ge=0, description="fleet size (default: the seed's 50 initial machines)")
 
 
-class StaticPolicy:
+class StaticPolicy(Policy):
     name = "static"
 
     def __init__(self, params: StaticParams | None = None):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from fleetpilot.policies.base import PolicyOutput
+from fleetpilot.policies.base import Policy, PolicyOutput
 from fleetpilot.policies.observation import Observation
 from fleetpilot.policies.rules import ScaleInGate
 
@@ -26,7 +26,7 @@ class StepParams(BaseModel):
     scale_in_cooldown_minutes: int = Field(5, ge=0)
 
 
-class StepPolicy:
+class StepPolicy(Policy):
     name = "step"
 
     def __init__(self, params: StepParams | None = None):

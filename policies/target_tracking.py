@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from fleetpilot.policies.base import PolicyOutput
+from fleetpilot.policies.base import Policy, PolicyOutput
 from fleetpilot.policies.observation import Observation
 from fleetpilot.policies.rules import ScaleInGate, machines_for
 
@@ -23,7 +23,7 @@ class TargetTrackingParams(BaseModel):
     scale_in_cooldown_minutes: int = Field(0, ge=0, description="minutes between two scale-ins")
 
 
-class TargetTrackingPolicy:
+class TargetTrackingPolicy(Policy):
     name = "target-tracking"
 
     def __init__(self, params: TargetTrackingParams | None = None):

@@ -55,7 +55,7 @@ def test_cloudwatch_to_asg_dry_run_then_write(tmp_path, aws: MotoAws):
     for m in range(now - 30, now):  # 3,000 tpm: target tracking at 0.65 wants 16 machines
         aws.put_load("Fleetpilot/Test", "Transactions", dims, m, [3000.0])
 
-    dry = Daemon(_config(tmp_path, aws, name, dims), CollectorRegistry(), dry_run=True)
+    dry = Daemon(_config(tmp_path, aws, name, dims).with_dry_run(True), CollectorRegistry())
     dry.backfill()
     assert "boto3" in sys.modules
     assert dry.run_tick() == "ok"

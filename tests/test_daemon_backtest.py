@@ -10,15 +10,16 @@ from fleetpilot.controller.backends.simulated import noise_key
 from fleetpilot.controller.config import DaemonConfig
 from fleetpilot.controller.daemon import Daemon
 from fleetpilot.controller.sources.simulator import SYNTHETIC_START_MINUTE, SimulatorSource
+from fleetpilot.policies.base import Policy
 from fleetpilot.policies.registry import make_policy
+from fleetpilot.sim.params import FleetParams
 from fleetpilot.training.backtest import simulate
-from fleetpilot.training.params import FleetParams
 
 TICKS = 400
 SEEDS = (0, 7, 11)
 
 
-class Recorder:
+class Recorder(Policy):
     """Wraps a policy and keeps every observation it was given."""
 
     def __init__(self, inner):
@@ -51,16 +52,15 @@ def test_daemon_equals_backtest(tmp_path):
     cfg = DaemonConfig(
         interval_seconds=0.01, journal_path=tmp_path / "j.sqlite", groups=[non_binding_group(s) for s in SEEDS]
     )
-    daemon = Daemon(cfg, CollectorRegistry())
+    recorder = Recorder(make_policy("target-tracking"))
+    daemon = Daemon(cfg, CollectorRegistry(), policies={"target-tracking": recorder})
     assert len(daemon.batches) == 1  # groups sharing a policy are decided in one batched call
-    batch = daemon.batches[0]
-    batch.policy = Recorder(make_policy("target-tracking"))
-    batch.policy.reset(len(SEEDS))
+    assert daemon.batches[0].policy is recorder
     daemon.backfill()
     active_seen = np.zeros((len(SEEDS), TICKS), dtype=np.int64)
     for k in range(TICKS):
         assert daemon.run_tick() == "ok"
-        active_seen[:, k] = [g.state.active for g in daemon.groups]
+        active_seen[:, k] = [g.backend.read().active for g in daemon.groups]  # as read this tick
     daemon.close()
 
     loads = np.stack([SimulatorSource(s, minutes=TICKS + 10).load_tpm[: TICKS + 1].astype(np.float64) for s in SEEDS])
@@ -69,8 +69,8 @@ def test_daemon_equals_backtest(tmp_path):
     traj = simulate(ref, loads[:, :TICKS], np.full(len(SEEDS), SYNTHETIC_START_MINUTE), keys, FleetParams())
 
     # same observations at every decision
-    assert len(batch.policy.features) == TICKS and len(ref.features) == TICKS - 1
-    np.testing.assert_array_equal(np.stack(batch.policy.features[: TICKS - 1]), np.stack(ref.features))
+    assert len(recorder.features) == TICKS and len(ref.features) == TICKS - 1
+    np.testing.assert_array_equal(np.stack(recorder.features[: TICKS - 1]), np.stack(ref.features))
     # same actions: the journal's policy_desired per tick equals the backtest's desired
     import sqlite3
 

@@ -1,5 +1,5 @@
 """End to end: `fleetpilot run` as a subprocess against the simulator; /metrics, /healthz, /readyz; SIGTERM;
-exit code, JSON logs and journal; `--once`, `--dry-run`, `decisions`; no torch in the daemon process."""
+exit code, JSON logs and journal; `--once`, `--dry-run`, `decisions`; neither torch nor gymnasium in the daemon process."""
 
 from __future__ import annotations
 
@@ -129,11 +129,14 @@ def _run_once_in_process(cfg: Path, *extra: str, env=None) -> subprocess.Complet
     """`fleetpilot run --once` in a fresh interpreter that then reports what it imported and mapped."""
     code = (
         "import sys, json\n"
+        "import fleetpilot.controller.daemon, fleetpilot.controller.factory, fleetpilot.controller.sources.simulator\n"
+        "import fleetpilot.controller.sources.csv_replay, fleetpilot.controller.backends.simulated\n"
         "from fleetpilot.controller.cli import main\n"
         f"rc = main(['run', '--config', {str(cfg)!r}, '--once', *{list(extra)!r}])\n"
         "maps = open('/proc/self/maps').read()\n"
-        "print(json.dumps({'rc': rc, 'torch': sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')),"
-        " 'libtorch': 'libtorch' in maps, 'boto3': 'boto3' in sys.modules}))\n"
+        "mods = lambda name: sorted(m for m in sys.modules if m == name or m.startswith(name + '.'))\n"
+        "print(json.dumps({'rc': rc, 'torch': mods('torch'), 'libtorch': 'libtorch' in maps,"
+        " 'boto3': 'boto3' in sys.modules, 'gymnasium': mods('gymnasium'), 'training': mods('fleetpilot.training')}))\n"
     )
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env, cwd=REPO)
 
@@ -142,7 +145,15 @@ def test_once_decides_once_without_torch(tmp_path):
     p = _run_once_in_process(config(tmp_path))
     assert p.returncode == 0, p.stderr
     report = json.loads(p.stdout.strip().splitlines()[-1])
-    assert report == {"rc": 0, "torch": [], "libtorch": False, "boto3": False}
+    # the training side is there only as the command line's subcommand parsers: no env, no gymnasium
+    assert report == {
+        "rc": 0,
+        "torch": [],
+        "libtorch": False,
+        "boto3": False,
+        "gymnasium": [],
+        "training": ["fleetpilot.training", "fleetpilot.training.cli"],
+    }
     assert p.stdout.splitlines()[0].startswith("tick 0 web load=")
     assert "first decision" in p.stderr
     db = sqlite3.connect(tmp_path / "journal.sqlite")
@@ -158,6 +169,7 @@ def test_example_config_runs_without_torch(tmp_path):
     assert p.returncode == 0, p.stderr
     report = json.loads(p.stdout.strip().splitlines()[-1])
     assert report["rc"] == 0 and report["torch"] == [] and report["libtorch"] is False
+    assert report["gymnasium"] == [] and report["training"] == ["fleetpilot.training", "fleetpilot.training.cli"]
     assert len(p.stdout.strip().splitlines()) == 1  # --quiet: no tick summary
 
 

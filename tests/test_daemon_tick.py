@@ -12,17 +12,18 @@ from prometheus_client import CollectorRegistry
 
 from fleetpilot.controller.backends.base import BackendError, GroupState
 from fleetpilot.controller.backends.simulated import SimulatedBackend
+from fleetpilot.controller.clock import Clock
 from fleetpilot.controller.config import DaemonConfig
 from fleetpilot.controller.daemon import DRY_RUN_MARKER, Daemon
 from fleetpilot.controller.journal import read_decisions
-from fleetpilot.controller.sources.base import Sample, SourceError
-from fleetpilot.policies.base import PolicyOutput
-from fleetpilot.training.params import FleetParams
+from fleetpilot.controller.sources.base import MetricSource, Sample, SourceError
+from fleetpilot.policies.base import Policy, PolicyOutput
+from fleetpilot.sim.params import FleetParams
 
 START = 29_000_000  # an epoch minute (2025-02-18)
 
 
-class FakeClock:
+class FakeClock(Clock):
     """A wall clock the test moves: one minute per tick (advance), like a real minute-aligned schedule."""
 
     simulated = False
@@ -37,7 +38,7 @@ class FakeClock:
         self.minute += 1
 
 
-class FakeSource:
+class FakeSource(MetricSource):
     """load(minute) = a smooth daily-ish curve; `mode` makes the next readings bad."""
 
     def __init__(self, scale: float = 1.0, history_minutes: int | None = 600):
@@ -101,12 +102,19 @@ def group(name="web", **kw) -> dict:
     return g
 
 
-def make(tmp_path, groups=None, sources=None, backends=None, registry=None, clock=None, **cfg_kw):
+def make(tmp_path, groups=None, sources=None, backends=None, registry=None, clock=None, policies=None, **cfg_kw):
     groups = groups or [group()]
     cfg = DaemonConfig(interval_seconds=60, journal_path=tmp_path / "j.sqlite", groups=groups, **cfg_kw)
     sources = sources or [FakeSource() for _ in groups]
     backends = backends or [FlakyBackend() for _ in groups]
-    d = Daemon(cfg, registry or CollectorRegistry(), sources=sources, backends=backends, clock=clock or FakeClock())
+    d = Daemon(
+        cfg,
+        registry or CollectorRegistry(),
+        sources=sources,
+        backends=backends,
+        clock=clock or FakeClock(),
+        policies=policies,
+    )
     d.backfill()
     return d
 
@@ -150,7 +158,7 @@ def test_fallback_uses_the_last_good_load(tmp_path):
     d.close()
 
 
-class Exploding:
+class Exploding(Policy):
     name = "exploding"
 
     def __init__(self, how):
@@ -167,8 +175,7 @@ class Exploding:
 
 @pytest.mark.parametrize("how, cause", [("raise", "model_error"), ("nan", "non_finite")])
 def test_model_failure_uses_the_fallback_rule(tmp_path, how, cause, caplog):
-    d = make(tmp_path)
-    d.batches[0].policy = Exploding(how)
+    d = make(tmp_path, policies={"target-tracking": Exploding(how)})
     with caplog.at_level(logging.ERROR):
         assert d.run_tick() == "partial"
     d.close()
@@ -202,6 +209,13 @@ def test_dry_run_runs_everything_but_the_write(tmp_path, caplog):
     assert n_dry > 0 and all(x["final"] != x["desired_before"] for x in r if x["outcome"] == "dry-run")
     assert metric(d, "fleetpilot_dry_run_writes_total", group="web") == n_dry
     assert sum(rec.getMessage() == DRY_RUN_MARKER for rec in caplog.records) == n_dry
+
+
+def test_dry_run_is_resolved_once_in_the_config(tmp_path):
+    cfg = DaemonConfig(interval_seconds=60, journal_path=tmp_path / "j.sqlite", groups=[group()])
+    assert cfg.dry_run is False and cfg.with_dry_run(False) is cfg and cfg.with_dry_run(True).dry_run is True
+    on = DaemonConfig(interval_seconds=60, journal_path=tmp_path / "j.sqlite", groups=[group()], dry_run=True)
+    assert on.with_dry_run(False).dry_run is True  # the flag turns dry-run on, never off
 
 
 def test_backend_errors_are_counted_and_the_daemon_goes_on(tmp_path):
@@ -239,8 +253,9 @@ def test_metrics_per_group(tmp_path):
     d = make(tmp_path)
     d.run_tick()
     d.close()
-    g = d.groups[0]
-    assert metric(d, "fleetpilot_load_tpm", group="web") == g.sample.load_tpm
+    assert (
+        metric(d, "fleetpilot_load_tpm", group="web") == rows(tmp_path)[0]["load_tpm"] == FakeSource().load(START - 1)
+    )
     assert metric(d, "fleetpilot_machines", group="web", state="active") == 50
     desired = metric(d, "fleetpilot_machines", group="web", state="desired")
     assert desired == rows(tmp_path)[0]["final"]
@@ -266,11 +281,31 @@ def test_groups_sharing_a_policy_are_one_batch(tmp_path):
     assert rows(tmp_path, "c")[0]["policy_desired"] == 7
 
 
+def test_an_injected_policy_serves_its_batch_and_only_one(tmp_path):
+    class Fixed(Policy):
+        name = "fixed"
+
+        def reset(self, n):
+            self.n = n
+
+        def decide(self, obs):
+            return PolicyOutput(np.full(obs.n, 9), np.full(obs.n, 9))
+
+    fixed = Fixed()
+    d = make(tmp_path, groups=[group("a"), group("b")], policies={"target-tracking": fixed})
+    assert fixed.n == 2 and d.batches[0].policy is fixed
+    d.run_tick()
+    d.close()
+    assert [r["policy_desired"] for r in rows(tmp_path)] == [9, 9]
+    with pytest.raises(ValueError, match="several batches"):
+        make(tmp_path, groups=[group("a"), group("b", warmup_minutes=3)], policies={"target-tracking": Fixed()})
+
+
 def test_restarted_daemon_sees_the_same_observations(tmp_path):
     """One daemon runs 300 minutes; a second starts at minute 200 with backfilled history: from its first tick
     on, both build the same observations."""
 
-    class Spy:
+    class Spy(Policy):
         name = "spy"
 
         def __init__(self):
@@ -284,13 +319,22 @@ def test_restarted_daemon_sees_the_same_observations(tmp_path):
             return PolicyOutput(obs.total.copy(), obs.total.copy())
 
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
-    a = make(tmp_path / "a", clock=FakeClock(START), sources=[FakeSource(history_minutes=None)])
-    a.batches[0].policy = spy_a = Spy()
+    spy_a, spy_b = Spy(), Spy()
+    a = make(
+        tmp_path / "a",
+        clock=FakeClock(START),
+        sources=[FakeSource(history_minutes=None)],
+        policies={"target-tracking": spy_a},
+    )
     for _ in range(300):
         a.run_tick()
     a.close()
-    b = make(tmp_path / "b", clock=FakeClock(START + 200), sources=[FakeSource(history_minutes=None)])
-    b.batches[0].policy = spy_b = Spy()
+    b = make(
+        tmp_path / "b",
+        clock=FakeClock(START + 200),
+        sources=[FakeSource(history_minutes=None)],
+        policies={"target-tracking": spy_b},
+    )
     for _ in range(100):
         b.run_tick()
     b.close()

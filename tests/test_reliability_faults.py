@@ -17,10 +17,12 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from fleetpilot.controller.clock import Clock
 from fleetpilot.controller.config import DaemonConfig
 from fleetpilot.controller.daemon import Daemon
 from fleetpilot.controller.journal import read_decisions
-from fleetpilot.policies.base import PolicyOutput
+from fleetpilot.policies.base import Policy, PolicyOutput
+from fleetpilot.policies.registry import make_policy
 from tests.real_servers import Fault, MotoAws, PromProxy, now_minute
 
 #: A load Prometheus computes for any evaluation time, so history and "now" are real answers of a real server
@@ -35,7 +37,7 @@ def load_at(minute: int) -> float:
     return float(math.floor(4000 + 2500 * math.sin((minute + 1) * 60 / 5400)))
 
 
-class StepClock:
+class StepClock(Clock):
     """A wall clock one simulated minute per tick, 2 s into the minute, with a monotonic clock beside it: the
     daemon detects jumps of the wall clock against it (`jump`)."""
 
@@ -281,7 +283,7 @@ def test_auto_scaling_endpoint_down(tmp_path, prometheus_server, aws: MotoAws, u
 
 
 # -- the model: exception, NaN ------------------------------------------------------------------------------
-class Faulty:
+class Faulty(Policy):
     """A policy that decides like target tracking until told to raise or answer NaN."""
 
     name = "faulty"
@@ -309,9 +311,9 @@ def test_model_failure_streak_uses_the_fallback(tmp_path, caplog, how, cause):
         journal_path=tmp_path / "j.sqlite",
         groups=[group({"kind": "simulator", "seed": 1}, {"kind": "simulated", "seed": 1})],
     )
-    d = Daemon(cfg, CollectorRegistry())
+    policy = Faulty(make_policy("target-tracking", TT_PARAMS))
+    d = Daemon(cfg, CollectorRegistry(), policies={"target-tracking": policy})
     d.backfill()
-    policy = d.batches[0].policy = Faulty(d.batches[0].policy)
     assert run_streak(d, 3) == ["ok"] * 3
     policy.how = how
     assert run_streak(d, 6) == ["partial"] * 6

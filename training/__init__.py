@@ -1,17 +1,10 @@
-"""Training side: fleet and load simulation, gymnasium envs, PPO, ONNX export, backtest, hindsight oracle.
+"""Training side: gymnasium envs, PPO, ONNX export, backtest, hindsight oracle (the simulator core is
+`fleetpilot.sim`).
 
-Importing this package registers `fleetpilot/WebFleet-v0` (with a numpy vector entry point). torch is
+Importing this package imports nothing: the daemon's command line adds the training subcommands without loading
+gymnasium. `fleetpilot.training.env` registers `fleetpilot/WebFleet-v0` (with a numpy vector entry point) when
+it is imported; `gymnasium.make("fleetpilot.training.env:fleetpilot/WebFleet-v0")` imports it on demand. torch is
 imported only by `training.ppo` and `training.export`.
 """
 
-import gymnasium as gym
-
 ENV_ID = "fleetpilot/WebFleet-v0"
-
-if ENV_ID not in gym.registry:
-    gym.register(
-        id=ENV_ID,
-        entry_point="fleetpilot.training.env:WebFleetEnv",
-        vector_entry_point="fleetpilot.training.env:WebFleetVectorEnv",
-        max_episode_steps=10_000,
-    )

@@ -17,10 +17,10 @@ import numpy as np
 
 from fleetpilot.policies.base import Policy
 from fleetpilot.policies.observation import ObservationBuilder
-from fleetpilot.training.fleet import FleetCore, expected_reward, standard_normal_at
-from fleetpilot.training.load import SYNTHETIC_START, Load, synthetic_load
+from fleetpilot.sim.fleet import FleetCore, expected_reward, standard_normal_at
+from fleetpilot.sim.load import SYNTHETIC_START, Load, synthetic_load
+from fleetpilot.sim.params import FleetParams, SyntheticLoadParams
 from fleetpilot.training.oracle import oracle_fleet
-from fleetpilot.training.params import FleetParams, SyntheticLoadParams
 
 ORACLE = "oracle"
 

@@ -9,7 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from fleetpilot.controller.cli import CliError
+from fleetpilot.policies.errors import CliError
+from fleetpilot.policies.registry import RULE_NAMES
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -81,8 +82,8 @@ def add_load_options(p: argparse.ArgumentParser) -> None:
 
 def build_runs(args) -> list:
     from fleetpilot.policies.observation import HISTORY_MINUTES
+    from fleetpilot.sim.load import read_trace
     from fleetpilot.training.backtest import synthetic_run, trace_run
-    from fleetpilot.training.load import read_trace
 
     if args.synthetic and args.trace:
         raise CliError("use either --synthetic or --trace, not both")
@@ -111,7 +112,7 @@ def build_runs(args) -> list:
 
 
 def cmd_backtest(args) -> int:
-    from fleetpilot.policies.registry import make_policy
+    from fleetpilot.policies.registry import BACKTEST_BASELINES, make_policy
     from fleetpilot.training.backtest import ORACLE, backtest, format_table, plot, write_json
 
     if args.plot and not args.plot.lower().endswith(".png"):
@@ -119,7 +120,7 @@ def cmd_backtest(args) -> int:
     for out in (args.json, args.plot):
         if out and not Path(out).resolve().parent.is_dir():
             raise CliError(f"cannot write {out}: directory {Path(out).resolve().parent} does not exist")
-    names = args.policy or ["static", "target-tracking", "step", "predictive", ORACLE]
+    names = args.policy or [*BACKTEST_BASELINES, ORACLE]
     if len(set(names)) != len(names):
         raise CliError("a --policy is given twice")
     from fleetpilot.policies.registry import PolicyError
@@ -147,7 +148,7 @@ def cmd_backtest(args) -> int:
 def cmd_traces_generate(args) -> int:
     import numpy as np
 
-    from fleetpilot.training.load import Load, synthetic_load, write_trace
+    from fleetpilot.sim.load import Load, synthetic_load, write_trace
 
     if not Path(args.out).resolve().parent.is_dir():
         raise CliError(f"cannot write {args.out}: directory {Path(args.out).resolve().parent} does not exist")
@@ -173,7 +174,7 @@ def add_commands(sub) -> None:
         action="append",
         default=[],
         metavar="NAME",
-        help="static, target-tracking, step, predictive, cushion, oracle, default, or a model directory; repeatable",
+        help=f"{', '.join(RULE_NAMES)}, oracle, default, or a model directory; repeatable",
     )
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="plot load and capacity per policy")
@@ -190,7 +191,7 @@ def add_commands(sub) -> None:
 
     u = sub.add_parser("tune", help="grid-search a rule's parameters on loads (reproduces the shipped defaults)")
     add_load_options(u)
-    u.add_argument("--policy", required=True, choices=["target-tracking", "step", "predictive", "static", "cushion"])
+    u.add_argument("--policy", required=True, choices=RULE_NAMES)
     u.set_defaults(func=cmd_tune)
     add_training_commands(sub)
 
@@ -201,7 +202,7 @@ def _train_config(path: str | None, args):
 
     import yaml
 
-    from fleetpilot.training.params import FleetParams
+    from fleetpilot.sim.params import FleetParams
     from fleetpilot.training.ppo import PPOConfig
 
     data: dict = {}
@@ -237,11 +238,11 @@ def cmd_train(args) -> int:
     import dataclasses
 
     from fleetpilot.policies.observation import HISTORY_MINUTES
-    from fleetpilot.policies.registry import make_policy
+    from fleetpilot.policies.registry import TRAIN_BASELINES, make_policy
+    from fleetpilot.sim.load import Augment, read_trace
     from fleetpilot.training.backtest import backtest, format_table, trace_run
     from fleetpilot.training.env import LoadSampler
     from fleetpilot.training.export import write_model
-    from fleetpilot.training.load import Augment, read_trace
     from fleetpilot.training.ppo import TorchPolicy, train, validation_runs
 
     cfg, fleet = _train_config(args.config, args)
@@ -284,10 +285,7 @@ def cmd_train(args) -> int:
     learned = TorchPolicy(result["agent"], result["mapping"], name=args.name)
     pols = {
         args.name: learned,
-        "target-tracking": make_policy("target-tracking"),
-        "predictive": make_policy("predictive"),
-        "step": make_policy("step"),
-        "cushion": make_policy("cushion"),
+        **{name: make_policy(name) for name in TRAIN_BASELINES},
         "oracle": None,
     }
     report = backtest(val_runs, pols, fleet)

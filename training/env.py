@@ -14,7 +14,7 @@ as a `WebFleetEnv` seeded with s + i on the same load (test).
 
 ## Reward
 Per minute, in US dollars: served transactions x $0.90 / 1000 - active machines x $0.05 - $200 if less than
-99.5% of the load was served (seed objective; see `training.fleet`).
+99.5% of the load was served (seed objective; see `sim.fleet`).
 
 ## Episode end
 Never terminated; truncated after `episode_minutes` minutes (10,000), or when an injected load runs out.
@@ -33,9 +33,9 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 
 from fleetpilot.policies.observation import OBS_DIM, ObservationBuilder
-from fleetpilot.training.fleet import FleetCore, expected_reward
-from fleetpilot.training.load import SYNTHETIC_START, Augment, Load, sample_window, synthetic_load
-from fleetpilot.training.params import FleetParams, SyntheticLoadParams
+from fleetpilot.sim.fleet import FleetCore, expected_reward
+from fleetpilot.sim.load import SYNTHETIC_START, Augment, Load, sample_window, synthetic_load
+from fleetpilot.sim.params import FleetParams, SyntheticLoadParams
 
 _OBS_SPACE = spaces.Box(-10.0, 10.0, (OBS_DIM,), np.float32)
 
@@ -216,3 +216,19 @@ class WebFleetVectorEnv(VectorEnv):
         self.last_obs = self.builder.observation()
         reward = expected_reward(out.active, out.load_tpm, self.params) if self.expected_reward else out.reward
         return self.last_obs.features, reward, terminated, truncated, info
+
+
+def register_env() -> None:
+    """Register `fleetpilot/WebFleet-v0` with gymnasium (once; done when this module is imported)."""
+    from fleetpilot.training import ENV_ID
+
+    if ENV_ID not in gym.registry:
+        gym.register(
+            id=ENV_ID,
+            entry_point="fleetpilot.training.env:WebFleetEnv",
+            vector_entry_point="fleetpilot.training.env:WebFleetVectorEnv",
+            max_episode_steps=10_000,
+        )
+
+
+register_env()

@@ -3,7 +3,7 @@
 Warming machines cost nothing, so ordering `warmup_minutes` early is the same as choosing the active fleet
 size n_t of every minute directly, subject to n_t - n_(t-1) in [-max_in, +max_out] (and no increase during the
 first `warmup_minutes` minutes, before any order can arrive). A dynamic program over (minute, fleet size)
-maximizes the sum of expected rewards (`training.fleet.expected_reward`). It relaxes the policies' single
+maximizes the sum of expected rewards (`sim.fleet.expected_reward`). It relaxes the policies' single
 net action per minute (it may add and remove in the same minute), so it is an upper bound on every policy
 evaluated on the same load.
 """
@@ -14,8 +14,8 @@ import math
 
 import numpy as np
 
-from fleetpilot.training.fleet import expected_reward
-from fleetpilot.training.params import FleetParams
+from fleetpilot.sim.fleet import expected_reward
+from fleetpilot.sim.params import FleetParams
 
 
 def _size_bound(loads: np.ndarray, p: FleetParams) -> int:

@@ -23,9 +23,25 @@ class GroupState:
 
 @runtime_checkable
 class Backend(Protocol):
+    """Implementations subclass this to inherit the defaults of the optional methods (`advance_to`,
+    `interrupt`, `close`): a real group needs none of them."""
+
     def read(self) -> GroupState:
         """The group now. Raises BackendError."""
+        ...
 
     def set_desired(self, capacity: int) -> None:
         """Set the desired capacity (absolute, idempotent), within the group's own min and max.
         Raises BackendError."""
+        ...
+
+    def advance_to(self, now_minute: int, load_tpm: float, max_minutes: int = 60) -> int:
+        """A simulated world steps every minute up to `now_minute` with the minute's load (NaN: not known), at most
+        `max_minutes`; returns the minutes stepped. A real group moves by itself: 0."""
+        return 0
+
+    def interrupt(self) -> None:
+        """Shutdown was asked for: stop retrying, so a call in a backoff returns at once."""
+
+    def close(self) -> None:
+        """Release connections."""

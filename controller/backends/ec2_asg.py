@@ -39,7 +39,7 @@ from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from fleetpilot.controller.aws_session import client as aws_client
-from fleetpilot.controller.backends.base import BackendError, GroupState
+from fleetpilot.controller.backends.base import Backend, BackendError, GroupState
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def backoff_seconds(
     return rng.uniform(step / 2, step)
 
 
-class Ec2AsgBackend:
+class Ec2AsgBackend(Backend):
     """One EC2 Auto Scaling group.
 
     `max_retries` is the number of retries after the first attempt of each API call; `retry_base_seconds` the

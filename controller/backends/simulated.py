@@ -1,4 +1,4 @@
-"""`simulated`: a group simulated by the training fleet model (training.fleet.FleetCore), in the daemon.
+"""`simulated`: a group simulated by the fleet model (sim.fleet.FleetCore), in the daemon.
 
 The group remembers its desired capacity. Every simulated minute (`advance_to`) it moves toward it as the
 backtest does: delta = clip(desired - (active + warming), -max_in, +max_out), then `FleetCore.step(delta,
@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from fleetpilot.controller.backends.base import BackendError, GroupState
-from fleetpilot.training.fleet import FleetCore, StepOutcome
-from fleetpilot.training.params import FleetParams
+from fleetpilot.controller.backends.base import Backend, BackendError, GroupState
+from fleetpilot.sim.fleet import FleetCore, StepOutcome
+from fleetpilot.sim.params import FleetParams
 
 
 def noise_key(seed: int) -> np.uint64:
@@ -21,7 +21,7 @@ def noise_key(seed: int) -> np.uint64:
     return np.random.default_rng(seed).integers(0, 2**63, dtype=np.uint64)
 
 
-class SimulatedBackend:
+class SimulatedBackend(Backend):
     def __init__(self, params: FleetParams, seed: int = 0):
         self.params = params
         self.core = FleetCore(1, params)

@@ -21,13 +21,17 @@ class Sample:
 
 @runtime_checkable
 class MetricSource(Protocol):
+    """Implementations subclass this to inherit the default of the optional `close`."""
+
     def latest(self, now_minute: int) -> Sample | None:
         """The most recent complete minute at or before `now_minute - 1`; None when the source has no data.
         Raises SourceError when the source cannot be read."""
+        ...
 
     def history(self, start_minute: int, end_minute: int) -> list[Sample]:
         """Per-minute samples in [start_minute, end_minute), oldest first, for backfill (may have holes).
         Raises SourceError when the source cannot be read."""
+        ...
 
     def close(self) -> None:
         """Release connections."""

@@ -29,7 +29,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from fleetpilot.controller.aws_session import client as aws_client
-from fleetpilot.controller.sources.base import Sample, SourceError
+from fleetpilot.controller.sources.base import MetricSource, Sample, SourceError
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def _utc(minute: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(minute * 60, tz=dt.UTC)
 
 
-class CloudWatchSource:
+class CloudWatchSource(MetricSource):
     """Load in transactions per minute from one CloudWatch metric.
 
     `namespace`, `metric_name` and `dimensions` name the metric exactly (CloudWatch matches the full set of

@@ -1,4 +1,4 @@
-"""`csv`: replay of a per-minute `timestamp,requests` trace (training.load.read_trace) on the daemon's clock.
+"""`csv`: replay of a per-minute `timestamp,requests` trace (sim.load.read_trace) on the daemon's clock.
 
 The trace's first row is replayed at `start_minute` (by default its own timestamp, so time-of-day features are
 the trace's). With `loop`, the trace starts again after its last row; without it, the last sample is returned
@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fleetpilot.controller.sources.simulator import ReplaySource
-from fleetpilot.training.load import read_trace
+from fleetpilot.sim.load import read_trace
 
 
 class CsvReplaySource(ReplaySource):

@@ -35,7 +35,7 @@ import urllib.request
 from http.client import HTTPException
 from typing import Any
 
-from fleetpilot.controller.sources.base import Sample, SourceError
+from fleetpilot.controller.sources.base import MetricSource, Sample, SourceError
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def _parse_point(point: Any, what: str) -> Sample:
     return Sample(minute=minute_ending_at(timestamp_seconds), load_tpm=_parse_value(point[1], what))
 
 
-class PrometheusSource:
+class PrometheusSource(MetricSource):
     """Load in transactions per minute from a PromQL expression that aggregates to one series.
 
     `url` is the server's base URL (e.g. `http://prometheus:9090`, optionally with a path prefix and

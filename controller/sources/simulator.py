@@ -1,4 +1,4 @@
-"""`simulator`: the seed's synthetic load (training.load.synthetic_load), replayed on the daemon's clock.
+"""`simulator`: the seed's synthetic load (sim.load.synthetic_load), replayed on the daemon's clock.
 
 The load is generated once from `seed` (`numpy.random.default_rng(seed)`) for `minutes` minutes and repeats
 after that. Minute i of the load is the epoch minute `start_minute + i`; `latest(now)` is the last complete
@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from fleetpilot.controller.sources.base import Sample
-from fleetpilot.training.load import SYNTHETIC_START, Load, synthetic_load
+from fleetpilot.controller.sources.base import MetricSource, Sample
+from fleetpilot.sim.load import SYNTHETIC_START, Load, synthetic_load
 
-#: Epoch minute of the first synthetic minute (training.load.SYNTHETIC_START, a Monday 00:00 UTC).
+#: Epoch minute of the first synthetic minute (sim.load.SYNTHETIC_START, a Monday 00:00 UTC).
 SYNTHETIC_START_MINUTE = int(SYNTHETIC_START.timestamp() // 60)
 
 
-class ReplaySource:
+class ReplaySource(MetricSource):
     """A per-minute load array replayed from `start_minute` (shared by the simulator and CSV sources)."""
 
     def __init__(self, load_tpm: np.ndarray, start_minute: int, loop: bool = True):
