@@ -23,11 +23,20 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from fleetpilot.policies.base import MAX_FLEET_MACHINES
+
 ENV_PREFIX = "FLEETPILOT_"
 #: Policies that are rules (the fallback must be one); mirrors policies.registry.RULES without importing it.
 RULE_POLICIES = ("static", "target-tracking", "step", "predictive", "cushion")
 #: Source kinds driven by the daemon's simulated clock (each tick is one simulated minute).
 SIMULATED_SOURCES = ("simulator", "csv")
+#: A reading that needs more than this many times a group's `max_machines` (at its capacity per machine) is
+#: bad data (`implausible`: held, never a scale-in), unless `max_load_tpm` sets the ceiling explicitly.
+IMPLAUSIBLE_LOAD_FACTOR = 1000
+#: Largest capacity per machine accepted (tpm): keeps the load ceiling and every capacity product finite.
+MAX_CAPACITY_TPM_PER_MACHINE = 1e9
+#: Largest load accepted where a config names one (tpm): `peak_tpm`, `max_load_tpm`.
+MAX_LOAD_TPM = 1e15
 
 
 class ConfigError(ValueError):
@@ -47,14 +56,18 @@ class ServerConfig(_Strict):
 class SimulatorSourceConfig(_Strict):
     kind: Literal["simulator"]
     seed: int = Field(0, ge=0, description="seed of the synthetic load (training.load.synthetic_load)")
-    peak_tpm: float | None = Field(None, gt=0, description="rescale the load so its maximum is this (tpm)")
+    peak_tpm: float | None = Field(
+        None, gt=0, le=MAX_LOAD_TPM, description="rescale the load so its maximum is this (tpm)"
+    )
     minutes: int = Field(20_160, ge=2, le=525_600, description="length of the generated load; it then repeats")
 
 
 class CsvSourceConfig(_Strict):
     kind: Literal["csv"]
     path: Path = Field(description="a `timestamp,requests` per-minute CSV (relative to the config file)")
-    peak_tpm: float | None = Field(None, gt=0, description="rescale the trace so its maximum is this (tpm)")
+    peak_tpm: float | None = Field(
+        None, gt=0, le=MAX_LOAD_TPM, description="rescale the trace so its maximum is this (tpm)"
+    )
     fill_gaps: bool = Field(False, description="interpolate missing minutes instead of refusing the trace")
     loop: bool = Field(True, description="start again at the first minute after the last one")
 
@@ -110,11 +123,17 @@ SourceConfig = Annotated[
 class SimulatedBackendConfig(_Strict):
     kind: Literal["simulated"]
     seed: int = Field(0, ge=0, description="noise key = default_rng(seed).integers(0, 2**63, dtype=uint64)")
-    initial_machines: int = Field(50, ge=0, description="active machines at start (seed: 50)")
-    max_machines: int = Field(833, ge=1, description="the simulated group's own maximum (seed: 833)")
+    initial_machines: int = Field(50, ge=0, le=MAX_FLEET_MACHINES, description="active machines at start (seed: 50)")
+    max_machines: int = Field(
+        833, ge=1, le=MAX_FLEET_MACHINES, description="the simulated group's own maximum (seed: 833)"
+    )
     capacity_sigma_tpm: float = Field(30.0, ge=0, description="std. dev. of per-machine capacity (seed: 30)")
-    max_scale_out_per_minute: int = Field(10, ge=1, description="machines the world can start per minute (seed: 10)")
-    max_scale_in_per_minute: int = Field(10, ge=1, description="machines the world can stop per minute (seed: 10)")
+    max_scale_out_per_minute: int = Field(
+        10, ge=1, le=MAX_FLEET_MACHINES, description="machines the world can start per minute (seed: 10)"
+    )
+    max_scale_in_per_minute: int = Field(
+        10, ge=1, le=MAX_FLEET_MACHINES, description="machines the world can stop per minute (seed: 10)"
+    )
 
     @model_validator(mode="after")
     def _initial(self) -> SimulatedBackendConfig:
@@ -143,16 +162,23 @@ class GroupConfig(_Strict):
     policy_params: dict[str, Any] = Field(default_factory=dict, description="parameters of a rule policy")
     fallback_policy: str = Field("target-tracking", description="rule used on model errors and lasting bad data")
     fallback_policy_params: dict[str, Any] = Field(default_factory=dict)
-    min_machines: int = Field(1, ge=0)
-    max_machines: int = Field(100, ge=1)
-    capacity_tpm_per_machine: float = Field(300.0, gt=0)
+    min_machines: int = Field(1, ge=0, le=MAX_FLEET_MACHINES)
+    max_machines: int = Field(100, ge=1, le=MAX_FLEET_MACHINES)
+    capacity_tpm_per_machine: float = Field(300.0, gt=0, le=MAX_CAPACITY_TPM_PER_MACHINE)
+    max_load_tpm: float | None = Field(
+        None,
+        gt=0,
+        le=MAX_LOAD_TPM,
+        description="readings above this are bad data (implausible); default "
+        f"{IMPLAUSIBLE_LOAD_FACTOR} x max_machines x capacity_tpm_per_machine",
+    )
     warmup_minutes: int = Field(5, ge=0, le=120)
-    max_scale_out_per_tick: int = Field(10, ge=0)
-    max_scale_in_per_tick: int = Field(10, ge=0)
+    max_scale_out_per_tick: int = Field(10, ge=0, le=MAX_FLEET_MACHINES)
+    max_scale_in_per_tick: int = Field(10, ge=0, le=MAX_FLEET_MACHINES)
     scale_in_stabilization_minutes: int = Field(5, ge=0, le=1440)
     block_scale_in_while_warming: bool = True
     stale_after_seconds: float = Field(180.0, gt=0)
-    bad_data_ticks_before_fallback: int = Field(3, ge=1)
+    bad_data_ticks_before_fallback: int = Field(3, ge=1, le=1_000_000)
     paused: bool = False
     source: SourceConfig
     backend: BackendConfig
@@ -190,6 +216,14 @@ class GroupConfig(_Strict):
     @property
     def simulated_clock(self) -> bool:
         return self.source.kind in SIMULATED_SOURCES
+
+    @property
+    def load_ceiling_tpm(self) -> float:
+        """Readings above this load are bad data (`implausible`): `max_load_tpm`, or by default a load that
+        would need IMPLAUSIBLE_LOAD_FACTOR times the group's `max_machines`."""
+        if self.max_load_tpm is not None:
+            return float(self.max_load_tpm)
+        return IMPLAUSIBLE_LOAD_FACTOR * self.max_machines * self.capacity_tpm_per_machine
 
 
 class DaemonConfig(BaseSettings):

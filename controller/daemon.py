@@ -152,6 +152,7 @@ def limits_of(g: GroupConfig) -> guards.Limits:
         block_scale_in_while_warming=g.block_scale_in_while_warming,
         bad_data_ticks_before_fallback=g.bad_data_ticks_before_fallback,
         paused=g.paused,
+        max_load_tpm=g.load_ceiling_tpm,
     )
 
 
@@ -333,7 +334,7 @@ class Daemon:
                 got: dict[int, float] = {}
                 try:
                     for s in g.source.history(start, end):
-                        if math.isfinite(s.load_tpm) and s.load_tpm >= 0 and start <= s.minute < end:
+                        if guards.usable_load(s.load_tpm, g.limits) and start <= s.minute < end:
                             got[int(s.minute)] = float(s.load_tpm)
                 except SourceError as exc:
                     log.warning(
@@ -481,6 +482,8 @@ class Daemon:
             g.status = "nan"
         elif s.load_tpm < 0:
             g.status = "invalid"
+        elif not guards.usable_load(s.load_tpm, g.limits):
+            g.status = "implausible"  # beyond any plausible fleet: bad data, never a scale-in
         elif now_s - (s.minute + 1) * 60.0 > g.cfg.stale_after_seconds:
             g.status = "stale"
         elif g.batch is not None and g.batch.builder.count[g.row] > 0 and s.minute < g.batch.builder.minute[g.row]:
@@ -533,7 +536,7 @@ class Daemon:
                 start = max(int(bld.minute[i]) + 1, g.sample.minute - HISTORY_MINUTES)
                 try:
                     for s in g.source.history(start, g.sample.minute):
-                        if math.isfinite(s.load_tpm) and s.load_tpm >= 0 and start <= s.minute < g.sample.minute:
+                        if guards.usable_load(s.load_tpm, g.limits) and start <= s.minute < g.sample.minute:
                             got[int(s.minute)] = float(s.load_tpm)
                 except SourceError as exc:  # the builder then holds the last value over the gap
                     log.info("gap backfill failed", extra={"group": g.name, "error": str(exc)})

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fleetpilot.policies.base import saturated_machines
 from fleetpilot.policies.observation import Observation
 
 KIND = "utilization-cushion-grid"
@@ -71,8 +72,9 @@ class ActionMapping:
         """The fleet action k asks for (machines)."""
         k = np.asarray(k, dtype=np.int64)
         day_max = obs.day_max_tpm if obs.day_max_tpm is not None else obs.load_tpm
-        need = (self.base_load(obs) + self._c[k] * day_max) / (obs.capacity_tpm_per_machine * self._u[k])
-        return np.maximum(np.ceil(need - 1e-9), 1).astype(np.int64)
+        with np.errstate(over="ignore"):
+            need = (self.base_load(obs) + self._c[k] * day_max) / (obs.capacity_tpm_per_machine * self._u[k])
+        return saturated_machines(need)
 
     def desired(self, k: np.ndarray, obs: Observation) -> np.ndarray:
         """The desired capacity (active + warming). Scaling in removes active machines at once while ordered ones
@@ -81,7 +83,8 @@ class ActionMapping:
         target = self.target(k, obs)
         total = obs.active + obs.warming
         removable = np.maximum(np.minimum(total - target, obs.active - target), 0)
-        return np.where(target >= total, target, total - removable).astype(np.int64)
+        out = np.where(target >= total, target, total - removable)
+        return np.where(target < 0, -1, out).astype(np.int64)  # -1: no answer (a NaN need), never a scale-in
 
     def to_json(self) -> dict:
         return {
