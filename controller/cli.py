@@ -48,8 +48,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [CliError, this.CliError, PolicyError, TraceError]
     try:
         from fleetpilot.controller.config import ConfigError
+        from fleetpilot.controller.journal import JournalError
 
-        errors.append(ConfigError)
+        errors += [ConfigError, JournalError]
     except ImportError:
         pass
     try:

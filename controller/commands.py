@@ -46,19 +46,26 @@ def add_commands(sub) -> None:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    from fleetpilot.controller.config import load_config, summary
+    from fleetpilot.controller.config import check_runnable, load_config, summary
 
     cfg = load_config(args.file)
+    check_runnable(cfg, args.file)
     print(f"OK {args.file}: {summary(cfg)}")
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from fleetpilot.controller.cli import CliError
-    from fleetpilot.controller.config import load_config
+    from fleetpilot.controller.config import ConfigError, check_runnable, load_config
+    from fleetpilot.controller.journal import Journal, JournalError
 
     t_start = time.perf_counter()
     cfg = load_config(args.config)
+    check_runnable(cfg, args.config)
+    try:  # one writer per journal: taken before anything is logged, so a second daemon is refused in one line
+        journal = Journal(cfg.journal_path)
+    except JournalError as exc:
+        raise ConfigError(f"{args.config}: {exc}") from None
     from fleetpilot.controller.logs import setup_logging
 
     setup_logging(cfg.log_level)
@@ -79,7 +86,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     dry_run = bool(args.dry_run or cfg.dry_run)
     log_config(cfg, dry_run)
-    daemon = Daemon(cfg, dry_run=dry_run, summary=cfg.simulated_clock and not args.quiet)
+    try:
+        daemon = Daemon(cfg, dry_run=dry_run, summary=cfg.simulated_clock and not args.quiet, journal=journal)
+    except BaseException:
+        journal.close()
+        raise
     running.append(daemon)
     server = None
     try:

@@ -238,6 +238,13 @@ class DaemonConfig(BaseSettings):
     server: ServerConfig = Field(default_factory=ServerConfig)
     groups: list[GroupConfig] = Field(min_length=1)
 
+    @field_validator("journal_path", mode="before")
+    @classmethod
+    def _journal_not_empty(cls, v: Any) -> Any:
+        if isinstance(v, str) and not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, v: Any) -> Any:
@@ -417,6 +424,33 @@ def load_config(path: str | Path) -> DaemonConfig:
                 raise ConfigError(f"{path}: groups[{i}].source.path: no such file {g.source.path}")
         _check_policy_params(path, i, g)
     return cfg
+
+
+def check_runnable(cfg: DaemonConfig, where: str | Path) -> None:
+    """What `fleetpilot config check` and `fleetpilot run` both refuse beyond the schema, with the same line: a
+    journal path the daemon cannot write (see controller.journal.check_journal_path) and a model directory
+    that does not exist or fails its checks (manifest, observation version, sha256)."""
+    from fleetpilot.controller.journal import JournalError, check_journal_path
+
+    try:
+        check_journal_path(cfg.journal_path)
+    except JournalError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    from fleetpilot.policies.onnx_policy import ModelError, verify
+    from fleetpilot.policies.registry import PolicyError, model_dir
+
+    for i, g in enumerate(cfg.groups):
+        if g.policy in RULE_POLICIES:
+            continue
+        try:
+            d = model_dir(g.policy)
+            if d is None:
+                if g.policy == "default":  # not shipped in this installation: its groups use the fallback rule
+                    continue
+                raise PolicyError(f"unknown policy {g.policy!r}")
+            verify(d)
+        except (PolicyError, ModelError) as exc:
+            raise ConfigError(f"{where}: groups[{i}].policy: {exc}") from None
 
 
 def _check_policy_params(path: Path, i: int, g: GroupConfig) -> None:

@@ -253,6 +253,7 @@ class Daemon:
         self.groups = [GroupRuntime(g, s, b, limits_of(g)) for g, s, b in zip(cfg.groups, srcs, bks, strict=False)]
         self.clock = clock or self._default_clock()
         self.journal = journal if journal is not None else Journal(cfg.journal_path)
+        self.journal.on_error = lambda kind: self.metrics.journal_errors.labels(kind).inc()
         self.batches = self._make_batches()
         self.tick_no = 0
         self.backfilled = False

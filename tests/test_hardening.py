@@ -22,7 +22,6 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from fleetpilot.controller import guards
-from fleetpilot.controller.backends.simulated import SimulatedBackend
 from fleetpilot.controller.config import ConfigError, load_config
 from fleetpilot.controller.daemon import Daemon
 from fleetpilot.controller.journal import read_decisions
@@ -182,3 +181,159 @@ def test_min_max_1e20_is_refused_by_config_check_and_run(tmp_path):
     a = one_line_exit_2(cli("config", "check", str(p)), "groups[0].min_machines")
     b = one_line_exit_2(cli("run", "--config", str(p), "--once", "--quiet"), "groups[0].min_machines")
     assert a.split("error: ", 1)[1] == b.split("error: ", 1)[1]
+
+
+# --- 2. the journal: no lost rows, one writer ---------------------------------------------------------------
+def _tick_daemon(tmp_path: Path, journal=None) -> Daemon:
+    cfg = load_config(write_yaml(tmp_path, sim_config(tmp_path)))
+    d = Daemon(cfg, CollectorRegistry(), journal=journal)
+    d.backfill()
+    return d
+
+
+def test_rows_of_a_written_decision_survive_a_locked_journal(tmp_path):
+    """Another process holds the SQLite file locked through a tick that writes the group: the tick fails, its
+    rows are kept and committed on the next tick; no written decision is without its row."""
+    import sqlite3
+
+    from fleetpilot.controller.journal import Journal
+
+    d = _tick_daemon(tmp_path, Journal(tmp_path / "j.sqlite", busy_timeout_seconds=0.1))
+    assert d.run_tick() == "ok"  # 30 machines at a load of ~1,500 tpm: target tracking scales in
+    other = sqlite3.connect(tmp_path / "j.sqlite", isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    before = d.groups[0].backend.desired
+    assert d.run_tick() == "error"
+    written = d.groups[0].backend.desired
+    other.execute("ROLLBACK")
+    other.close()
+    assert d.run_tick() == "ok"
+    d.close()
+    rows = read_decisions(tmp_path / "j.sqlite", "web", 100)
+    assert [r["tick"] for r in rows] == [0, 1, 2]
+    assert rows[1]["desired_before"] == before and rows[1]["final"] == written
+    assert d.registry.get_sample_value("fleetpilot_journal_errors_total", {"kind": "commit"}) == 1
+
+
+def test_a_second_writer_is_refused(tmp_path):
+    from fleetpilot.controller.journal import Journal, JournalError
+
+    a = Journal(tmp_path / "j.sqlite")
+    with pytest.raises(JournalError, match=r"in use by another fleetpilot .*pid \d+"):
+        Journal(tmp_path / "j.sqlite")
+    a.close()
+    Journal(tmp_path / "j.sqlite").close()  # released on close
+
+
+def test_two_daemons_started_together_on_a_new_journal_one_runs_one_refuses(tmp_path):
+    import signal
+    import time
+
+    p = write_yaml(tmp_path, sim_config(tmp_path))
+    procs = [
+        subprocess.Popen(
+            [FLEETPILOT, "run", "--config", str(p), "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        for _ in range(2)
+    ]
+    deadline = time.monotonic() + 30
+    while all(q.poll() is None for q in procs) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    done = [q for q in procs if q.poll() is not None]
+    assert len(done) == 1, "one of the two must refuse"
+    loser, winner = done[0], next(q for q in procs if q is not done[0])
+    err = loser.stderr.read().decode()
+    assert loser.returncode == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "in use by another fleetpilot" in err
+    time.sleep(0.5)
+    winner.send_signal(signal.SIGTERM)
+    out = winner.communicate(timeout=20)[1].decode()
+    assert winner.returncode == 0 and "Traceback" not in out, out[-2000:]
+    assert len(read_decisions(tmp_path / "j.sqlite", "web", 10)) >= 1
+
+
+def test_a_journal_deleted_while_running_is_noticed_and_recreated(tmp_path, caplog):
+    d = _tick_daemon(tmp_path)
+    d.run_tick()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{tmp_path / 'j.sqlite'}{suffix}").unlink(missing_ok=True)
+    with caplog.at_level("ERROR"):
+        assert d.run_tick() == "ok"
+    assert any("deleted" in r.getMessage() for r in caplog.records)
+    assert d.registry.get_sample_value("fleetpilot_journal_errors_total", {"kind": "deleted"}) == 1
+    d.run_tick()
+    d.close()
+    assert [r["tick"] for r in read_decisions(tmp_path / "j.sqlite", "web", 10)] == [1, 2]
+
+
+# --- 5. config check and run refuse the same journal and model paths -----------------------------------------
+def _main(*argv: str, capsys) -> tuple[int, str]:
+    from fleetpilot.controller.cli import main
+
+    rc = main(list(argv))
+    err = capsys.readouterr().err
+    return rc, err
+
+
+def _corrupt(tmp_path: Path) -> dict:
+    (tmp_path / "bad.sqlite").write_bytes(b"this is not a database, just junk bytes " * 100)
+    return {"journal_path": "bad.sqlite"}
+
+
+def _other_db(tmp_path: Path) -> dict:
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "other.sqlite")
+    db.execute("CREATE TABLE t (x)")
+    db.commit()
+    db.close()
+    return {"journal_path": "other.sqlite"}
+
+
+def _under_a_file(tmp_path: Path) -> dict:
+    (tmp_path / "afile").write_text("x")
+    return {"journal_path": "afile/j.sqlite"}
+
+
+def _dir(tmp_path: Path) -> dict:
+    (tmp_path / "adir").mkdir()
+    return {"journal_path": "adir"}
+
+
+@pytest.mark.parametrize(
+    "case, make, reason",
+    [
+        ("read-only-dir", lambda t: {"journal_path": "/proc/fleetpilot-j.sqlite"}, "not writable"),
+        ("dev-full", lambda t: {"journal_path": "/dev/full"}, "not a regular file"),
+        ("corrupt", _corrupt, "not an SQLite database"),
+        ("other-db", _other_db, "not a fleetpilot journal"),
+        ("under-a-file", _under_a_file, "not a directory"),
+        ("a-directory", _dir, "is a directory"),
+        ("empty-env", lambda t: {"env": ""}, "journal_path"),
+        ("no-model-dir", lambda t: {"policy": "./no-such-model"}, "no such model directory"),
+    ],
+)
+def test_config_check_and_run_refuse_the_same_paths_with_the_same_line(
+    tmp_path, monkeypatch, capsys, case, make, reason
+):
+    monkeypatch.chdir(tmp_path)
+    change = make(tmp_path)
+    data = sim_config(tmp_path)
+    if "env" in change:
+        monkeypatch.setenv("FLEETPILOT_JOURNAL_PATH", change["env"])
+    elif "policy" in change:
+        data["groups"][0]["policy"] = change["policy"]
+    else:
+        data.update(change)
+    p = write_yaml(tmp_path, data)
+    rc1, err1 = _main("config", "check", str(p), capsys=capsys)
+    rc2, err2 = _main("run", "--config", str(p), "--once", "--quiet", capsys=capsys)
+    assert rc1 == rc2 == 2, (err1, err2)
+    assert len(err1.strip().splitlines()) == 1 and reason in err1, err1
+    assert err1.split("error: ", 1)[1] == err2.split("error: ", 1)[1], (err1, err2)
+
+
+def test_run_refuses_a_corrupt_journal_as_a_process(tmp_path):
+    data = sim_config(tmp_path)
+    data.update(_corrupt(tmp_path))
+    one_line_exit_2(cli("run", "--config", str(write_yaml(tmp_path, data)), "--once"), "not an SQLite database")
