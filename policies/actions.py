@@ -20,10 +20,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fleetpilot.policies.base import saturated_machines
+from fleetpilot.policies.base import MIN_UTILIZATION, saturated_machines
 from fleetpilot.policies.observation import Observation
 
 KIND = "utilization-cushion-grid"
+#: Bounds of a mapping's values (also what a model manifest may hold): a cushion of 10 daily maxima or a surge
+#: ratio of 100 is already absurd; beyond, a model would only ever ask for the group's maximum.
+MAX_CUSHION_DAY_MAX_SHARE = 10.0
+MAX_SURGE_RATIO = 100.0
 
 
 @dataclass(frozen=True)
@@ -39,14 +43,14 @@ class ActionMapping:
     def __post_init__(self):
         if not self.utilization or not self.cushion_day_max_share:
             raise ValueError("utilization and cushion_day_max_share must not be empty")
-        if not all(0 < u <= 1 for u in self.utilization):
-            raise ValueError("every utilization must be in (0, 1]")
-        if not all(c >= 0 for c in self.cushion_day_max_share):
-            raise ValueError("every cushion_day_max_share must be >= 0")
+        if not all(MIN_UTILIZATION <= u <= 1 for u in self.utilization):
+            raise ValueError(f"every utilization must be in [{MIN_UTILIZATION}, 1]")
+        if not all(0 <= c <= MAX_CUSHION_DAY_MAX_SHARE for c in self.cushion_day_max_share):
+            raise ValueError(f"every cushion_day_max_share must be in [0, {MAX_CUSHION_DAY_MAX_SHARE:g}]")
         if not 1 <= self.base_minutes <= 60:
             raise ValueError(f"base_minutes must be 1..60, got {self.base_minutes}")
-        if not self.surge_ratio >= 1.0:
-            raise ValueError(f"surge_ratio must be >= 1, got {self.surge_ratio}")
+        if not 1.0 <= self.surge_ratio <= MAX_SURGE_RATIO:
+            raise ValueError(f"surge_ratio must be in [1, {MAX_SURGE_RATIO:g}], got {self.surge_ratio}")
         u, c = np.meshgrid(np.asarray(self.utilization), np.asarray(self.cushion_day_max_share), indexing="ij")
         object.__setattr__(self, "_u", u.ravel())
         object.__setattr__(self, "_c", c.ravel())

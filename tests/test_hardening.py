@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -337,3 +338,94 @@ def test_run_refuses_a_corrupt_journal_as_a_process(tmp_path):
     data = sim_config(tmp_path)
     data.update(_corrupt(tmp_path))
     one_line_exit_2(cli("run", "--config", str(write_yaml(tmp_path, data)), "--once"), "not an SQLite database")
+
+
+# --- 4. the model manifest is validated before anything else --------------------------------------------------
+def _model(tmp_path: Path) -> Path:
+    from tests.test_reliability_model import write_model
+
+    return write_model(tmp_path / "model")
+
+
+def _edit_manifest(d: Path, edit) -> None:
+    import json
+
+    m = json.loads((d / "manifest.json").read_text())
+    out = edit(m)
+    (d / "manifest.json").write_text(out if isinstance(out, str) else json.dumps(m))
+
+
+def _outside(d: Path) -> None:
+    import shutil
+
+    shutil.copy(d / "policy.onnx", d.parent / "elsewhere.onnx")
+    _edit_manifest(d, lambda m: m.update(model_file="../elsewhere.onnx"))
+
+
+def _absolute(d: Path) -> None:
+    import shutil
+
+    shutil.copy(d / "policy.onnx", d.parent / "abs.onnx")
+    _edit_manifest(d, lambda m: m.update(model_file=str(d.parent / "abs.onnx")))
+
+
+def _symlink_out(d: Path) -> None:
+    (d / "policy.onnx").rename(d.parent / "real.onnx")
+    (d / "policy.onnx").symlink_to(d.parent / "real.onnx")
+
+
+def _nan_utilization(m: dict) -> str:
+    import json
+
+    m["action_mapping"]["utilization"] = [0.5, float("nan")]
+    return json.dumps(m)  # writes NaN, which Python's json reads back
+
+
+MANIFEST_CASES = [
+    ("dotdot", _outside, "model_file"),
+    ("absolute", _absolute, "model_file"),
+    ("symlink-out", _symlink_out, "outside the model directory"),
+    ("number", lambda d: _edit_manifest(d, lambda m: "5"), "expected a JSON object"),
+    ("string", lambda d: _edit_manifest(d, lambda m: '"policy"'), "expected a JSON object"),
+    ("obs-null", lambda d: _edit_manifest(d, lambda m: m.update(observation=None)), "observation"),
+    ("huge-int", lambda d: _edit_manifest(d, lambda m: '{"format_version": ' + "9" * 5000 + "}"), "manifest.json"),
+    ("version-str", lambda d: _edit_manifest(d, lambda m: m.update(format_version="1")), "format_version"),
+    ("dim-float", lambda d: _edit_manifest(d, lambda m: m["observation"].update(dim=26.5)), "observation.dim"),
+    (
+        "util-tiny",
+        lambda d: _edit_manifest(d, lambda m: m["action_mapping"].update(utilization=[1e-300])),
+        "utilization",
+    ),
+    (
+        "cushion-huge",
+        lambda d: _edit_manifest(d, lambda m: m["action_mapping"].update(cushion_day_max_share=[1e300])),
+        "cushion_day_max_share",
+    ),
+    ("util-nan", lambda d: _edit_manifest(d, lambda m: _nan_utilization(m)), "utilization"),
+    ("sha-bad", lambda d: _edit_manifest(d, lambda m: m.update(sha256="xyz")), "sha256"),
+    ("dup-key", lambda d: _edit_manifest(d, lambda m: '{"format_version": 1, "format_version": 1}'), "duplicate key"),
+    ("fifo", lambda d: (d / "manifest.json").unlink() or os.mkfifo(d / "manifest.json"), "not a regular file"),
+]
+
+
+@pytest.mark.parametrize("case, damage, reason", MANIFEST_CASES, ids=[c[0] for c in MANIFEST_CASES])
+def test_a_bad_manifest_is_refused_in_one_line(tmp_path, capsys, case, damage, reason):
+    from fleetpilot.policies.onnx_policy import ModelError, verify
+
+    d = _model(tmp_path)
+    damage(d)
+    with pytest.raises(ModelError, match=reason):
+        verify(d)
+    for argv in (
+        ["policies", "inspect", str(d)],
+        ["backtest", "--synthetic", "--seeds", "0", "--minutes", "100", "--policy", str(d)],
+    ):
+        rc, err = _main(*argv, capsys=capsys)
+        assert rc == 2 and len(err.strip().splitlines()) == 1 and reason in err, (argv, err)
+
+
+def test_fleetpilot_run_refuses_a_bad_manifest_with_one_line(tmp_path):
+    d = _model(tmp_path)
+    _outside(d)
+    p = write_yaml(tmp_path, sim_config(tmp_path, policy=str(d)))
+    one_line_exit_2(cli("run", "--config", str(p), "--once", "--quiet"), "model_file")
