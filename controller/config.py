@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from fleetpilot.policies.base import MAX_FLEET_MACHINES
+from fleetpilot.policies.files import MAX_CONFIG_BYTES, DuplicateKeyError, FileReadError, load_yaml, read_regular
 
 ENV_PREFIX = "FLEETPILOT_"
 #: Policies that are rules (the fallback must be one); mirrors policies.registry.RULES without importing it.
@@ -380,14 +381,18 @@ def format_validation_error(where: str, exc: ValidationError) -> str:
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
+    """The config file's mapping: a regular file of at most 1 MiB (a FIFO or /dev/zero is refused, not read),
+    UTF-8 (a byte-order mark is allowed), YAML without duplicate keys."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular(path, MAX_CONFIG_BYTES).decode("utf-8-sig")
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, FileReadError) as exc:
         raise ConfigError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"{path}:{exc.line}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)

@@ -22,7 +22,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fleetpilot.policies.actions import MAX_CUSHION_DAY_MAX_SHARE, MAX_SURGE_RATIO, ActionMapping
-from fleetpilot.policies.base import MIN_UTILIZATION
+from fleetpilot.policies.base import MIN_UTILIZATION, PolicyOutput
 from fleetpilot.policies.files import (
     MAX_MANIFEST_BYTES,
     MAX_MODEL_BYTES,
@@ -30,7 +30,6 @@ from fleetpilot.policies.files import (
     open_regular,
     read_regular,
 )
-from fleetpilot.policies.base import PolicyOutput
 from fleetpilot.policies.observation import OBS_DIM, OBS_VERSION, Observation
 
 MANIFEST_FORMAT = 1

@@ -429,3 +429,128 @@ def test_fleetpilot_run_refuses_a_bad_manifest_with_one_line(tmp_path):
     _outside(d)
     p = write_yaml(tmp_path, sim_config(tmp_path, policy=str(d)))
     one_line_exit_2(cli("run", "--config", str(p), "--once", "--quiet"), "model_file")
+
+
+# --- 6. inputs that hang or flood ---------------------------------------------------------------------------
+def test_a_fifo_config_is_refused_not_waited_on(tmp_path):
+    fifo = tmp_path / "c.yaml"
+    os.mkfifo(fifo)
+    one_line_exit_2(cli("config", "check", str(fifo), timeout=20), "not a regular file")
+
+
+def test_dev_zero_as_config_is_refused_without_reading_it():
+    one_line_exit_2(cli("config", "check", "/dev/zero", timeout=20), "/dev/zero", "not a regular file")
+
+
+def test_a_huge_config_is_refused(tmp_path):
+    p = tmp_path / "c.yaml"
+    with p.open("wb") as fh:  # a sparse file: its size is what counts
+        fh.truncate(3 << 20)
+    with pytest.raises(ConfigError, match="too large"):
+        load_config(p)
+
+
+def test_a_trace_that_is_not_a_regular_file_is_refused(tmp_path):
+    from fleetpilot.training.load import TraceError, read_trace
+
+    os.mkfifo(tmp_path / "t.csv")
+    with pytest.raises(TraceError, match="not a regular file"):
+        read_trace(tmp_path / "t.csv")
+    with pytest.raises(TraceError, match="not a regular file"):
+        read_trace("/dev/zero")
+    with (tmp_path / "big.csv").open("wb") as fh:
+        fh.truncate(600 << 20)
+    with pytest.raises(TraceError, match="too large"):
+        read_trace(tmp_path / "big.csv")
+
+
+def test_a_40_mb_trace_field_is_refused_at_its_line_without_reading_it_whole(tmp_path):
+    import tracemalloc
+
+    from fleetpilot.training.load import TraceError, read_trace
+
+    p = tmp_path / "t.csv"
+    with p.open("wb") as fh:
+        fh.write(b"timestamp,requests\n2026-01-05T00:00:00Z,5\n2026-01-05T00:01:00Z,")
+        fh.write(b"7" * (40 << 20))
+        fh.write(b"\n")
+    tracemalloc.start()
+    try:
+        with pytest.raises(TraceError, match=r"t\.csv:3: line longer than"):
+            read_trace(p)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, f"{peak / 2**20:.1f} MiB allocated to refuse it"
+
+
+def _threads() -> int:
+    import threading
+
+    return threading.active_count()
+
+
+def test_the_metrics_server_bounds_connections_and_drops_idle_ones():
+    import socket
+    import time
+    import urllib.request
+
+    from fleetpilot.controller.server import StatusServer
+
+    srv = StatusServer(
+        "127.0.0.1", 0, CollectorRegistry(), lambda: (True, {}), lambda: (True, {}), idle_timeout_seconds=0.5
+    )
+    srv.start()
+    host, port = srv.address
+    base = _threads()
+    socks = []
+    try:
+        for _ in range(300):
+            s = socket.create_connection((host, port))
+            socks.append(s)
+        half = socks[0]
+        half.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # half a request, then silence
+        time.sleep(0.3)
+        assert _threads() <= base + srv.max_connections + 1, _threads()
+        # idle and half-open connections are closed after the idle timeout; the server then answers again
+        time.sleep(1.0)
+        half.settimeout(2)
+        assert half.recv(100) in (b"",) or half.recv(100) == b""
+        body = urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5).read()
+        assert b"python_info" in body or body is not None
+        assert _threads() <= base + 2, _threads()
+    finally:
+        for s in socks:
+            s.close()
+        srv.stop()
+
+
+# --- 7. duplicate YAML keys; a trace with a byte-order mark -------------------------------------------------
+def test_duplicate_yaml_keys_are_refused_naming_key_and_line(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(sim_config(tmp_path)) + "dry_run: true\ndry_run: false\n")
+    n = p.read_text().count("\n")
+    with pytest.raises(ConfigError, match=rf"c\.yaml:{n}: duplicate key 'dry_run' \(first on line {n - 1}\)"):
+        load_config(p)
+    data = sim_config(tmp_path)
+    text = yaml.safe_dump(data).replace("  name: web\n", "  name: web\n  name: api\n")
+    p.write_text(text)
+    with pytest.raises(ConfigError, match="duplicate key 'name'"):
+        load_config(p)
+
+
+def test_a_trace_with_a_utf8_bom_is_accepted(tmp_path):
+    from fleetpilot.training.load import read_trace
+
+    p = tmp_path / "t.csv"
+    p.write_bytes(b"\xef\xbb\xbftimestamp,requests\r\n2026-01-05T00:00:00Z,5\r\n2026-01-05T00:01:00Z,7\r\n")
+    assert list(read_trace(p).load_tpm) == [5.0, 7.0]
+
+
+def test_a_trace_with_a_duplicate_column_is_refused(tmp_path):
+    from fleetpilot.training.load import TraceError, read_trace
+
+    p = tmp_path / "t.csv"
+    p.write_text("timestamp,requests,requests\n2026-01-05T00:00:00Z,5,6\n")
+    with pytest.raises(TraceError, match=r"t\.csv:1: duplicate column 'requests'"):
+        read_trace(p)
