@@ -495,9 +495,9 @@ def test_the_metrics_server_bounds_connections_and_drops_idle_ones():
     import time
     import urllib.request
 
-    from fleetpilot.controller.server import StatusServer
-
     from prometheus_client import Gauge
+
+    from fleetpilot.controller.server import StatusServer
 
     reg = CollectorRegistry()
     Gauge("hardening_probe", "a probe", registry=reg).set(1)
