@@ -24,7 +24,14 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from fleetpilot.policies.base import MAX_FLEET_MACHINES
-from fleetpilot.policies.files import MAX_CONFIG_BYTES, DuplicateKeyError, FileReadError, load_yaml, read_regular
+from fleetpilot.policies.files import (
+    MAX_CONFIG_BYTES,
+    MAX_SECRET_BYTES,
+    DuplicateKeyError,
+    FileReadError,
+    load_yaml,
+    read_regular,
+)
 
 ENV_PREFIX = "FLEETPILOT_"
 #: Policies that are rules (the fallback must be one); mirrors policies.registry.RULES without importing it.
@@ -73,6 +80,22 @@ class CsvSourceConfig(_Strict):
     loop: bool = Field(True, description="start again at the first minute after the last one")
 
 
+class PrometheusBasicAuth(_Strict):
+    username: str = Field(min_length=1, max_length=256, description="basic-auth user name")
+    password_file: Path | None = Field(
+        None, description="file holding the password (e.g. a mounted secret; relative to the config file)"
+    )
+    password_env: str | None = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="environment variable holding the password"
+    )
+
+    @model_validator(mode="after")
+    def _one_password(self) -> PrometheusBasicAuth:
+        if (self.password_file is None) == (self.password_env is None):
+            raise ValueError("basic_auth: give exactly one of password_file or password_env")
+        return self
+
+
 class PrometheusSourceConfig(_Strict):
     kind: Literal["prometheus"]
     url: str = Field(description="base URL of the Prometheus HTTP API, e.g. http://prometheus:9090")
@@ -80,6 +103,25 @@ class PrometheusSourceConfig(_Strict):
         min_length=1, pattern=r"\S", description="PromQL expression whose value is transactions per minute (not blank)"
     )
     timeout_seconds: float = Field(5.0, gt=0, le=60)
+    bearer_token_file: Path | None = Field(
+        None, description="file holding a bearer token, sent as `Authorization: Bearer` (relative to the config file)"
+    )
+    basic_auth: PrometheusBasicAuth | None = Field(None, description="HTTP basic auth with a password kept apart")
+
+    @model_validator(mode="after")
+    def _one_auth(self) -> PrometheusSourceConfig:
+        ways = [
+            n
+            for n, on in (
+                ("credentials in url", "@" in urllib.parse.urlsplit(self.url).netloc),
+                ("bearer_token_file", self.bearer_token_file is not None),
+                ("basic_auth", self.basic_auth is not None),
+            )
+            if on
+        ]
+        if len(ways) > 1:
+            raise ValueError(f"authenticate one way only, got {' and '.join(ways)}")
+        return self
 
     @field_validator("url")
     @classmethod
@@ -427,6 +469,8 @@ def load_config(path: str | Path) -> DaemonConfig:
                 g.source.path = base / g.source.path
             if not g.source.path.is_file():
                 raise ConfigError(f"{path}: groups[{i}].source.path: no such file {g.source.path}")
+        if isinstance(g.source, PrometheusSourceConfig):
+            _resolve_prometheus_auth(path, base, i, g.source)
         _check_policy_params(path, i, g)
     return cfg
 
@@ -458,6 +502,37 @@ def check_runnable(cfg: DaemonConfig, where: str | Path) -> None:
             raise ConfigError(f"{where}: groups[{i}].policy: {exc}") from None
 
 
+def _resolve_prometheus_auth(path: Path, base: Path, i: int, src: PrometheusSourceConfig) -> None:
+    """Resolve the secret files against the config's directory and read each once, so a missing, unreadable,
+    empty or unset secret is refused by `config check` (the value itself is never kept in the config)."""
+    where = f"{path}: groups[{i}].source"
+    if src.bearer_token_file is not None:
+        if not src.bearer_token_file.is_absolute():
+            src.bearer_token_file = base / src.bearer_token_file
+        read_secret_file(src.bearer_token_file, f"{where}.bearer_token_file")
+    if src.basic_auth is not None:
+        auth = src.basic_auth
+        if auth.password_file is not None:
+            if not auth.password_file.is_absolute():
+                auth.password_file = base / auth.password_file
+            read_secret_file(auth.password_file, f"{where}.basic_auth.password_file")
+        elif not os.environ.get(auth.password_env or ""):
+            raise ConfigError(f"{where}.basic_auth.password_env: environment variable {auth.password_env} is not set")
+
+
+def read_secret_file(p: Path, what: str) -> str:
+    """A secret from a file (a regular file of at most 64 KiB, UTF-8, surrounding whitespace dropped)."""
+    try:
+        value = read_regular(p, MAX_SECRET_BYTES).decode("utf-8-sig").strip()
+    except FileNotFoundError:
+        raise ConfigError(f"{what}: no such file {p}") from None
+    except (OSError, UnicodeDecodeError, FileReadError) as exc:
+        raise ConfigError(f"{what}: {p}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    if not value:
+        raise ConfigError(f"{what}: {p} is empty")
+    return value
+
+
 def _check_policy_params(path: Path, i: int, g: GroupConfig) -> None:
     from fleetpilot.policies.registry import PolicyError, make_policy
 
@@ -474,23 +549,23 @@ def _check_policy_params(path: Path, i: int, g: GroupConfig) -> None:
 
 
 _SECRET_KEY = re.compile(r"(pass(word)?|secret|token|credential|api[_-]?key|access[_-]?key|auth)", re.I)
-_URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]*)@", re.I)
-_QUERY_SECRET = re.compile(
-    r"(?P<k>[?&](?:[^=&\s]*(?:token|secret|password|key|signature)[^=&\s]*))=(?P<v>[^&\s]*)", re.I
-)
+#: Fields that name where a secret is (a file, an environment variable), not the secret: shown as they are.
+_SECRET_REF = re.compile(r"_(file|env)$|^(bearer_token_file|basic_auth|username)$", re.I)
 
 
 def mask_secrets(value: Any, key: str = "") -> Any:
-    """A copy of a plain-data config with anything that looks like a credential replaced by '***'."""
+    """A copy of a plain-data config with anything that looks like a credential replaced by '***': values of
+    secret-looking keys, URL userinfo, secret-looking query parameters, echoed headers (logs.redact)."""
+    from fleetpilot.controller.logs import redact
+
     if isinstance(value, dict):
         return {k: mask_secrets(v, str(k)) for k, v in value.items()}
     if isinstance(value, list):
         return [mask_secrets(v, key) for v in value]
     if isinstance(value, str):
-        if key and _SECRET_KEY.search(key):
+        if key and _SECRET_KEY.search(key) and not _SECRET_REF.search(key):
             return "***"
-        value = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", value)
-        return _QUERY_SECRET.sub(lambda m: f"{m['k']}=***", value)
+        return redact(value)
     return value
 
 

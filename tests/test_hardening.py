@@ -604,3 +604,145 @@ def test_the_metrics_server_shuts_a_trickling_client_at_the_deadline(capfd):
         s.close()
         srv.stop()
     assert "Traceback" not in capfd.readouterr().err  # a client cut off is a DEBUG line, not a raw traceback
+
+
+# --- 3. credentials never reach a log ---------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "url, secrets",
+    [
+        ("http://s3cr3tT0ken@prom:9090", ["s3cr3tT0ken"]),
+        ("http://bob:p@ss@w0rd@prom:9090/x", ["p@ss", "ss@w0rd", "w0rd"]),
+        ("https://prom:9090/?access_token=abc123xyz&x=1", ["abc123xyz"]),
+        ("https://prom:9090/?auth=abc123xyz", ["abc123xyz"]),
+        ("https://prom:9090/?apikey=abc123xyz", ["abc123xyz"]),
+        ("https://prom:9090/?X-Amz-Signature=abc123xyz", ["abc123xyz"]),
+    ],
+)
+def test_every_url_credential_is_masked_in_the_logged_config(url, secrets):
+    from fleetpilot.controller.config import mask_secrets
+
+    out = str(mask_secrets({"groups": [{"source": {"url": url}}]}))
+    for s in secrets:
+        assert s not in out, out
+    assert "prom" in out
+
+
+@pytest.fixture
+def echo_server():
+    """A real HTTP server that answers 500 with the request's headers echoed in the body (as some proxies and
+    misconfigured servers do), and remembers the last Authorization header it got."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    seen: dict[str, str | None] = {}
+
+    class Echo(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            seen["authorization"] = self.headers.get("Authorization")
+            body = f"<html><pre>upstream error\n{self.headers}</pre></html>".encode()
+            self.send_response(500)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    srv = HTTPServer(("127.0.0.1", 0), Echo)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield f"127.0.0.1:{srv.server_address[1]}", seen
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.mark.parametrize(
+    "userinfo, secrets",
+    [("s3cr3tT0ken@", ["s3cr3tT0ken"]), ("bob:p@ss@w0rd@", ["p@ss", "w0rd"]), ("bob:hunter2@", ["hunter2"])],
+)
+def test_an_echoed_authorization_header_is_never_in_a_source_error(echo_server, userinfo, secrets):
+    import base64
+
+    from fleetpilot.controller.sources.base import SourceError
+    from fleetpilot.controller.sources.prometheus import PrometheusSource
+
+    hostport, seen = echo_server
+    src = PrometheusSource(f"http://{userinfo}{hostport}", "up")
+    with pytest.raises(SourceError) as e:
+        src.latest(29_000_000)
+    msg = str(e.value)
+    assert seen["authorization"].startswith("Basic ")
+    b64 = seen["authorization"].split()[1]
+    assert "HTTP 500" in msg and b64 not in msg and base64.b64decode(b64).decode() not in msg, msg
+    for s in secrets:
+        assert s not in msg, msg
+
+
+def test_prometheus_auth_from_secret_files(tmp_path, echo_server, capfd):
+    """`bearer_token_file` and `basic_auth.password_file`: the credential is sent, never logged or dumped."""
+    import logging
+
+    from fleetpilot.controller.config import masked_dump
+    from fleetpilot.controller.factory import make_source
+    from fleetpilot.controller.logs import setup_logging
+    from fleetpilot.controller.sources.base import SourceError
+
+    hostport, seen = echo_server
+    (tmp_path / "token").write_text("tok-0123456789abcdef\n")
+    (tmp_path / "pw").write_text("pw-0123456789abcdef\n")
+    for auth, header in (
+        ({"bearer_token_file": "token"}, "Bearer tok-0123456789abcdef"),
+        ({"basic_auth": {"username": "bob", "password_file": "pw"}}, "Basic Ym9iOnB3LTAxMjM0NTY3ODlhYmNkZWY="),
+    ):
+        src_cfg = {"kind": "prometheus", "url": f"http://{hostport}", "query": "up", **auth}
+        data = sim_config(tmp_path, source=src_cfg, backend={"kind": "simulated"})
+        data["interval_seconds"] = 60
+        cfg = load_config(write_yaml(tmp_path, data))
+        assert "0123456789abcdef" not in str(masked_dump(cfg))
+        src = make_source(cfg.groups[0])
+        setup_logging("DEBUG")
+        try:
+            with pytest.raises(SourceError) as e:
+                src.latest(29_000_000)
+            logging.getLogger("fleetpilot.test").error("failed: %s", e.value)
+        finally:
+            logging.getLogger().handlers.clear()
+        assert seen["authorization"] == header
+        assert "0123456789abcdef" not in str(e.value) and "0123456789abcdef" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra, reason",
+    [
+        ({"bearer_token_file": "missing"}, "bearer_token_file"),
+        ({"bearer_token_file": "/dev/zero"}, "not a regular file"),
+        ({"bearer_token_file": "token", "url": "http://bob:pw@prom:9090"}, "one way"),
+        ({"bearer_token_file": "token", "basic_auth": {"username": "u", "password_env": "PW"}}, "one way"),
+        ({"basic_auth": {"username": "u"}}, "password_file or password_env"),
+        ({"basic_auth": {"username": "u", "password_env": "FLEETPILOT_TEST_UNSET_PW"}}, "not set"),
+    ],
+)
+def test_prometheus_auth_fields_are_checked(tmp_path, extra, reason):
+    (tmp_path / "token").write_text("tok\n")
+    src_cfg = {"kind": "prometheus", "url": "http://prom:9090", "query": "up", **extra}
+    data = sim_config(tmp_path, source=src_cfg, backend={"kind": "simulated"})
+    data["interval_seconds"] = 60
+    with pytest.raises(ConfigError, match=reason):
+        load_config(write_yaml(tmp_path, data))
+
+
+def test_the_log_formatter_masks_credentials_whatever_logs_them(capfd):
+    import logging
+
+    from fleetpilot.controller.logs import setup_logging
+
+    setup_logging("INFO")
+    try:
+        logging.getLogger("x").warning(
+            "oops %s", "GET http://tok3n@h/ Authorization: Basic Ym9iOmh1bnRlcjI= and Bearer eyJhbGciOi.x.y"
+        )
+    finally:
+        logging.getLogger().handlers.clear()
+    err = capfd.readouterr().err
+    for s in ("tok3n", "Ym9iOmh1bnRlcjI", "eyJhbGciOi"):
+        assert s not in err, err

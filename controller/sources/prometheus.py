@@ -17,8 +17,10 @@ Timestamps: a value Prometheus evaluated at time `t` (seconds) describes the min
 so the sample's minute is `ceil(t / 60) - 1`; `latest(now_minute)` evaluates at `now_minute * 60`, the end
 of minute `now_minute - 1`.
 
-Credentials embedded in the URL (`http://user:pass@host:9090`) are sent as HTTP basic auth and never appear
-in messages or `repr` (they read `http://***@host:9090`).
+Credentials: `bearer_token` (config `bearer_token_file`), `basic_auth` (config `basic_auth` with a
+`password_file` or `password_env`), or, discouraged, embedded in the URL (`http://user:pass@host:9090`, sent
+as basic auth). None of them appears in messages or `repr` (the URL reads `http://***@host:9090`), nor the
+base64 pair, nor an error page that echoes the Authorization header back.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import urllib.request
 from http.client import HTTPException
 from typing import Any
 
+from fleetpilot.controller.logs import redact, register_secret
 from fleetpilot.controller.sources.base import Sample, SourceError
 
 log = logging.getLogger(__name__)
@@ -92,7 +95,15 @@ class PrometheusSource:
     `timeout_seconds` bounds connecting, each read, and reading the whole answer.
     """
 
-    def __init__(self, url: str, query: str, timeout_seconds: float = 5.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        query: str,
+        timeout_seconds: float = 5.0,
+        *,
+        bearer_token: str | None = None,
+        basic_auth: tuple[str, str] | None = None,
+    ) -> None:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"Prometheus url must be http(s)://host[:port][/prefix], got {_mask_url(url)!r}")
@@ -110,17 +121,23 @@ class PrometheusSource:
         if port is not None:
             netloc = f"{netloc}:{port}"
         self._base_url = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
-        self._secret: str | None = None
+        self._secrets: list[str] = []
         self._auth_header: str | None = None
+        self.url = self._base_url
         if parts.username is not None or parts.password is not None:
-            user = urllib.parse.unquote(parts.username or "")
-            password = urllib.parse.unquote(parts.password or "")
-            self._secret = password or None
+            basic_auth = (urllib.parse.unquote(parts.username or ""), urllib.parse.unquote(parts.password or ""))
+            self.url = urllib.parse.urlunsplit((parts.scheme, f"***@{netloc}", parts.path.rstrip("/"), "", ""))
+        if basic_auth is not None:
+            user, password = basic_auth
             token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
             self._auth_header = f"Basic {token}"
-            self.url = urllib.parse.urlunsplit((parts.scheme, f"***@{netloc}", parts.path.rstrip("/"), "", ""))
-        else:
-            self.url = self._base_url
+            # a password, or a user name alone (`http://TOKEN@host`: the token), and the encoded pair
+            self._secrets = [password or user, token, f"{user}:{password}"]
+        elif bearer_token is not None:
+            self._auth_header = f"Bearer {bearer_token}"
+            self._secrets = [bearer_token]
+        for secret in self._secrets:
+            register_secret(secret)  # never in any log line, whoever logs it
         self._opener = urllib.request.build_opener()
 
     def __repr__(self) -> str:
@@ -277,8 +294,12 @@ class PrometheusSource:
         return f": {_one_line(text)}" if text else ""
 
     def _mask(self, message: str) -> str:
-        """Belt and braces: the password never appears in a message even if a library echoes it."""
-        return message.replace(self._secret, "***") if self._secret else message
+        """Belt and braces: no credential appears in a message, even if the server or a library echoes it (an
+        error page quoting the Authorization header, a URL with userinfo)."""
+        for secret in self._secrets:
+            if secret:
+                message = message.replace(secret, "***")
+        return redact(message)
 
 
 def _mask_url(url: str) -> str:
