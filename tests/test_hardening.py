@@ -746,3 +746,62 @@ def test_the_log_formatter_masks_credentials_whatever_logs_them(capfd):
     err = capfd.readouterr().err
     for s in ("tok3n", "Ym9iOmh1bnRlcjI", "eyJhbGciOi"):
         assert s not in err, err
+
+
+# --- siblings ------------------------------------------------------------------------------------------------
+class _Planted:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/fleetpilot-planted-checkpoint-ran",))
+
+
+def test_a_planted_training_checkpoint_runs_no_code(tmp_path):
+    """Sibling of the trusted manifest: a resumed training unpickles checkpoint.pt from its output directory."""
+    import pickle
+
+    from fleetpilot.training.ppo import load_checkpoint
+
+    marker = Path("/tmp/fleetpilot-planted-checkpoint-ran")
+    marker.unlink(missing_ok=True)
+    p = tmp_path / "checkpoint.pt"
+    p.write_bytes(pickle.dumps({"agent": _Planted()}))
+    with pytest.raises(ValueError, match="not a checkpoint this build can read safely"):
+        load_checkpoint(p)
+    assert not marker.exists()
+
+
+def test_a_flooding_prometheus_answer_is_cut_at_a_limit():
+    """Sibling of the size limits: a server (or a proxy in front of it) answering gigabytes within the timeout."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from fleetpilot.controller.sources import prometheus
+    from fleetpilot.controller.sources.base import SourceError
+
+    class Flood(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.end_headers()
+            try:
+                for _ in range(200):  # 200 MiB, fast
+                    self.wfile.write(b" " * (1 << 20))
+            except OSError:
+                pass
+
+        def log_message(self, *a):
+            pass
+
+    srv = HTTPServer(("127.0.0.1", 0), Flood)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        src = prometheus.PrometheusSource(f"http://127.0.0.1:{srv.server_address[1]}", "up", timeout_seconds=20)
+        with pytest.raises(SourceError, match="larger than"):
+            src.latest(29_000_000)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_the_cli_error_line_masks_credentials_too(tmp_path, capsys):
+    p = write_yaml(tmp_path, sim_config(tmp_path, policy="http://bob:hunter2@models.example/m"))
+    rc, err = _main("config", "check", str(p), capsys=capsys)
+    assert rc == 2 and "no such model directory" in err and "hunter2" not in err, err

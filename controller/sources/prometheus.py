@@ -52,6 +52,10 @@ STEP_SECONDS = 60
 #: Read the answer in chunks of this many bytes, checking the overall deadline between chunks.
 _READ_CHUNK_BYTES = 65_536
 
+#: Largest answer read (bytes): a week of one-minute points is well under 1 MiB per range query chunk; a server
+#: (or a proxy in front of it) answering more is refused instead of filling the daemon's memory.
+MAX_ANSWER_BYTES = 32 << 20
+
 #: At most this many characters of an error answer's body are quoted in a message.
 _QUOTE_CHARS = 200
 
@@ -266,8 +270,10 @@ class PrometheusSource:
         return data
 
     def _read_until(self, response: Any, deadline: float) -> bytes:
-        """Read the whole body, failing once the overall deadline has passed (a server that trickles)."""
+        """Read the whole body, failing once the overall deadline has passed (a server that trickles) or the
+        body passes MAX_ANSWER_BYTES (a server that floods)."""
         chunks: list[bytes] = []
+        size = 0
         while True:
             if time.monotonic() > deadline:
                 raise TimeoutError("deadline passed while reading the answer")
@@ -275,6 +281,9 @@ class PrometheusSource:
             if not chunk:
                 return b"".join(chunks)
             chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_ANSWER_BYTES:
+                raise SourceError(self._mask(f"{self._what()}: answer larger than {MAX_ANSWER_BYTES >> 20} MiB"))
 
     def _error_detail(self, exc: urllib.error.HTTPError) -> str:
         """Prometheus' own error text from an HTTP error answer (JSON `error`), else the start of the body."""
