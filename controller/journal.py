@@ -78,7 +78,7 @@ CREATE TABLE IF NOT EXISTS decisions (
     group_name TEXT NOT NULL,
     policy TEXT NOT NULL,
     action TEXT NOT NULL,             -- policy | fallback | hold
-    data_status TEXT NOT NULL,        -- ok | error | empty | nan | stale | invalid | repeat
+    data_status TEXT NOT NULL,        -- ok | error | empty | nan | stale | invalid | repeat | implausible
     load_tpm REAL,                    -- the load used (NULL when there was none)
     load_minute INTEGER,              -- the minute that load belongs to
     active INTEGER, warming INTEGER, desired_before INTEGER,
