@@ -29,6 +29,7 @@ def limits_of(g: GroupConfig) -> guards.Limits:
         block_scale_in_while_warming=g.block_scale_in_while_warming,
         bad_data_ticks_before_fallback=g.bad_data_ticks_before_fallback,
         paused=g.paused,
+        max_load_tpm=g.load_ceiling_tpm,
     )
 
 

@@ -47,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
-        print(f"fleetpilot {args.command}: error: {exc}", file=sys.stderr)
+        from fleetpilot.controller.logs import redact  # the one line never quotes a credential either
+
+        print(redact(f"fleetpilot {args.command}: error: {exc}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -46,19 +46,26 @@ def add_commands(sub) -> None:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    from fleetpilot.controller.config import load_config, summary
+    from fleetpilot.controller.config import check_runnable, load_config, summary
 
     cfg = load_config(args.file)
+    check_runnable(cfg, args.file)
     print(f"OK {args.file}: {summary(cfg)}")
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from fleetpilot.controller.config import load_config
+    from fleetpilot.controller.config import ConfigError, check_runnable, load_config
+    from fleetpilot.controller.journal import Journal, JournalError
     from fleetpilot.policies.errors import CliError
 
     t_start = time.perf_counter()
     cfg = load_config(args.config)
+    check_runnable(cfg, args.config)
+    try:  # one writer per journal: taken before anything is logged, so a second daemon is refused in one line
+        journal = Journal(cfg.journal_path)
+    except JournalError as exc:
+        raise ConfigError(f"{args.config}: {exc}") from None
     from fleetpilot.controller.logs import setup_logging
 
     setup_logging(cfg.log_level)
@@ -80,7 +87,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     cfg = cfg.with_dry_run(args.dry_run)
     log_config(cfg)
-    daemon = Daemon(cfg, summary=cfg.simulated_clock and not args.quiet)
+    try:
+        daemon = Daemon(cfg, summary=cfg.simulated_clock and not args.quiet, journal=journal)
+    except BaseException:
+        journal.close()
+        raise
     running.append(daemon)
     server = None
     try:

@@ -23,7 +23,16 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from fleetpilot.policies.base import MAX_FLEET_MACHINES
 from fleetpilot.policies.errors import UserError
+from fleetpilot.policies.files import (
+    MAX_CONFIG_BYTES,
+    MAX_SECRET_BYTES,
+    DuplicateKeyError,
+    FileReadError,
+    load_yaml,
+    read_regular,
+)
 from fleetpilot.policies.registry import RULE_NAMES
 
 ENV_PREFIX = "FLEETPILOT_"
@@ -31,6 +40,13 @@ ENV_PREFIX = "FLEETPILOT_"
 RULE_POLICIES = RULE_NAMES
 #: Source kinds driven by the daemon's simulated clock (each tick is one simulated minute).
 SIMULATED_SOURCES = ("simulator", "csv")
+#: A reading that needs more than this many times a group's `max_machines` (at its capacity per machine) is
+#: bad data (`implausible`: held, never a scale-in), unless `max_load_tpm` sets the ceiling explicitly.
+IMPLAUSIBLE_LOAD_FACTOR = 1000
+#: Largest capacity per machine accepted (tpm): keeps the load ceiling and every capacity product finite.
+MAX_CAPACITY_TPM_PER_MACHINE = 1e9
+#: Largest load accepted where a config names one (tpm): `peak_tpm`, `max_load_tpm`.
+MAX_LOAD_TPM = 1e15
 
 
 class ConfigError(UserError):
@@ -50,16 +66,36 @@ class ServerConfig(_Strict):
 class SimulatorSourceConfig(_Strict):
     kind: Literal["simulator"]
     seed: int = Field(0, ge=0, description="seed of the synthetic load (sim.load.synthetic_load)")
-    peak_tpm: float | None = Field(None, gt=0, description="rescale the load so its maximum is this (tpm)")
+    peak_tpm: float | None = Field(
+        None, gt=0, le=MAX_LOAD_TPM, description="rescale the load so its maximum is this (tpm)"
+    )
     minutes: int = Field(20_160, ge=2, le=525_600, description="length of the generated load; it then repeats")
 
 
 class CsvSourceConfig(_Strict):
     kind: Literal["csv"]
     path: Path = Field(description="a `timestamp,requests` per-minute CSV (relative to the config file)")
-    peak_tpm: float | None = Field(None, gt=0, description="rescale the trace so its maximum is this (tpm)")
+    peak_tpm: float | None = Field(
+        None, gt=0, le=MAX_LOAD_TPM, description="rescale the trace so its maximum is this (tpm)"
+    )
     fill_gaps: bool = Field(False, description="interpolate missing minutes instead of refusing the trace")
     loop: bool = Field(True, description="start again at the first minute after the last one")
+
+
+class PrometheusBasicAuth(_Strict):
+    username: str = Field(min_length=1, max_length=256, description="basic-auth user name")
+    password_file: Path | None = Field(
+        None, description="file holding the password (e.g. a mounted secret; relative to the config file)"
+    )
+    password_env: str | None = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="environment variable holding the password"
+    )
+
+    @model_validator(mode="after")
+    def _one_password(self) -> PrometheusBasicAuth:
+        if (self.password_file is None) == (self.password_env is None):
+            raise ValueError("basic_auth: give exactly one of password_file or password_env")
+        return self
 
 
 class PrometheusSourceConfig(_Strict):
@@ -69,6 +105,25 @@ class PrometheusSourceConfig(_Strict):
         min_length=1, pattern=r"\S", description="PromQL expression whose value is transactions per minute (not blank)"
     )
     timeout_seconds: float = Field(5.0, gt=0, le=60)
+    bearer_token_file: Path | None = Field(
+        None, description="file holding a bearer token, sent as `Authorization: Bearer` (relative to the config file)"
+    )
+    basic_auth: PrometheusBasicAuth | None = Field(None, description="HTTP basic auth with a password kept apart")
+
+    @model_validator(mode="after")
+    def _one_auth(self) -> PrometheusSourceConfig:
+        ways = [
+            n
+            for n, on in (
+                ("credentials in url", "@" in urllib.parse.urlsplit(self.url).netloc),
+                ("bearer_token_file", self.bearer_token_file is not None),
+                ("basic_auth", self.basic_auth is not None),
+            )
+            if on
+        ]
+        if len(ways) > 1:
+            raise ValueError(f"authenticate one way only, got {' and '.join(ways)}")
+        return self
 
     @field_validator("url")
     @classmethod
@@ -113,11 +168,17 @@ SourceConfig = Annotated[
 class SimulatedBackendConfig(_Strict):
     kind: Literal["simulated"]
     seed: int = Field(0, ge=0, description="noise key = default_rng(seed).integers(0, 2**63, dtype=uint64)")
-    initial_machines: int = Field(50, ge=0, description="active machines at start (seed: 50)")
-    max_machines: int = Field(833, ge=1, description="the simulated group's own maximum (seed: 833)")
+    initial_machines: int = Field(50, ge=0, le=MAX_FLEET_MACHINES, description="active machines at start (seed: 50)")
+    max_machines: int = Field(
+        833, ge=1, le=MAX_FLEET_MACHINES, description="the simulated group's own maximum (seed: 833)"
+    )
     capacity_sigma_tpm: float = Field(30.0, ge=0, description="std. dev. of per-machine capacity (seed: 30)")
-    max_scale_out_per_minute: int = Field(10, ge=1, description="machines the world can start per minute (seed: 10)")
-    max_scale_in_per_minute: int = Field(10, ge=1, description="machines the world can stop per minute (seed: 10)")
+    max_scale_out_per_minute: int = Field(
+        10, ge=1, le=MAX_FLEET_MACHINES, description="machines the world can start per minute (seed: 10)"
+    )
+    max_scale_in_per_minute: int = Field(
+        10, ge=1, le=MAX_FLEET_MACHINES, description="machines the world can stop per minute (seed: 10)"
+    )
 
     @model_validator(mode="after")
     def _initial(self) -> SimulatedBackendConfig:
@@ -146,16 +207,23 @@ class GroupConfig(_Strict):
     policy_params: dict[str, Any] = Field(default_factory=dict, description="parameters of a rule policy")
     fallback_policy: str = Field("target-tracking", description="rule used on model errors and lasting bad data")
     fallback_policy_params: dict[str, Any] = Field(default_factory=dict)
-    min_machines: int = Field(1, ge=0)
-    max_machines: int = Field(100, ge=1)
-    capacity_tpm_per_machine: float = Field(300.0, gt=0)
+    min_machines: int = Field(1, ge=0, le=MAX_FLEET_MACHINES)
+    max_machines: int = Field(100, ge=1, le=MAX_FLEET_MACHINES)
+    capacity_tpm_per_machine: float = Field(300.0, gt=0, le=MAX_CAPACITY_TPM_PER_MACHINE)
+    max_load_tpm: float | None = Field(
+        None,
+        gt=0,
+        le=MAX_LOAD_TPM,
+        description="readings above this are bad data (implausible); default "
+        f"{IMPLAUSIBLE_LOAD_FACTOR} x max_machines x capacity_tpm_per_machine",
+    )
     warmup_minutes: int = Field(5, ge=0, le=120)
-    max_scale_out_per_tick: int = Field(10, ge=0)
-    max_scale_in_per_tick: int = Field(10, ge=0)
+    max_scale_out_per_tick: int = Field(10, ge=0, le=MAX_FLEET_MACHINES)
+    max_scale_in_per_tick: int = Field(10, ge=0, le=MAX_FLEET_MACHINES)
     scale_in_stabilization_minutes: int = Field(5, ge=0, le=1440)
     block_scale_in_while_warming: bool = True
     stale_after_seconds: float = Field(180.0, gt=0)
-    bad_data_ticks_before_fallback: int = Field(3, ge=1)
+    bad_data_ticks_before_fallback: int = Field(3, ge=1, le=1_000_000)
     paused: bool = False
     source: SourceConfig
     backend: BackendConfig
@@ -194,6 +262,14 @@ class GroupConfig(_Strict):
     def simulated_clock(self) -> bool:
         return self.source.kind in SIMULATED_SOURCES
 
+    @property
+    def load_ceiling_tpm(self) -> float:
+        """Readings above this load are bad data (`implausible`): `max_load_tpm`, or by default a load that
+        would need IMPLAUSIBLE_LOAD_FACTOR times the group's `max_machines`."""
+        if self.max_load_tpm is not None:
+            return float(self.max_load_tpm)
+        return IMPLAUSIBLE_LOAD_FACTOR * self.max_machines * self.capacity_tpm_per_machine
+
 
 class DaemonConfig(BaseSettings):
     model_config = SettingsConfigDict(
@@ -206,6 +282,13 @@ class DaemonConfig(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     server: ServerConfig = Field(default_factory=ServerConfig)
     groups: list[GroupConfig] = Field(min_length=1)
+
+    @field_validator("journal_path", mode="before")
+    @classmethod
+    def _journal_not_empty(cls, v: Any) -> Any:
+        if isinstance(v, str) and not v.strip():
+            raise ValueError("must not be empty")
+        return v
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -347,14 +430,18 @@ def format_validation_error(where: str, exc: ValidationError) -> str:
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
+    """The config file's mapping: a regular file of at most 1 MiB (a FIFO or /dev/zero is refused, not read),
+    UTF-8 (a byte-order mark is allowed), YAML without duplicate keys."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular(path, MAX_CONFIG_BYTES).decode("utf-8-sig")
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, FileReadError) as exc:
         raise ConfigError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"{path}:{exc.line}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
@@ -389,8 +476,68 @@ def load_config(path: str | Path) -> DaemonConfig:
                 g.source.path = base / g.source.path
             if not g.source.path.is_file():
                 raise ConfigError(f"{path}: groups[{i}].source.path: no such file {g.source.path}")
+        if isinstance(g.source, PrometheusSourceConfig):
+            _resolve_prometheus_auth(path, base, i, g.source)
         _check_policy_params(path, i, g)
     return cfg
+
+
+def check_runnable(cfg: DaemonConfig, where: str | Path) -> None:
+    """What `fleetpilot config check` and `fleetpilot run` both refuse beyond the schema, with the same line: a
+    journal path the daemon cannot write (see controller.journal.check_journal_path) and a model directory
+    that does not exist or fails its checks (manifest, observation version, sha256)."""
+    from fleetpilot.controller.journal import JournalError, check_journal_path
+
+    try:
+        check_journal_path(cfg.journal_path)
+    except JournalError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    from fleetpilot.policies.onnx_policy import ModelError, verify
+    from fleetpilot.policies.registry import PolicyError, model_dir
+
+    for i, g in enumerate(cfg.groups):
+        if g.policy in RULE_POLICIES:
+            continue
+        try:
+            d = model_dir(g.policy)
+            if d is None:
+                if g.policy == "default":  # not shipped in this installation: its groups use the fallback rule
+                    continue
+                raise PolicyError(f"unknown policy {g.policy!r}")
+            verify(d)
+        except (PolicyError, ModelError) as exc:
+            raise ConfigError(f"{where}: groups[{i}].policy: {exc}") from None
+
+
+def _resolve_prometheus_auth(path: Path, base: Path, i: int, src: PrometheusSourceConfig) -> None:
+    """Resolve the secret files against the config's directory and read each once, so a missing, unreadable,
+    empty or unset secret is refused by `config check` (the value itself is never kept in the config)."""
+    where = f"{path}: groups[{i}].source"
+    if src.bearer_token_file is not None:
+        if not src.bearer_token_file.is_absolute():
+            src.bearer_token_file = base / src.bearer_token_file
+        read_secret_file(src.bearer_token_file, f"{where}.bearer_token_file")
+    if src.basic_auth is not None:
+        auth = src.basic_auth
+        if auth.password_file is not None:
+            if not auth.password_file.is_absolute():
+                auth.password_file = base / auth.password_file
+            read_secret_file(auth.password_file, f"{where}.basic_auth.password_file")
+        elif not os.environ.get(auth.password_env or ""):
+            raise ConfigError(f"{where}.basic_auth.password_env: environment variable {auth.password_env} is not set")
+
+
+def read_secret_file(p: Path, what: str) -> str:
+    """A secret from a file (a regular file of at most 64 KiB, UTF-8, surrounding whitespace dropped)."""
+    try:
+        value = read_regular(p, MAX_SECRET_BYTES).decode("utf-8-sig").strip()
+    except FileNotFoundError:
+        raise ConfigError(f"{what}: no such file {p}") from None
+    except (OSError, UnicodeDecodeError, FileReadError) as exc:
+        raise ConfigError(f"{what}: {p}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    if not value:
+        raise ConfigError(f"{what}: {p} is empty")
+    return value
 
 
 def _check_policy_params(path: Path, i: int, g: GroupConfig) -> None:
@@ -409,23 +556,23 @@ def _check_policy_params(path: Path, i: int, g: GroupConfig) -> None:
 
 
 _SECRET_KEY = re.compile(r"(pass(word)?|secret|token|credential|api[_-]?key|access[_-]?key|auth)", re.I)
-_URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]*)@", re.I)
-_QUERY_SECRET = re.compile(
-    r"(?P<k>[?&](?:[^=&\s]*(?:token|secret|password|key|signature)[^=&\s]*))=(?P<v>[^&\s]*)", re.I
-)
+#: Fields that name where a secret is (a file, an environment variable), not the secret: shown as they are.
+_SECRET_REF = re.compile(r"_(file|env)$|^(bearer_token_file|basic_auth|username)$", re.I)
 
 
 def mask_secrets(value: Any, key: str = "") -> Any:
-    """A copy of a plain-data config with anything that looks like a credential replaced by '***'."""
+    """A copy of a plain-data config with anything that looks like a credential replaced by '***': values of
+    secret-looking keys, URL userinfo, secret-looking query parameters, echoed headers (logs.redact)."""
+    from fleetpilot.controller.logs import redact
+
     if isinstance(value, dict):
         return {k: mask_secrets(v, str(k)) for k, v in value.items()}
     if isinstance(value, list):
         return [mask_secrets(v, key) for v in value]
     if isinstance(value, str):
-        if key and _SECRET_KEY.search(key):
+        if key and _SECRET_KEY.search(key) and not _SECRET_REF.search(key):
             return "***"
-        value = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", value)
-        return _QUERY_SECRET.sub(lambda m: f"{m['k']}=***", value)
+        return redact(value)
     return value
 
 

@@ -99,6 +99,7 @@ class Daemon:
         self.groups: list[GroupRuntime] = make_groups(cfg, sources, backends)
         self.clock: Clock = clock or default_clock(cfg, self.groups)
         self.journal = journal if journal is not None else Journal(cfg.journal_path)
+        self.journal.on_error = lambda kind: self.metrics.journal_errors.labels(kind).inc()
         self.batches: list[Batch] = make_batches(self.groups, policies)
         self.tick_no = 0
         self.backfilled = False
@@ -130,7 +131,7 @@ class Daemon:
             series: list[dict[int, float]] = []
             for g in b.groups:
                 try:
-                    got = read_history(g.source, start, end)
+                    got = read_history(g.source, start, end, g.limits)
                 except SourceError as exc:
                     got = {}
                     log.warning(
@@ -238,6 +239,8 @@ class Daemon:
             return Reading(s, DataStatus.NAN)
         if s.load_tpm < 0:
             return Reading(s, DataStatus.INVALID)
+        if not guards.usable_load(s.load_tpm, g.limits):
+            return Reading(s, DataStatus.IMPLAUSIBLE)  # beyond any plausible fleet: bad data, never a scale-in
         if now.seconds - (s.minute + 1) * 60.0 > g.cfg.stale_after_seconds:
             return Reading(s, DataStatus.STALE)
         if g.batch is not None and g.batch.is_repeat(g.row, s.minute):
@@ -306,7 +309,7 @@ class Daemon:
             start = b.gap_start(g.row, r.sample.minute) if r.ok and r.sample is not None else None
             if start is not None and r.sample is not None:
                 try:
-                    got = read_history(g.source, start, r.sample.minute)
+                    got = read_history(g.source, start, r.sample.minute, g.limits)
                 except SourceError as exc:  # the builder then holds the last value over the gap
                     log.info("gap backfill failed", extra={"group": g.name, "error": str(exc)})
             series.append(got)

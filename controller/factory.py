@@ -3,6 +3,8 @@ configured, so boto3 is loaded only when an AWS kind is used."""
 
 from __future__ import annotations
 
+import os
+
 from fleetpilot.controller.backends.base import Backend
 from fleetpilot.controller.config import GroupConfig
 from fleetpilot.controller.sources.base import MetricSource
@@ -20,9 +22,20 @@ def make_source(g: GroupConfig) -> MetricSource:
 
         return CsvReplaySource(s.path, peak_tpm=s.peak_tpm, fill_gaps=s.fill_gaps, loop=s.loop)
     if s.kind == "prometheus":
+        from fleetpilot.controller.config import read_secret_file
         from fleetpilot.controller.sources.prometheus import PrometheusSource
 
-        return PrometheusSource(s.url, s.query, timeout_seconds=s.timeout_seconds)
+        token = read_secret_file(s.bearer_token_file, "bearer_token_file") if s.bearer_token_file else None
+        basic = None
+        if s.basic_auth is not None:
+            a = s.basic_auth
+            pw = (
+                read_secret_file(a.password_file, "basic_auth.password_file")
+                if a.password_file
+                else os.environ.get(a.password_env or "", "")
+            )
+            basic = (a.username, pw)
+        return PrometheusSource(s.url, s.query, timeout_seconds=s.timeout_seconds, bearer_token=token, basic_auth=basic)
     if s.kind == "cloudwatch":
         from fleetpilot.controller.sources.cloudwatch import CloudWatchSource
 

@@ -8,7 +8,7 @@ Order of the chain (see docs/configuration.md):
 
 | step | guard | reason |
 |---|---|---|
-| 1 | the action: policy, or fallback rule, or hold | `fallback:<cause>`, `hold:<status>` |
+| 1 | the action: policy, or fallback rule, or hold (a negative proposal is no proposal) | `fallback:<cause>`, `hold:<status>` |
 | 2 | clamp to [min_machines, max_machines] -> the recommendation | `min-machines`, `max-machines` |
 | 3 | scale-in stabilization: highest recommendation over the window | `stabilization` |
 | 4 | no scale-in while machines warm up | `warming` |
@@ -20,6 +20,7 @@ Order of the chain (see docs/configuration.md):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -34,6 +35,7 @@ class DataStatus(StrEnum):
     STALE = "stale"  #: the last sample is older than `stale_after_seconds`
     INVALID = "invalid"  #: a negative load
     REPEAT = "repeat"  #: older than the history already seen (the clock or the source went back)
+    IMPLAUSIBLE = "implausible"  #: beyond any plausible fleet (`max_load_tpm`): bad data, never a scale-in
 
 
 class Action(StrEnum):
@@ -69,6 +71,7 @@ class Limits:
     block_scale_in_while_warming: bool = True
     bad_data_ticks_before_fallback: int = 3
     paused: bool = False
+    max_load_tpm: float = math.inf  #: readings above are bad data (`implausible`), see GroupConfig.load_ceiling_tpm
 
 
 @dataclass(frozen=True)
@@ -179,6 +182,21 @@ def limit_step(value: int, current: int, max_out: int, max_in: int) -> tuple[int
     return value, None
 
 
+def valid_action(value: int | None) -> int | None:
+    """A proposed capacity, or None when there is none or it is impossible (negative: a policy's "no answer",
+    or an overflow that wrapped around). An impossible answer is never clamped up to `min_machines`: that
+    would turn an overflow into a scale-in. The group is held (or decided by the fallback) instead."""
+    if value is None or int(value) < 0:
+        return None
+    return int(value)
+
+
+def usable_load(load_tpm: float, limits: Limits) -> bool:
+    """A load reading the decision may use: finite, not negative, and not beyond any plausible fleet
+    (`limits.max_load_tpm`). Anything else is bad data: held, never a scale-in."""
+    return math.isfinite(load_tpm) and 0 <= load_tpm <= limits.max_load_tpm
+
+
 def needs_fallback(memory: Memory, data_status: str, limits: Limits) -> bool:
     """True when this tick's data is bad and has been for `bad_data_ticks_before_fallback` ticks."""
     return data_status != DATA_OK and memory.bad_ticks + 1 >= limits.bad_data_ticks_before_fallback
@@ -193,12 +211,15 @@ def decide(
     data_ok = proposal.data_status == DATA_OK
     bad_ticks = 0 if data_ok else memory.bad_ticks + 1
     fallback_cause: str | None = None
-    if data_ok and proposal.policy_desired is not None:
-        action, value = Action.POLICY, int(proposal.policy_desired)
+    policy_desired, fallback_desired = valid_action(proposal.policy_desired), valid_action(proposal.fallback_desired)
+    if data_ok and policy_desired is not None:
+        action, value = Action.POLICY, policy_desired
     elif data_ok or bad_ticks >= limits.bad_data_ticks_before_fallback:
         fallback_cause = proposal.model_cause if data_ok else Cause.BAD_DATA
-        if proposal.fallback_desired is not None:
-            action, value = Action.FALLBACK, int(proposal.fallback_desired)
+        if data_ok and fallback_cause is None and proposal.policy_desired is not None:
+            fallback_cause = Cause.NON_FINITE  # a negative (wrapped-around) answer is no answer
+        if fallback_desired is not None:
+            action, value = Action.FALLBACK, fallback_desired
             reasons.append(f"fallback:{fallback_cause or 'unknown'}")
         else:
             action, value = Action.HOLD, group.desired

@@ -3,15 +3,50 @@
 Each row explains a decision: the inputs (load and its minute, data status, active, warming, the group's
 desired capacity), the policy's raw action and desired capacity, the guards that changed it, the final
 capacity and what happened to it (written | dry-run | unchanged | held | paused | error).
+
+Safety of the record:
+
+- one writer per journal: the daemon holds an exclusive `flock` on `<journal>.lock` (holding its pid) for
+  its whole life; a second daemon on the same journal is refused (`JournalError`: one line, exit 2);
+- a tick's rows stay pending until their transaction commits: when a commit fails (the file is locked by
+  another process past `busy_timeout_seconds`, the disk is full) the tick fails and its rows are committed
+  with the next tick's, so a capacity that was written always gets its row (at most MAX_PENDING_ROWS are
+  kept; older ones are dropped, logged and counted);
+- a journal file deleted or replaced while the daemon runs is noticed at the next commit: logged as an
+  error, counted (`fleetpilot_journal_errors_total{kind="deleted"}`) and recreated, so rows go on to the
+  configured path (the rows before the deletion are gone with the file);
+- `check_journal_path` refuses, before anything starts, a path that cannot hold a journal: a directory, a
+  file that is not regular (`/dev/full`), a file that is not an SQLite database or not a fleetpilot journal,
+  a directory that cannot be written. `fleetpilot config check` and `fleetpilot run` both call it.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
+import logging
+import os
 import sqlite3
+import stat
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from fleetpilot.policies.errors import UserError
+
+log = logging.getLogger("fleetpilot.journal")
+
+#: Rows kept while commits fail (about 70 days of one group at one tick a minute, or 100 ticks of 1,000 groups).
+MAX_PENDING_ROWS = 100_000
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+class JournalError(UserError):
+    """A journal that cannot be used (path, contents, another writer): one line, exit code 2."""
+
 
 SCHEMA_VERSION = 1
 OUTCOMES = ("written", "dry-run", "unchanged", "held", "paused", "error")
@@ -45,7 +80,7 @@ CREATE TABLE IF NOT EXISTS decisions (
     group_name TEXT NOT NULL,
     policy TEXT NOT NULL,
     action TEXT NOT NULL,             -- policy | fallback | hold
-    data_status TEXT NOT NULL,        -- ok | error | empty | nan | stale | invalid | repeat
+    data_status TEXT NOT NULL,        -- ok | error | empty | nan | stale | invalid | repeat | implausible
     load_tpm REAL,                    -- the load used (NULL when there was none)
     load_minute INTEGER,              -- the minute that load belongs to
     active INTEGER, warming INTEGER, desired_before INTEGER,
@@ -86,28 +121,141 @@ class JournalRow:
         return tuple(json.dumps(self.guards) if c == "guards" else getattr(self, c) for c in _COLUMNS)
 
 
+def check_journal_path(path: str | Path) -> None:
+    """Refuse a journal path the daemon could not write: JournalError naming the path and the reason."""
+    raw = str(path)
+    p = Path(path)
+    if not raw.strip() or raw.strip() == ".":
+        raise JournalError("journal_path: is empty")
+    if p.is_dir():
+        raise JournalError(f"journal_path: {p}: is a directory, expected a file")
+    try:
+        st = os.stat(p)
+    except (FileNotFoundError, NotADirectoryError):  # a parent that is a file is named below
+        st = None
+    except OSError as exc:
+        raise JournalError(f"journal_path: {p}: {exc.strerror or exc}") from None
+    if st is not None:
+        if not stat.S_ISREG(st.st_mode):
+            raise JournalError(f"journal_path: {p}: not a regular file")
+        if st.st_size > 0:
+            _check_is_journal(p)
+    # the nearest directory that exists must take new files (the journal, its -wal and -shm files)
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise JournalError(f"journal_path: {p}: {parent} is not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".fleetpilot-probe-", dir=parent)
+    except OSError as exc:
+        raise JournalError(f"journal_path: {p}: directory {parent} is not writable ({exc.strerror or exc})") from None
+    os.close(fd)
+    os.unlink(probe)
+    if st is not None and not os.access(p, os.R_OK | os.W_OK):
+        raise JournalError(f"journal_path: {p}: not writable")
+
+
+def _check_is_journal(p: Path) -> None:
+    try:
+        with p.open("rb") as fh:
+            head = fh.read(len(_SQLITE_HEADER))
+    except OSError as exc:
+        raise JournalError(f"journal_path: {p}: cannot read: {exc.strerror or exc}") from None
+    if head != _SQLITE_HEADER:
+        raise JournalError(f"journal_path: {p}: not an SQLite database (a corrupt journal or another file)")
+    try:
+        db = sqlite3.connect(f"file:{p}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            cols = {r[1] for r in db.execute("PRAGMA table_info(decisions)")}
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise JournalError(f"journal_path: {p}: not an SQLite database ({exc})") from None
+    tables.discard("sqlite_sequence")
+    if (tables and "decisions" not in tables) or ("decisions" in tables and not set(_COLUMNS) <= cols):
+        raise JournalError(f"journal_path: {p}: an SQLite database but not a fleetpilot journal")
+
+
 class Journal:
-    def __init__(self, path: str | Path):
+    """The journal of one daemon. `on_error(kind)` is called on each failed commit ("commit") and each
+    deletion noticed ("deleted"): the daemon counts them in `fleetpilot_journal_errors_total`."""
+
+    def __init__(self, path: str | Path, busy_timeout_seconds: float = 5.0):
+        check_journal_path(path)
         self.path = Path(path)
+        self.busy_timeout_seconds = float(busy_timeout_seconds)
+        self.on_error: Callable[[str], None] | None = None
+        self.dropped = 0
+        self._pending: list[tuple] = []
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level="DEFERRED")
+        self._lock_fd = _lock(self.path)
+        try:
+            self._open()
+        except sqlite3.Error as exc:
+            os.close(self._lock_fd)
+            raise JournalError(f"journal_path: {self.path}: cannot open: {exc}") from None
+
+    def _open(self) -> None:
+        self.db = sqlite3.connect(
+            str(self.path), check_same_thread=False, isolation_level="DEFERRED", timeout=self.busy_timeout_seconds
+        )
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
-        self._pending: list[tuple] = []
+        st = os.stat(self.path)
+        self._ident = (st.st_dev, st.st_ino)
+
+    def _report(self, kind: str) -> None:
+        if self.on_error is not None:
+            self.on_error(kind)
 
     def add(self, row: JournalRow) -> None:
         self._pending.append(row.values())
+        if len(self._pending) > MAX_PENDING_ROWS:
+            n = len(self._pending) - MAX_PENDING_ROWS
+            del self._pending[:n]
+            self.dropped += n
+            log.error("journal rows dropped: commits keep failing", extra={"rows": n, "dropped_total": self.dropped})
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def _reopen_if_deleted(self) -> None:
+        try:
+            st = os.stat(self.path)
+            ident = (st.st_dev, st.st_ino)
+        except FileNotFoundError:
+            ident = None
+        if ident == self._ident:
+            return
+        log.error(
+            "journal file deleted or replaced while running; recreating it",
+            extra={"path": str(self.path), "pending_rows": len(self._pending)},
+        )
+        self._report("deleted")
+        self.db.close()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._open()
 
     def commit(self) -> None:
-        """Write the tick's rows in one transaction."""
+        """Write the pending rows (this tick's, and any a failed commit left) in one transaction. On failure
+        the rows stay pending for the next commit and the error propagates (the tick fails)."""
         if not self._pending:
             return
-        rows, self._pending = self._pending, []
-        with self.db:
-            self.db.executemany(
-                f"INSERT INTO decisions ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})", rows
-            )
+        try:
+            self._reopen_if_deleted()
+            with self.db:
+                self.db.executemany(
+                    f"INSERT INTO decisions ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
+                    self._pending,
+                )
+        except (sqlite3.Error, OSError):
+            self._report("commit")
+            raise
+        self._pending.clear()
 
     def recent_recommendations(self, group: str, since_minute: int) -> list[tuple[int, int]]:
         """(minute, recommendation) of a group's policy/fallback decisions since `since_minute`, oldest first: used to
@@ -120,8 +268,41 @@ class Journal:
         return [(int(m), int(f)) for m, f in cur.fetchall()]
 
     def close(self) -> None:
-        self.commit()
-        self.db.close()
+        """Commit what is pending (logging, not raising, when that fails), close, release the lock."""
+        if self._lock_fd < 0:
+            return
+        try:
+            self.commit()
+        except (sqlite3.Error, OSError) as exc:
+            log.error("journal rows lost at shutdown", extra={"rows": len(self._pending), "error": str(exc)})
+        finally:
+            self.db.close()
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+
+def _lock(path: Path) -> int:
+    """An exclusive flock on `<journal>.lock`, held until closed; JournalError naming the holder's pid."""
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise JournalError(f"journal_path: {path}: cannot create its lock file {lock_path}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            os.close(fd)
+            raise JournalError(f"journal_path: {path}: cannot lock {lock_path}: {exc.strerror}") from None
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+        os.close(fd)
+        raise JournalError(
+            f"journal_path: {path}: in use by another fleetpilot daemon (pid {holder}); "
+            "one daemon per journal: stop it or give this one its own journal_path"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def read_decisions(path: str | Path, group: str | None = None, last: int = 20) -> list[dict[str, Any]]:

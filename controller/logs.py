@@ -1,13 +1,66 @@
-"""Logs as JSON lines on stderr: one object per line (`ts`, `level`, `logger`, `msg`, plus `extra` fields)."""
+"""Logs as JSON lines on stderr: one object per line (`ts`, `level`, `logger`, `msg`, plus `extra` fields).
+
+Every line passes through `redact` before it is written, whatever logged it (a message, an `extra` field, a
+traceback): URL userinfo (`http://TOKEN@host`, `user:p@ss@host`), secret-looking query parameters,
+`Authorization`-style header echoes, `Basic`/`Bearer` credentials, and every secret registered with
+`register_secret` (the Prometheus source registers its password, token and their base64 forms) become `***`.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
+import threading
 import traceback
 from datetime import UTC, datetime
 from typing import Any
+
+#: scheme://USERINFO@ -> scheme://***@ (greedy up to the last '@' before the path: passwords may hold '@').
+_URL_USERINFO = re.compile(r"(?P<scheme>\b[a-z][a-z0-9+.-]*://)(?P<userinfo>[^/?#\s\"'<>]*)@", re.I)
+#: ?token=..., &access_token=..., &X-Amz-Signature=..., &auth=..., &apikey=...
+_QUERY_SECRET = re.compile(
+    r"(?P<k>[?&;](?:[^=&\s\"']*(?:token|secret|pass|pwd|key|sig|auth|credential|session|jwt)[^=&\s\"']*))"
+    r"=(?P<v>[^&\s\"'<>]*)",
+    re.I,
+)
+#: An echoed credential header (`Authorization: Basic ...`, `X-Api-Key: ...`, `Cookie: ...`) to the line's end.
+_HEADER_ECHO = re.compile(
+    r"(?P<h>\b(?:proxy-)?authorization|\bx-api-key|\bx-auth-token|\bcookie|\bset-cookie)(?P<sep>\s*[:=]\s*)"
+    r"(?P<v>[^\r\n\"'<>]+)",
+    re.I,
+)
+#: `Basic <base64>`, `Bearer <token>` anywhere.
+_SCHEME_CREDENTIAL = re.compile(r"\b(?P<s>basic|bearer|token)\s+(?P<v>[A-Za-z0-9._~+/=-]{6,})", re.I)
+
+_secrets: set[str] = set()
+_secrets_lock = threading.Lock()
+
+
+def register_secret(secret: str | None) -> None:
+    """From now on, `secret` (and its JSON-escaped form) never appears in a log line. Secrets shorter than 4
+    characters are not registered (masking every 'a' would garble the logs, and protect nothing)."""
+    if not secret or len(secret) < 4:
+        return
+    with _secrets_lock:
+        _secrets.add(secret)
+        _secrets.add(json.dumps(secret)[1:-1])
+
+
+def redact(text: str) -> str:
+    """`text` with every credential-looking part replaced by `***` (see the module docstring)."""
+    text = _URL_USERINFO.sub(lambda m: f"{m['scheme']}***@", text)
+    text = _QUERY_SECRET.sub(lambda m: f"{m['k']}=***", text)
+    text = _HEADER_ECHO.sub(lambda m: f"{m['h']}{m['sep']}***", text)
+    text = _SCHEME_CREDENTIAL.sub(lambda m: f"{m['s']} ***", text)
+    with _secrets_lock:
+        secrets = sorted(_secrets, key=len, reverse=True)
+    for s in secrets:
+        if s in text:
+            text = text.replace(s, "***")
+    return text
+
 
 #: Fields of a LogRecord that are not user data.
 _STD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "taskName"}
@@ -26,7 +79,7 @@ class JsonFormatter(logging.Formatter):
                 out[k] = v
         if record.exc_info:
             out["exc"] = "".join(traceback.format_exception(*record.exc_info)).rstrip()
-        return json.dumps(out, default=str, separators=(",", ":"))
+        return redact(json.dumps(out, default=str, separators=(",", ":")))
 
 
 class _DropFilter(logging.Filter):

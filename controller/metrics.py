@@ -76,11 +76,20 @@ class Metrics:
             ["direction"],
             registry=r,
         )
+        self.journal_errors = Counter(
+            "fleetpilot_journal_errors",
+            "Journal faults by kind: commit (a commit failed; its rows are kept for the next one), "
+            "deleted (the journal file was deleted or replaced while running; recreated)",
+            ["kind"],
+            registry=r,
+        )
         self.dry_run_writes = Counter(
             "fleetpilot_dry_run_writes", "Writes skipped because of dry-run", ["group"], registry=r
         )
         for outcome in TICK_OUTCOMES:
             self.ticks.labels(outcome)
+        for kind in ("commit", "deleted"):
+            self.journal_errors.labels(kind)
         for direction in ("forward", "backward"):
             self.clock_jumps.labels(direction)
 

@@ -9,7 +9,6 @@ returns one `Proposed` per group (the guards then make the decision) and how the
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -99,12 +98,12 @@ class PolicyRun:
     non_finite: tuple[str, ...] = ()  #: groups whose answer was not finite or negative
 
 
-def read_history(source: MetricSource, start: int, end: int) -> dict[int, float]:
-    """The source's good samples in [start, end) as minute -> load (non-finite and negative loads left out).
-    Raises SourceError."""
+def read_history(source: MetricSource, start: int, end: int, limits: guards.Limits) -> dict[int, float]:
+    """The source's good samples in [start, end) as minute -> load (loads the decision may not use, see
+    `guards.usable_load`, left out). Raises SourceError."""
     got: dict[int, float] = {}
     for s in source.history(start, end):
-        if math.isfinite(s.load_tpm) and s.load_tpm >= 0 and start <= s.minute < end:
+        if guards.usable_load(s.load_tpm, limits) and start <= s.minute < end:
             got[int(s.minute)] = float(s.load_tpm)
     return got
 

@@ -20,9 +20,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fleetpilot.policies.base import MIN_UTILIZATION, saturated_machines
 from fleetpilot.policies.observation import Observation
 
 KIND = "utilization-cushion-grid"
+#: Bounds of a mapping's values (also what a model manifest may hold): a cushion of 10 daily maxima or a surge
+#: ratio of 100 is already absurd; beyond, a model would only ever ask for the group's maximum.
+MAX_CUSHION_DAY_MAX_SHARE = 10.0
+MAX_SURGE_RATIO = 100.0
 
 
 @dataclass(frozen=True)
@@ -38,14 +43,14 @@ class ActionMapping:
     def __post_init__(self):
         if not self.utilization or not self.cushion_day_max_share:
             raise ValueError("utilization and cushion_day_max_share must not be empty")
-        if not all(0 < u <= 1 for u in self.utilization):
-            raise ValueError("every utilization must be in (0, 1]")
-        if not all(c >= 0 for c in self.cushion_day_max_share):
-            raise ValueError("every cushion_day_max_share must be >= 0")
+        if not all(MIN_UTILIZATION <= u <= 1 for u in self.utilization):
+            raise ValueError(f"every utilization must be in [{MIN_UTILIZATION}, 1]")
+        if not all(0 <= c <= MAX_CUSHION_DAY_MAX_SHARE for c in self.cushion_day_max_share):
+            raise ValueError(f"every cushion_day_max_share must be in [0, {MAX_CUSHION_DAY_MAX_SHARE:g}]")
         if not 1 <= self.base_minutes <= 60:
             raise ValueError(f"base_minutes must be 1..60, got {self.base_minutes}")
-        if not self.surge_ratio >= 1.0:
-            raise ValueError(f"surge_ratio must be >= 1, got {self.surge_ratio}")
+        if not 1.0 <= self.surge_ratio <= MAX_SURGE_RATIO:
+            raise ValueError(f"surge_ratio must be in [1, {MAX_SURGE_RATIO:g}], got {self.surge_ratio}")
         u, c = np.meshgrid(np.asarray(self.utilization), np.asarray(self.cushion_day_max_share), indexing="ij")
         object.__setattr__(self, "_u", u.ravel())
         object.__setattr__(self, "_c", c.ravel())
@@ -71,8 +76,9 @@ class ActionMapping:
         """The fleet action k asks for (machines)."""
         k = np.asarray(k, dtype=np.int64)
         day_max = obs.day_max_tpm if obs.day_max_tpm is not None else obs.load_tpm
-        need = (self.base_load(obs) + self._c[k] * day_max) / (obs.capacity_tpm_per_machine * self._u[k])
-        return np.maximum(np.ceil(need - 1e-9), 1).astype(np.int64)
+        with np.errstate(over="ignore"):
+            need = (self.base_load(obs) + self._c[k] * day_max) / (obs.capacity_tpm_per_machine * self._u[k])
+        return saturated_machines(need)
 
     def desired(self, k: np.ndarray, obs: Observation) -> np.ndarray:
         """The desired capacity (active + warming). Scaling in removes active machines at once while ordered ones
@@ -81,7 +87,8 @@ class ActionMapping:
         target = self.target(k, obs)
         total = obs.active + obs.warming
         removable = np.maximum(np.minimum(total - target, obs.active - target), 0)
-        return np.where(target >= total, target, total - removable).astype(np.int64)
+        out = np.where(target >= total, target, total - removable)
+        return np.where(target < 0, -1, out).astype(np.int64)  # -1: no answer (a NaN need), never a scale-in
 
     def to_json(self) -> dict:
         return {

@@ -13,6 +13,29 @@ import numpy as np
 
 from fleetpilot.policies.observation import Observation
 
+#: The largest fleet a config may name (min/max machines, step limits, a static rule's size): what an EC2 Auto
+#: Scaling group, the simulated group and the journal's INTEGER columns all store exactly, with room to spare.
+MAX_FLEET_MACHINES = 1_000_000
+#: Utilization targets below this are refused (rules and model manifests): a target of 1e-300 asks for an
+#: infinite fleet (5%: twenty times the load's machines, already far beyond any sane headroom).
+MIN_UTILIZATION = 0.05
+
+#: The most machines a policy ever asks for. Far above any fleet a config allows (1,000,000 machines, see
+#: controller/config.py) and far below where int64 arithmetic wraps around: a computed need above it (an absurd
+#: load, a tiny capacity per machine) saturates here instead of overflowing to a negative number.
+MACHINES_CEILING = 2**31 - 1
+
+
+def saturated_machines(need: np.ndarray, floor: int = 1) -> np.ndarray:
+    """(N,) int64 machines from a float need, rounded up, within [floor, MACHINES_CEILING]. +inf saturates at
+    the ceiling; NaN (no answer) becomes -1, which the daemon counts as `non_finite` and its guards hold on."""
+    need = np.asarray(need, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        out = np.clip(
+            np.ceil(np.nan_to_num(need, nan=0.0, posinf=MACHINES_CEILING, neginf=floor) - 1e-9), floor, MACHINES_CEILING
+        )
+    return np.where(np.isnan(need), -1, out.astype(np.int64))
+
 
 @dataclass
 class PolicyOutput:

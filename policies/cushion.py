@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from fleetpilot.policies.actions import ActionMapping
-from fleetpilot.policies.base import Policy, PolicyOutput
+from fleetpilot.policies.base import MIN_UTILIZATION, Policy, PolicyOutput
 from fleetpilot.policies.observation import Observation
 
 
@@ -57,18 +57,18 @@ class RuleActions:
 
 class CushionParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    utilization: float = Field(0.76, gt=0, le=1, description="load / mean capacity to run at")
+    utilization: float = Field(0.76, ge=MIN_UTILIZATION, le=1, description="load / mean capacity to run at")
     cushion_day_max_share: float = Field(
         0.18, ge=0, le=1, description="extra load to provision for, as a share of the leaky daily maximum"
     )
     base_minutes: int = Field(3, ge=1, le=60, description="minutes averaged into the base load")
     surge_ratio: float = Field(
-        1.1, ge=1, description="last minute above this x the average: the base is the last minute"
+        1.1, ge=1, le=100, description="last minute above this x the average: the base is the last minute"
     )
     jump_window_minutes: int = Field(
         95, ge=0, le=10_000, description="minutes after a detected load jump run at the jump pair below (0: off)"
     )
-    jump_utilization: float = Field(0.64, gt=0, le=1, description="utilization during the jump window")
+    jump_utilization: float = Field(0.64, ge=MIN_UTILIZATION, le=1, description="utilization during the jump window")
     jump_cushion_day_max_share: float = Field(0.0, ge=0, le=1, description="cushion during the jump window")
     jump_quiet_minutes: int = Field(
         4320,

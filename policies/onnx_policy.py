@@ -1,8 +1,11 @@
 """A learned policy served with onnxruntime (never torch).
 
 A model directory holds `policy.onnx` and `manifest.json`. Loading checks, in this order and before any byte
-of the model reaches onnxruntime: the manifest parses and has the fields this build needs; the observation
-spec version equals `OBS_VERSION`; the sha256 of policy.onnx equals the manifest's. Any mismatch raises
+of the model reaches onnxruntime: the manifest is a regular file of at most 4 MiB, valid JSON without
+duplicate keys, and validates as `Manifest` (types; `model_file` a name inside the directory, no absolute path
+or `..`; utilization in [0.05, 1], cushion in [0, 10], ...); the observation spec version equals
+`OBS_VERSION`; the model file resolves inside the directory (no symlink out) and is a regular file; the
+sha256 of its bytes equals the manifest's, and those very bytes are what onnxruntime loads. Any mismatch raises
 `ModelError` with a message that says which check failed.
 
 Input `features` (N, OBS_DIM) float32 -> outputs `action` (N,) int64 (argmax) and `logits` (N, A) float32.
@@ -12,13 +15,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from fleetpilot.policies.actions import ActionMapping
-from fleetpilot.policies.base import Policy, PolicyOutput
+from fleetpilot.policies.actions import MAX_CUSHION_DAY_MAX_SHARE, MAX_SURGE_RATIO, ActionMapping
+from fleetpilot.policies.base import MIN_UTILIZATION, Policy, PolicyOutput
 from fleetpilot.policies.errors import UserError
+from fleetpilot.policies.files import (
+    MAX_MANIFEST_BYTES,
+    MAX_MODEL_BYTES,
+    FileReadError,
+    open_regular,
+    read_regular,
+)
 from fleetpilot.policies.observation import OBS_DIM, OBS_VERSION, Observation
 
 MANIFEST_FORMAT = 1
@@ -31,31 +43,109 @@ class ModelError(UserError):
 
 def sha256_of(path: Path) -> str:
     h = hashlib.sha256()
-    with path.open("rb") as fh:
+    with open_regular(path, MAX_MODEL_BYTES) as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
 
 
+# --- the manifest, validated before anything else ------------------------------------------------------------
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False, strict=True)
+
+
+class ObservationSpec(_Spec):
+    version: int = Field(ge=0, le=1_000_000)
+    dim: int = Field(ge=1, le=100_000)
+    features: list[str] | None = Field(None, max_length=100_000)
+
+
+class ActionMappingSpec(_Spec):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
+    kind: str = Field(max_length=200)
+    utilization: list[Annotated[float, Field(ge=MIN_UTILIZATION, le=1.0)]] = Field(min_length=1, max_length=10_000)
+    cushion_day_max_share: list[Annotated[float, Field(ge=0.0, le=MAX_CUSHION_DAY_MAX_SHARE)]] = Field(
+        min_length=1, max_length=10_000
+    )
+    base_minutes: int = Field(1, ge=1, le=60)
+    surge_ratio: float = Field(1.1, ge=1.0, le=MAX_SURGE_RATIO)
+
+    @field_validator("utilization", "cushion_day_max_share", "surge_ratio", mode="before")
+    @classmethod
+    def _ints_are_floats(cls, v: Any) -> Any:  # JSON writes 1.0 as 1: accept ints where floats are meant
+        if isinstance(v, list):
+            return [float(x) if isinstance(x, int) and not isinstance(x, bool) else x for x in v]
+        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+
+class Manifest(_Spec):
+    """What this build needs of a model's manifest.json (other fields, e.g. evaluation results, are kept)."""
+
+    format_version: int
+    name: str | None = Field(None, min_length=1, max_length=200)
+    model_file: str = Field(min_length=1, max_length=255)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    observation: ObservationSpec
+    action_mapping: ActionMappingSpec
+
+    @field_validator("model_file")
+    @classmethod
+    def _inside(cls, v: str) -> str:
+        pure = PurePosixPath(v)
+        if pure.is_absolute() or "\\" in v or "\x00" in v or any(part in ("..", "") for part in v.split("/")):
+            raise ValueError(f"must be a file name inside the model directory (no absolute path, no '..'), got {v!r}")
+        return v
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {k!r}")
+        out[k] = v
+    return out
+
+
 def read_manifest(model_dir: str | Path) -> dict:
+    """The manifest as a dict, after the whole of it was validated (`Manifest`); raises ModelError."""
     d = Path(model_dir)
     path = d / "manifest.json"
-    if not path.is_file():
+    if not path.exists():
         raise ModelError(f"{d}: no manifest.json (not a model directory)")
     try:
-        m = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{path}: not valid JSON ({exc})") from None
-    for key in ("format_version", "model_file", "sha256", "observation", "action_mapping"):
-        if key not in m:
-            raise ModelError(f"{path}: missing field '{key}'")
-    if m["format_version"] != MANIFEST_FORMAT:
-        raise ModelError(f"{path}: manifest format {m['format_version']!r}, this build reads {MANIFEST_FORMAT}")
+        raw = read_regular(path, MAX_MANIFEST_BYTES)
+    except (FileReadError, OSError) as exc:
+        raise ModelError(f"{path}: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        m = json.loads(raw.decode("utf-8-sig"), object_pairs_hook=_no_duplicates)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # JSONDecodeError, a 5,000-digit integer
+        raise ModelError(f"{path}: not valid JSON ({str(exc).splitlines()[0][:200]})") from None
+    if not isinstance(m, dict):
+        raise ModelError(f"{path}: expected a JSON object, found {type(m).__name__}")
+    if "format_version" in m and m["format_version"] != MANIFEST_FORMAT:
+        raise ModelError(
+            f"{path}: format_version: {str(m['format_version'])[:20]!r}, this build reads {MANIFEST_FORMAT}"
+        )
+    try:
+        Manifest.model_validate(m)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        loc = ".".join(str(x) for x in err["loc"]) or "manifest"
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] == "missing":
+            msg = "missing field"
+        raise ModelError(f"{path}: {loc}: {msg}") from None
     return m
 
 
 def verify(model_dir: str | Path) -> tuple[dict, Path]:
     """The manifest and the model path, after every check; raises ModelError."""
+    m, model, _ = verified_model(model_dir)
+    return m, model
+
+
+def verified_model(model_dir: str | Path) -> tuple[dict, Path, bytes]:
+    """The manifest, the model path and the very bytes whose sha256 was checked; raises ModelError."""
     d = Path(model_dir)
     m = read_manifest(d)
     obs = m["observation"]
@@ -65,9 +155,15 @@ def verify(model_dir: str | Path) -> tuple[dict, Path]:
             f"this build builds v{OBS_VERSION} ({OBS_DIM} features): retrain or use a matching build"
         )
     model = d / m["model_file"]
-    if not model.is_file():
+    if not model.exists():
         raise ModelError(f"{d}: model file {m['model_file']} is missing")
-    digest = sha256_of(model)
+    if not model.resolve().is_relative_to(d.resolve()):
+        raise ModelError(f"{d}: model file {m['model_file']} resolves outside the model directory")
+    try:
+        data = read_regular(model, MAX_MODEL_BYTES)
+    except (FileReadError, OSError) as exc:
+        raise ModelError(f"{model}: {getattr(exc, 'strerror', None) or exc}") from None
+    digest = hashlib.sha256(data).hexdigest()
     if digest != m["sha256"]:
         raise ModelError(
             f"{model}: sha256 {digest[:12]}... does not match the manifest's {str(m['sha256'])[:12]}... "
@@ -77,7 +173,7 @@ def verify(model_dir: str | Path) -> tuple[dict, Path]:
         ActionMapping.from_json(m["action_mapping"])
     except (ValueError, KeyError, TypeError) as exc:
         raise ModelError(f"{d}: action mapping: {exc}") from None
-    return m, model
+    return m, model, data
 
 
 def choose_providers(requested: list[str] | None = None) -> list[str]:
@@ -105,7 +201,7 @@ class OnnxPolicy(Policy):
 
     @classmethod
     def load(cls, model_dir: str | Path, providers: list[str] | None = None, threads: int | None = None) -> OnnxPolicy:
-        manifest, model = verify(model_dir)
+        manifest, model, data = verified_model(model_dir)
         import onnxruntime as ort
 
         chosen = choose_providers(providers)
@@ -113,7 +209,7 @@ class OnnxPolicy(Policy):
         if threads:
             opts.intra_op_num_threads = threads
         try:
-            sess = ort.InferenceSession(model.read_bytes(), sess_options=opts, providers=chosen)
+            sess = ort.InferenceSession(data, sess_options=opts, providers=chosen)  # the bytes that were hashed
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ModelError(f"{model}: onnxruntime cannot load it: {str(exc).splitlines()[0]}") from None
         return cls(manifest.get("name", Path(model_dir).name), sess, manifest, chosen)

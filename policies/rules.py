@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from fleetpilot.policies.base import saturated_machines
 from fleetpilot.policies.observation import Observation
 
 
 def machines_for(load_tpm: np.ndarray, cap: np.ndarray, utilization: float) -> np.ndarray:
-    """Machines needed to serve `load_tpm` at `utilization` of their mean capacity (at least 1)."""
-    return np.maximum(np.ceil(load_tpm / (cap * utilization) - 1e-9), 1).astype(np.int64)
+    """Machines needed to serve `load_tpm` at `utilization` of their mean capacity (at least 1, saturating at
+    `MACHINES_CEILING` instead of overflowing)."""
+    with np.errstate(over="ignore"):
+        return saturated_machines(load_tpm / (cap * utilization))
 
 
 class ScaleInGate:

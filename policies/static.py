@@ -5,13 +5,15 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from fleetpilot.policies.base import Policy, PolicyOutput
+from fleetpilot.policies.base import MAX_FLEET_MACHINES, Policy, PolicyOutput
 from fleetpilot.policies.observation import Observation
 
 
 class StaticParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    machines: int = Field(50, ge=0, description="fleet size (default: the seed's 50 initial machines)")
+    machines: int = Field(
+        50, ge=0, le=MAX_FLEET_MACHINES, description="fleet size (default: the seed's 50 initial machines)"
+    )
 
 
 class StaticPolicy(Policy):

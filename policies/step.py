@@ -7,9 +7,9 @@ percentage (at least one machine). Scale-ins wait for `scale_in_cooldown_minutes
 from __future__ import annotations
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from fleetpilot.policies.base import Policy, PolicyOutput
+from fleetpilot.policies.base import Policy, PolicyOutput, saturated_machines
 from fleetpilot.policies.observation import Observation
 from fleetpilot.policies.rules import ScaleInGate
 
@@ -24,6 +24,14 @@ class StepParams(BaseModel):
         [(0.30, 30.0), (0.45, 10.0)], description="(utilization below, percent to remove), checked from the first"
     )
     scale_in_cooldown_minutes: int = Field(5, ge=0)
+
+    @field_validator("scale_out_steps", "scale_in_steps")
+    @classmethod
+    def _finite_steps(cls, v: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        for above, pct in v:
+            if not (0 <= above <= 100 and 0 <= pct <= 1000):
+                raise ValueError(f"step ({above:g}, {pct:g}): utilization must be in 0..100 and percent in 0..1000")
+        return v
 
 
 class StepPolicy(Policy):
@@ -50,6 +58,6 @@ class StepPolicy(Policy):
             hit = can_in & ~done & (util < below)
             change = np.where(hit, -np.maximum(np.floor(total * pct / 100.0), 1), change)
             done |= hit
-        desired = np.maximum(total + change.astype(np.int64), 1)
+        desired = saturated_machines(total + change)
         self.gate.record(obs, desired < total)
         return PolicyOutput(desired, desired.copy())

@@ -11,14 +11,14 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from fleetpilot.policies.base import Policy, PolicyOutput
+from fleetpilot.policies.base import MIN_UTILIZATION, Policy, PolicyOutput
 from fleetpilot.policies.observation import Observation
 from fleetpilot.policies.rules import ScaleInGate, machines_for
 
 
 class TargetTrackingParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    target_utilization: float = Field(0.62, gt=0, le=1, description="load / mean capacity to hold")
+    target_utilization: float = Field(0.62, ge=MIN_UTILIZATION, le=1, description="load / mean capacity to hold")
     scale_in_tolerance: float = Field(0.05, ge=0, lt=1, description="scale in only below (1 - this) x current size")
     scale_in_cooldown_minutes: int = Field(0, ge=0, description="minutes between two scale-ins")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,7 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from fleetpilot.policies.errors import UserError
+from fleetpilot.policies.files import MAX_TRACE_BYTES, FileReadError, open_regular
 from fleetpilot.sim.params import SyntheticLoadParams
+
+#: Longest line of a trace CSV (characters): a timestamp and a count take about 30.
+MAX_TRACE_LINE_CHARS = 4096
+#: What undecodable bytes become under errors="surrogateescape".
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
 
 #: Synthetic loads have no calendar; they start on this Monday, 00:00 UTC (their daily phase is random anyway).
 SYNTHETIC_START = datetime(2026, 1, 5, tzinfo=UTC)
@@ -124,19 +131,32 @@ def read_trace(path: str | Path, fill_gaps: bool = False) -> Load:
     path = Path(path)
     name = str(path)
     try:
-        raw = path.read_bytes()
+        binary = open_regular(path, MAX_TRACE_BYTES)
+    except FileReadError as exc:
+        raise TraceError(f"{name}: {exc}") from None
     except OSError as exc:
         raise TraceError(f"{name}: cannot read: {exc.strerror or exc}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise TraceError(f"{name}:{line}: not UTF-8 text") from None
     times: list[int] = []
     values: list[float] = []
-    fh = io.StringIO(text, newline="")
+    # streamed line by line (universal newlines, as csv wants), a byte-order mark dropped, a line never longer
+    # than MAX_TRACE_LINE_CHARS: a 40 MB field is refused at its line, not read whole
+    fh = io.TextIOWrapper(binary, encoding="utf-8-sig", errors="surrogateescape", newline="")
+
+    def lines():
+        n = 0
+        while True:
+            line = fh.readline(MAX_TRACE_LINE_CHARS + 1)
+            if not line:
+                return
+            n += 1
+            if len(line) > MAX_TRACE_LINE_CHARS:
+                raise TraceError(f"{name}:{n}: line longer than {MAX_TRACE_LINE_CHARS} characters")
+            if _UNDECODABLE.search(line):
+                raise TraceError(f"{name}:{n}: not UTF-8 text")
+            yield line
+
     with fh:
-        reader = csv.reader(fh)
+        reader = csv.reader(lines())
         try:
             header = next(reader)
         except StopIteration:
@@ -144,6 +164,9 @@ def read_trace(path: str | Path, fill_gaps: bool = False) -> Load:
         except (UnicodeDecodeError, csv.Error) as exc:
             raise TraceError(f"{name}:1: not a text CSV ({exc.__class__.__name__})") from None
         cols = [h.strip().lower() for h in header]
+        for i, c in enumerate(cols):
+            if c in ("timestamp", "requests") and c in cols[:i]:
+                raise TraceError(f"{name}:1: duplicate column '{c}'")
         for need in ("timestamp", "requests"):
             if need not in cols:
                 raise TraceError(f"{name}:1: missing column '{need}' (header is {','.join(header) or 'empty'!s})")

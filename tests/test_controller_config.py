@@ -167,11 +167,11 @@ def test_secrets_are_masked_in_the_logged_config(tmp_path):
     )
     d["interval_seconds"] = 60
     dumped = str(masked_dump(load_config(write(tmp_path, d))))
-    assert "hunter2" not in dumped and "abc" not in dumped and "bob:***@prom" in dumped
+    assert "hunter2" not in dumped and "abc" not in dumped and "https://***@prom" in dumped
     assert mask_secrets({"aws_secret_access_key": "x", "n": 1, "l": ["http://a:b@h"]}) == {
         "aws_secret_access_key": "***",
         "n": 1,
-        "l": ["http://a:***@h"],
+        "l": ["http://***@h"],  # the whole userinfo: a user name alone may be a token
     }
 
 

@@ -207,10 +207,22 @@ def _train_config(path: str | None, args):
 
     data: dict = {}
     if path:
+        from fleetpilot.policies.files import (
+            MAX_CONFIG_BYTES,
+            DuplicateKeyError,
+            FileReadError,
+            load_yaml,
+            read_regular,
+        )
+
         try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
+            data = load_yaml(read_regular(path, MAX_CONFIG_BYTES).decode("utf-8-sig")) or {}
         except OSError as exc:
             raise CliError(f"--config {path}: cannot read: {exc.strerror}") from None
+        except (FileReadError, UnicodeDecodeError) as exc:
+            raise CliError(f"--config {path}: cannot read: {exc}") from None
+        except DuplicateKeyError as exc:
+            raise CliError(f"--config {path}:{exc.line}: {exc}") from None
         except yaml.YAMLError as exc:
             raise CliError(f"--config {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
         if not isinstance(data, dict):

@@ -272,6 +272,20 @@ def _plot_curve(log_rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def load_checkpoint(path: Path) -> dict:
+    """A training checkpoint, read with `weights_only=True`: tensors and plain data only, so a checkpoint file
+    planted in the output directory cannot run code when unpickled (ValueError naming the file instead)."""
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as exc:  # UnpicklingError and friends: not a checkpoint this build wrote
+        raise ValueError(
+            f"{path}: not a checkpoint this build can read safely ({str(exc).splitlines()[0][:200]})"
+        ) from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: not a checkpoint this build wrote")
+    return state
+
+
 def train(
     cfg: PPOConfig,
     out: Path,
@@ -334,7 +348,7 @@ def train(
     log_path = out / "train_log.jsonl"
     log_rows: list[dict] = []
     if resuming:
-        state = torch.load(ckpt, weights_only=False)
+        state = load_checkpoint(ckpt)
         if state["config"] != asdict(cfg):
             raise ValueError(f"{ckpt} was written with another configuration; use a new --out or --no-resume")
         agent.load_state_dict(state["agent"])

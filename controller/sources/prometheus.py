@@ -17,8 +17,10 @@ Timestamps: a value Prometheus evaluated at time `t` (seconds) describes the min
 so the sample's minute is `ceil(t / 60) - 1`; `latest(now_minute)` evaluates at `now_minute * 60`, the end
 of minute `now_minute - 1`.
 
-Credentials embedded in the URL (`http://user:pass@host:9090`) are sent as HTTP basic auth and never appear
-in messages or `repr` (they read `http://***@host:9090`).
+Credentials: `bearer_token` (config `bearer_token_file`), `basic_auth` (config `basic_auth` with a
+`password_file` or `password_env`), or, discouraged, embedded in the URL (`http://user:pass@host:9090`, sent
+as basic auth). None of them appears in messages or `repr` (the URL reads `http://***@host:9090`), nor the
+base64 pair, nor an error page that echoes the Authorization header back.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import urllib.request
 from http.client import HTTPException
 from typing import Any
 
+from fleetpilot.controller.logs import redact, register_secret
 from fleetpilot.controller.sources.base import MetricSource, Sample, SourceError
 
 log = logging.getLogger(__name__)
@@ -48,6 +51,10 @@ STEP_SECONDS = 60
 
 #: Read the answer in chunks of this many bytes, checking the overall deadline between chunks.
 _READ_CHUNK_BYTES = 65_536
+
+#: Largest answer read (bytes): a week of one-minute points is well under 1 MiB per range query chunk; a server
+#: (or a proxy in front of it) answering more is refused instead of filling the daemon's memory.
+MAX_ANSWER_BYTES = 32 << 20
 
 #: At most this many characters of an error answer's body are quoted in a message.
 _QUOTE_CHARS = 200
@@ -92,7 +99,15 @@ class PrometheusSource(MetricSource):
     `timeout_seconds` bounds connecting, each read, and reading the whole answer.
     """
 
-    def __init__(self, url: str, query: str, timeout_seconds: float = 5.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        query: str,
+        timeout_seconds: float = 5.0,
+        *,
+        bearer_token: str | None = None,
+        basic_auth: tuple[str, str] | None = None,
+    ) -> None:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"Prometheus url must be http(s)://host[:port][/prefix], got {_mask_url(url)!r}")
@@ -110,17 +125,23 @@ class PrometheusSource(MetricSource):
         if port is not None:
             netloc = f"{netloc}:{port}"
         self._base_url = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
-        self._secret: str | None = None
+        self._secrets: list[str] = []
         self._auth_header: str | None = None
+        self.url = self._base_url
         if parts.username is not None or parts.password is not None:
-            user = urllib.parse.unquote(parts.username or "")
-            password = urllib.parse.unquote(parts.password or "")
-            self._secret = password or None
+            basic_auth = (urllib.parse.unquote(parts.username or ""), urllib.parse.unquote(parts.password or ""))
+            self.url = urllib.parse.urlunsplit((parts.scheme, f"***@{netloc}", parts.path.rstrip("/"), "", ""))
+        if basic_auth is not None:
+            user, password = basic_auth
             token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
             self._auth_header = f"Basic {token}"
-            self.url = urllib.parse.urlunsplit((parts.scheme, f"***@{netloc}", parts.path.rstrip("/"), "", ""))
-        else:
-            self.url = self._base_url
+            # a password, or a user name alone (`http://TOKEN@host`: the token), and the encoded pair
+            self._secrets = [password or user, token, f"{user}:{password}"]
+        elif bearer_token is not None:
+            self._auth_header = f"Bearer {bearer_token}"
+            self._secrets = [bearer_token]
+        for secret in self._secrets:
+            register_secret(secret)  # never in any log line, whoever logs it
         self._opener = urllib.request.build_opener()
 
     def __repr__(self) -> str:
@@ -249,8 +270,10 @@ class PrometheusSource(MetricSource):
         return data
 
     def _read_until(self, response: Any, deadline: float) -> bytes:
-        """Read the whole body, failing once the overall deadline has passed (a server that trickles)."""
+        """Read the whole body, failing once the overall deadline has passed (a server that trickles) or the
+        body passes MAX_ANSWER_BYTES (a server that floods)."""
         chunks: list[bytes] = []
+        size = 0
         while True:
             if time.monotonic() > deadline:
                 raise TimeoutError("deadline passed while reading the answer")
@@ -258,6 +281,9 @@ class PrometheusSource(MetricSource):
             if not chunk:
                 return b"".join(chunks)
             chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_ANSWER_BYTES:
+                raise SourceError(self._mask(f"{self._what()}: answer larger than {MAX_ANSWER_BYTES >> 20} MiB"))
 
     def _error_detail(self, exc: urllib.error.HTTPError) -> str:
         """Prometheus' own error text from an HTTP error answer (JSON `error`), else the start of the body."""
@@ -277,8 +303,12 @@ class PrometheusSource(MetricSource):
         return f": {_one_line(text)}" if text else ""
 
     def _mask(self, message: str) -> str:
-        """Belt and braces: the password never appears in a message even if a library echoes it."""
-        return message.replace(self._secret, "***") if self._secret else message
+        """Belt and braces: no credential appears in a message, even if the server or a library echoes it (an
+        error page quoting the Authorization header, a URL with userinfo)."""
+        for secret in self._secrets:
+            if secret:
+                message = message.replace(secret, "***")
+        return redact(message)
 
 
 def _mask_url(url: str) -> str:
