@@ -39,7 +39,7 @@ from fleetpilot.controller.backends.base import Backend, BackendError, GroupStat
 from fleetpilot.controller.clock import CLOCK_JUMP_SECONDS, Clock, JumpDetector, SimulatedClock, WallClock
 from fleetpilot.controller.config import DaemonConfig, masked_dump
 from fleetpilot.controller.guards import Action, Cause, DataStatus
-from fleetpilot.controller.journal import Journal, JournalRow
+from fleetpilot.controller.journal import Journal, JournalRow, row_values
 from fleetpilot.controller.logs import Streaks
 from fleetpilot.controller.metrics import Metrics
 from fleetpilot.controller.runtime import (
@@ -110,6 +110,8 @@ class Daemon:
         self._tick_lock = threading.Lock()
         self.streaks = Streaks(log)
         self._jumps = JumpDetector()
+        self._simulated: list[int] | None = None  #: the plain simulated groups (known at the first tick)
+        self._batchable: bool | None = None  #: any source or backend with a batch_key (known at the first tick)
         real = [g for g in self.groups if not g.cfg.simulated_clock]
         self._pool = (
             ThreadPoolExecutor(max_workers=min(16, len(real)), thread_name_prefix="fleetpilot-read")
@@ -187,6 +189,7 @@ class Daemon:
             self.clock.advance()
         now = Now.at(self.clock.now_seconds())
         self._check_clock(now.seconds)
+        self._prefetch(now)
         readings = self._read_sources(now)
         states = self._read_backends(now, readings)
         proposed = self._propose(readings, states)
@@ -225,6 +228,25 @@ class Daemon:
                     recommendations=tuple((minute + shift, rec) for minute, rec in g.memory.recommendations),
                 )
 
+    # 0. batched reads
+    def _prefetch(self, now: Now) -> None:
+        """One batched read per tick of the sources and backends that can be read together (AWS: see
+        controller.aws_batch); the others, and any the batch could not read, are read one by one below."""
+        if self._batchable is None:
+            self._batchable = any(
+                getattr(part, "batch_key", lambda: None)() is not None
+                for g in self.groups
+                for part in (g.source, g.backend)
+            )
+        if not self._batchable:
+            return
+        from fleetpilot.controller.aws_batch import prefetch
+
+        try:
+            prefetch([g.source for g in self.groups], [g.backend for g in self.groups], now.minute)
+        except Exception as exc:  # the groups then read one by one
+            log.warning("batched read failed", extra={"error": f"{type(exc).__name__}: {exc}"}, exc_info=True)
+
     # 1. readings
     def _read_one(self, g: GroupRuntime, now: Now) -> Reading:
         try:
@@ -256,7 +278,7 @@ class Daemon:
             readings = list(self._pool.map(lambda g: self._read_one(g, now), self.groups))
         for g, r in zip(self.groups, readings, strict=True):
             if not r.ok:
-                self.metrics.source_errors.labels(g.name, r.status).inc()
+                self.metrics.child(self.metrics.source_errors, g.name, r.status).inc()
                 self.streaks.bad(
                     (g.name, "source"),
                     r.status,
@@ -272,18 +294,49 @@ class Daemon:
 
     # 2. states
     def _read_backends(self, now: Now, readings: list[Reading]) -> list[GroupState | None]:
+        # a simulated world steps to now with the minute's load (a real group: nothing to do)
+        loads = [
+            r.sample.load_tpm if r.ok and r.sample is not None and r.sample.minute == now.minute - 1 else math.nan
+            for r in readings
+        ]
+        stepped = self._advance_simulated(now.minute, loads)
         states: list[GroupState | None] = []
-        for g, r in zip(self.groups, readings, strict=True):
-            try:  # a simulated world steps to now with the minute's load (a real group: nothing to do)
-                current = r.ok and r.sample is not None and r.sample.minute == now.minute - 1
-                load = r.sample.load_tpm if current and r.sample is not None else float("nan")
-                g.backend.advance_to(now.minute, load, _MAX_CATCH_UP_MINUTES)
+        for g, load in zip(self.groups, loads, strict=True):
+            try:
+                if not stepped[g.index]:
+                    g.backend.advance_to(now.minute, load, _MAX_CATCH_UP_MINUTES)
                 states.append(g.backend.read())
             except BackendError as exc:
                 states.append(None)
                 self.metrics.backend_errors.labels(g.name).inc()
                 self.streaks.bad((g.name, "backend"), "read", "backend read failed", group=g.name, error=str(exc))
         return states
+
+    def _advance_simulated(self, now_minute: int, loads: list[float]) -> list[bool]:
+        """The plain simulated groups stepped together (numpy across groups, `simulated.advance_many`); True
+        for each group stepped here, the others step one by one."""
+        if self._simulated is None:
+            from fleetpilot.controller.backends.simulated import SimulatedBackend
+
+            plain = SimulatedBackend.advance_to
+            self._simulated = [
+                g.index
+                for g in self.groups
+                if isinstance(g.backend, SimulatedBackend) and type(g.backend).advance_to is plain
+            ]
+        stepped = [False] * len(self.groups)
+        if len(self._simulated) > 1:
+            from fleetpilot.controller.backends.simulated import advance_many
+
+            advance_many(
+                [self.groups[i].backend for i in self._simulated],  # type: ignore[misc]
+                now_minute,
+                [loads[i] for i in self._simulated],
+                _MAX_CATCH_UP_MINUTES,
+            )
+            for i in self._simulated:
+                stepped[i] = True
+        return stepped
 
     # 3. proposals
     def _propose(self, readings: list[Reading], states: list[GroupState | None]) -> list[Proposed]:
@@ -349,18 +402,26 @@ class Daemon:
     ) -> int:
         """Guards, write, journal, metrics for one group. Returns 1 when the group had a problem."""
         load = reading.load_tpm
-        row: dict[str, Any] = dict(
-            wall_time=wall,
-            tick=self.tick_no,
-            minute=now_minute,
-            group_name=g.name,
-            policy=g.cfg.policy,
-            data_status=str(reading.status),  # plain str: sqlite binds it faster than a StrEnum
-            load_tpm=load,
-            load_minute=reading.sample.minute if reading.sample else None,
+        head = (
+            wall,
+            self.tick_no,
+            now_minute,
+            g.name,
+            g.cfg.policy,
         )
+        status = str(reading.status)  # plain str: sqlite binds it faster than a StrEnum
+        load_minute = reading.sample.minute if reading.sample else None
         if state is None:
-            self.journal.add(JournalRow(**row, **_NO_STATE, guards=["hold:backend-error"]))
+            self.journal.add(
+                JournalRow(
+                    *head,
+                    data_status=status,
+                    load_tpm=load,
+                    load_minute=load_minute,
+                    **_NO_STATE,
+                    guards=["hold:backend-error"],
+                )
+            )
             self._summary(g, reading, None, None, "backend error")  # the journal says Outcome.ERROR
             return 1
         now = guards.GroupNow(
@@ -372,20 +433,23 @@ class Daemon:
         )
         decision, g.memory = guards.decide(g.memory, now, p.proposal, g.limits, now_minute)
         outcome = self._apply(g, decision)
-        self.journal.add(
-            JournalRow(
-                **row,
-                action=str(decision.action),
-                active=state.active,
-                warming=state.warming,
-                desired_before=state.desired,
-                raw_action=p.raw,
-                policy_desired=p.proposal.policy_desired,
-                fallback_desired=p.proposal.fallback_desired,
-                recommendation=decision.recommendation,
-                guards=list(decision.reasons),
-                final=decision.final,
-                outcome=str(outcome),
+        self.journal.add_values(  # journal.row_values: JournalRow(...).values() without the row
+            row_values(
+                *head,
+                str(decision.action),
+                status,
+                load,
+                load_minute,
+                state.active,
+                state.warming,
+                state.desired,
+                p.raw,
+                p.proposal.policy_desired,
+                p.proposal.fallback_desired,
+                decision.recommendation,
+                decision.reasons,
+                decision.final,
+                str(outcome),
             )
         )
         self._count(g, load, now, decision)
@@ -426,15 +490,15 @@ class Daemon:
         return Outcome.WRITTEN
 
     def _count(self, g: GroupRuntime, load: float | None, now: guards.GroupNow, decision: guards.Decision) -> None:
-        m = self.metrics
+        m, name = self.metrics, g.name
         if load is not None:
-            m.load.labels(g.name).set(load)
-        m.machines.labels(g.name, "active").set(now.active)
-        m.machines.labels(g.name, "warming").set(now.warming)
-        m.machines.labels(g.name, "desired").set(decision.final)
-        m.decisions.labels(g.name, guards.direction(decision.final, now), decision.reason).inc()
+            m.child(m.load, name).set(load)
+        m.child(m.machines, name, "active").set(now.active)
+        m.child(m.machines, name, "warming").set(now.warming)
+        m.child(m.machines, name, "desired").set(decision.final)
+        m.child(m.decisions, name, guards.direction(decision.final, now), decision.reason).inc()
         if decision.action == Action.FALLBACK or (decision.action == Action.HOLD and decision.fallback_cause):
-            m.fallbacks.labels(g.name, decision.fallback_cause or "unknown").inc()
+            m.child(m.fallbacks, name, decision.fallback_cause or "unknown").inc()
 
     def _summary(
         self,

@@ -40,6 +40,11 @@ class Backend(Protocol):
         `max_minutes`; returns the minutes stepped. A real group moves by itself: 0."""
         return 0
 
+    def batch_key(self) -> tuple[str, ...] | None:
+        """Backends with the same key can be read in one batched call per tick (`controller.aws_batch.prefetch`
+        fills their per-tick cache, `read` and `set_desired` use it); None (the default): read one by one."""
+        return None
+
     def interrupt(self) -> None:
         """Shutdown was asked for: stop retrying, so a call in a backoff returns at once."""
 

@@ -138,6 +138,8 @@ class Ec2AsgBackend(Backend):
             user_agent_extra="fleetpilot",
         )
         self._client = aws_client("autoscaling", region, endpoint_url, config)
+        #: this tick's description from `controller.aws_batch` (the group, or why it cannot be read)
+        self._prefetched: dict[str, Any] | BackendError | None = None
 
     def __repr__(self) -> str:
         return f"Ec2AsgBackend(group_name={self.group_name!r}, region={self.region!r})"
@@ -175,6 +177,7 @@ class Ec2AsgBackend(Backend):
         if int(group["DesiredCapacity"]) == target:
             log.debug("group %s: desired already %d, no write", self.group_name, target)
             return
+        self._prefetched = None  # the group changes: a later read this tick asks again
         self._call(
             "set_desired_capacity", AutoScalingGroupName=self.group_name, DesiredCapacity=target, HonorCooldown=False
         )
@@ -187,13 +190,43 @@ class Ec2AsgBackend(Backend):
         """Close the client's connection pool."""
         self._client.close()
 
+    # -- batched reads (controller.aws_batch) ----------------------------------------------------------
+
+    def batch_key(self) -> tuple[str, str, str | None] | None:
+        """Backends with the same key are described together (see Backend.batch_key)."""
+        return ("autoscaling", self.region, self.endpoint_url)
+
+    @property
+    def client(self) -> Any:
+        return self._client
+
+    @property
+    def interrupted(self) -> threading.Event:
+        return self._interrupt
+
+    def clear_prefetch(self) -> None:
+        self._prefetched = None
+
+    def set_prefetch(self, got: dict[str, Any] | BackendError) -> None:
+        """This tick's description of the group (from a batched DescribeAutoScalingGroups), or its error;
+        `read` and `set_desired` use it instead of their own call until the next prefetch."""
+        self._prefetched = got
+
+    def not_found(self) -> str:
+        return f"Auto Scaling group {self.group_name!r} not found in region {self.region}"
+
     # -- internals -----------------------------------------------------------------------------------
 
     def _describe(self) -> dict[str, Any]:
+        got = self._prefetched
+        if isinstance(got, BackendError):
+            raise got
+        if got is not None:
+            return got
         answer = self._call("describe_auto_scaling_groups", AutoScalingGroupNames=[self.group_name])
         groups = [g for g in answer.get("AutoScalingGroups") or [] if g.get("AutoScalingGroupName") == self.group_name]
         if not groups:
-            raise BackendError(f"Auto Scaling group {self.group_name!r} not found in region {self.region}")
+            raise BackendError(self.not_found())
         return groups[0]
 
     def _call(self, operation: str, **kwargs: Any) -> dict[str, Any]:

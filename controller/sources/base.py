@@ -33,5 +33,10 @@ class MetricSource(Protocol):
         Raises SourceError when the source cannot be read."""
         ...
 
+    def batch_key(self) -> tuple[str, ...] | None:
+        """Sources with the same key can be read in one batched call per tick (`controller.aws_batch.prefetch`
+        fills their per-tick cache, `latest` answers from it); None (the default): read one by one."""
+        return None
+
     def close(self) -> None:
         """Release connections."""

@@ -100,6 +100,8 @@ class CloudWatchSource(MetricSource):
             user_agent_extra="fleetpilot",
         )
         self._client = aws_client("cloudwatch", region, endpoint_url, config)
+        #: this tick's answer from `controller.aws_batch` (now_minute, Sample | None | SourceError)
+        self._prefetched: tuple[int, Sample | None | SourceError] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -110,7 +112,13 @@ class CloudWatchSource(MetricSource):
     # -- the MetricSource protocol -------------------------------------------------------------------
 
     def latest(self, now_minute: int) -> Sample | None:
-        """The newest datapoint in [now_minute - lookback_minutes, now_minute); None when there is none."""
+        """The newest datapoint in [now_minute - lookback_minutes, now_minute); None when there is none.
+        Answered from this tick's batched read when `controller.aws_batch` prefetched it."""
+        got, self._prefetched = self._prefetched, None
+        if got is not None and got[0] == now_minute:
+            if isinstance(got[1], SourceError):
+                raise got[1]
+            return got[1]
         samples = self._fetch(now_minute - self.lookback_minutes, now_minute)
         return samples[-1] if samples else None
 
@@ -125,14 +133,26 @@ class CloudWatchSource(MetricSource):
         """Close the client's connection pool."""
         self._client.close()
 
-    # -- internals -----------------------------------------------------------------------------------
+    # -- batched reads (controller.aws_batch) ----------------------------------------------------------
 
-    def _what(self) -> str:
-        return f"CloudWatch GetMetricData {self.namespace}/{self.metric_name} ({self.statistic})"
+    def batch_key(self) -> tuple[str, str, str | None] | None:
+        """Sources with the same key are read together with GetMetricData (see MetricSource.batch_key)."""
+        return ("cloudwatch", self.region, self.endpoint_url)
 
-    def _fetch(self, start_minute: int, end_minute: int) -> list[Sample]:
-        query = {
-            "Id": "load",
+    @property
+    def client(self) -> Any:
+        return self._client
+
+    def clear_prefetch(self) -> None:
+        self._prefetched = None
+
+    def set_prefetch(self, now_minute: int, got: Sample | None | SourceError) -> None:
+        self._prefetched = (now_minute, got)
+
+    def query(self, query_id: str) -> dict[str, Any]:
+        """This source's metric as one GetMetricData query."""
+        return {
+            "Id": query_id,
             "MetricStat": {
                 "Metric": {
                     "Namespace": self.namespace,
@@ -144,14 +164,43 @@ class CloudWatchSource(MetricSource):
             },
             "ReturnData": True,
         }
-        request: dict[str, Any] = {
-            "MetricDataQueries": [query],
+
+    @staticmethod
+    def request(start_minute: int, end_minute: int, queries: list[dict[str, Any]]) -> dict[str, Any]:
+        """A GetMetricData request for `queries` over [start_minute, end_minute)."""
+        return {
+            "MetricDataQueries": queries,
             "StartTime": _utc(start_minute),
             "EndTime": _utc(end_minute),
             "ScanBy": "TimestampAscending",
             "MaxDatapoints": MAX_DATAPOINTS_PER_CALL,
         }
-        by_minute: dict[int, Sample] = {}
+
+    @staticmethod
+    def collect(result: dict[str, Any], start_minute: int, end_minute: int, into: dict[int, float]) -> None:
+        """A query result's datapoints in [start_minute, end_minute) added to `into` (minute -> load; a
+        non-finite value is NaN)."""
+        for timestamp, value in zip(result.get("Timestamps") or [], result.get("Values") or [], strict=False):
+            minute = _minute_of(timestamp)
+            if start_minute <= minute < end_minute:
+                load = float(value)
+                into[minute] = load if math.isfinite(load) else math.nan
+
+    @staticmethod
+    def newest(series: dict[int, float]) -> Sample | None:
+        if not series:
+            return None
+        minute = max(series)
+        return Sample(minute=minute, load_tpm=series[minute])
+
+    # -- internals -----------------------------------------------------------------------------------
+
+    def _what(self) -> str:
+        return f"CloudWatch GetMetricData {self.namespace}/{self.metric_name} ({self.statistic})"
+
+    def _fetch(self, start_minute: int, end_minute: int) -> list[Sample]:
+        request = self.request(start_minute, end_minute, [self.query("load")])
+        by_minute: dict[int, float] = {}
         while True:
             answer = self._call(request)
             for message in answer.get("Messages") or []:
@@ -161,16 +210,12 @@ class CloudWatchSource(MetricSource):
                 if status not in ("Complete", "PartialData"):
                     details = "; ".join(f"{m.get('Code')}: {m.get('Value')}" for m in result.get("Messages") or [])
                     raise SourceError(f"{self._what()}: status {status}" + (f" ({details})" if details else ""))
-                for timestamp, value in zip(result.get("Timestamps") or [], result.get("Values") or [], strict=False):
-                    minute = _minute_of(timestamp)
-                    if start_minute <= minute < end_minute:
-                        load = float(value)
-                        by_minute[minute] = Sample(minute=minute, load_tpm=load if math.isfinite(load) else math.nan)
+                self.collect(result, start_minute, end_minute, by_minute)
             token = answer.get("NextToken")
             if not token:
                 break
             request["NextToken"] = token
-        return [by_minute[minute] for minute in sorted(by_minute)]
+        return [Sample(minute=minute, load_tpm=by_minute[minute]) for minute in sorted(by_minute)]
 
     def _call(self, request: dict[str, Any]) -> dict[str, Any]:
         try:
