@@ -21,6 +21,7 @@ observations as one that never stopped.
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import sys
@@ -60,6 +61,8 @@ __all__ = ["CLOCK_JUMP_SECONDS", "DRY_RUN_MARKER", "Clock", "Daemon", "Simulated
 
 log = logging.getLogger("fleetpilot.daemon")
 DRY_RUN_MARKER = "DRY-RUN: would set desired capacity"
+#: From this many groups on, the objects alive after the backfill are frozen out of the garbage collector.
+_FREEZE_GC_GROUPS = 1000
 #: Most minutes a simulated group catches up in one tick after a pause (wall-clock mode).
 _MAX_CATCH_UP_MINUTES = 60
 
@@ -110,6 +113,7 @@ class Daemon:
         self._tick_lock = threading.Lock()
         self.streaks = Streaks(log)
         self._jumps = JumpDetector()
+        self._gauges: dict[str, tuple[Any, ...]] = {}  #: per group: its machines gauges (active, warming, desired)
         self._simulated: list[int] | None = None  #: the plain simulated groups (known at the first tick)
         self._batchable: bool | None = None  #: any source or backend with a batch_key (known at the first tick)
         real = [g for g in self.groups if not g.cfg.simulated_clock]
@@ -150,6 +154,11 @@ class Daemon:
                 recs = self.journal.recent_recommendations(g.name, now_minute - w)
                 g.memory = guards.Memory(recommendations=tuple(recs))
         self.backfilled = True
+        if len(self.groups) >= _FREEZE_GC_GROUPS:
+            # the groups' long-lived objects (configs, sources, backends, metric series) leave the collector's
+            # generations: with thousands of groups a full collection scanning them costs a good part of a tick
+            gc.collect()
+            gc.freeze()
         self.ready_since = time.monotonic()
         log.info("history backfilled", extra={"samples": total, "minutes": HISTORY_MINUTES})
 
@@ -491,11 +500,14 @@ class Daemon:
 
     def _count(self, g: GroupRuntime, load: float | None, now: guards.GroupNow, decision: guards.Decision) -> None:
         m, name = self.metrics, g.name
+        gauges = self._gauges.get(name)
+        if gauges is None:  # the group's always-set series, looked up once
+            gauges = self._gauges[name] = tuple(m.child(m.machines, name, s) for s in ("active", "warming", "desired"))
         if load is not None:
             m.child(m.load, name).set(load)
-        m.child(m.machines, name, "active").set(now.active)
-        m.child(m.machines, name, "warming").set(now.warming)
-        m.child(m.machines, name, "desired").set(decision.final)
+        gauges[0].set(now.active)
+        gauges[1].set(now.warming)
+        gauges[2].set(decision.final)
         m.child(m.decisions, name, guards.direction(decision.final, now), decision.reason).inc()
         if decision.action == Action.FALLBACK or (decision.action == Action.HOLD and decision.fallback_cause):
             m.child(m.fallbacks, name, decision.fallback_cause or "unknown").inc()

@@ -87,6 +87,9 @@ def test_metric_children_are_the_labelled_series():
     assert child is m.child(m.decisions, "web", "up", "policy")
     child.inc(3)
     assert m.decisions.labels("web", "up", "policy") is child
-    assert m.registry.get_sample_value(
-        "fleetpilot_decisions_total", {"group": "web", "direction": "up", "reason": "policy"}
-    ) == 3
+    assert (
+        m.registry.get_sample_value(
+            "fleetpilot_decisions_total", {"group": "web", "direction": "up", "reason": "policy"}
+        )
+        == 3
+    )
