@@ -230,3 +230,17 @@ def test_throttling_that_lasts_fails_every_group_without_hammering_the_endpoint(
     assert proxy.count("SetDesiredCapacity") == 0
     rows = read_decisions(tmp_path / "j.sqlite", last=1000)
     assert len(rows) == 300 and all(r["outcome"] == "error" for r in rows)
+
+
+def test_a_batch_refused_for_what_one_group_may_cause_falls_back_to_one_call_per_group(tmp_path, fleet, proxy):
+    proxy.add(Fault("GetMetricData", "ValidationError", times=1))
+    proxy.add(Fault("DescribeAutoScalingGroups", "ValidationError", times=1))
+    daemon = Daemon(_config(tmp_path, fleet, proxy.url, fleet.names[:20]).with_dry_run(True), CollectorRegistry())
+    try:
+        proxy.operations.clear()
+        assert daemon.run_tick() == "ok"
+    finally:
+        daemon.close()
+    assert _reads(proxy) == (1 + 20, 1 + 20)  # the refused batch, then each group on its own
+    rows = read_decisions(tmp_path / "j.sqlite", last=100)
+    assert len(rows) == 20 and all(r["data_status"] == "ok" and r["active"] is not None for r in rows)
