@@ -338,7 +338,7 @@ class Daemon:
             from fleetpilot.controller.backends.simulated import advance_many
 
             advance_many(
-                [self.groups[i].backend for i in self._simulated],  # type: ignore[misc]
+                [self.groups[i].backend for i in self._simulated],
                 now_minute,
                 [loads[i] for i in self._simulated],
                 _MAX_CATCH_UP_MINUTES,

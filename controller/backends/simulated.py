@@ -91,7 +91,7 @@ class SimulatedBackend(Backend):
         own.head = shared.head
         own.minute[0], own.noise_key[0] = shared.minute[r], shared.noise_key[r]
         if self._last is not None:
-            self._last = (self.last, 0)  # type: ignore[assignment]
+            self._last = (self.last, 0)
         self.core, self.row = own, 0
         members = _MEMBERS.get(shared)
         if members is not None:
@@ -139,21 +139,21 @@ def advance_many(
                 b.advance_to(now_minute, load, max_minutes)
             continue
         _step_shared(core, [(b, load) for b, load, _ in members], members[0][2], now_minute)
-    for (params, _, _, steps), members in fresh.items():
-        if len(members) == 1:
-            b, load = members[0]
+    for (params, _, _, steps), joining in fresh.items():
+        if len(joining) == 1:
+            b, load = joining[0]
             b.advance_to(now_minute, load, max_minutes)
             continue
-        core = FleetCore(len(members), params)
-        core.head = members[0][0].core.head
-        for r, (b, _) in enumerate(members):
+        core = FleetCore(len(joining), params)
+        core.head = joining[0][0].core.head
+        for r, (b, _) in enumerate(joining):
             own = b.core
             core.active[r], core._warming[r] = own.active[0], own._warming[0]
             core.queue[r] = own.queue[0]
             core.minute[r], core.noise_key[r] = own.minute[0], own.noise_key[0]
             b.core, b.row = core, r
-        _MEMBERS[core] = [b for b, _ in members]
-        _step_shared(core, members, steps, now_minute)
+        _MEMBERS[core] = [b for b, _ in joining]
+        _step_shared(core, joining, steps, now_minute)
 
 
 def _step_shared(core: FleetCore, members: list[tuple[SimulatedBackend, float]], steps: int, now_minute: int) -> None:
