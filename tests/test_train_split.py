@@ -69,6 +69,10 @@ def test_the_manifest_records_which_minutes_were_used_for_what(trained):
     assert split["test"]["utc"] == ["2026-01-06T16:00:00Z", "2026-01-07T02:00:00Z"]
     assert manifest["validation"]["runs"] == ["history[1800:2400]"]
     assert manifest["training"]["test"]["runs"] == ["history[2400:3000]"]
+    assert manifest["training"]["test"]["forecast"]["horizon_minutes"] == 5
+    check = manifest["training"]["check"]  # the fixed case tests/test_shipped_model.py replays
+    assert check["seeds"] == [3000, 3001] and check["minutes"] == 2000
+    assert {x["policy"] for x in check["summary"]} >= {"default", "target-tracking", "oracle"}
 
 
 def test_the_split_is_configurable_and_refused_when_malformed(tmp_path):

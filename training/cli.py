@@ -130,7 +130,7 @@ def cmd_backtest(args) -> int:
         raise CliError(f"{exc} (or {ORACLE} in a backtest)") from None
     runs = build_runs(args)
     t0 = time.perf_counter()
-    report = backtest(runs, policies)
+    report = backtest(runs, policies, forecast=True)
     dt = time.perf_counter() - t0
     print(format_table(report, per_run=args.per_run))
     print(f"({dt:.1f} s)", file=sys.stderr)
@@ -173,7 +173,7 @@ def add_commands(sub) -> None:
         action="append",
         default=[],
         metavar="NAME",
-        help="static, target-tracking, step, predictive, cushion, oracle, default, or a model directory; repeatable",
+        help="static, target-tracking, step, predictive, cushion, forecast, oracle, default, or a model directory; repeatable",
     )
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="plot load and capacity per policy")
@@ -190,7 +190,9 @@ def add_commands(sub) -> None:
 
     u = sub.add_parser("tune", help="grid-search a rule's parameters on loads (reproduces the shipped defaults)")
     add_load_options(u)
-    u.add_argument("--policy", required=True, choices=["target-tracking", "step", "predictive", "static", "cushion"])
+    u.add_argument(
+        "--policy", required=True, choices=["target-tracking", "step", "predictive", "static", "cushion", "forecast"]
+    )
     u.set_defaults(func=cmd_tune)
     add_training_commands(sub)
 
@@ -396,7 +398,7 @@ def cmd_train(args) -> int:
         "oracle": None,
     }
     val_report = backtest(val_runs, pols, fleet)
-    report = backtest(test_runs, pols, fleet)
+    report = backtest(test_runs, pols, fleet, forecast=True)
     check = backtest([synthetic_run(s, CHECK_MINUTES) for s in CHECK_SEEDS], pols, fleet)
     what = "the test part of each trace" if args.trace else f"test seeds {args.test_seeds}"
     print(f"test: {what} (never seen in training or validation)")
@@ -420,7 +422,12 @@ def cmd_train(args) -> int:
             }
         ],
         "command": command,
-        "test": {"runs": [r["load"] for r in report.runs], "summary": report.summary, "backtest_command": reproduce},
+        "test": {
+            "runs": [r["load"] for r in report.runs],
+            "summary": report.summary,
+            "forecast": report.forecast,
+            "backtest_command": reproduce,
+        },
         "check": {
             "seeds": list(CHECK_SEEDS),
             "minutes": CHECK_MINUTES,
