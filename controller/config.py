@@ -25,7 +25,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 ENV_PREFIX = "FLEETPILOT_"
 #: Policies that are rules (the fallback must be one); mirrors policies.registry.RULES without importing it.
-RULE_POLICIES = ("static", "target-tracking", "step", "predictive", "cushion")
+RULE_POLICIES = ("static", "target-tracking", "step", "predictive", "cushion", "forecast")
 #: Source kinds driven by the daemon's simulated clock (each tick is one simulated minute).
 SIMULATED_SOURCES = ("simulator", "csv")
 

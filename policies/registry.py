@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from fleetpilot.policies.base import Policy
 from fleetpilot.policies.cushion import CushionParams, CushionPolicy
+from fleetpilot.policies.forecast import ForecastParams, ForecastPolicy
 from fleetpilot.policies.predictive import PredictiveParams, PredictivePolicy
 from fleetpilot.policies.static import StaticParams, StaticPolicy
 from fleetpilot.policies.step import StepParams, StepPolicy
@@ -21,6 +22,7 @@ RULES = {
     "step": (StepPolicy, StepParams),
     "predictive": (PredictivePolicy, PredictiveParams),
     "cushion": (CushionPolicy, CushionParams),
+    "forecast": (ForecastPolicy, ForecastParams),
 }
 
 

@@ -121,9 +121,7 @@ def test_the_printed_report_is_the_test_part_and_its_backtest_command_reproduces
     assert "599 scored minutes" in r.stdout
     command = r.stdout.split("reproduce these test figures with:\n", 1)[1].splitlines()[0].strip()
     assert command.startswith("fleetpilot backtest ") and "--from 0.8 --to 1" in command
-    bt = subprocess.run(
-        FLEETPILOT + shlex.split(command)[1:], capture_output=True, text=True, timeout=300, cwd=d
-    )
+    bt = subprocess.run(FLEETPILOT + shlex.split(command)[1:], capture_output=True, text=True, timeout=300, cwd=d)
     assert bt.returncode == 0, bt.stderr[-2000:]
 
     def rows(text: str) -> dict[str, str]:

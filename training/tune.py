@@ -26,6 +26,11 @@ GRIDS: dict[str, dict[str, list[Any]]] = {
         "scale_in_cooldown_minutes": [0],
         "trend_minutes": [30, 60],
     },
+    "forecast": {
+        "target_utilization": [0.6, 0.65, 0.7, 0.75, 0.8],
+        "quantile": [0.5, 0.75, 0.9, 0.95],
+        "scale_in_tolerance": [0.0, 0.05],
+    },
     "cushion": {
         "utilization": [0.66, 0.68, 0.7, 0.72, 0.74, 0.76, 0.78, 0.8, 0.82, 0.84],
         "cushion_day_max_share": [0.06, 0.08, 0.1, 0.12, 0.14, 0.16, 0.18, 0.2, 0.22, 0.24],
