@@ -122,3 +122,38 @@ def test_the_rule_validates_its_parameters_like_the_other_rules():
     for params, field in (({"quantile": 1.5}, "quantile"), ({"alpha": 0}, "alpha"), ({"bogus": 1}, "bogus")):
         with pytest.raises(PolicyError, match=f"policy forecast: parameter {field}"):
             make_policy("forecast", params)
+
+
+def test_the_daemon_runs_the_forecast_rule_and_a_restart_forecasts_as_an_uninterrupted_run(tmp_path):
+    """The rule in a daemon config (with parameters), and the forecast's statelessness: a daemon started later
+    with its history backfilled forecasts every minute exactly as the one that ran all along."""
+    from fleetpilot.policies.base import PolicyOutput
+    from tests.test_daemon_tick import START, FakeClock, FakeSource, group, make, rows
+
+    class Spy(ForecastPolicy):
+        def __init__(self):
+            super().__init__()
+            self.seen: dict[int, float] = {}
+
+        def decide(self, obs):
+            out: PolicyOutput = super().decide(obs)
+            self.seen[int(obs.minute[0])] = float(self.forecast_tpm(obs)[0])
+            return out
+
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    g = [group(policy="forecast", policy_params={"quantile": 0.8, "target_utilization": 0.65})]
+    a = make(tmp_path / "a", groups=g, clock=FakeClock(START), sources=[FakeSource(history_minutes=None)])
+    assert a.batches[0].policy.params.quantile == 0.8
+    a.batches[0].policy = spy_a = Spy()
+    for _ in range(300):
+        a.run_tick()
+    a.close()
+    assert len(rows(tmp_path / "a")) == 300
+    b = make(tmp_path / "b", groups=g, clock=FakeClock(START + 200), sources=[FakeSource(history_minutes=None)])
+    b.batches[0].policy = spy_b = Spy()
+    for _ in range(100):
+        b.run_tick()
+    b.close()
+    assert len(spy_b.seen) == 100
+    for m, v in spy_b.seen.items():
+        assert v == pytest.approx(spy_a.seen[m], rel=1e-9)

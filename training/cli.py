@@ -388,6 +388,11 @@ def cmd_train(args) -> int:
         cfg, out, sampler=sampler, fleet=fleet, val_runs=val_runs, budget_seconds=budget, resume=not args.no_resume
     )
     seconds = time.perf_counter() - t0
+    import torch
+
+    # the reports decide a few rows at a time: one thread (two spend milliseconds per layer in thread hand-offs
+    # on a busy machine)
+    torch.set_num_threads(1)
     learned = TorchPolicy(result["agent"], result["mapping"], name=args.name)
     pols = {
         args.name: learned,

@@ -47,6 +47,21 @@ GRIDS: dict[str, dict[str, list[Any]]] = {
 }
 
 
+def grid_scores(
+    policy: str, runs: list[Run], grid: dict[str, list[Any]] | None = None
+) -> list[tuple[dict[str, Any], list[dict]]]:
+    """Every point of `policy`'s grid (GRIDS, or `grid`) with its per-run results on `runs` (expected profit,
+    downtime minutes...), for choosing per run or per subset of runs from one pass over the grid."""
+    grid = grid or GRIDS[policy]
+    keys = list(grid)
+    out = []
+    for values in itertools.product(*(grid[k] for k in keys)):
+        params = dict(zip(keys, values, strict=False))
+        report = backtest(runs, {"p": make_policy(policy, params)})
+        out.append((params, [r["results"][0] for r in report.runs]))
+    return out
+
+
 def tune(policy: str, runs: list[Run]) -> dict[str, Any]:
     """The grid point with the highest expected profit summed over `runs`, and the runner-up figures."""
     grid = GRIDS[policy]
