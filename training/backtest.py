@@ -73,7 +73,7 @@ class Report:
     forecast: dict | None = None  #: the forecast's error over all runs (`backtest(..., forecast=True)`)
 
     def to_json(self) -> dict:
-        out = {"runs": self.runs, "summary": self.summary}
+        out: dict = {"runs": self.runs, "summary": self.summary}
         if self.forecast is not None:
             out["forecast"] = self.forecast
         return out
