@@ -131,7 +131,7 @@ def cmd_backtest(args) -> int:
         raise CliError(f"{exc} (or {ORACLE} in a backtest)") from None
     runs = build_runs(args)
     t0 = time.perf_counter()
-    report = backtest(runs, policies)
+    report = backtest(runs, policies, forecast=True)
     dt = time.perf_counter() - t0
     print(format_table(report, per_run=args.per_run))
     print(f"({dt:.1f} s)", file=sys.stderr)
@@ -246,62 +246,178 @@ def _train_config(path: str | None, args):
     return cfg, fleet
 
 
+def parse_split(text: str) -> tuple[float, float, float]:
+    """'TRAIN,VALIDATION,TEST' shares of each history (positive, summing to 1)."""
+    parts = [x.strip() for x in text.split(",")]
+    try:
+        shares = tuple(float(x) for x in parts)
+    except ValueError:
+        raise CliError(f"--split {text}: expected three numbers TRAIN,VALIDATION,TEST (e.g. 0.6,0.2,0.2)") from None
+    if len(shares) != 3 or not all(0.0 < x < 1.0 for x in shares):
+        raise CliError(f"--split {text}: expected three shares TRAIN,VALIDATION,TEST, each between 0 and 1")
+    if abs(sum(shares) - 1.0) > 1e-6:
+        raise CliError(f"--split {text}: the three shares sum to {sum(shares):g}, not 1")
+    return shares[0], shares[1], shares[2]
+
+
+#: Minutes a trace's training part needs (a day of history plus the minute an episode starts from), and each of
+#: its validation and test parts (an hour scored).
+MIN_TRAIN_MINUTES = 1441
+MIN_SCORED_MINUTES = 60
+
+
+def split_bounds(minutes: int, split: tuple[float, float, float]) -> tuple[int, int]:
+    """The first minute of the validation part and of the test part: the same cut `fleetpilot backtest --from
+    F --to T` makes with F, T = `split_fractions(split)` (int(minutes x fraction))."""
+    f1, f2 = split_fractions(split)
+    return int(minutes * f1), int(minutes * f2)
+
+
+def split_fractions(split: tuple[float, float, float]) -> tuple[float, float]:
+    """Where validation and test start, as fractions of a trace (rounded so the printed value is exact)."""
+    return round(split[0], 10), round(split[0] + split[1], 10)
+
+
+def _minute_range(load, first: int, end: int) -> dict:
+    """A part of a history as minute indices [first, end) and the UTC times of its first and end minute."""
+    from datetime import timedelta
+
+    def utc(i: int) -> str:
+        return (load.start + timedelta(minutes=i)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    return {"minutes": [first, end], "utc": [utc(first), utc(end)]}
+
+
+def _backtest_command(args, out: Path, policies: list[str], split) -> str:
+    """The `fleetpilot backtest` command that scores the test part exactly as `train` reports it."""
+    import shlex
+
+    words = ["fleetpilot", "backtest"]
+    if args.trace:
+        for path in args.trace:
+            words += ["--trace", str(path)]
+        if args.peak_tpm is not None:
+            words += ["--peak-tpm", f"{args.peak_tpm:g}"]
+        if args.fill_gaps:
+            words.append("--fill-gaps")
+        words += ["--from", repr(split_fractions(split)[1]), "--to", "1"]
+    else:
+        words += ["--synthetic", "--seeds", args.test_seeds, "--minutes", str(args.test_minutes)]
+    for name in policies:
+        words += ["--policy", str(out) if name == args.name else name]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def split_history(load, split: tuple[float, float, float], path, split_text: str):
+    """A history cut in time order into (training part, validation run, test run, {"data_split": ...}).
+
+    A run observes the first minute of its part and scores the rest; its lead-in reads the minutes before
+    (the past, as a daemon's history would), never a minute after its part. Too short a history is a CliError
+    naming the file and the part that is too short."""
+    from fleetpilot.policies.observation import HISTORY_MINUTES
+    from fleetpilot.training.backtest import trace_run
+
+    n = load.minutes
+    v0, s0 = split_bounds(n, split)
+    if v0 < MIN_TRAIN_MINUTES:
+        raise CliError(
+            f"{path}: too short for --split {split_text}: {n} minutes leave {v0} for training; "
+            f"at least a day ({MIN_TRAIN_MINUTES}) is needed"
+        )
+    for part, first, end in (("validation", v0, s0), ("test", s0, n)):
+        if end - first - 1 < MIN_SCORED_MINUTES:
+            raise CliError(
+                f"{path}: too short for --split {split_text}: {n} minutes leave {max(end - first - 1, 0)} scored "
+                f"minutes for {part}; at least {MIN_SCORED_MINUTES} are needed"
+            )
+    info = {
+        "data_split": {
+            "shares": list(split),
+            "train": _minute_range(load, 0, v0),
+            "validation": _minute_range(load, v0, s0),
+            "test": _minute_range(load, s0, n),
+            "used_for": {
+                "train": "choosing the starting rule, imitation, PPO episodes",
+                "validation": "keeping the best update (and the manifest's validation table)",
+                "test": "the report printed after training (the manifest's training.test)",
+            },
+        }
+    }
+    return (
+        load.window(0, v0, load.name),
+        trace_run(load, v0, s0 - v0 - 1, HISTORY_MINUTES),
+        trace_run(load, s0, n - s0 - 1, HISTORY_MINUTES),
+        info,
+    )
+
+
+#: The fixed small case every exported model is also scored on (`training.check` in its manifest), so a test
+#: can load a shipped model and compare its figures with what training recorded (tests/test_shipped_model.py).
+CHECK_SEEDS, CHECK_MINUTES = (3000, 3001), 2000
+
+
 def cmd_train(args) -> int:
     import dataclasses
 
-    from fleetpilot.policies.observation import HISTORY_MINUTES
     from fleetpilot.policies.registry import TRAIN_BASELINES, make_policy
     from fleetpilot.sim.load import Augment, read_trace
-    from fleetpilot.training.backtest import backtest, format_table, trace_run
+    from fleetpilot.training.backtest import backtest, format_table, synthetic_run
     from fleetpilot.training.env import LoadSampler
     from fleetpilot.training.export import write_model
     from fleetpilot.training.ppo import TorchPolicy, train, validation_runs
 
     cfg, fleet = _train_config(args.config, args)
+    split = parse_split(args.split)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CliError(f"--out {out}: exists and is not a directory")
-    sampler, val_runs, loads_info = None, None, []
+    sampler, val_runs, test_runs, loads_info = None, None, [], []
     if args.trace:
         train_parts, val_runs = [], []
         for path in args.trace:
             load = read_trace(path, fill_gaps=args.fill_gaps)
             if args.peak_tpm is not None:
                 load = load.rescaled(args.peak_tpm)
-            cut = int(load.minutes * (1.0 - args.holdout))
-            train_part, held = load.window(0, cut, load.name), cut
-            if train_part.minutes < 1441:
-                raise CliError(f"{path}: {train_part.minutes} training minutes; at least a day (1441) is needed")
-            train_parts.append(train_part)
-            val_runs.append(trace_run(load, held, load.minutes - held - 1, HISTORY_MINUTES))
-            loads_info.append(
-                {
-                    "trace": str(path),
-                    "minutes": load.minutes,
-                    "train_minutes": cut,
-                    "validation_minutes": load.minutes - held - 1,
-                    "peak_tpm": args.peak_tpm,
-                }
-            )
+            part, val_run, test_run, info = split_history(load, split, path, args.split)
+            train_parts.append(part)
+            val_runs.append(val_run)
+            test_runs.append(test_run)
+            loads_info.append({"trace": str(path), "minutes": load.minutes, "peak_tpm": args.peak_tpm, **info})
         episode = min(cfg.episode_minutes, min(t.minutes for t in train_parts) - 1)
         cfg = dataclasses.replace(cfg, episode_minutes=episode)
         sampler = LoadSampler(traces=train_parts, augment=Augment(), max_load_tpm=fleet.max_load_tpm)
     else:
         val_runs = validation_runs(cfg)
+        test_seeds = parse_seeds(args.test_seeds)
+        if set(test_seeds) & set(cfg.eval_seeds):
+            raise CliError(f"--test-seeds {args.test_seeds}: overlap the validation seeds {list(cfg.eval_seeds)}")
+        args.test_minutes = args.test_minutes or cfg.eval_minutes
+        test_runs = [synthetic_run(s, args.test_minutes) for s in test_seeds]
     t0 = time.perf_counter()
     budget = args.budget_minutes * 60 if args.budget_minutes else None
     result = train(
         cfg, out, sampler=sampler, fleet=fleet, val_runs=val_runs, budget_seconds=budget, resume=not args.no_resume
     )
     seconds = time.perf_counter() - t0
+    import torch
+
+    # the reports decide a few rows at a time: one thread (two spend milliseconds per layer in thread hand-offs
+    # on a busy machine)
+    torch.set_num_threads(1)
     learned = TorchPolicy(result["agent"], result["mapping"], name=args.name)
     pols = {
         args.name: learned,
         **{name: make_policy(name) for name in TRAIN_BASELINES},
         "oracle": None,
     }
-    report = backtest(val_runs, pols, fleet)
+    val_report = backtest(val_runs, pols, fleet)
+    report = backtest(test_runs, pols, fleet, forecast=True)
+    check = backtest([synthetic_run(s, CHECK_MINUTES) for s in CHECK_SEEDS], pols, fleet)
+    what = "the test part of each trace" if args.trace else f"test seeds {args.test_seeds}"
+    print(f"test: {what} (never seen in training or validation)")
     print(format_table(report))
+    reproduce = _backtest_command(args, out, list(pols), split)
+    print(f"reproduce these test figures with:\n  {reproduce}")
     command = "fleetpilot train " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["train"] else None
     training_info = {
         "ppo": dataclasses.asdict(cfg),
@@ -309,10 +425,30 @@ def cmd_train(args) -> int:
         "seconds": round(seconds, 1),
         "start_rule": result["start_rule"],
         "selected_update": result["selected_update"],
-        "loads": loads_info or [{"synthetic": "seed generator", "validation_seeds": list(cfg.eval_seeds)}],
+        "loads": loads_info
+        or [
+            {
+                "synthetic": "seed generator",
+                "validation_seeds": list(cfg.eval_seeds),
+                "test_seeds": parse_seeds(args.test_seeds),
+                "test_minutes": args.test_minutes,
+            }
+        ],
         "command": command,
+        "test": {
+            "runs": [r["load"] for r in report.runs],
+            "summary": report.summary,
+            "forecast": report.forecast,
+            "backtest_command": reproduce,
+        },
+        "check": {
+            "seeds": list(CHECK_SEEDS),
+            "minutes": CHECK_MINUTES,
+            "summary": check.summary,
+            "note": "synthetic seeds never used in training or validation; tests/test_shipped_model.py replays it",
+        },
     }
-    validation = {"runs": [r["load"] for r in report.runs], "summary": report.summary}
+    validation = {"runs": [r["load"] for r in val_report.runs], "summary": val_report.summary}
     manifest = write_model(
         result["agent"], result["mapping"], out, args.name, fleet.model_dump(), training_info, validation
     )
@@ -369,7 +505,22 @@ def add_training_commands(sub) -> None:
     t.add_argument("--peak-tpm", type=_positive(float), default=None, help="rescale each trace so its peak is this")
     t.add_argument("--fill-gaps", action="store_true", help="interpolate missing minutes in traces")
     t.add_argument(
-        "--holdout", type=_fraction, default=1 / 3, help="last share of each trace kept for validation (default 1/3)"
+        "--split",
+        default="0.6,0.2,0.2",
+        metavar="TRAIN,VAL,TEST",
+        help="shares of each history, in time order: train, validation (keeps the best update), test (the "
+        "report); default 0.6,0.2,0.2",
+    )
+    t.add_argument(
+        "--test-seeds",
+        default="3000..3019",
+        help="synthetic training only: seeds of the test report (default 3000..3019)",
+    )
+    t.add_argument(
+        "--test-minutes",
+        type=_positive(int),
+        default=None,
+        help="synthetic training only: minutes per test seed (default: the config's eval_minutes, 10000)",
     )
     t.add_argument("--budget-minutes", type=_positive(float), default=None, help="stop training after this wall time")
     t.add_argument(

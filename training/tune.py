@@ -26,6 +26,11 @@ GRIDS: dict[str, dict[str, list[Any]]] = {
         "scale_in_cooldown_minutes": [0],
         "trend_minutes": [30, 60],
     },
+    "forecast": {
+        "target_utilization": [0.6, 0.65, 0.7, 0.75, 0.8],
+        "quantile": [0.5, 0.75, 0.9, 0.95],
+        "scale_in_tolerance": [0.0, 0.05],
+    },
     "cushion": {
         "utilization": [0.66, 0.68, 0.7, 0.72, 0.74, 0.76, 0.78, 0.8, 0.82, 0.84],
         "cushion_day_max_share": [0.06, 0.08, 0.1, 0.12, 0.14, 0.16, 0.18, 0.2, 0.22, 0.24],
@@ -40,6 +45,21 @@ GRIDS: dict[str, dict[str, list[Any]]] = {
         "scale_in_cooldown_minutes": [0, 5, 10],
     },
 }
+
+
+def grid_scores(
+    policy: str, runs: list[Run], grid: dict[str, list[Any]] | None = None
+) -> list[tuple[dict[str, Any], list[dict]]]:
+    """Every point of `policy`'s grid (GRIDS, or `grid`) with its per-run results on `runs` (expected profit,
+    downtime minutes...), for choosing per run or per subset of runs from one pass over the grid."""
+    grid = grid or GRIDS[policy]
+    keys = list(grid)
+    out = []
+    for values in itertools.product(*(grid[k] for k in keys)):
+        params = dict(zip(keys, values, strict=False))
+        report = backtest(runs, {"p": make_policy(policy, params)})
+        out.append((params, [r["results"][0] for r in report.runs]))
+    return out
 
 
 def tune(policy: str, runs: list[Run]) -> dict[str, Any]:
