@@ -2,7 +2,7 @@
 
 fleetpilot run --config FILE [--dry-run] [--once] [--quiet]
 fleetpilot config check FILE
-fleetpilot decisions (--config FILE | --journal PATH) [--group G] [--last N] [--json]
+fleetpilot decisions [--config FILE | --journal PATH] [--group G] [--last N] [--json]
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ def add_commands(sub) -> None:
     chk.set_defaults(func=cmd_config_check)
 
     d = sub.add_parser("decisions", help="show the decision journal")
-    src = d.add_mutually_exclusive_group(required=True)
-    src.add_argument("--config", help="config file (its journal_path is read)")
-    src.add_argument("--journal", help="journal SQLite file")
+    src = d.add_mutually_exclusive_group()
+    src.add_argument("--config", help="config file (its journal_path, else the default location, is read)")
+    src.add_argument("--journal", help="journal SQLite file (default: the state directory's journal.sqlite)")
     d.add_argument("--group", help="only this group")
     d.add_argument("--last", type=int, default=20, help="number of decisions (default 20)")
     d.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -133,11 +133,17 @@ def cmd_decisions(args: argparse.Namespace) -> int:
         from fleetpilot.controller.config import load_config
 
         path = load_config(args.config).journal_path
-    else:
+    elif args.journal is not None:
         path = args.journal
+    else:  # the same default as a config without journal_path
+        from fleetpilot.controller.state import default_journal_path
+
+        path = default_journal_path()
     try:
         rows = read_decisions(path, args.group, args.last)
     except FileNotFoundError:
+        if args.config is None and args.journal is None:
+            raise CliError(f"{path}: no journal at the default location (give --config or --journal)") from None
         raise CliError(f"{path}: no journal (has the daemon run with this journal_path?)") from None
     except Exception as exc:  # sqlite3.DatabaseError and friends: not a journal
         raise CliError(f"{path}: cannot read the journal: {exc}") from None

@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from fleetpilot.controller.state import StateDirError, default_journal_path
 from fleetpilot.policies.base import MAX_FLEET_MACHINES
 from fleetpilot.policies.errors import UserError
 from fleetpilot.policies.files import (
@@ -278,7 +279,10 @@ class DaemonConfig(BaseSettings):
 
     interval_seconds: float = Field(60.0, gt=0, le=3600, description="time between ticks")
     dry_run: bool = Field(False, description="run everything but the backend write")
-    journal_path: Path = Field(Path("fleetpilot-journal.sqlite"), description="SQLite decision journal")
+    journal_path: Path = Field(
+        default_factory=default_journal_path,
+        description="SQLite decision journal (default: the state directory, see controller.state)",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     server: ServerConfig = Field(default_factory=ServerConfig)
     groups: list[GroupConfig] = Field(min_length=1)
@@ -464,6 +468,8 @@ def load_config(path: str | Path) -> DaemonConfig:
         cfg = bound()
     except ValidationError as exc:
         raise ConfigError(format_validation_error(str(path), exc)) from None
+    except StateDirError as exc:  # no journal_path and nowhere to put the journal by default
+        raise ConfigError(f"{path}: journal_path: {exc}") from None
     except (ValueError, json.JSONDecodeError) as exc:  # an env var that is not valid JSON for a complex field
         raise ConfigError(f"{path}: environment: {str(exc).splitlines()[0]}") from None
     cfg._ignored_env = ignored_env

@@ -290,6 +290,11 @@ BAD_VALUES = [
     ("serviceMonitor.interval", "thirty seconds", "does not match"),
     ("persistence.size", "lots", "does not match"),
     ("nodeSelector", {"disktype": 1}, "not of type 'string'"),
+    ("grafanaDashboard.enabled", "yes", "not of type 'boolean'"),
+    ("grafanaDashboard.labels", {}, "should be non-empty"),
+    ("grafanaDashboard.labels", {"grafana_dashboard": 1}, "not of type 'string'"),
+    ("grafanaDashboard.namespace", "Monitoring!", "does not match"),
+    ("grafanaDashboard.folder", "x", "'folder' was unexpected"),
 ]
 
 
@@ -310,6 +315,9 @@ def test_good_variations_are_accepted(schema, values):
     ok["serviceAccount"]["roleArn"] = "arn:aws:iam::123456789012:role/fleetpilot"
     ok["persistence"].update(enabled=True, size="2Gi", storageClass="gp3")
     ok["serviceMonitor"].update(enabled=True, labels={"release": "kube-prometheus-stack"})
+    ok["grafanaDashboard"].update(
+        enabled=True, namespace="monitoring", labels={"dashboards": "grafana"}, annotations={"grafana_folder": "x"}
+    )
     ok["podAnnotations"] = {"example.com/team": "platform"}
     ok["env"] = [{"name": "AWS_REGION", "value": "eu-west-1"}]
     ok["config"]["groups"].append(
@@ -487,6 +495,26 @@ def test_deployment_template_contract():
 
 
 CONFIGS = [*sorted((REPO / "examples").glob("*.yaml")), SYSTEMD_CONFIG]
+
+
+def test_grafana_dashboard_configmap_template():
+    """Optional (off by default), labelled for Grafana's sidecar, and holding the chart's copy of the dashboard,
+    which is the same file as deploy/grafana/fleetpilot.json."""
+    values = _load_yaml(CHART / "values.yaml")
+    assert values["grafanaDashboard"]["enabled"] is False
+    assert values["grafanaDashboard"]["labels"] == {"grafana_dashboard": "1"}
+    t = (TEMPLATES / "grafana-dashboard.yaml").read_text(encoding="utf-8")
+    assert t.startswith("{{- if .Values.grafanaDashboard.enabled }}") and t.rstrip().endswith("{{- end }}")
+    assert "kind: ConfigMap" in t and "toYaml . | nindent 4" in t
+    m = re.search(r'\.Files\.Get "([^"]+)"', t)
+    assert m, "the dashboard is read from the chart's files"
+    copy_in_chart = CHART / m.group(1)
+    assert copy_in_chart.read_bytes() == (REPO / "deploy" / "grafana" / "fleetpilot.json").read_bytes(), (
+        "helm/fleetpilot/dashboards/fleetpilot.json differs from deploy/grafana/fleetpilot.json: copy it again"
+    )
+    json.loads(copy_in_chart.read_text(encoding="utf-8"))
+    # a ConfigMap holds at most 1 MiB
+    assert copy_in_chart.stat().st_size < 512 * 1024
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(REPO)))

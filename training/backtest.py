@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -170,11 +171,16 @@ def score(
 
 
 def backtest(
-    runs: list[Run], policies: dict[str, Policy | None], params: FleetParams | None = None, forecast: bool = False
+    runs: list[Run],
+    policies: dict[str, Policy | None],
+    params: FleetParams | None = None,
+    forecast: bool = False,
+    progress: Callable[[int], object] | None = None,
 ) -> Report:
     """Replay every policy (None stands for the oracle) on every run; runs of equal shape are batched.
     With `forecast`, each run also reports the error of `policies.forecast` one warm-up ahead over its scored
-    minutes (`forecast_errors`)."""
+    minutes (`forecast_errors`). `progress(n)` is called as each policy finishes a batch of n runs
+    (len(runs) * len(policies) in all)."""
     p = params or FleetParams()
     results: dict[int, list[Result]] = {i: [] for i in range(len(runs))}
     actives: dict[int, dict[str, np.ndarray]] = {i: {} for i in range(len(runs))}
@@ -194,6 +200,8 @@ def backtest(
             for j, i in enumerate(idx):
                 results[i].append(score(name, active[j], delta[j], loads[j, lead + 1 :], int(keys[j]), lead + 1, p))
                 actives[i][name] = active[j]
+            if progress is not None:
+                progress(len(idx))
     report = Report()
     for i, r in enumerate(runs):
         report.runs.append({"load": r.name, "minutes": r.minutes, "results": [asdict(x) for x in results[i]]})

@@ -114,6 +114,7 @@ def build_runs(args) -> list:
 def cmd_backtest(args) -> int:
     from fleetpilot.policies.registry import BACKTEST_BASELINES, make_policy
     from fleetpilot.training.backtest import ORACLE, backtest, format_table, plot, write_json
+    from fleetpilot.training.progress import Progress
 
     if args.plot and not args.plot.lower().endswith(".png"):
         raise CliError(f"--plot {args.plot}: the plot is written as PNG; give a FILE.png")
@@ -131,7 +132,8 @@ def cmd_backtest(args) -> int:
         raise CliError(f"{exc} (or {ORACLE} in a backtest)") from None
     runs = build_runs(args)
     t0 = time.perf_counter()
-    report = backtest(runs, policies, forecast=True)
+    with Progress(len(runs) * len(policies), f"backtest ({len(runs)} loads x {len(policies)} policies)", "runs") as bar:
+        report = backtest(runs, policies, forecast=True, progress=bar.update)
     dt = time.perf_counter() - t0
     print(format_table(report, per_run=args.per_run))
     print(f"({dt:.1f} s)", file=sys.stderr)
@@ -161,7 +163,7 @@ def cmd_traces_generate(args) -> int:
 def cmd_tune(args) -> int:
     from fleetpilot.training.tune import tune
 
-    best = tune(args.policy, build_runs(args))
+    best = tune(args.policy, build_runs(args), progress=True)
     print(json.dumps(best, indent=2))
     return 0
 

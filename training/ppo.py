@@ -26,6 +26,7 @@ from fleetpilot.policies.observation import OBS_DIM, Observation
 from fleetpilot.training.backtest import backtest, synthetic_run
 from fleetpilot.training.env import LoadSampler, WebFleetVectorEnv
 from fleetpilot.training.params import FleetParams
+from fleetpilot.training.progress import Progress
 
 SQRT2 = math.sqrt(2)  #: orthogonal init gain of the hidden layers (CleanRL)
 
@@ -391,6 +392,7 @@ def train(
     steps_at_start = global_step
     last_val: dict = {}
     reward_ema = None
+    bar = Progress(num_updates * batch, "train", "steps", initial=global_step, unit_scale=True) if progress else None
     for update in range(start_update, num_updates + 1):
         frac = 1.0 - (update - 1.0) / num_updates
         for g in opt.param_groups:
@@ -461,16 +463,9 @@ def train(
         log_rows.append(row)
         with log_path.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
-        if progress:
+        if bar is not None:
             pct = f" val {last_val['pct_of_oracle']:.1f}% of oracle" if last_val else ""
-            bar = int(30 * update / num_updates)
-            print(
-                f"\r[{'#' * bar}{'.' * (30 - bar)}] {global_step / 1e6:6.1f}M steps {sps / 1e3:5.0f}k/s "
-                f"reward {reward_ema * 10_000:9,.0f} $/10k min{pct}   ",
-                end="",
-                file=sys.stderr,
-                flush=True,
-            )
+            bar.update(global_step - bar.n, postfix=f"reward {reward_ema * 10_000:,.0f} $/10k min{pct}")
         if update % 20 == 0 or final:
             torch.save(
                 {
@@ -487,8 +482,8 @@ def train(
             )
         if final:
             break
-    if progress:
-        print(file=sys.stderr)
+    if bar is not None:
+        bar.close()
     _plot_curve(log_rows, out / "learning_curve.png")
     selected = None
     if best:

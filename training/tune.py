@@ -8,10 +8,12 @@ Tuning seeds (0..9) are disjoint from the evaluation seeds (1000..1009, 2000..20
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any
 
 from fleetpilot.policies.registry import make_policy
 from fleetpilot.training.backtest import Run, backtest
+from fleetpilot.training.progress import Progress
 
 GRIDS: dict[str, dict[str, list[Any]]] = {
     "static": {"machines": [20, 25, 30, 35, 40, 45, 50]},
@@ -62,16 +64,23 @@ def grid_scores(
     return out
 
 
-def tune(policy: str, runs: list[Run]) -> dict[str, Any]:
-    """The grid point with the highest expected profit summed over `runs`, and the runner-up figures."""
+def tune(policy: str, runs: list[Run], progress: bool = False) -> dict[str, Any]:
+    """The grid point with the highest expected profit summed over `runs`, and the runner-up figures.
+    `progress`: a progress bar (a terminal) or lines with an ETA (otherwise) on stderr, one unit per grid point."""
     grid = GRIDS[policy]
     keys = list(grid)
     scored = []
+    points = math.prod(len(v) for v in grid.values())
+    bar = Progress(points, f"tune {policy}", "points") if progress else None
     for values in itertools.product(*(grid[k] for k in keys)):
         params = dict(zip(keys, values, strict=False))
         report = backtest(runs, {"p": make_policy(policy, params)})
         s = report.summary[0]
         scored.append((s["expected_profit_usd"], s["downtime_minutes"], params))
+        if bar is not None:
+            bar.update(1, postfix=f"best E[profit] ${max(x[0] for x in scored):,.0f}")
+    if bar is not None:
+        bar.close()
     scored.sort(key=lambda x: -x[0])
     best = scored[0]
     # the profit/downtime frontier: points no other point beats on both (most profitable first)
