@@ -197,6 +197,44 @@ def test_an_interrupted_training_resumes_from_its_checkpoint(tmp_path: Path):
     assert start["main"] and start["imitated_share"] > 0.5
 
 
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_damaged_checkpoint_is_one_line_naming_it_and_exit_2(smoke_model: Path, tmp_path: Path, damage: str):
+    cfg = tmp_path / "ppo.yaml"
+    cfg.write_text(SMOKE)
+    out = tmp_path / "run"
+    out.mkdir()
+    good = (smoke_model / "checkpoint.pt").read_bytes()
+    bad = b"this is not a checkpoint\n" if damage == "garbage" else good[: len(good) // 2]
+    (out / "checkpoint.pt").write_bytes(bad)
+    r = subprocess.run(
+        FLEETPILOT + ["train", "--config", str(cfg), "--steps", "2048", "--seed", "3", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert str(out / "checkpoint.pt") in lines[0] and "--no-resume" in lines[0]
+    assert (out / "checkpoint.pt").read_bytes() == bad  # nothing is lost: the file is left for the user
+
+
+def test_checkpoint_load_refuses_what_is_not_a_training_checkpoint(smoke_model: Path, tmp_path: Path):
+    import torch
+
+    from fleetpilot.training.ppo import Checkpoint, CheckpointError
+
+    ckpt = Checkpoint.load(smoke_model / "checkpoint.pt")
+    assert ckpt.update >= 1 and ckpt.config["seed"] == 3 and ckpt.start["main"]
+    other = tmp_path / "other.pt"
+    torch.save({"agent": {}, "update": 3}, other)
+    with pytest.raises(CheckpointError, match=r"other\.pt: not a training checkpoint \(missing config, global_step"):
+        Checkpoint.load(other)
+    ckpt.save(tmp_path / "copy.pt")
+    again = Checkpoint.load(tmp_path / "copy.pt")
+    assert again.global_step == ckpt.global_step and torch.equal(again.torch_rng, ckpt.torch_rng)
+
+
 def _obs_after(loads: list[float]):
     from fleetpilot.policies.observation import ObservationBuilder
 

@@ -242,7 +242,7 @@ def cmd_train(args) -> int:
     from fleetpilot.training.env import LoadSampler
     from fleetpilot.training.export import write_model
     from fleetpilot.training.load import Augment, read_trace
-    from fleetpilot.training.ppo import TorchPolicy, train, validation_runs
+    from fleetpilot.training.ppo import CheckpointError, TorchPolicy, train, validation_runs
 
     cfg, fleet = _train_config(args.config, args)
     out = Path(args.out)
@@ -277,11 +277,14 @@ def cmd_train(args) -> int:
         val_runs = validation_runs(cfg)
     t0 = time.perf_counter()
     budget = args.budget_minutes * 60 if args.budget_minutes else None
-    result = train(
-        cfg, out, sampler=sampler, fleet=fleet, val_runs=val_runs, budget_seconds=budget, resume=not args.no_resume
-    )
+    try:
+        result = train(
+            cfg, out, sampler=sampler, fleet=fleet, val_runs=val_runs, budget_seconds=budget, resume=not args.no_resume
+        )
+    except CheckpointError as exc:
+        raise CliError(str(exc)) from None
     seconds = time.perf_counter() - t0
-    learned = TorchPolicy(result["agent"], result["mapping"], name=args.name)
+    learned = TorchPolicy(result.agent, result.mapping, name=args.name)
     pols = {
         args.name: learned,
         "target-tracking": make_policy("target-tracking"),
@@ -295,17 +298,15 @@ def cmd_train(args) -> int:
     command = "fleetpilot train " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["train"] else None
     training_info = {
         "ppo": dataclasses.asdict(cfg),
-        "steps": result["steps"],
+        "steps": result.steps,
         "seconds": round(seconds, 1),
-        "start_rule": result["start_rule"],
-        "selected_update": result["selected_update"],
+        "start_rule": result.start_rule,
+        "selected_update": result.selected_update,
         "loads": loads_info or [{"synthetic": "seed generator", "validation_seeds": list(cfg.eval_seeds)}],
         "command": command,
     }
     validation = {"runs": [r["load"] for r in report.runs], "summary": report.summary}
-    manifest = write_model(
-        result["agent"], result["mapping"], out, args.name, fleet.model_dump(), training_info, validation
-    )
+    manifest = write_model(result.agent, result.mapping, out, args.name, fleet.model_dump(), training_info, validation)
     print(f"wrote {out / 'policy.onnx'} and {manifest}")
     return 0
 
