@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from fleetpilot.policies.actions import ActionMapping
-from fleetpilot.policies.observation import OBS_DIM, OBS_VERSION
+from fleetpilot.policies.observation import FEATURE_NAMES, OBS_DIM, OBS_VERSION
 from fleetpilot.policies.onnx_policy import ModelError, OnnxPolicy, verify
 
 FLEETPILOT = [sys.executable, "-m", "fleetpilot.controller.cli"]
@@ -56,7 +56,7 @@ def test_train_writes_a_verified_model(smoke_model: Path):
     assert manifest["observation"] == {
         "version": OBS_VERSION,
         "dim": OBS_DIM,
-        "features": manifest["observation"]["features"],
+        "features": list(FEATURE_NAMES),
     }
     assert manifest["training"]["steps"] >= 2048
     names = [s["policy"] for s in manifest["validation"]["summary"]]

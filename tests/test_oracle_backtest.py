@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from fleetpilot.training.oracle import oracle_fleet
 from fleetpilot.training.params import FleetParams
 
 RULES = ("static", "target-tracking", "step", "predictive", "cushion")
-TRACES = "/work/shared/data/traces"
+TRACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "traces"  # the repository's ../shared
 RESULT_KEYS = {
     "policy",
     "profit_usd",
