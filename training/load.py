@@ -188,12 +188,12 @@ def read_trace(path: str | Path, fill_gaps: bool = False) -> Load:
     if not times:
         raise TraceError(f"{name}:2: no data rows")
     t = np.asarray(times, dtype=np.int64)
-    v = np.asarray(values, dtype=np.float64)
+    series = np.asarray(values, dtype=np.float64)
     if t[-1] - t[0] + 1 != t.size:  # only reachable with fill_gaps
         full = np.arange(t[0], t[-1] + 1)
-        v = np.interp(full, t, v)
+        series = np.interp(full, t, series)
     start = datetime.fromtimestamp(int(t[0]) * 60, tz=UTC)
-    return Load(path.stem, v, start)
+    return Load(path.stem, series, start)
 
 
 def write_trace(path: str | Path, load: Load) -> None:

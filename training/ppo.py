@@ -219,7 +219,9 @@ class _Recorder:
     name = "recorder"
 
     def __init__(self, rule: RuleActions):
-        self.rule, self.x, self.y = rule, [], []
+        self.rule = rule
+        self.x: list[np.ndarray] = []
+        self.y: list[np.ndarray] = []
 
     def reset(self, n: int) -> None:
         self.rule.reset(n)
