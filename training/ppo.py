@@ -3,6 +3,11 @@
 The agent sees the features of the one observation builder and picks a discrete action of the policy's
 `ActionMapping` (a utilization target and a cushion); the mapping turns it into a desired capacity, and the
 env applies the step limits. Training runs on the numpy vector env (`WebFleetVectorEnv`).
+
+`train` reads top to bottom: seeding (one `torch.Generator`; numpy draws from generators seeded from the
+config, never the global RNG), a start (`resume_run` from a `Checkpoint`, or `start_from_rule`: choose a
+rule and imitate it), then per update `collect_rollout`, `compute_gae`, `ppo_update`, validation with
+`KeepBest`, progress and a checkpoint; finally the learning curve and a `TrainResult`.
 """
 
 from __future__ import annotations
