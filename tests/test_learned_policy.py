@@ -197,14 +197,12 @@ def test_an_interrupted_training_resumes_from_its_checkpoint(tmp_path: Path):
     assert start["main"] and start["imitated_share"] > 0.5
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated"])
-def test_a_damaged_checkpoint_is_one_line_naming_it_and_exit_2(smoke_model: Path, tmp_path: Path, damage: str):
+def test_a_damaged_checkpoint_is_one_line_naming_it_and_exit_2(tmp_path: Path):
     cfg = tmp_path / "ppo.yaml"
     cfg.write_text(SMOKE)
     out = tmp_path / "run"
     out.mkdir()
-    good = (smoke_model / "checkpoint.pt").read_bytes()
-    bad = b"this is not a checkpoint\n" if damage == "garbage" else good[: len(good) // 2]
+    bad = b"this is not a checkpoint\n"
     (out / "checkpoint.pt").write_bytes(bad)
     r = subprocess.run(
         FLEETPILOT + ["train", "--config", str(cfg), "--steps", "2048", "--seed", "3", "--out", str(out)],
@@ -230,6 +228,10 @@ def test_checkpoint_load_refuses_what_is_not_a_training_checkpoint(smoke_model: 
     torch.save({"agent": {}, "update": 3}, other)
     with pytest.raises(CheckpointError, match=r"other\.pt: not a training checkpoint \(missing config, global_step"):
         Checkpoint.load(other)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes((smoke_model / "checkpoint.pt").read_bytes()[:5000])
+    with pytest.raises(CheckpointError, match=r"truncated\.pt: not a readable checkpoint .*--no-resume$"):
+        Checkpoint.load(truncated)
     ckpt.save(tmp_path / "copy.pt")
     again = Checkpoint.load(tmp_path / "copy.pt")
     assert again.global_step == ckpt.global_step and torch.equal(again.torch_rng, ckpt.torch_rng)
