@@ -16,7 +16,7 @@ Training today: `fleetpilot train` takes either the synthetic generator or trace
 with `--trace` on the other traces (rescaled to --peak-tpm) and the train's default recipe otherwise.
 `--policy-dir DIR` skips training and scores DIR (e.g. the shipped `policies/models/default`) on every fold.
 
-    .venv/bin/python benchmarks/generalization.py --policy-dir policies/models/default --json gen.json
+    .venv/bin/python benchmarks/generalization.py --policy-dir policies/models/default --json gen.json --details gen-details.json
     .venv/bin/python benchmarks/generalization.py --budget-minutes 8 --json gen.json     # trains six folds
 
 Each window starts after --lead-minutes (default a day) of the trace's history, which the policies read but
@@ -60,8 +60,8 @@ LABELS = {
 
 def windows(name: str, path: Path, args) -> list:
     """The evaluation windows of one trace (Runs), each rescaled so its scored minutes peak at args.peak_tpm."""
+    from fleetpilot.sim.load import Load, read_trace
     from fleetpilot.training.backtest import trace_run
-    from fleetpilot.training.load import Load, read_trace
 
     load = read_trace(path)
     runs, w, lead = [], args.window_minutes, args.lead_minutes
@@ -88,9 +88,9 @@ def score_policy(policy, runs: list) -> list[dict]:
 def best_fixed_action(mapping, runs: list, chunk: int = 12) -> list[dict]:
     """Per run, the action of `mapping` that earns most (expected profit) as a fixed rule on that run, scored."""
     from fleetpilot.policies.cushion import RuleActions
+    from fleetpilot.sim.fleet import expected_reward
+    from fleetpilot.sim.params import FleetParams
     from fleetpilot.training.backtest import score, simulate
-    from fleetpilot.training.fleet import expected_reward
-    from fleetpilot.training.params import FleetParams
 
     p = FleetParams()
     lead = runs[0].lead
@@ -125,7 +125,7 @@ def best_fixed_action(mapping, runs: list, chunk: int = 12) -> list[dict]:
 
 def train_fold(held_out: str, names: list[str], args, out_root: Path) -> Path:
     """`fleetpilot train --trace` on every trace but the held-out one; returns the model directory."""
-    from fleetpilot.training.load import read_trace, write_trace
+    from fleetpilot.sim.load import read_trace, write_trace
 
     out = out_root / f"without-{held_out}"
     cmd = [sys.executable, "-m", "fleetpilot.controller.cli", "train", "--out", str(out), "--seed", str(args.seed)]
@@ -198,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peak-tpm", type=float, default=10_000.0, help="each window's peak (10000)")
     ap.add_argument("--small-grids", action="store_true", help="two values of each rule parameter (smoke runs)")
     ap.add_argument("--out", help="where the folds' models go (default: a temporary directory)")
-    ap.add_argument("--json", metavar="PATH", help="write every figure as JSON")
+    ap.add_argument("--json", metavar="PATH", help="write the figures as one flat JSON object (TRACE_COLUMN_FIGURE)")
+    ap.add_argument("--details", metavar="PATH", help="write every choice and per-window figure as JSON")
     args = ap.parse_args(argv)
 
     from fleetpilot.policies.actions import ActionMapping
@@ -214,8 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in TRACES:
         if not (TRACE_DIR / TRACES[name]).is_file():
             ap.error(f"trace {TRACE_DIR / TRACES[name]} is missing")
-    if args.json and not Path(args.json).resolve().parent.is_dir():
-        ap.error(f"--json {args.json}: directory does not exist")
+    for flag in ("json", "details"):
+        path = getattr(args, flag)
+        if path and not Path(path).resolve().parent.is_dir():
+            ap.error(f"--{flag} {path}: directory does not exist")
     if args.policy_dir and not Path(args.policy_dir).is_dir():
         ap.error(f"--policy-dir {args.policy_dir}: no such directory")
     t0 = time.perf_counter()
@@ -290,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(format_table(results))
     if args.json:
+        Path(args.json).write_text(json.dumps(flat_figures(results, time.perf_counter() - t0), indent=2) + "\n")
+    if args.details:
         doc = {
             "traces": held,
             "window_minutes": args.window_minutes,
@@ -302,8 +307,18 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": round(time.perf_counter() - t0, 1),
             "results": results,
         }
-        Path(args.json).write_text(json.dumps(doc, indent=2, default=float) + "\n")
+        Path(args.details).write_text(json.dumps(doc, indent=2, default=float) + "\n")
     return 0
+
+
+def flat_figures(results: dict[str, dict], seconds: float) -> dict[str, float | int | None]:
+    """One flat object: `<trace>_<column>_{pct_of_oracle,downtime_minutes,expected_profit_usd}` and `seconds`."""
+    flat: dict[str, float | int | None] = {"seconds": round(seconds, 1)}
+    for fold, res in results.items():
+        for column, summary in res["summary"].items():
+            for figure, value in summary.items():
+                flat[f"{fold}_{column}_{figure}".replace("-", "_")] = value
+    return flat
 
 
 def format_table(results: dict[str, dict]) -> str:

@@ -21,10 +21,10 @@ SMOKE = "num_envs: 16\nnum_steps: 32\nepisode_minutes: 400\neval_every_updates: 
 def test_leave_one_trace_out_smoke(tmp_path):
     cfg = tmp_path / "ppo.yaml"
     cfg.write_text(SMOKE)
-    out = tmp_path / "gen.json"
+    out, flat = tmp_path / "gen.json", tmp_path / "flat.json"
     args = ["--traces", "azure-functions", "--windows", "1", "--window-minutes", "1000", "--lead-minutes", "300"]
     args += ["--tune-windows", "1", "--small-grids", "--train-minutes", "2500", "--train-config", str(cfg)]
-    args += ["--steps", "1024", "--out", str(tmp_path / "folds"), "--json", str(out)]
+    args += ["--steps", "1024", "--out", str(tmp_path / "folds"), "--details", str(out), "--json", str(flat)]
     r = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "held-out trace" in r.stdout and "azure-functions" in r.stdout
@@ -42,6 +42,10 @@ def test_leave_one_trace_out_smoke(tmp_path):
     # hindsight picks per window from the same grid the tuned rule chose from: never worse
     assert s["tt_hindsight"]["expected_profit_usd"] >= s["tt_tuned"]["expected_profit_usd"]
     assert fold["windows"] == ["azure-functions[300:1301]"]
+    figures = json.loads(flat.read_text())
+    assert all(isinstance(v, int | float) for v in figures.values())
+    assert figures["azure_functions_oracle_pct_of_oracle"] == 100.0
+    assert figures["azure_functions_learned_downtime_minutes"] == s["learned"]["downtime_minutes"]
 
 
 def test_an_unknown_trace_is_refused(tmp_path):

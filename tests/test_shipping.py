@@ -707,7 +707,8 @@ def test_systemd_security_exposure_is_low(verifiable_unit):
         timeout=30,
     )
     m = re.search(r"Overall exposure level for \S+: ([0-9.]+)", proc.stdout + proc.stderr)
-    if proc.returncode != 0 and m is None:
-        pytest.skip(f"systemd-analyze security --offline unsupported here: {proc.stderr.strip()[:200]}")
+    if m is None and re.search(r"unrecognized option '--offline", proc.stderr):
+        # systemd before 250 has no offline mode; anything else that yields no exposure level is a failure
+        pytest.skip(f"systemd-analyze security has no --offline here: {proc.stderr.strip()[:200]}")
     assert m, proc.stdout + proc.stderr
     assert float(m.group(1)) <= 2.0, f"exposure {m.group(1)} (want <= 2.0, 'OK'):\n{proc.stdout}"

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fleetpilot.sim.load import Load, synthetic_load, write_trace
 from fleetpilot.training.cli import split_bounds, split_history
-from fleetpilot.training.load import Load, synthetic_load, write_trace
 
 FLEETPILOT = [sys.executable, "-m", "fleetpilot.controller.cli"]
 SMOKE = """

@@ -366,7 +366,7 @@ def cmd_train(args) -> int:
     from fleetpilot.training.backtest import backtest, format_table, synthetic_run
     from fleetpilot.training.env import LoadSampler
     from fleetpilot.training.export import write_model
-    from fleetpilot.training.ppo import TorchPolicy, train, validation_runs
+    from fleetpilot.training.ppo import CheckpointError, TorchPolicy, train, validation_runs
 
     cfg, fleet = _train_config(args.config, args)
     split = parse_split(args.split)
@@ -397,16 +397,19 @@ def cmd_train(args) -> int:
         test_runs = [synthetic_run(s, args.test_minutes) for s in test_seeds]
     t0 = time.perf_counter()
     budget = args.budget_minutes * 60 if args.budget_minutes else None
-    result = train(
-        cfg, out, sampler=sampler, fleet=fleet, val_runs=val_runs, budget_seconds=budget, resume=not args.no_resume
-    )
+    try:
+        result = train(
+            cfg, out, sampler=sampler, fleet=fleet, val_runs=val_runs, budget_seconds=budget, resume=not args.no_resume
+        )
+    except CheckpointError as exc:
+        raise CliError(str(exc)) from None
     seconds = time.perf_counter() - t0
     import torch
 
     # the reports decide a few rows at a time: one thread (two spend milliseconds per layer in thread hand-offs
     # on a busy machine)
     torch.set_num_threads(1)
-    learned = TorchPolicy(result["agent"], result["mapping"], name=args.name)
+    learned = TorchPolicy(result.agent, result.mapping, name=args.name)
     pols = {
         args.name: learned,
         **{name: make_policy(name) for name in TRAIN_BASELINES},
@@ -423,10 +426,10 @@ def cmd_train(args) -> int:
     command = "fleetpilot train " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["train"] else None
     training_info = {
         "ppo": dataclasses.asdict(cfg),
-        "steps": result["steps"],
+        "steps": result.steps,
         "seconds": round(seconds, 1),
-        "start_rule": result["start_rule"],
-        "selected_update": result["selected_update"],
+        "start_rule": result.start_rule,
+        "selected_update": result.selected_update,
         "loads": loads_info
         or [
             {
@@ -451,9 +454,7 @@ def cmd_train(args) -> int:
         },
     }
     validation = {"runs": [r["load"] for r in val_report.runs], "summary": val_report.summary}
-    manifest = write_model(
-        result["agent"], result["mapping"], out, args.name, fleet.model_dump(), training_info, validation
-    )
+    manifest = write_model(result.agent, result.mapping, out, args.name, fleet.model_dump(), training_info, validation)
     print(f"wrote {out / 'policy.onnx'} and {manifest}")
     return 0
 
