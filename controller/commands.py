@@ -3,6 +3,7 @@
 fleetpilot run --config FILE [--dry-run] [--once] [--quiet]
 fleetpilot config check FILE
 fleetpilot decisions (--config FILE | --journal PATH) [--group G] [--last N] [--json]
+fleetpilot lease create-table --config FILE
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ def add_commands(sub) -> None:
     d.add_argument("--last", type=int, default=20, help="number of decisions (default 20)")
     d.add_argument("--json", action="store_true", help="one JSON object per line")
     d.set_defaults(func=cmd_decisions)
+
+    from fleetpilot.controller.lease import add_commands as add_lease_commands
+
+    add_lease_commands(sub)
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
@@ -105,6 +110,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             server.start()
             host, port = server.address
             log.info("serving /metrics, /healthz, /readyz", extra={"host": host, "port": port})
+        if daemon.lease is not None:  # a lease table that does not exist: one line, exit 2
+            daemon.lease.check_table()
+            daemon.lease.start()
         daemon.backfill()
         if args.once:
             outcome = daemon.run_tick()
