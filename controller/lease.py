@@ -52,6 +52,9 @@ from fleetpilot.policies.errors import UserError
 log = logging.getLogger("fleetpilot.lease")
 
 ERROR_KINDS = ("read", "acquire", "renew", "release")
+#: Every AWS action the daemon's side of the lease calls (docs/aws.md's IAM policy; a test records the calls).
+#: `fleetpilot lease create-table` also needs dynamodb:CreateTable and DescribeTable, once, as an operator.
+AWS_ACTIONS: tuple[str, ...] = ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem")
 #: Fraction of lease_seconds the holder stops writing before its lease could expire elsewhere.
 MARGIN_FRACTION = 0.25
 #: A standby reads the lease this many times per lease_seconds (at most every renew_seconds).

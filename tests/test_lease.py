@@ -271,3 +271,33 @@ def test_journal_of_schema_1_is_read_and_migrated(tmp_path: Path):
     db.close()
     Journal(p).close()  # opening a migrated journal again changes nothing
     assert len(read_decisions(p)) == 2
+
+
+def test_only_the_documented_dynamodb_actions_are_called(aws: MotoAws, table: str):
+    import json
+    import re
+
+    from fleetpilot.controller import lease as lease_mod
+
+    block = lease_block(aws, table)
+    ca, cb = ManualClock(), ManualClock()
+    a = Lease(LeaderElectionConfig(**block, holder_id="a"), CollectorRegistry(), clock=ca)
+    b = Lease(LeaderElectionConfig(**block, holder_id="b"), CollectorRegistry(), clock=cb)
+    called: list[str] = []
+    for x in (a, b):
+        x.client.meta.events.register("before-call.*.*", lambda model, **_: called.append(f"dynamodb:{model.name}"))
+    a.check_table()
+    a.step()  # PutItem
+    a.step()  # UpdateItem (renew)
+    b.step()  # GetItem
+    cb.t += 3.0
+    b.step()  # UpdateItem (take over)
+    b.release()
+    assert b.fence() is None
+    assert set(called) == set(lease_mod.AWS_ACTIONS)
+    # docs/aws.md grants them on the table's ARN only
+    text = (Path(__file__).parent.parent / "docs" / "aws.md").read_text()
+    (policy,) = [json.loads(b) for b in re.findall(r"```json\n(.*?)```", text, flags=re.S) if '"Statement"' in b]
+    (st,) = [s for s in policy["Statement"] if any(a.startswith("dynamodb:") for a in s["Action"])]
+    assert set(st["Action"]) == set(lease_mod.AWS_ACTIONS)
+    assert re.fullmatch(r"arn:aws:dynamodb:[a-z0-9-]+:\d{12}:table/[A-Za-z0-9_.-]+", st["Resource"])
