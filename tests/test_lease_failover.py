@@ -38,8 +38,6 @@ FLEETPILOT = str(Path(sys.executable).parent / "fleetpilot")
 LEASE_SECONDS = 3.0
 RENEW_SECONDS = 1.0
 INTERVAL_SECONDS = 1.0
-#: Time for the write request itself (the tick that writes, over HTTP, on a loaded 2-core machine).
-WRITE_SLACK_SECONDS = 0.5
 TRIALS = int(os.environ.get("FLEETPILOT_LEASE_TRIALS", "3"))
 MAX_SIZE = 5
 
@@ -267,7 +265,7 @@ def test_kill_9_of_the_leader_fails_over_without_double_writes(cluster):
     }
     print("LEASE-FAILOVER", json.dumps(report))
     assert double_writes == 0 and both == []
-    assert max(failovers) <= LEASE_SECONDS + INTERVAL_SECONDS + WRITE_SLACK_SECONDS, report
+    assert max(failovers) <= LEASE_SECONDS + INTERVAL_SECONDS, report
     # every holder wrote under its own token; every new holder had a larger one
     assert len(tokens) == TRIALS + 1
     assert all(len(ts) == 1 for ts in tokens.values()), tokens
