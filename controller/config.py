@@ -481,6 +481,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of fields at the top, found {type(data).__name__}")
+    bad = [k for k in data if not isinstance(k, str)]
+    if bad:  # `? ` or `1: x` at the top: a key that cannot name a field
+        raise ConfigError(f"{path}: expected field names at the top, found the key {bad[0]!r}")
     return data
 
 
@@ -622,4 +625,9 @@ def summary(cfg: DaemonConfig) -> str:
         f"{len(cfg.groups)} group{'s' if len(cfg.groups) != 1 else ''}: {'; '.join(parts)}; every "
         f"{cfg.interval_seconds:g} s ({mode}){'; DRY-RUN' if cfg.dry_run else ''}; "
         f"metrics on {cfg.server.host}:{cfg.server.port}; journal {cfg.journal_path}"
+        + (
+            f"; leader election on DynamoDB table {cfg.leader_election.table} ({cfg.leader_election.region})"
+            if cfg.leader_election is not None
+            else ""
+        )
     )

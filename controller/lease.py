@@ -77,7 +77,7 @@ def dynamodb_client(cfg: LeaderElectionConfig) -> Any:
 
     from fleetpilot.controller.aws_session import client
 
-    timeout = max(0.2, min(5.0, cfg.lease_seconds * MARGIN_FRACTION))
+    timeout = max(0.2, min(2.0, cfg.lease_seconds * MARGIN_FRACTION))
     config = Config(connect_timeout=timeout, read_timeout=timeout, retries={"max_attempts": 1, "mode": "standard"})
     return client("dynamodb", cfg.region, cfg.endpoint_url, config)
 
@@ -379,10 +379,11 @@ class Lease:
                 self.metrics.errors.labels("read").inc()
 
     def close(self, release: bool = True) -> None:
-        """Stop the rounds; release the lease when held (`release`)."""
+        """Stop the rounds; release the lease when held (`release`). A renewal still in flight cannot undo the
+        release (its condition names this holder, which the release clears)."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=10)
+            self._thread.join(timeout=2)
         if release:
             self.release()
 

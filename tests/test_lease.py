@@ -16,7 +16,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from fleetpilot.controller.cli import main
-from fleetpilot.controller.config import ConfigError, DaemonConfig, LeaderElectionConfig, load_config
+from fleetpilot.controller.config import ConfigError, DaemonConfig, LeaderElectionConfig, load_config, summary
 from fleetpilot.controller.daemon import Daemon
 from fleetpilot.controller.journal import Journal, JournalRow, read_decisions
 from fleetpilot.controller.lease import Lease, LeaseError
@@ -167,6 +167,7 @@ def test_config_validation_one_line(tmp_path: Path, aws: MotoAws):
     assert "\n" not in str(e.value)
     ok = load_config(write_config(tmp_path, "ok", leader_election={"table": "t-ok"}))
     assert ok.leader_election is not None and ok.leader_election.lease_seconds == 30
+    assert summary(ok).endswith("; leader election on DynamoDB table t-ok (us-east-1)")
     assert load_config(write_config(tmp_path, "none")).leader_election is None
 
 
