@@ -168,9 +168,11 @@ def cmd_decisions(args: argparse.Namespace) -> int:
         ("outcome", "outcome"),
         ("guards", "guards"),
     ]
+    if any(r.get("lease_token") is not None for r in rows):  # leader election: who decided, under which token
+        cols += [("holder", "lease_holder"), ("token", "lease_token")]
 
     def cell(r, key):
-        v = r[key]
+        v = r.get(key)
         if key == "guards":
             return ",".join(v) or "-"
         if key == "load_tpm":

@@ -200,7 +200,9 @@ def _daemon(tmp_path: Path, name: str, lease: Lease | None) -> Daemon:
     return Daemon(cfg, CollectorRegistry(), lease=lease)
 
 
-def test_holder_decides_as_a_daemon_without_lease_and_a_standby_only_keeps_history(aws: MotoAws, table: str, tmp_path):
+def test_holder_decides_as_a_daemon_without_lease_and_a_standby_only_keeps_history(
+    aws: MotoAws, table: str, tmp_path, capsys
+):
     block = lease_block(aws, table)
     plain = _daemon(tmp_path, "plain", None)
     assert plain.lease is None
@@ -225,6 +227,11 @@ def test_holder_decides_as_a_daemon_without_lease_and_a_standby_only_keeps_histo
     assert {(r["lease_holder"], r["lease_token"]) for r in p} == {(None, None)}
     assert {(r["lease_holder"], r["lease_token"]) for r in h} == {("h", 1)}
     assert read_decisions(tmp_path / "standby.sqlite", None, 100) == []  # decided nothing
+    assert main(["decisions", "--journal", str(tmp_path / "holder.sqlite"), "--last", "2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[-2:] == ["holder", "token"] and out[-1].split()[-2:] == ["h", "1"]
+    assert main(["decisions", "--journal", str(tmp_path / "plain.sqlite"), "--last", "2"]) == 0
+    assert "token" not in capsys.readouterr().out  # no lease, no lease columns
     warm = int(standby.batches[0].builder.count[0])  # but its history is as warm as the holder's
     assert warm >= 29 and warm == int(holder.batches[0].builder.count[0])
 
