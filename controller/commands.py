@@ -3,6 +3,7 @@
 fleetpilot run --config FILE [--dry-run] [--once] [--quiet]
 fleetpilot config check FILE
 fleetpilot decisions [--config FILE | --journal PATH] [--group G] [--last N] [--json]
+fleetpilot lease create-table --config FILE
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ def add_commands(sub) -> None:
     d.add_argument("--last", type=int, default=20, help="number of decisions (default 20)")
     d.add_argument("--json", action="store_true", help="one JSON object per line")
     d.set_defaults(func=cmd_decisions)
+
+    from fleetpilot.controller.lease import add_commands as add_lease_commands
+
+    add_lease_commands(sub)
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
@@ -105,6 +110,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             server.start()
             host, port = server.address
             log.info("serving /metrics, /healthz, /readyz", extra={"host": host, "port": port})
+        if daemon.lease is not None:  # a lease table that does not exist: one line, exit 2
+            daemon.lease.check_table()
+            daemon.lease.start()
         daemon.backfill()
         if args.once:
             outcome = daemon.run_tick()
@@ -166,9 +174,11 @@ def cmd_decisions(args: argparse.Namespace) -> int:
         ("outcome", "outcome"),
         ("guards", "guards"),
     ]
+    if any(r.get("lease_token") is not None for r in rows):  # leader election: who decided, under which token
+        cols += [("holder", "lease_holder"), ("token", "lease_token")]
 
     def cell(r, key):
-        v = r[key]
+        v = r.get(key)
         if key == "guards":
             return ",".join(v) or "-"
         if key == "load_tpm":

@@ -272,6 +272,33 @@ class GroupConfig(_Strict):
         return IMPLAUSIBLE_LOAD_FACTOR * self.max_machines * self.capacity_tpm_per_machine
 
 
+class LeaderElectionConfig(_Strict):
+    """A lease in DynamoDB: only its holder reads the groups, decides and writes (controller.lease)."""
+
+    table: str = Field(
+        min_length=3, max_length=255, pattern=r"^[A-Za-z0-9_.-]+$", description="the DynamoDB table of the lease"
+    )
+    lease_name: str = Field(
+        "fleetpilot", min_length=1, max_length=255, description="the lease's key: one per set of daemons"
+    )
+    region: str = Field("us-east-1", min_length=1)
+    endpoint_url: str | None = Field(None, description="override the DynamoDB endpoint (tests, VPC endpoints)")
+    lease_seconds: float = Field(30.0, ge=1, le=3600, description="how long a lease lasts without a renewal")
+    renew_seconds: float = Field(10.0, gt=0, le=1800, description="how often the holder renews it")
+    holder_id: str | None = Field(
+        None, min_length=1, max_length=255, description="this daemon's name in the lease; default host:pid"
+    )
+
+    @model_validator(mode="after")
+    def _renew_often(self) -> LeaderElectionConfig:
+        if not self.renew_seconds < self.lease_seconds / 2:
+            raise ValueError(
+                f"renew_seconds ({self.renew_seconds:g}) must be under half of lease_seconds "
+                f"({self.lease_seconds:g}): a renewal may fail once without losing the lease"
+            )
+        return self
+
+
 class DaemonConfig(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", case_sensitive=False
@@ -286,6 +313,9 @@ class DaemonConfig(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     server: ServerConfig = Field(default_factory=ServerConfig)
     groups: list[GroupConfig] = Field(min_length=1)
+    leader_election: LeaderElectionConfig | None = Field(
+        None, description="run as one of several daemons: only the holder of a DynamoDB lease writes"
+    )
 
     @field_validator("journal_path", mode="before")
     @classmethod
@@ -455,6 +485,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of fields at the top, found {type(data).__name__}")
+    bad = [k for k in data if not isinstance(k, str)]
+    if bad:  # `? ` or `1: x` at the top: a key that cannot name a field
+        raise ConfigError(f"{path}: expected field names at the top, found the key {bad[0]!r}")
     return data
 
 
@@ -598,4 +631,9 @@ def summary(cfg: DaemonConfig) -> str:
         f"{len(cfg.groups)} group{'s' if len(cfg.groups) != 1 else ''}: {'; '.join(parts)}; every "
         f"{cfg.interval_seconds:g} s ({mode}){'; DRY-RUN' if cfg.dry_run else ''}; "
         f"metrics on {cfg.server.host}:{cfg.server.port}; journal {cfg.journal_path}"
+        + (
+            f"; leader election on DynamoDB table {cfg.leader_election.table} ({cfg.leader_election.region})"
+            if cfg.leader_election is not None
+            else ""
+        )
     )

@@ -40,6 +40,7 @@ from fleetpilot.controller.clock import CLOCK_JUMP_SECONDS, Clock, JumpDetector,
 from fleetpilot.controller.config import DaemonConfig, masked_dump
 from fleetpilot.controller.guards import Action, Cause, DataStatus
 from fleetpilot.controller.journal import Journal, JournalRow
+from fleetpilot.controller.lease import Lease, keep_warm
 from fleetpilot.controller.logs import Streaks
 from fleetpilot.controller.metrics import Metrics
 from fleetpilot.controller.runtime import (
@@ -88,9 +89,11 @@ class Daemon:
         summary: bool = False,
         journal: Journal | None = None,
         out: TextIO | None = None,
+        lease: Lease | None = None,
     ):
-        """`sources`, `backends` (one per group), `policies` (by the groups' `policy` spec), `clock` and `journal`
-        replace what the config would make (tests, embedding). Dry-run is the config's (`cfg.with_dry_run`)."""
+        """`sources`, `backends` (one per group), `policies` (by the groups' `policy` spec), `clock`, `journal` and
+        `lease` replace what the config would make (tests, embedding). Dry-run is the config's (`cfg.with_dry_run`).
+        With `leader_election` in the config (or a `lease`), only the lease holder decides and writes."""
         self.cfg = cfg
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry, process=registry is None)
@@ -118,6 +121,10 @@ class Daemon:
         )
         for g in self.groups:
             self.metrics.init_group(g.name)
+        if lease is None and cfg.leader_election is not None:
+            lease = Lease(cfg.leader_election, self.registry)
+        self.lease = lease
+        self._fence: tuple[str, int] | None = None  #: (holder, token) of this tick's decisions under a lease
 
     # --- start -------------------------------------------------------------------------------------------
     def backfill(self) -> None:
@@ -188,6 +195,15 @@ class Daemon:
         now = Now.at(self.clock.now_seconds())
         self._check_clock(now.seconds)
         readings = self._read_sources(now)
+        if self.lease is not None:
+            self._fence = self.lease.fence()
+            if self._fence is None:  # a standby: keep the history warm, decide and write nothing
+                if not self.clock.simulated:
+                    for b in self.batches:
+                        self._fill_gaps(b, [readings[g.index] for g in b.groups])
+                keep_warm(self.batches, readings)
+                self.tick_no += 1
+                return TickOutcome.OK
         states = self._read_backends(now, readings)
         proposed = self._propose(readings, states)
         wall = datetime.now(UTC).isoformat(timespec="seconds")
@@ -359,6 +375,8 @@ class Daemon:
             load_tpm=load,
             load_minute=reading.sample.minute if reading.sample else None,
         )
+        if self._fence is not None:
+            row["lease_holder"], row["lease_token"] = self._fence
         if state is None:
             self.journal.add(JournalRow(**row, **_NO_STATE, guards=["hold:backend-error"]))
             self._summary(g, reading, None, None, "backend error")  # the journal says Outcome.ERROR
@@ -422,6 +440,9 @@ class Daemon:
             log.info(DRY_RUN_MARKER, extra={"group": g.name, "desired": capacity})
             self.metrics.dry_run_writes.labels(g.name).inc()
             return Outcome.DRY_RUN
+        if self._fence is not None and self.lease is not None and not self.lease.may_write(self._fence[1]):
+            log.warning("lease lost during the tick: not written", extra={"group": g.name, "desired": capacity})
+            return Outcome.FENCED
         g.backend.set_desired(capacity)
         return Outcome.WRITTEN
 
@@ -486,6 +507,8 @@ class Daemon:
             g.backend.interrupt()
 
     def close(self) -> None:
+        if self.lease is not None:  # after the last write: a standby may take over at once
+            self.lease.close()
         if self._pool is not None:
             self._pool.shutdown(wait=False)
         self.journal.close()
@@ -547,6 +570,8 @@ def run_forever(daemon: Daemon, stop: threading.Event) -> None:
         timezone=UTC, job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
     )
     sched.add_listener(lambda ev: daemon.metrics.ticks.labels("skipped").inc(), EVENT_JOB_MAX_INSTANCES)
+    if daemon.lease is not None:  # a standby that wins the lease decides at once, not at the next tick
+        daemon.lease.on_acquired = lambda: sched.add_job(daemon.run_tick, id="takeover", replace_existing=True)
     sched.add_job(
         daemon.run_tick, IntervalTrigger(seconds=interval, start_date=start), id="tick", name="fleetpilot tick"
     )

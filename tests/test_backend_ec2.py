@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from fleetpilot.controller import lease
 from fleetpilot.controller.backends import ec2_asg
 from fleetpilot.controller.backends.base import Backend, BackendError, GroupState
 from fleetpilot.controller.backends.ec2_asg import Ec2AsgBackend, backoff_seconds, count_instances
@@ -231,7 +232,7 @@ def test_docs_iam_policy_grants_exactly_the_actions_used() -> None:
         assert statement["Effect"] == "Allow"
         actions = statement["Action"]
         granted |= set([actions] if isinstance(actions, str) else actions)
-    assert granted == set(ec2_asg.AWS_ACTIONS) | set(cloudwatch.AWS_ACTIONS)
+    assert granted == set(ec2_asg.AWS_ACTIONS) | set(cloudwatch.AWS_ACTIONS) | set(lease.AWS_ACTIONS)
     assert not any("*" in action for action in granted)
     writes = [s for s in statements if "autoscaling:SetDesiredCapacity" in s["Action"]]
     assert len(writes) == 1 and writes[0]["Resource"] != "*", "the write is scoped to the group's ARN"

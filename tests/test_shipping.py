@@ -247,7 +247,8 @@ def test_values_yaml_validates_against_schema(schema, values):
 
 G = "config.groups.0"
 BAD_VALUES = [
-    ("replicaCount", 2, "greater than the maximum of 1"),
+    ("replicaCount", 2, "'leader_election' is a required property"),  # two writers without a lease
+    ("replicaCount", 4, "greater than the maximum of 3"),
     ("replicaCount", -1, "less than the minimum of 0"),
     (f"{G}.min_machines", -1, "less than the minimum of 0"),
     (f"{G}.max_machines", 0, "less than the minimum of 1"),
@@ -307,6 +308,33 @@ def test_bad_values_are_rejected(schema, values, path, value, reason):
     errors = _errors(schema, bad)
     assert errors, f"schema accepted {path}={value!r}"
     assert any(reason in e for e in errors), f"{path}={value!r} rejected for another reason: {errors}"
+
+
+LEASE = {"table": "fleetpilot-lease", "region": "us-east-1", "lease_seconds": 30, "renew_seconds": 10}
+
+
+def test_two_replicas_need_leader_election(schema, values):
+    two = copy.deepcopy(values)
+    two["replicaCount"] = 2
+    assert any("'leader_election' is a required property" in e for e in _errors(schema, two))
+    two["config"]["leader_election"] = None  # rendered as null: no lease
+    assert any("is not of type 'object'" in e for e in _errors(schema, two))
+    two["config"]["leader_election"] = dict(LEASE)
+    assert _errors(schema, two) == []
+    two["persistence"]["enabled"] = True  # one ReadWriteOnce journal volume cannot serve two pods
+    assert any("False was expected" in e for e in _errors(schema, two))
+    one = copy.deepcopy(values)
+    one["config"]["leader_election"] = {**LEASE, "lease_time": 30}
+    assert any("'lease_time' was unexpected" in e for e in _errors(schema, one))
+    one["config"]["leader_election"] = {"region": "us-east-1"}
+    assert any("'table' is a required property" in e for e in _errors(schema, one))
+
+
+def test_chart_config_with_leader_election_loads_with_the_daemon(daemon_config, values, tmp_path):
+    f = tmp_path / "config.yaml"
+    f.write_text(yaml.safe_dump({**values["config"], "leader_election": LEASE}), encoding="utf-8")
+    cfg = daemon_config.load_config(f)
+    assert cfg.leader_election is not None and cfg.leader_election.table == "fleetpilot-lease"
 
 
 def test_good_variations_are_accepted(schema, values):
@@ -472,7 +500,13 @@ def test_template_static_yaml_parses():
 
 def test_deployment_template_contract():
     d = (TEMPLATES / "deployment.yaml").read_text(encoding="utf-8")
-    assert re.search(r"strategy:\s*\n\s*type: Recreate", d), "Recreate: never two writers"
+    strategy = d.split("strategy:", 1)[1].split("revisionHistoryLimit", 1)[0]
+    # Recreate (never two writers) unless leader election makes the second pod a standby
+    assert re.search(
+        r'if and \(get \.Values\.config "leader_election"\) \(not \.Values\.persistence\.enabled\)', strategy
+    )
+    assert re.search(r"type: RollingUpdate\s*\n\s*rollingUpdate:\s*\n\s*maxSurge: 1\s*\n\s*maxUnavailable: 0", strategy)
+    assert re.search(r"else \}\}\s*\n\s*type: Recreate\s*\n\s*\{\{- end", strategy), "Recreate: never two writers"
     assert re.search(r"livenessProbe:\s*\n\s*httpGet:\s*\n\s*path: /healthz", d)
     assert re.search(r"readinessProbe:\s*\n\s*httpGet:\s*\n\s*path: /readyz", d)
     assert "checksum/config:" in d and "sha256sum" in d
