@@ -7,7 +7,9 @@ import json
 import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from fleetpilot.policies.errors import CliError
 from fleetpilot.policies.registry import RULE_NAMES
@@ -358,65 +360,106 @@ def split_history(load, split: tuple[float, float, float], path, split_text: str
 CHECK_SEEDS, CHECK_MINUTES = (3000, 3001), 2000
 
 
-def cmd_train(args) -> int:
-    import dataclasses
+@dataclass
+class TrainData:
+    """What `cmd_train` trains, chooses and reports on: the training loads (a sampler over the training parts of
+    the traces, or None for the synthetic generator), validation runs, test runs and what the manifest records."""
 
-    from fleetpilot.policies.registry import TRAIN_BASELINES, make_policy
-    from fleetpilot.sim.load import Augment, read_trace
-    from fleetpilot.training.backtest import backtest, format_table, synthetic_run
-    from fleetpilot.training.env import LoadSampler
-    from fleetpilot.training.export import write_model
-    from fleetpilot.training.ppo import CheckpointError, TorchPolicy, train, validation_runs
+    cfg: Any
+    sampler: Any
+    val_runs: list
+    test_runs: list
+    loads_info: list[dict]
+
+
+def cmd_train(args) -> int:
+    from fleetpilot.training.ppo import CheckpointError, train
 
     cfg, fleet = _train_config(args.config, args)
     split = parse_split(args.split)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CliError(f"--out {out}: exists and is not a directory")
-    sampler, val_runs, test_runs, loads_info = None, None, [], []
-    if args.trace:
-        train_parts, val_runs = [], []
-        for path in args.trace:
-            load = read_trace(path, fill_gaps=args.fill_gaps)
-            if args.peak_tpm is not None:
-                load = load.rescaled(args.peak_tpm)
-            part, val_run, test_run, info = split_history(load, split, path, args.split)
-            train_parts.append(part)
-            val_runs.append(val_run)
-            test_runs.append(test_run)
-            loads_info.append({"trace": str(path), "minutes": load.minutes, "peak_tpm": args.peak_tpm, **info})
-        episode = min(cfg.episode_minutes, min(t.minutes for t in train_parts) - 1)
-        cfg = dataclasses.replace(cfg, episode_minutes=episode)
-        sampler = LoadSampler(traces=train_parts, augment=Augment(), max_load_tpm=fleet.max_load_tpm)
-    else:
-        val_runs = validation_runs(cfg)
-        test_seeds = parse_seeds(args.test_seeds)
-        if set(test_seeds) & set(cfg.eval_seeds):
-            raise CliError(f"--test-seeds {args.test_seeds}: overlap the validation seeds {list(cfg.eval_seeds)}")
-        args.test_minutes = args.test_minutes or cfg.eval_minutes
-        test_runs = [synthetic_run(s, args.test_minutes) for s in test_seeds]
+    data = _trace_data(args, cfg, fleet, split) if args.trace else _synthetic_data(args, cfg)
     t0 = time.perf_counter()
     budget = args.budget_minutes * 60 if args.budget_minutes else None
     try:
         result = train(
-            cfg, out, sampler=sampler, fleet=fleet, val_runs=val_runs, budget_seconds=budget, resume=not args.no_resume
+            data.cfg,
+            out,
+            sampler=data.sampler,
+            fleet=fleet,
+            val_runs=data.val_runs,
+            budget_seconds=budget,
+            resume=not args.no_resume,
         )
     except CheckpointError as exc:
         raise CliError(str(exc)) from None
-    seconds = time.perf_counter() - t0
+    _report_and_write(args, data, fleet, result, out, split, time.perf_counter() - t0)
+    return 0
+
+
+def _trace_data(args, cfg, fleet, split) -> TrainData:
+    """Each trace split by time: training part (sampled in episodes), validation run, test run."""
+    import dataclasses
+
+    from fleetpilot.sim.load import Augment, read_trace
+    from fleetpilot.training.env import LoadSampler
+
+    train_parts, val_runs, test_runs, loads_info = [], [], [], []
+    for path in args.trace:
+        load = read_trace(path, fill_gaps=args.fill_gaps)
+        if args.peak_tpm is not None:
+            load = load.rescaled(args.peak_tpm)
+        part, val_run, test_run, info = split_history(load, split, path, args.split)
+        train_parts.append(part)
+        val_runs.append(val_run)
+        test_runs.append(test_run)
+        loads_info.append({"trace": str(path), "minutes": load.minutes, "peak_tpm": args.peak_tpm, **info})
+    episode = min(cfg.episode_minutes, min(t.minutes for t in train_parts) - 1)
+    cfg = dataclasses.replace(cfg, episode_minutes=episode)
+    sampler = LoadSampler(traces=train_parts, augment=Augment(), max_load_tpm=fleet.max_load_tpm)
+    return TrainData(cfg, sampler, val_runs, test_runs, loads_info)
+
+
+def _synthetic_data(args, cfg) -> TrainData:
+    """The seed's generator: validation seeds from the config, test seeds from --test-seeds (disjoint)."""
+    from fleetpilot.training.backtest import synthetic_run
+    from fleetpilot.training.ppo import validation_runs
+
+    test_seeds = parse_seeds(args.test_seeds)
+    if set(test_seeds) & set(cfg.eval_seeds):
+        raise CliError(f"--test-seeds {args.test_seeds}: overlap the validation seeds {list(cfg.eval_seeds)}")
+    args.test_minutes = args.test_minutes or cfg.eval_minutes
+    info = {
+        "synthetic": "seed generator",
+        "validation_seeds": list(cfg.eval_seeds),
+        "test_seeds": test_seeds,
+        "test_minutes": args.test_minutes,
+    }
+    test_runs = [synthetic_run(s, args.test_minutes) for s in test_seeds]
+    return TrainData(cfg, None, validation_runs(cfg), test_runs, [info])
+
+
+def _report_and_write(args, data: TrainData, fleet, result, out: Path, split, seconds: float) -> None:
+    """Score the exported actor next to the baselines on validation, test and the fixed check case; print the
+    test report with the command that reproduces it; write the model and its manifest."""
+    import dataclasses
+
     import torch
+
+    from fleetpilot.policies.registry import TRAIN_BASELINES, make_policy
+    from fleetpilot.training.backtest import backtest, format_table, synthetic_run
+    from fleetpilot.training.export import write_model
+    from fleetpilot.training.ppo import TorchPolicy
 
     # the reports decide a few rows at a time: one thread (two spend milliseconds per layer in thread hand-offs
     # on a busy machine)
     torch.set_num_threads(1)
     learned = TorchPolicy(result.agent, result.mapping, name=args.name)
-    pols = {
-        args.name: learned,
-        **{name: make_policy(name) for name in TRAIN_BASELINES},
-        "oracle": None,
-    }
-    val_report = backtest(val_runs, pols, fleet)
-    report = backtest(test_runs, pols, fleet, forecast=True)
+    pols = {args.name: learned, **{name: make_policy(name) for name in TRAIN_BASELINES}, "oracle": None}
+    val_report = backtest(data.val_runs, pols, fleet)
+    report = backtest(data.test_runs, pols, fleet, forecast=True)
     check = backtest([synthetic_run(s, CHECK_MINUTES) for s in CHECK_SEEDS], pols, fleet)
     what = "the test part of each trace" if args.trace else f"test seeds {args.test_seeds}"
     print(f"test: {what} (never seen in training or validation)")
@@ -425,20 +468,12 @@ def cmd_train(args) -> int:
     print(f"reproduce these test figures with:\n  {reproduce}")
     command = "fleetpilot train " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["train"] else None
     training_info = {
-        "ppo": dataclasses.asdict(cfg),
+        "ppo": dataclasses.asdict(data.cfg),
         "steps": result.steps,
         "seconds": round(seconds, 1),
         "start_rule": result.start_rule,
         "selected_update": result.selected_update,
-        "loads": loads_info
-        or [
-            {
-                "synthetic": "seed generator",
-                "validation_seeds": list(cfg.eval_seeds),
-                "test_seeds": parse_seeds(args.test_seeds),
-                "test_minutes": args.test_minutes,
-            }
-        ],
+        "loads": data.loads_info,
         "command": command,
         "test": {
             "runs": [r["load"] for r in report.runs],
@@ -456,7 +491,6 @@ def cmd_train(args) -> int:
     validation = {"runs": [r["load"] for r in val_report.runs], "summary": val_report.summary}
     manifest = write_model(result.agent, result.mapping, out, args.name, fleet.model_dump(), training_info, validation)
     print(f"wrote {out / 'policy.onnx'} and {manifest}")
-    return 0
 
 
 def cmd_policies_list(args) -> int:
