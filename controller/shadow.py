@@ -368,13 +368,15 @@ class ShadowBook:
         for s in bs.shadows:
             if s.policy is None:
                 continue
-            new = s.rows & have & ~s.started
-            if new.any():  # start from the live fleet as it is now
-                s.fleet.start(new, live_active, live_warming)
-                s.desired[new] = (live_active + live_warming)[new]
-                s.started |= new
             s.fleet.step(np.where(s.started, s.desired, s.fleet.active + s.fleet.warming))
+            new = s.rows & have & ~s.started
+            if new.any():  # start from the live fleet as it is now (after this minute's step)
+                s.fleet.start(new, live_active, live_warming)
+                s.desired[new] = np.array([x.desired if x else 0 for x in st], dtype=np.int64)[new]
+                s.started |= new
             self._add(s.entries, s.rows & s.started & current, s.fleet.active, load, bs)
+            listed = s.rows & s.started
+            self.desired[s.entries[listed]] = s.desired[listed]  # what it holds, unless it answers below
             active, warming = s.fleet.active, s.fleet.warming
             try:
                 answer = np.asarray(s.policy.decide(with_machines(obs, active, warming)).desired)
@@ -399,7 +401,6 @@ class ShadowBook:
             self.errors[s.entries[s.rows & s.started & ok & ~usable]] += 1
             guarded = guard(answer, active, warming, bs.guards, s.stab, now_minute, own_lo, own_hi, use)
             s.desired = np.where(use, guarded, s.desired)
-            listed = s.rows & s.started
             self.desired[s.entries[listed]] = s.desired[listed]
 
     # --- reading -----------------------------------------------------------------------------------------
