@@ -259,7 +259,7 @@ def _shadow_table(shadows: list[dict[str, Any]], policy: str) -> str:
     )
     rows = []
     for s in shadows:
-        name = f"live: {policy} (written)" if s["live"] else s["policy"]
+        name = f"live: {policy}" if s["live"] else s["policy"]
         note = f' <span class="badge fault">{_e(s["unavailable"])}</span>' if s["unavailable"] else ""
         rows.append(
             f'<tr class="{"live" if s["live"] else "shadow"}"><td>{_e(name)}{note}</td><td>{_num(s["desired"])}</td>'
