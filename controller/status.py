@@ -214,26 +214,44 @@ class StatusBoard:
             self.forecast[:, slots] = np.nan
 
     # --- reading -------------------------------------------------------------------------------------------
-    def snapshot(self, rows: Sequence[int], step: int) -> dict[str, Any]:
+    def snapshot(self, rows: Sequence[int], step: int, decisions: int = DECISIONS) -> dict[str, Any]:
         """The series of groups `rows` (oldest minute first, `step`-minute means, NaN where nothing was recorded)
-        and their decisions (oldest first), copied under the lock."""
+        and their last `decisions` decisions (oldest first), copied under the lock."""
         with self._lock:
             last = self.last_minute
             if last is None:
-                return {"last_minute": None, "series": None, "decisions": [[] for _ in rows], "ticks": self.ticks}
-            order = (np.arange(self.size) + last + 1) % self.size
+                return {
+                    "last_minute": None,
+                    "series": None,
+                    "shadow_series": {},
+                    "decisions": [[] for _ in rows],
+                    "ticks": self.ticks,
+                }
+            start = (last + 1) % self.size
             idx = np.asarray(rows, dtype=np.int64)
-            take = np.ix_(idx, order)
+            every = len(idx) == len(self.groups) and bool((idx == np.arange(len(idx))).all())
+
+            def oldest_first(a: np.ndarray) -> np.ndarray:
+                part = a if every else a[idx]
+                return np.concatenate([part[:, start:], part[:, :start]], axis=1)
+
             series = {
-                "load_tpm": self.load[take].astype(np.float64),
-                "active": _machines(self.active[take]),
-                "warming": _machines(self.warming[take]),
-                "desired": _machines(self.desired[take]),
+                "load_tpm": oldest_first(self.load),
+                "active": _machines(oldest_first(self.active)),
+                "warming": _machines(oldest_first(self.warming)),
+                "desired": _machines(oldest_first(self.desired)),
             }
             if self.forecast is not None:
-                series["forecast_tpm"] = self.forecast[take].astype(np.float64)
-            shadows = {int(i): _machines(self.shadow[int(i)][:, order]) for i in idx if int(i) in self.shadow}
-            decisions = [list(self.decisions[int(i)]) for i in idx]
+                series["forecast_tpm"] = oldest_first(self.forecast)
+            shadows = {
+                int(i): _machines(
+                    np.concatenate([self.shadow[int(i)][:, start:], self.shadow[int(i)][:, :start]], axis=1)
+                )
+                for i in idx
+                if int(i) in self.shadow
+            }
+            kept = [self.decisions[int(i)] for i in idx]
+            decided = [list(d)[-decisions:] if decisions < len(d) else list(d) for d in kept]
             ticks = self.ticks
         out = {k: _bucket_mean(v, step) for k, v in series.items()}
         return {
@@ -242,7 +260,7 @@ class StatusBoard:
             "step": step,
             "series": out,
             "shadow_series": {i: _bucket_mean(v, step) for i, v in shadows.items()},
-            "decisions": decisions,
+            "decisions": decided,
             "ticks": ticks,
         }
 
@@ -255,7 +273,7 @@ class StatusBoard:
 
 
 def _machines(a: np.ndarray) -> np.ndarray:
-    out = a.astype(np.float64)
+    out = a.astype(np.float32)
     out[a == _NO] = np.nan
     return out
 
@@ -267,7 +285,7 @@ def _bucket_mean(a: np.ndarray, step: int) -> np.ndarray:
     n, m = a.shape
     pad = (-m) % step
     if pad:
-        a = np.concatenate([np.full((n, pad), np.nan), a], axis=1)
+        a = np.concatenate([np.full((n, pad), np.nan, dtype=a.dtype), a], axis=1)
     b = a.reshape(n, -1, step)
     ok = ~np.isnan(b)
     cnt = ok.sum(axis=2)

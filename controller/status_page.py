@@ -16,7 +16,6 @@ import base64
 import hashlib
 import html
 import json
-import math
 import re
 import urllib.parse
 from datetime import UTC, datetime
@@ -24,10 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from fleetpilot.controller.status import DECISION_FIELDS, StatusBoard
+from fleetpilot.controller.status import DECISION_FIELDS, DECISIONS, StatusBoard
 
 #: Minutes per chart point when the page shows every group (one group: every minute).
-OVERVIEW_STEP = 4
+OVERVIEW_STEP = 10
+#: Decisions per group when the page (or the JSON twin) shows every group (one group: DECISIONS).
+OVERVIEW_DECISIONS = 5
 #: A value of `group` that could never name a group (the config's pattern, see GroupConfig.name).
 _GROUP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _QUERY_KEYS = ("group",)
@@ -81,8 +82,12 @@ def parse_query(board: StatusBoard, query: str) -> int | None:
 
 # --- the data --------------------------------------------------------------------------------------------
 def _floats(a: np.ndarray, digits: int) -> list[float | None]:
-    r = np.round(a, digits)
-    return [None if math.isnan(v) else v for v in r.tolist()]
+    """A JSON-ready list: rounded floats, None where NaN."""
+    r = np.round(np.asarray(a, dtype=np.float64), digits)
+    out: list[float | None] = r.tolist()
+    for j in np.flatnonzero(np.isnan(r)).tolist():
+        out[j] = None
+    return out
 
 
 def _decision(t: tuple) -> dict[str, Any]:
@@ -112,70 +117,76 @@ def _state(board: StatusBoard, i: int, last: tuple | None) -> dict[str, Any]:
     }
 
 
-def groups_data(board: StatusBoard, only: int | None) -> dict[str, Any]:
-    """The JSON twin: every group (or one), with state, series, decisions and shadows."""
-    rows = list(range(len(board.groups))) if only is None else [only]
-    step = 1 if only is not None else OVERVIEW_STEP
-    snap = board.snapshot(rows, step)
+def _view(board: StatusBoard, only: int | None) -> tuple[list[int], int, dict[str, Any]]:
+    """The groups shown, the minutes per point and the board's snapshot of them."""
+    if only is None:
+        rows, step, keep = list(range(len(board.groups))), OVERVIEW_STEP, OVERVIEW_DECISIONS
+    else:
+        rows, step, keep = [only], 1, DECISIONS
+    return rows, step, board.snapshot(rows, step, keep)
+
+
+def _group(board: StatusBoard, snap: dict[str, Any], step: int, k: int, i: int) -> dict[str, Any]:
+    """One group of the JSON twin: state, series, decisions (newest first) and shadows."""
+    g = board.groups[i]
+    decisions = snap["decisions"][k]
+    last = decisions[-1] if decisions else None
+    series: dict[str, Any] | None = None
+    if snap["series"] is not None:
+        s = snap["series"]
+        series = {
+            "start_minute": snap["start_minute"],
+            "step_minutes": step,
+            "load_tpm": _floats(s["load_tpm"][k], 1),
+            "active": _floats(s["active"][k], 2),
+            "warming": _floats(s["warming"][k], 2),
+            "desired": _floats(s["desired"][k], 2),
+        }
+        if "forecast_tpm" in s:
+            series["forecast_tpm"] = _floats(s["forecast_tpm"][k], 1)
+            series["forecast_shift_minutes"] = g.warmup_minutes
+        sh = snap["shadow_series"].get(i)
+        if sh is not None:
+            series["shadows"] = {p: _floats(sh[j], 2) for j, p in enumerate(g.shadow_policies)}
     book = board.economics
-    out = []
-    for k, i in enumerate(rows):
-        g = board.groups[i]
-        decisions = snap["decisions"][k]
-        last = decisions[-1] if decisions else None
-        series: dict[str, Any] | None = None
-        if snap["series"] is not None:
-            s = snap["series"]
-            series = {
-                "start_minute": snap["start_minute"],
-                "step_minutes": step,
-                "load_tpm": _floats(s["load_tpm"][k], 1),
-                "active": _floats(s["active"][k], 2),
-                "warming": _floats(s["warming"][k], 2),
-                "desired": _floats(s["desired"][k], 2),
-            }
-            if "forecast_tpm" in s:
-                series["forecast_tpm"] = _floats(s["forecast_tpm"][k], 1)
-                series["forecast_shift_minutes"] = g.warmup_minutes
-            sh = snap["shadow_series"].get(i)
-            if sh is not None:
-                series["shadows"] = {p: _floats(sh[j], 2) for j, p in enumerate(g.shadow_policies)}
-        out.append(
-            {
-                "name": g.name,
-                "policy": g.policy,
-                "fallback_policy": g.fallback_policy,
-                "min_machines": g.min_machines,
-                "max_machines": g.max_machines,
-                "capacity_tpm_per_machine": g.capacity_tpm_per_machine,
-                "warmup_minutes": g.warmup_minutes,
-                "source": g.source,
-                "backend": g.backend,
-                "state": _state(board, i, last),
-                "now": None
-                if last is None
-                else {
-                    "minute": last[0],
-                    "load_tpm": last[2],
-                    "active": last[5],
-                    "warming": last[6],
-                    "desired": last[12],
-                },
-                "series": series,
-                "decisions": [_decision(t) for t in reversed(decisions)],  # newest first
-                "shadow_policies": list(g.shadow_policies),
-                "shadows": book.group_summary(i) if book is not None else [],
-            }
-        )
     return {
-        "daemon": {
-            "dry_run": board.dry_run,
-            "clock": board.clock,
-            "interval_seconds": board.interval_seconds,
-            "ticks": snap["ticks"],
-            "last_minute": snap["last_minute"],
-        },
-        "groups": out,
+        "name": g.name,
+        "policy": g.policy,
+        "fallback_policy": g.fallback_policy,
+        "min_machines": g.min_machines,
+        "max_machines": g.max_machines,
+        "capacity_tpm_per_machine": g.capacity_tpm_per_machine,
+        "warmup_minutes": g.warmup_minutes,
+        "source": g.source,
+        "backend": g.backend,
+        "state": _state(board, i, last),
+        "now": None
+        if last is None
+        else {"minute": last[0], "load_tpm": last[2], "active": last[5], "warming": last[6], "desired": last[12]},
+        "series": series,
+        "decisions": [_decision(t) for t in reversed(decisions)],
+        "shadow_policies": list(g.shadow_policies),
+        "shadows": book.group_summary(i) if book is not None else [],
+    }
+
+
+def _daemon(board: StatusBoard, snap: dict[str, Any], groups: int) -> dict[str, Any]:
+    return {
+        "dry_run": board.dry_run,
+        "clock": board.clock,
+        "interval_seconds": board.interval_seconds,
+        "ticks": snap["ticks"],
+        "last_minute": snap["last_minute"],
+        "groups": groups,
+    }
+
+
+def groups_data(board: StatusBoard, only: int | None) -> dict[str, Any]:
+    """The JSON twin as one dict (every group, or one)."""
+    rows, step, snap = _view(board, only)
+    return {
+        "daemon": _daemon(board, snap, len(board.groups)),
+        "groups": [_group(board, snap, step, k, i) for k, i in enumerate(rows)],
     }
 
 
@@ -185,12 +196,19 @@ def _json(code: int, data: Any) -> Response:
     return code, "application/json", body, {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 
 
+def _dumps(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"), allow_nan=False)
+
+
 def api_groups(board: StatusBoard, query: str) -> Response:
     try:
         only = parse_query(board, query)
     except QueryError as exc:
         return _json(exc.code, {"error": str(exc)})
-    return _json(200, groups_data(board, only))
+    rows, step, snap = _view(board, only)  # one group at a time: a small peak of Python objects
+    parts = [_dumps(_group(board, snap, step, k, i)) for k, i in enumerate(rows)]
+    body = f'{{"daemon":{_dumps(_daemon(board, snap, len(board.groups)))},"groups":[{",".join(parts)}]}}'
+    return 200, "application/json", body.encode(), {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 
 
 def page(board: StatusBoard, query: str) -> Response:
@@ -198,8 +216,15 @@ def page(board: StatusBoard, query: str) -> Response:
         only = parse_query(board, query)
     except QueryError as exc:
         return _html(exc.code, _document(f"fleetpilot: {exc.code}", f'<p class="error">{_e(str(exc))}</p>', None))
-    data = groups_data(board, only)
-    return _html(200, _document("fleetpilot status", _body(data, only is not None), _chart_data(data)))
+    rows, step, snap = _view(board, only)
+    daemon = _daemon(board, snap, len(board.groups))
+    cards, charts = [], []
+    for k, i in enumerate(rows):  # one group at a time: a small peak of Python objects
+        g = _group(board, snap, step, k, i)
+        cards.append(_card(g, k, only is not None))
+        charts.append(_embed({"capacity": g["capacity_tpm_per_machine"], "series": g["series"]}))
+    body = _header(daemon, len(rows)) + "<main>" + ("".join(cards) or "<p>no groups</p>") + "</main>"
+    return _html(200, _document("fleetpilot status", body, '{"groups":[' + ",".join(charts) + "]}"))
 
 
 # --- HTML ------------------------------------------------------------------------------------------------
@@ -210,9 +235,12 @@ def _e(v: Any) -> str:
 def _num(v: Any, digits: int = 0) -> str:
     if v is None:
         return "-"
-    if isinstance(v, float):
-        return f"{v:,.{digits}f}"
-    return f"{v:,}" if isinstance(v, int) else _e(v)
+    t = type(v)
+    if t is int:
+        return str(v)
+    if t is float:
+        return f"{v:.{digits}f}"
+    return _e(v)
 
 
 _TIMES: dict[int, str] = {}
@@ -273,7 +301,7 @@ def _shadow_table(shadows: list[dict[str, Any]], policy: str) -> str:
     )
 
 
-def _decisions_table(g: dict[str, Any], open_: bool) -> str:
+def _decisions_table(g: dict[str, Any], open_: bool, link: str) -> str:
     ds = g["decisions"]
     shadow_cols = "".join(f"<th>shadow {_e(p)}</th>" for p in g["shadow_policies"])
     head = (
@@ -292,53 +320,47 @@ def _decisions_table(g: dict[str, Any], open_: bool) -> str:
             f"<td>{_num(d['fallback_desired'])}</td><td>{_e(', '.join(d['guards']) or '-')}</td>"
             f"<td>{_num(d['final'])}</td><td>{_e(d['outcome'])}</td>{cells}</tr>"
         )
+    more = (
+        "" if open_ else f'<p class="more"><a href="{_e(link)}">last {DECISIONS} decisions, one point a minute</a></p>'
+    )
     return (
         f"<details{' open' if open_ else ''}><summary>last {len(ds)} decisions (newest first)</summary>"
-        f'<table class="decisions">{head}{"".join(rows)}</table></details>'
+        f'<table class="decisions">{head}{"".join(rows)}</table></details>{more}'
     )
 
 
-def _body(data: dict[str, Any], single: bool) -> str:
-    dm = data["daemon"]
-    top = [
-        '<header><h1><a href="/">fleetpilot</a></h1>',
-        '<span class="badge dry">DRY-RUN: no group is written</span>' if dm["dry_run"] else "",
-        f'<span class="meta">{len(data["groups"])} group{"s" if len(data["groups"]) != 1 else ""} · '
-        f"{_e(dm['clock'])} clock · every {dm['interval_seconds']:g} s · {dm['ticks']} ticks · "
-        f'last minute {_e(_time(dm["last_minute"]))} UTC · <a href="/api/groups">JSON</a> · '
-        '<a href="/metrics">metrics</a></span></header>',
-    ]
-    parts = ["".join(top), "<main>"]
-    for k, g in enumerate(data["groups"]):
-        st, now = g["state"], g["now"] or {}
-        link = "/?" + urllib.parse.urlencode({"group": g["name"]})
-        shadows = f" · shadows {_e(', '.join(g['shadow_policies']))}" if g["shadow_policies"] else ""
-        parts.append(
-            f'<section class="group" id="group-{k}"><h2><a href="{_e(link)}">{_e(g["name"])}</a>{_badges(st)}</h2>'
-            f'<p class="facts">policy <b>{_e(g["policy"])}</b> (fallback {_e(g["fallback_policy"])}) · '
-            f"{g['min_machines']}..{g['max_machines']} machines of {g['capacity_tpm_per_machine']:g} tpm · "
-            f"warm-up {g['warmup_minutes']} min · {_e(g['source'])} → {_e(g['backend'])}{shadows}</p>"
-            f'<p class="now">load <b>{_num(now.get("load_tpm"))}</b> tpm · active <b>{_num(now.get("active"))}</b>'
-            f" · warming <b>{_num(now.get('warming'))}</b> · desired <b>{_num(now.get('desired'))}</b>"
-            f" · outcome {_e(st.get('outcome', '-'))}</p>"
-            f'<figure><svg class="chart" data-index="{k}" data-points="0" viewBox="0 0 960 260" role="img">'
-            f"<title>{_e(g['name'])}: load, machines and forecast, last 24 hours</title></svg>"
-            f'<figcaption class="legend" data-index="{k}"></figcaption></figure>'
-            f"{_shadow_table(g['shadows'], g['policy'])}{_decisions_table(g, single)}</section>"
-        )
-    if not data["groups"]:
-        parts.append("<p>no groups</p>")
-    parts.append("</main>")
-    return "".join(parts)
-
-
-def _chart_data(data: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "groups": [
-            {"capacity": g["capacity_tpm_per_machine"], "series": g["series"], "name": g["name"]}
-            for g in data["groups"]
+def _header(dm: dict[str, Any], shown: int) -> str:
+    return "".join(
+        [
+            '<header><h1><a href="/">fleetpilot</a></h1>',
+            '<span class="badge dry">DRY-RUN: no group is written</span>' if dm["dry_run"] else "",
+            f'<span class="meta">{shown} of {dm["groups"]} group{"s" if dm["groups"] != 1 else ""} · '
+            f"{_e(dm['clock'])} clock · every {dm['interval_seconds']:g} s · {dm['ticks']} ticks · "
+            f'last minute {_e(_time(dm["last_minute"]))} UTC · <a href="/api/groups">JSON</a> · '
+            '<a href="/metrics">metrics</a></span></header>',
         ]
-    }
+    )
+
+
+def _card(g: dict[str, Any], k: int, single: bool) -> str:
+    st, now = g["state"], g["now"] or {}
+    link = "/?" + urllib.parse.urlencode({"group": g["name"]})
+    shadows = f" · shadows {_e(', '.join(g['shadow_policies']))}" if g["shadow_policies"] else ""
+    step = g["series"]["step_minutes"] if g["series"] else 1
+    per = "one point a minute" if step == 1 else f"{step}-minute means"
+    return (
+        f'<section class="group" id="group-{k}"><h2><a href="{_e(link)}">{_e(g["name"])}</a>{_badges(st)}</h2>'
+        f'<p class="facts">policy <b>{_e(g["policy"])}</b> (fallback {_e(g["fallback_policy"])}) · '
+        f"{g['min_machines']}..{g['max_machines']} machines of {g['capacity_tpm_per_machine']:g} tpm · "
+        f"warm-up {g['warmup_minutes']} min · {_e(g['source'])} → {_e(g['backend'])}{shadows}</p>"
+        f'<p class="now">load <b>{_num(now.get("load_tpm"))}</b> tpm · active <b>{_num(now.get("active"))}</b>'
+        f" · warming <b>{_num(now.get('warming'))}</b> · desired <b>{_num(now.get('desired'))}</b>"
+        f" · outcome {_e(st.get('outcome', '-'))}</p>"
+        f'<figure><svg class="chart" data-index="{k}" data-points="0" viewBox="0 0 960 260" role="img">'
+        f"<title>{_e(g['name'])}: load, machines and forecast, last 24 hours ({per})</title></svg>"
+        f'<figcaption class="legend" data-index="{k}"></figcaption></figure>'
+        f"{_shadow_table(g['shadows'], g['policy'])}{_decisions_table(g, single, link)}</section>"
+    )
 
 
 def _embed(data: Any) -> str:
@@ -365,7 +387,7 @@ figure{margin:6px 0}svg.chart{width:100%;max-width:1100px;height:auto;background
 table{border-collapse:collapse;font-size:12px;margin:6px 0}th,td{border:1px solid #e2e6ec;padding:2px 6px;text-align:right}
 th{background:#f0f2f5}td:nth-child(3),td:nth-child(4),td:nth-child(11),td:nth-child(13){text-align:left}
 caption{text-align:left;color:#4a5568;padding:2px 0}tr.live td{font-weight:600}
-summary{cursor:pointer;color:#2b6cb0}.error{color:#9b1c1c;font-weight:600}
+summary{cursor:pointer;color:#2b6cb0}.error{color:#9b1c1c;font-weight:600}.more{margin:2px 0;font-size:12px}
 """
 
 _SCRIPT = """
@@ -487,8 +509,9 @@ _CSP = (
 )
 
 
-def _document(title: str, body: str, chart: dict[str, Any] | None) -> str:
-    data = f'<script type="application/json" id="fp-data">{_embed(chart)}</script>' if chart is not None else ""
+def _document(title: str, body: str, chart: str | None) -> str:
+    """`chart`: the chart data, JSON already made safe by `_embed`."""
+    data = f'<script type="application/json" id="fp-data">{chart}</script>' if chart is not None else ""
     script = f"<script>{_SCRIPT}</script>" if chart is not None else ""
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
