@@ -12,7 +12,6 @@ The page (`/`), its JSON twin (`/api/groups`) and their query handling are `cont
 from __future__ import annotations
 
 import threading
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +25,11 @@ MINUTES = 1440
 #: Decisions kept per group.
 DECISIONS = 50
 _NO = -1  # a missing machine count in the int32 rings
+_NONE = np.iinfo(np.int64).min  # a missing integer of a kept decision
+#: Integer fields of a kept decision, in the order of the tuple they are read back into (see DECISION_FIELDS).
+_INT_FIELDS = ("active", "warming", "desired_before", "raw_action", "policy_desired", "fallback_desired", "final")
+_I_ACTIVE, _I_WARMING, _I_FINAL = 0, 1, 6
+_CODE_FIELDS = ("data_status", "action", "guards", "outcome")
 
 #: The fields of a kept decision, in order (the JSON twin's keys).
 DECISION_FIELDS = (
@@ -94,7 +98,19 @@ class StatusBoard:
             for i, g in enumerate(self.groups)
             if g.shadow_policies
         }
-        self.decisions: list[deque[tuple]] = [deque(maxlen=decisions) for _ in self.groups]
+        # the last `decisions` decisions: every tick writes one per group at the same ring position
+        self.keep = int(decisions)
+        k = self.keep
+        self.d_minute = np.zeros(k, dtype=np.int64)
+        self.d_wall: list[str] = [""] * k
+        self.d_load = np.full((n, k), np.nan)
+        self.d_ints = np.full((len(_INT_FIELDS), n, k), _NONE, dtype=np.int64)
+        self.d_codes = np.zeros((len(_CODE_FIELDS), n, k), dtype=np.int32)
+        width = max((len(g.shadow_policies) for g in self.groups), default=0)
+        self.d_shadows = np.full((n, k, width), _NONE, dtype=np.int64)
+        self.d_count = 0
+        self._codes: dict[Any, int] = {}  #: interned strings and guard tuples -> code
+        self._values: list[Any] = []
         self.last_minute: int | None = None
         self.ticks = 0
         self.forecast_shift = np.array([g.warmup_minutes for g in self.groups], dtype=np.int64)
@@ -127,9 +143,13 @@ class StatusBoard:
             interval_seconds=cfg.interval_seconds,
         )
 
-    def _intern(self, v: Any) -> Any:
-        """One shared object per distinct string or guard tuple (thousands of decisions repeat a few)."""
-        return self._strings.setdefault(v, v)
+    def _code(self, v: Any) -> int:
+        """A small number per distinct status, action, outcome or tuple of guard reasons (a few dozen)."""
+        c = self._codes.get(v)
+        if c is None:
+            c = self._codes[v] = len(self._values)
+            self._values.append(v)
+        return c
 
     # --- the tick ------------------------------------------------------------------------------------------
     def record(
@@ -144,41 +164,27 @@ class StatusBoard:
         if len(rows) != len(self.groups):
             raise ValueError(f"{len(rows)} rows for {len(self.groups)} groups")
         shadows = shadows or {}
-        load = np.array([np.nan if r.load_tpm is None else r.load_tpm for r in rows], dtype=np.float32)
-        active = np.array([_NO if r.active is None else r.active for r in rows], dtype=np.int64)
-        warming = np.array([_NO if r.warming is None else r.warming for r in rows], dtype=np.int64)
-        desired = np.array([_NO if r.final is None else r.final for r in rows], dtype=np.int64)
-        kept = []
-        intern = self._intern
-        for i, r in enumerate(rows):
-            sh = shadows.get(i)
-            kept.append(
-                (
-                    minute,
-                    intern(r.wall_time),
-                    r.load_tpm,
-                    intern(r.data_status),
-                    intern(r.action),
-                    r.active,
-                    r.warming,
-                    r.desired_before,
-                    r.raw_action,
-                    r.policy_desired,
-                    r.fallback_desired,
-                    intern(tuple(r.guards)),
-                    r.final,
-                    intern(r.outcome),
-                    intern(sh) if sh else (),
-                )
-            )
+        load = np.array([np.nan if r.load_tpm is None else r.load_tpm for r in rows], dtype=np.float64)
+        ints = np.array(
+            [[_NONE if (v := getattr(r, f)) is None else v for r in rows] for f in _INT_FIELDS], dtype=np.int64
+        ).reshape(len(_INT_FIELDS), len(rows))
+        code = self._code
+        codes = np.array(
+            [
+                [code(r.data_status) for r in rows],
+                [code(r.action) for r in rows],
+                [code(tuple(r.guards)) for r in rows],
+                [code(r.outcome) for r in rows],
+            ],
+            dtype=np.int32,
+        ).reshape(len(_CODE_FIELDS), len(rows))
+        active, warming, desired = ints[_I_ACTIVE], ints[_I_WARMING], ints[_I_FINAL]
         with self._lock:
             slot = self._advance(minute)
-            if slot is None:
-                return
             self.load[:, slot] = load
-            self.active[:, slot] = np.clip(active, _NO, 2**31 - 1)
-            self.warming[:, slot] = np.clip(warming, _NO, 2**31 - 1)
-            self.desired[:, slot] = np.clip(desired, _NO, 2**31 - 1)
+            self.active[:, slot] = np.clip(np.where(active == _NONE, _NO, active), _NO, 2**31 - 1)
+            self.warming[:, slot] = np.clip(np.where(warming == _NONE, _NO, warming), _NO, 2**31 - 1)
+            self.desired[:, slot] = np.clip(np.where(desired == _NONE, _NO, desired), _NO, 2**31 - 1)
             if forecast is not None and np.isfinite(forecast).any():
                 if self.forecast is None:
                     self.forecast = np.full(self.load.shape, np.nan, dtype=np.float32)
@@ -187,8 +193,17 @@ class StatusBoard:
             for i, ring in self.shadow.items():
                 got = shadows.get(i, ())
                 ring[:, slot] = [_NO if v is None else v for v in got] if got else _NO
-            for d, t in zip(self.decisions, kept, strict=True):
-                d.append(t)
+            pos = self.d_count % self.keep
+            self.d_minute[pos] = minute
+            self.d_wall[pos] = rows[0].wall_time if rows else ""
+            self.d_load[:, pos] = load
+            self.d_ints[:, :, pos] = ints
+            self.d_codes[:, :, pos] = codes
+            if self.d_shadows.shape[2]:
+                self.d_shadows[:, pos, :] = _NONE
+                for i, got in shadows.items():
+                    self.d_shadows[i, pos, : len(got)] = [_NONE if v is None else v for v in got]
+            self.d_count += 1
             self.ticks += 1
 
     def _advance(self, minute: int) -> int | None:
@@ -250,8 +265,7 @@ class StatusBoard:
                 for i in idx
                 if int(i) in self.shadow
             }
-            kept = [self.decisions[int(i)] for i in idx]
-            decided = [list(d)[-decisions:] if decisions < len(d) else list(d) for d in kept]
+            decided = [self._decisions(int(i), decisions) for i in idx]
             ticks = self.ticks
         out = {k: _bucket_mean(v, step) for k, v in series.items()}
         return {
@@ -264,9 +278,48 @@ class StatusBoard:
             "ticks": ticks,
         }
 
+    def decisions_of(self, i: int, last: int = DECISIONS) -> list[tuple]:
+        """Group i's last `last` decisions as tuples of DECISION_FIELDS, oldest first."""
+        with self._lock:
+            return self._decisions(i, last)
+
+    def _decisions(self, i: int, last: int) -> list[tuple]:
+        """Group i's last `last` decisions as tuples of DECISION_FIELDS, oldest first (under the lock)."""
+        n = min(last, self.d_count, self.keep)
+        out = []
+        values = self._values
+        width = len(self.groups[i].shadow_policies)
+        for back in range(n, 0, -1):
+            pos = (self.d_count - back) % self.keep
+            iv = [None if v == _NONE else v for v in self.d_ints[:, i, pos].tolist()]
+            cv = [values[c] for c in self.d_codes[:, i, pos].tolist()]
+            load = float(self.d_load[i, pos])
+            sh = tuple(None if v == _NONE else v for v in self.d_shadows[i, pos, :width].tolist())
+            out.append(
+                (
+                    int(self.d_minute[pos]),
+                    self.d_wall[pos],
+                    None if load != load else load,
+                    cv[0],
+                    cv[1],
+                    iv[0],
+                    iv[1],
+                    iv[2],
+                    iv[3],
+                    iv[4],
+                    iv[5],
+                    cv[2],
+                    iv[6],
+                    cv[3],
+                    sh if width else (),
+                )
+            )
+        return out
+
     def nbytes(self) -> int:
-        """Bytes held by the rings (the decisions not counted)."""
+        """Bytes held by the rings and the kept decisions' arrays."""
         arrays = [self.load, self.active, self.warming, self.desired, *self.shadow.values()]
+        arrays += [self.d_minute, self.d_load, self.d_ints, self.d_codes, self.d_shadows]
         if self.forecast is not None:
             arrays.append(self.forecast)
         return int(sum(a.nbytes for a in arrays))

@@ -18,6 +18,7 @@ import html
 import json
 import re
 import urllib.parse
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -117,13 +118,18 @@ def _state(board: StatusBoard, i: int, last: tuple | None) -> dict[str, Any]:
     }
 
 
-def _view(board: StatusBoard, only: int | None) -> tuple[list[int], int, dict[str, Any]]:
-    """The groups shown, the minutes per point and the board's snapshot of them."""
+def _view(board: StatusBoard, only: int | None) -> tuple[list[int], int, int]:
+    """The groups shown, the minutes per point and the decisions per group."""
     if only is None:
-        rows, step, keep = list(range(len(board.groups))), OVERVIEW_STEP, OVERVIEW_DECISIONS
-    else:
-        rows, step, keep = [only], 1, DECISIONS
-    return rows, step, board.snapshot(rows, step, keep)
+        return list(range(len(board.groups))), OVERVIEW_STEP, OVERVIEW_DECISIONS
+    return [only], 1, DECISIONS
+
+
+def _groups(board: StatusBoard, only: int | None) -> Iterator[dict[str, Any]]:
+    """The groups shown, one at a time (each from its own snapshot: a small peak of memory, a short lock)."""
+    rows, step, keep = _view(board, only)
+    for i in rows:
+        yield _group(board, board.snapshot([i], step, keep), step, 0, i)
 
 
 def _group(board: StatusBoard, snap: dict[str, Any], step: int, k: int, i: int) -> dict[str, Any]:
@@ -170,24 +176,20 @@ def _group(board: StatusBoard, snap: dict[str, Any], step: int, k: int, i: int) 
     }
 
 
-def _daemon(board: StatusBoard, snap: dict[str, Any], groups: int) -> dict[str, Any]:
+def _daemon(board: StatusBoard) -> dict[str, Any]:
     return {
         "dry_run": board.dry_run,
         "clock": board.clock,
         "interval_seconds": board.interval_seconds,
-        "ticks": snap["ticks"],
-        "last_minute": snap["last_minute"],
-        "groups": groups,
+        "ticks": board.ticks,
+        "last_minute": board.last_minute,
+        "groups": len(board.groups),
     }
 
 
 def groups_data(board: StatusBoard, only: int | None) -> dict[str, Any]:
     """The JSON twin as one dict (every group, or one)."""
-    rows, step, snap = _view(board, only)
-    return {
-        "daemon": _daemon(board, snap, len(board.groups)),
-        "groups": [_group(board, snap, step, k, i) for k, i in enumerate(rows)],
-    }
+    return {"daemon": _daemon(board), "groups": list(_groups(board, only))}
 
 
 # --- responses -------------------------------------------------------------------------------------------
@@ -205,9 +207,9 @@ def api_groups(board: StatusBoard, query: str) -> Response:
         only = parse_query(board, query)
     except QueryError as exc:
         return _json(exc.code, {"error": str(exc)})
-    rows, step, snap = _view(board, only)  # one group at a time: a small peak of Python objects
-    parts = [_dumps(_group(board, snap, step, k, i)) for k, i in enumerate(rows)]
-    body = f'{{"daemon":{_dumps(_daemon(board, snap, len(board.groups)))},"groups":[{",".join(parts)}]}}'
+    daemon = _dumps(_daemon(board))
+    parts = [_dumps(g) for g in _groups(board, only)]  # one group at a time: a small peak of Python objects
+    body = f'{{"daemon":{daemon},"groups":[{",".join(parts)}]}}'
     return 200, "application/json", body.encode(), {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 
 
@@ -216,14 +218,12 @@ def page(board: StatusBoard, query: str) -> Response:
         only = parse_query(board, query)
     except QueryError as exc:
         return _html(exc.code, _document(f"fleetpilot: {exc.code}", f'<p class="error">{_e(str(exc))}</p>', None))
-    rows, step, snap = _view(board, only)
-    daemon = _daemon(board, snap, len(board.groups))
+    daemon = _daemon(board)
     cards, charts = [], []
-    for k, i in enumerate(rows):  # one group at a time: a small peak of Python objects
-        g = _group(board, snap, step, k, i)
+    for k, g in enumerate(_groups(board, only)):  # one group at a time: a small peak of Python objects
         cards.append(_card(g, k, only is not None))
         charts.append(_embed({"capacity": g["capacity_tpm_per_machine"], "series": g["series"]}))
-    body = _header(daemon, len(rows)) + "<main>" + ("".join(cards) or "<p>no groups</p>") + "</main>"
+    body = _header(daemon, len(cards)) + "<main>" + ("".join(cards) or "<p>no groups</p>") + "</main>"
     return _html(200, _document("fleetpilot status", body, '{"groups":[' + ",".join(charts) + "]}"))
 
 
@@ -374,7 +374,8 @@ body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#1d2430;background:#f5f6f
 header{display:flex;gap:12px;align-items:center;flex-wrap:wrap;padding:10px 20px;background:#1d2430;color:#fff}
 header h1{font-size:18px;margin:0}header a{color:#9cc8ff}.meta{opacity:.85}
 main{padding:12px 20px}
-section.group{background:#fff;border:1px solid #d8dce3;border-radius:6px;margin:0 0 16px;padding:10px 14px}
+section.group{background:#fff;border:1px solid #d8dce3;border-radius:6px;margin:0 0 16px;padding:10px 14px;
+content-visibility:auto;contain-intrinsic-size:auto 560px}
 h2{font-size:16px;margin:0 0 4px;display:flex;gap:8px;align-items:center;flex-wrap:wrap}h2 a{color:#1d2430}
 .facts,.now{margin:2px 0;color:#4a5568}
 .badge{font-size:11px;font-weight:600;padding:2px 7px;border-radius:10px;letter-spacing:.02em}
@@ -393,6 +394,7 @@ summary{cursor:pointer;color:#2b6cb0}.error{color:#9b1c1c;font-weight:600}.more{
 _SCRIPT = """
 (function () {
   "use strict";
+  var started = performance.now();
   var NS = "http://www.w3.org/2000/svg";
   var node = document.getElementById("fp-data");
   if (!node) { return; }
@@ -463,7 +465,7 @@ _SCRIPT = """
         var x = ln.v[i];
         var xi = i + ln.shift;
         if (x === null || xi > span + ln.shift) { pen = false; continue; }
-        d.push((pen ? "L" : "M") + X(xi).toFixed(1) + " " + Y(x * ln.k).toFixed(1));
+        d.push((pen ? "L" : "M") + Math.round(X(xi) * 2) / 2 + " " + Math.round(Y(x * ln.k) * 2) / 2);
         pen = true;
         points++;
       }
@@ -479,11 +481,14 @@ _SCRIPT = """
     return lines;
   }
   var svgs = document.querySelectorAll("svg.chart");
-  var total = 0;
-  for (var c = 0; c < svgs.length; c++) {
-    var svg = svgs[c], k = Number(svg.getAttribute("data-index"));
+  var total = 0, drawn = 0;
+  function drawOne(svg) {
+    if (svg.getAttribute("data-drawn")) { return; }
+    svg.setAttribute("data-drawn", "1");
+    var k = Number(svg.getAttribute("data-index"));
     var lines = draw(svg, data.groups[k]);
     total += Number(svg.getAttribute("data-points"));
+    drawn++;
     var legend = document.querySelector('figcaption.legend[data-index="' + k + '"]');
     lines.filter(function (ln) { return ln.drawn; }).forEach(function (ln) {
       var span = document.createElement("span"), sw = document.createElement("i");
@@ -492,9 +497,29 @@ _SCRIPT = """
       span.appendChild(document.createTextNode(ln.label));
       legend.appendChild(span);
     });
+    document.body.setAttribute("data-points", String(total));
+    document.body.setAttribute("data-charts-drawn", String(drawn));
   }
-  document.body.setAttribute("data-points", String(total));
+  // the first charts at once; those further down as they come near the screen (a page of 100 groups)
+  var EAGER = 6;
+  for (var c = 0; c < svgs.length && c < EAGER; c++) { drawOne(svgs[c]); }
+  if (svgs.length > EAGER) {
+    if ("IntersectionObserver" in window) {
+      var io = new IntersectionObserver(function (entries) {
+        entries.forEach(function (e) {
+          if (e.isIntersecting) { io.unobserve(e.target); drawOne(e.target); }
+        });
+      }, {rootMargin: "800px 0px"});
+      for (c = EAGER; c < svgs.length; c++) { io.observe(svgs[c]); }
+    } else {
+      for (c = EAGER; c < svgs.length; c++) { drawOne(svgs[c]); }
+    }
+  }
+  document.body.setAttribute("data-charts", String(svgs.length));
+  var nav = performance.getEntriesByType("navigation")[0];
   document.body.setAttribute("data-rendered-ms", String(Math.round(performance.now())));
+  document.body.setAttribute("data-script-ms", String(Math.round(performance.now() - started)));
+  if (nav) { document.body.setAttribute("data-response-end-ms", String(Math.round(nav.responseEnd))); }
 })();
 """
 
@@ -535,6 +560,31 @@ def _html(code: int, doc: str) -> Response:
     )
 
 
+def _trimmer() -> Any:
+    """glibc's malloc_trim, or None (another libc)."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_MALLOC_TRIM = _trimmer()
+
+
+def _released(response: Response) -> Response:
+    """A page's text is built and freed in pieces of a few hundred kB, which glibc keeps in the heap after they
+    are freed: hand that back to the OS at once (microseconds), so serving the page does not grow the daemon's
+    resident memory (benchmarks/status_bench.py measures it)."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+    return response
+
+
 def pages(board: StatusBoard) -> dict[str, Any]:
     """The server's extra routes: path -> handler(query string) -> (code, content type, body, headers)."""
-    return {"/": lambda q: page(board, q), "/api/groups": lambda q: api_groups(board, q)}
+    return {
+        "/": lambda q: _released(page(board, q)),
+        "/api/groups": lambda q: _released(api_groups(board, q)),
+    }

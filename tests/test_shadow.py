@@ -49,7 +49,7 @@ def test_a_shadow_of_the_live_policy_follows_the_live_fleet_exactly(tmp_path):
     d = daemon(tmp_path, [group(shadows=["target-tracking"], warmup_minutes=3)])
     for _ in range(400):
         d.run_tick()
-        t = d.status.decisions[0][-1]
+        t = d.status.decisions_of(0, 1)[-1]
         assert t[-1] == (t[12],), f"minute {t[0]}: shadow {t[-1]} != live {t[12]}"
     live, shadow = d.shadows.group_summary(0)
     assert live["policy"] == LIVE and shadow["policy"] == "target-tracking"
