@@ -85,8 +85,9 @@ def parse_query(board: StatusBoard, query: str) -> int | None:
 def _floats(a: np.ndarray, digits: int) -> list[float | None]:
     """A JSON-ready list: rounded floats, None where NaN."""
     r = np.round(np.asarray(a, dtype=np.float64), digits)
-    out: list[float | None] = r.tolist()
-    for j in np.flatnonzero(np.isnan(r)).tolist():
+    nan = np.isnan(r)
+    out: list[float | None] = np.where(nan, 0, r).astype(np.int64).tolist() if digits == 0 else r.tolist()
+    for j in np.flatnonzero(nan).tolist():
         out[j] = None
     return out
 
@@ -140,20 +141,21 @@ def _group(board: StatusBoard, snap: dict[str, Any], step: int, k: int, i: int) 
     series: dict[str, Any] | None = None
     if snap["series"] is not None:
         s = snap["series"]
+        tpm, machines = (1, 0) if step == 1 else (0, 1)  # decimals: a minute's values, or means
         series = {
             "start_minute": snap["start_minute"],
             "step_minutes": step,
-            "load_tpm": _floats(s["load_tpm"][k], 1),
-            "active": _floats(s["active"][k], 2),
-            "warming": _floats(s["warming"][k], 2),
-            "desired": _floats(s["desired"][k], 2),
+            "load_tpm": _floats(s["load_tpm"][k], tpm),
+            "active": _floats(s["active"][k], machines),
+            "warming": _floats(s["warming"][k], machines),
+            "desired": _floats(s["desired"][k], machines),
         }
         if "forecast_tpm" in s:
-            series["forecast_tpm"] = _floats(s["forecast_tpm"][k], 1)
+            series["forecast_tpm"] = _floats(s["forecast_tpm"][k], tpm)
             series["forecast_shift_minutes"] = g.warmup_minutes
         sh = snap["shadow_series"].get(i)
         if sh is not None:
-            series["shadows"] = {p: _floats(sh[j], 2) for j, p in enumerate(g.shadow_policies)}
+            series["shadows"] = {p: _floats(sh[j], machines) for j, p in enumerate(g.shadow_policies)}
     book = board.economics
     return {
         "name": g.name,
@@ -301,7 +303,22 @@ def _shadow_table(shadows: list[dict[str, Any]], policy: str) -> str:
     )
 
 
+def _last_decision(g: dict[str, Any], link: str) -> str:
+    """The overview's line for a group: its last decision, and the way to its last DECISIONS."""
+    more = f'<a href="{_e(link)}">last {DECISIONS} decisions, one point a minute</a>'
+    if not g["decisions"]:
+        return f'<p class="more">no decision yet · {more}</p>'
+    d = g["decisions"][0]
+    return (
+        f'<p class="more">last decision {_time(d["minute"])} UTC: {_e(d["action"])}, raw action '
+        f"{_num(d['raw_action'])}, guards {_e(', '.join(d['guards']) or '-')}, final {_num(d['final'])}, "
+        f"{_e(d['outcome'])} · {more}</p>"
+    )
+
+
 def _decisions_table(g: dict[str, Any], open_: bool, link: str) -> str:
+    if not open_:
+        return _last_decision(g, link)
     ds = g["decisions"]
     shadow_cols = "".join(f"<th>shadow {_e(p)}</th>" for p in g["shadow_policies"])
     head = (
@@ -320,12 +337,9 @@ def _decisions_table(g: dict[str, Any], open_: bool, link: str) -> str:
             f"<td>{_num(d['fallback_desired'])}</td><td>{_e(', '.join(d['guards']) or '-')}</td>"
             f"<td>{_num(d['final'])}</td><td>{_e(d['outcome'])}</td>{cells}</tr>"
         )
-    more = (
-        "" if open_ else f'<p class="more"><a href="{_e(link)}">last {DECISIONS} decisions, one point a minute</a></p>'
-    )
     return (
-        f"<details{' open' if open_ else ''}><summary>last {len(ds)} decisions (newest first)</summary>"
-        f'<table class="decisions">{head}{"".join(rows)}</table></details>{more}'
+        f"<details open><summary>last {len(ds)} decisions (newest first)</summary>"
+        f'<table class="decisions">{head}{"".join(rows)}</table></details>'
     )
 
 
