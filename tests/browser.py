@@ -60,8 +60,10 @@ def console_messages(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if ":CONSOLE" in line]
 
 
-def render(url: str, screenshot: Path | None = None, window: str = "1280,1600") -> Rendered:
-    dom, err = _run(url, ["--dump-dom", f"--window-size={window}"])
+def render(url: str, screenshot: Path | None = None, window: str = "1280,1600", settle_ms: int = 0) -> Rendered:
+    """`settle_ms`: let that much (virtual) time pass after the load before the DOM is taken (callbacks run)."""
+    settle = [f"--virtual-time-budget={settle_ms}"] if settle_ms else []
+    dom, err = _run(url, ["--dump-dom", f"--window-size={window}", *settle])
     console = console_messages(err)
     if screenshot is not None:
         _, err2 = _run(url, [f"--screenshot={screenshot}", f"--window-size={window}", "--hide-scrollbars"])

@@ -284,3 +284,27 @@ def test_a_hostile_group_name_renders_as_text_in_chromium(tmp_path):
     assert len(re.findall(r"<script\b", r.dom)) == 2
     charts = re.findall(r'data-index="\d+" data-points="(\d+)"', r.dom)
     assert len(charts) == 2 and all(int(n) > 0 for n in charts)
+
+
+def test_charts_below_the_fold_are_drawn_when_they_come_near_the_screen(tmp_path):
+    b = StatusBoard([info(f"g{i}") for i in range(12)])
+    fill(b, range(0, 100))
+    srv = StatusServer("127.0.0.1", 0, CollectorRegistry(), lambda: (True, {}), lambda: (True, {}), pages=pages(b))
+    srv.start()
+    try:
+        url = f"http://127.0.0.1:{srv.address[1]}/"
+        short = render(url, window="1280,900", settle_ms=1000)
+        tall = render(url, window="1280,9000", settle_ms=1000)  # every card near the screen
+    finally:
+        srv.stop()
+    assert short.console == [] and tall.console == []
+
+    def body(r) -> dict[str, int]:
+        tag = re.search(r"<body[^>]*>", r.dom)
+        assert tag is not None
+        return {k: int(v) for k, v in re.findall(r'data-([a-z-]+)="(\d+)"', tag.group(0))}
+
+    s, t = body(short), body(tall)
+    assert s["charts"] == t["charts"] == 12
+    assert 6 <= s["charts-drawn"] < 12  # the first screen at once, the rest on the way down
+    assert t["charts-drawn"] == 12 and t["points"] == 12 * 4 * 10  # 100 minutes at 10-minute means, 4 series
