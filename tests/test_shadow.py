@@ -129,7 +129,8 @@ def test_shadow_metrics_and_the_page_show_each_shadow_next_to_live(tmp_path):
     assert [s["policy"] for s in g["shadows"]] == [LIVE, "step", "predictive"]
     assert set(g["series"]["shadows"]) == {"step", "predictive"}
     assert len(g["decisions"][0]["shadows"]) == 2
-    assert "shadow step" in page(d.status, "")[2].decode()
+    assert "<th>shadow step</th>" in page(d.status, "group=web")[2].decode()  # a column of its decisions
+    assert "shadow policies" in page(d.status, "")[2].decode()  # the table of economics, also on the overview
     d.close()
 
 
