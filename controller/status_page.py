@@ -400,6 +400,7 @@ figure{margin:6px 0}svg.chart{width:100%;max-width:1100px;height:auto;background
 .legend{display:flex;gap:14px;flex-wrap:wrap;font-size:12px;color:#4a5568}
 .legend i{display:inline-block;width:14px;height:3px;margin-right:4px;vertical-align:middle}
 table{border-collapse:collapse;font-size:12px;margin:6px 0}th,td{border:1px solid #e2e6ec;padding:2px 6px;text-align:right}
+td{white-space:nowrap}
 th{background:#f0f2f5}td:nth-child(3),td:nth-child(4),td:nth-child(11),td:nth-child(13){text-align:left}
 caption{text-align:left;color:#4a5568;padding:2px 0}tr.live td{font-weight:600}
 summary{cursor:pointer;color:#2b6cb0}.error{color:#9b1c1c;font-weight:600}.more{margin:2px 0;font-size:12px}
