@@ -78,6 +78,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from fleetpilot.controller.daemon import Daemon, log_config, run_forever
     from fleetpilot.controller.runtime import TickOutcome
     from fleetpilot.controller.server import StatusServer
+    from fleetpilot.controller.status_page import pages as status_pages
 
     stop = threading.Event()
     running: list = []  # the daemon, once made
@@ -102,14 +103,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         if not args.once:
             try:
-                server = StatusServer(cfg.server.host, cfg.server.port, daemon.registry, daemon.healthz, daemon.readyz)
+                server = StatusServer(
+                    cfg.server.host,
+                    cfg.server.port,
+                    daemon.registry,
+                    daemon.healthz,
+                    daemon.readyz,
+                    pages=status_pages(daemon.status),
+                )
             except OSError as exc:
                 raise CliError(
                     f"server: cannot listen on {cfg.server.host}:{cfg.server.port}: {exc.strerror or exc}"
                 ) from None
             server.start()
             host, port = server.address
-            log.info("serving /metrics, /healthz, /readyz", extra={"host": host, "port": port})
+            log.info(
+                "serving /metrics, /healthz, /readyz, / (status page), /api/groups",
+                extra={"host": host, "port": port},
+            )
         if daemon.lease is not None:  # a lease table that does not exist: one line, exit 2
             daemon.lease.check_table()
             daemon.lease.start()

@@ -226,6 +226,11 @@ class GroupConfig(_Strict):
     stale_after_seconds: float = Field(180.0, gt=0)
     bad_data_ticks_before_fallback: int = Field(3, ge=1, le=1_000_000)
     paused: bool = False
+    shadow_policies: list[str] = Field(
+        default_factory=list,
+        max_length=8,
+        description="policies computed every tick on the same load, never written (controller.shadow)",
+    )
     source: SourceConfig
     backend: BackendConfig
 
@@ -257,6 +262,18 @@ class GroupConfig(_Strict):
                     f"unknown policy {v!r}: expected default, {', '.join(RULE_POLICIES)}, "
                     "a shipped model name or a model directory"
                 )
+        return v
+
+    @field_validator("shadow_policies")
+    @classmethod
+    def _shadows_known(cls, v: list[str]) -> list[str]:
+        for i, spec in enumerate(v):
+            try:
+                cls._policy_known(spec)
+            except ValueError as exc:
+                raise ValueError(f"[{i}]: {exc}") from None
+            if spec in v[:i]:
+                raise ValueError(f"[{i}]: {spec!r} is listed twice")
         return v
 
     @property
@@ -535,6 +552,13 @@ def check_runnable(cfg: DaemonConfig, where: str | Path) -> None:
     from fleetpilot.policies.registry import PolicyError, model_dir
 
     for i, g in enumerate(cfg.groups):
+        for j, spec in enumerate(g.shadow_policies):  # a shadow model is checked as the live one is
+            if spec in RULE_POLICIES or (spec == "default" and model_dir(spec) is None):
+                continue
+            try:
+                verify(model_dir(spec) or Path(spec))
+            except (PolicyError, ModelError) as exc:
+                raise ConfigError(f"{where}: groups[{i}].shadow_policies[{j}]: {exc}") from None
         if g.policy in RULE_POLICIES:
             continue
         try:

@@ -53,7 +53,9 @@ from fleetpilot.controller.runtime import (
     TickOutcome,
     read_history,
 )
+from fleetpilot.controller.shadow import ShadowBook
 from fleetpilot.controller.sources.base import MetricSource, SourceError
+from fleetpilot.controller.status import StatusBoard, forecasts
 from fleetpilot.policies.base import Policy
 from fleetpilot.policies.observation import HISTORY_MINUTES
 
@@ -125,6 +127,14 @@ class Daemon:
             lease = Lease(cfg.leader_election, self.registry)
         self.lease = lease
         self._fence: tuple[str, int] | None = None  #: (holder, token) of this tick's decisions under a lease
+        # the status page and shadow mode: fed once per tick, after the live decisions (never affecting them)
+        self.shadows = ShadowBook(self.groups).bind([g.name for g in self.groups])
+        if self.shadows.active:
+            self.registry.register(self.shadows)
+        self.status = StatusBoard.of_daemon(cfg, self.groups)
+        self.status.economics = self.shadows if self.shadows.active else None
+        self._tick_rows: list[JournalRow] = []
+        self._observed: list[tuple[Batch, Any]] = []
 
     # --- start -------------------------------------------------------------------------------------------
     def backfill(self) -> None:
@@ -193,6 +203,7 @@ class Daemon:
         if self.tick_no > 0:
             self.clock.advance()
         now = Now.at(self.clock.now_seconds())
+        self._tick_rows, self._observed = [], []
         self._check_clock(now.seconds)
         readings = self._read_sources(now)
         if self.lease is not None:
@@ -211,6 +222,7 @@ class Daemon:
         for g in self.groups:
             i = g.index
             problems += self._settle(g, now.minute, wall, readings[i], states[i], proposed[i])
+        self._watch(now.minute, readings, states)
         self.journal.commit()
         self.tick_no += 1
         return TickOutcome.OK if problems == 0 else TickOutcome.PARTIAL
@@ -310,6 +322,7 @@ class Daemon:
             if not self.clock.simulated:
                 self._fill_gaps(b, rs)
             obs = b.observe(rs, ss)
+            self._observed.append((b, obs))
             decided, run = b.decide(obs, rs, ss)
             self._report_policy(b, run)
             for g, p in zip(b.groups, decided, strict=True):
@@ -378,7 +391,8 @@ class Daemon:
         if self._fence is not None:
             row["lease_holder"], row["lease_token"] = self._fence
         if state is None:
-            self.journal.add(JournalRow(**row, **_NO_STATE, guards=["hold:backend-error"]))
+            self.journal.add(jr := JournalRow(**row, **_NO_STATE, guards=["hold:backend-error"]))
+            self._tick_rows.append(jr)
             self._summary(g, reading, None, None, "backend error")  # the journal says Outcome.ERROR
             return 1
         now = guards.GroupNow(
@@ -391,7 +405,7 @@ class Daemon:
         decision, g.memory = guards.decide(g.memory, now, p.proposal, g.limits, now_minute)
         outcome = self._apply(g, decision)
         self.journal.add(
-            JournalRow(
+            jr := JournalRow(
                 **row,
                 action=str(decision.action),
                 active=state.active,
@@ -406,9 +420,28 @@ class Daemon:
                 outcome=str(outcome),
             )
         )
+        self._tick_rows.append(jr)
         self._count(g, load, now, decision)
         self._summary(g, reading, state, decision, outcome)
         return int(not reading.ok or outcome == Outcome.ERROR or p.proposal.model_cause is not None)
+
+    def _watch(self, minute: int, readings: list[Reading], states: list[GroupState | None]) -> None:
+        """Shadow policies and the status page's memory, after every live decision of the tick was made and
+        written: their errors are logged, never raised."""
+        rows, observed = self._tick_rows, self._observed
+        shadows: dict[int, tuple[int | None, ...]] = {}
+        try:
+            shadows = self.shadows.tick(minute, observed, readings, states, [r.final for r in rows])
+        except Exception as exc:
+            self.streaks.bad(("shadow",), type(exc).__name__, "shadow policies failed", logging.ERROR, exc_info=True)
+        else:
+            self.streaks.good(("shadow",), "shadow policies run again")
+        try:
+            self.status.record(minute, rows, forecasts(observed, len(self.groups)), shadows)
+        except Exception as exc:
+            self.streaks.bad(("status",), type(exc).__name__, "status page update failed", logging.ERROR, exc_info=True)
+        else:
+            self.streaks.good(("status",), "status page updates again")
 
     def _apply(self, g: GroupRuntime, decision: guards.Decision) -> Outcome:
         """The write the decision asks for, if any; the outcome for the journal."""

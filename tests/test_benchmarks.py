@@ -50,6 +50,10 @@ CASES = {
             "vector_env_steps_per_s_p50": None,
         },
     ),
+    "status_bench.py": (
+        "--groups 2 --minutes 30 --loads 2",
+        {"groups": 2, "page_ms_p50": None, "browser_ms_p50": None, "memory_delta_mb": None, "ok": None},
+    ),
     "soak.py": (
         "--minutes 200 --warmup 100 --sample-every 100 --policy target-tracking",
         {"minutes": 200, "error_ticks": 0, "journal_rows": 200, "tick_p50_ms": None, "ticks_ok": 200},

@@ -644,6 +644,8 @@ BAD_CONFIGS = [
     ("groups.0.bad_data_ticks_before_fallback", 0),
     ("groups.0.stale_after_seconds", 0),
     ("groups.0.typo_field", 1),
+    ("groups.0.shadow_policies", ["step", "step"]),
+    ("groups.0.shadow_policies", "step"),
     ("groups", []),
     ("log_level", "TRACE"),
     ("interval_seconds", 3601),
