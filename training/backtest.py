@@ -285,3 +285,33 @@ def plot(
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def _backtest_named(names: list[str], params: FleetParams | None, runs: list[Run]) -> Report:
+    """One fan-out task: the policies built by name where the task runs (an ONNX session does not travel)."""
+    from fleetpilot.policies.registry import make_policy
+
+    return backtest(runs, {n: (None if n == ORACLE else make_policy(n)) for n in names}, params)
+
+
+def backtest_fanout(
+    runs: list[Run], names: list[str], params: FleetParams | None = None, ray_address: str | None = None
+) -> Report:
+    """`backtest` of the policies `names` (ORACLE for the oracle) on `runs`; with `ray_address`, one Ray task per
+    run, merged in the runs' order. In this process all runs stay one batch (`simulate` is vectorized over
+    runs); each run's rows are independent of the others in the batch, so both give the same report."""
+    import functools
+
+    from fleetpilot.training.fanout import map_tasks, values
+
+    chunks = [runs] if ray_address is None else [[r] for r in runs]
+    fn = functools.partial(_backtest_named, list(names), params)
+    parts: list[Report] = values(map_tasks(fn, chunks, ray_address), "backtest")
+    if len(parts) == 1:
+        return parts[0]
+    report = Report()
+    for part in parts:
+        report.runs += part.runs
+        report.trajectories.update(part.trajectories)
+    report.summary = summarize(report.runs, ORACLE in names)
+    return report

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from fleetpilot.policies.errors import CliError
 from fleetpilot.policies.registry import RULE_NAMES
+from fleetpilot.training.fanout import add_ray_option
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -113,7 +114,7 @@ def build_runs(args) -> list:
 
 def cmd_backtest(args) -> int:
     from fleetpilot.policies.registry import BACKTEST_BASELINES, make_policy
-    from fleetpilot.training.backtest import ORACLE, backtest, format_table, plot, write_json
+    from fleetpilot.training.backtest import ORACLE, backtest_fanout, format_table, plot, write_json
 
     if args.plot and not args.plot.lower().endswith(".png"):
         raise CliError(f"--plot {args.plot}: the plot is written as PNG; give a FILE.png")
@@ -126,12 +127,14 @@ def cmd_backtest(args) -> int:
     from fleetpilot.policies.registry import PolicyError
 
     try:
-        policies = {n: (None if n == ORACLE else make_policy(n)) for n in names}
+        for n in names:  # an unknown name is refused before any work starts (the tasks build their own)
+            if n != ORACLE:
+                make_policy(n)
     except PolicyError as exc:
         raise CliError(f"{exc} (or {ORACLE} in a backtest)") from None
     runs = build_runs(args)
     t0 = time.perf_counter()
-    report = backtest(runs, policies)
+    report = backtest_fanout(runs, names, ray_address=args.ray)
     dt = time.perf_counter() - t0
     print(format_table(report, per_run=args.per_run))
     print(f"({dt:.1f} s)", file=sys.stderr)
@@ -161,7 +164,7 @@ def cmd_traces_generate(args) -> int:
 def cmd_tune(args) -> int:
     from fleetpilot.training.tune import tune
 
-    best = tune(args.policy, build_runs(args))
+    best = tune(args.policy, build_runs(args), ray_address=args.ray)
     print(json.dumps(best, indent=2))
     return 0
 
@@ -179,6 +182,7 @@ def add_commands(sub) -> None:
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="plot load and capacity per policy")
     p.add_argument("--per-run", action="store_true", help="print a table per run before the summary")
+    add_ray_option(p)
     p.set_defaults(func=cmd_backtest)
 
     t = sub.add_parser("traces", help="load traces")
@@ -192,6 +196,7 @@ def add_commands(sub) -> None:
     u = sub.add_parser("tune", help="grid-search a rule's parameters on loads (reproduces the shipped defaults)")
     add_load_options(u)
     u.add_argument("--policy", required=True, choices=RULE_NAMES)
+    add_ray_option(u)
     u.set_defaults(func=cmd_tune)
     add_training_commands(sub)
 
@@ -238,6 +243,8 @@ def _train_config(path: str | None, args):
         data["total_steps"] = args.steps
     if args.seed is not None:
         data["seed"] = args.seed
+    if getattr(args, "threads", None) is not None:  # `--trace-dir`: one thread per task
+        data["threads"] = args.threads
     try:
         cfg = PPOConfig(**data)
         fleet = FleetParams(**fleet_data)
@@ -257,6 +264,12 @@ def cmd_train(args) -> int:
     from fleetpilot.training.export import write_model
     from fleetpilot.training.ppo import TorchPolicy, train, validation_runs
 
+    if getattr(args, "trace_dir", None):
+        from fleetpilot.training.train_dir import cmd_train_dir
+
+        return cmd_train_dir(args)
+    if getattr(args, "ray", None):
+        raise CliError("--ray fans out --trace-dir (one task per history); one training runs in this process")
     cfg, fleet = _train_config(args.config, args)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -380,6 +393,10 @@ def add_training_commands(sub) -> None:
     t.add_argument("--name", default="default", help="model name recorded in the manifest")
     t.add_argument("--no-resume", action="store_true", help="start over even if DIR has a checkpoint")
     t.add_argument("--out", required=True, metavar="DIR")
+    t.add_argument(
+        "--trace-dir", metavar="DIR", help="train one policy per *.csv history in DIR, each into --out DIR/STEM"
+    )
+    add_ray_option(t)
     t.set_defaults(func=cmd_train)
 
     p = sub.add_parser("policies", help="shipped policies")

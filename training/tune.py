@@ -7,6 +7,7 @@ Tuning seeds (0..9) are disjoint from the evaluation seeds (1000..1009, 2000..20
 
 from __future__ import annotations
 
+import functools
 import itertools
 from typing import Any
 
@@ -42,16 +43,21 @@ GRIDS: dict[str, dict[str, list[Any]]] = {
 }
 
 
-def tune(policy: str, runs: list[Run]) -> dict[str, Any]:
-    """The grid point with the highest expected profit summed over `runs`, and the runner-up figures."""
+def score_point(policy: str, runs: list[Run], params: dict[str, Any]) -> tuple[float, int, dict[str, Any]]:
+    """(expected profit, downtime minutes, params) of one grid point summed over `runs`: one fan-out task."""
+    s = backtest(runs, {"p": make_policy(policy, params)}).summary[0]
+    return s["expected_profit_usd"], s["downtime_minutes"], params
+
+
+def tune(policy: str, runs: list[Run], ray_address: str | None = None) -> dict[str, Any]:
+    """The grid point with the highest expected profit summed over `runs`, and the runner-up figures.
+    Each grid point is one task of `training.fanout.map_tasks` (Ray tasks with `ray_address`)."""
+    from fleetpilot.training.fanout import map_tasks, values
+
     grid = GRIDS[policy]
     keys = list(grid)
-    scored = []
-    for values in itertools.product(*(grid[k] for k in keys)):
-        params = dict(zip(keys, values, strict=False))
-        report = backtest(runs, {"p": make_policy(policy, params)})
-        s = report.summary[0]
-        scored.append((s["expected_profit_usd"], s["downtime_minutes"], params))
+    points = [dict(zip(keys, v, strict=False)) for v in itertools.product(*(grid[k] for k in keys))]
+    scored = values(map_tasks(functools.partial(score_point, policy, runs), points, ray_address), "tune")
     scored.sort(key=lambda x: -x[0])
     best = scored[0]
     # the profit/downtime frontier: points no other point beats on both (most profitable first)
