@@ -37,6 +37,8 @@ episode_minutes: 400
 eval_seeds: [500]
 eval_minutes: 300
 eval_every_updates: 2
+init_loads: 4
+imitation_epochs: 2
 """
 
 
@@ -116,12 +118,24 @@ def test_multi_trace_backtest_on_ray_equals_in_process(ray_address, tmp_path, ca
 def test_train_trace_dir_on_ray_equals_in_process(ray_address, tmp_path, capsys):
     d = tmp_path / "histories"
     d.mkdir()
-    _traces(d, {"web": 2300, "api": 2400})
+    _traces(d, {"web": 1700, "api": 1750})
     (d / "broken.csv").write_text("timestamp,requests\n2024-01-01T00:00:00Z,5\n2024-01-01T00:01:00Z,abc\n")
     (d / "notes.txt").write_text("not a history\n")
     cfg = tmp_path / "ppo.yaml"
     cfg.write_text(SMOKE)
-    common = ["train", "--trace-dir", str(d), "--config", str(cfg), "--steps", "1024", "--seed", "3"]
+    common = [
+        "train",
+        "--trace-dir",
+        str(d),
+        "--config",
+        str(cfg),
+        "--steps",
+        "1024",
+        "--seed",
+        "3",
+        "--holdout",
+        "0.15",
+    ]
     # in this process
     assert main([*common, "--out", str(tmp_path / "here")]) == 1  # one of three histories could not train
     err = capsys.readouterr().err
