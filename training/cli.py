@@ -267,7 +267,7 @@ def cmd_train(args) -> int:
     if getattr(args, "trace_dir", None):
         from fleetpilot.training.train_dir import cmd_train_dir
 
-        return cmd_train_dir(args)
+        return cmd_train_dir(args, cmd_train)
     if getattr(args, "ray", None):
         raise CliError("--ray fans out --trace-dir (one task per history); one training runs in this process")
     cfg, fleet = _train_config(args.config, args)

@@ -17,6 +17,7 @@ import functools
 import io
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from fleetpilot.policies.errors import CliError
@@ -39,10 +40,11 @@ def trace_files(directory: str) -> list[Path]:
     return files
 
 
-def train_one(options: dict, argv: list[str], item: tuple[str, str]) -> str:
-    """One task: `cmd_train` on one trace into its own directory; returns what it printed on stdout."""
-    from fleetpilot.training.cli import cmd_train
-
+def train_one(
+    cmd_train: Callable[[argparse.Namespace], int], options: dict, argv: list[str], item: tuple[str, str]
+) -> str:
+    """One task: `cmd_train` (training.cli's, passed in) on one trace into its own directory; returns what it
+    printed on stdout."""
     path, out = item
     args = argparse.Namespace(**options)
     args.trace, args.trace_dir, args.out, args.threads, args.ray = [path], None, out, 1, None
@@ -57,7 +59,7 @@ def train_one(options: dict, argv: list[str], item: tuple[str, str]) -> str:
     return buf.getvalue()
 
 
-def cmd_train_dir(args) -> int:
+def cmd_train_dir(args, cmd_train: Callable[[argparse.Namespace], int]) -> int:
     if args.trace:
         raise CliError("use either --trace or --trace-dir, not both")
     files = trace_files(args.trace_dir)
@@ -84,7 +86,9 @@ def cmd_train_dir(args) -> int:
             msg = o.error or ""
             print(f"fleetpilot train: error: {msg if msg.startswith(path) else f'{path}: {msg}'}", file=sys.stderr)
 
-    outcomes = map_tasks(functools.partial(train_one, options, list(sys.argv)), items, args.ray, on_done=report)
+    outcomes = map_tasks(
+        functools.partial(train_one, cmd_train, options, list(sys.argv)), items, args.ray, on_done=report
+    )
     for (path, _), o in zip(items, outcomes, strict=True):
         if o.ok:
             print(f"== {path}\n{o.value}", end="" if o.value.endswith("\n") else "\n")
