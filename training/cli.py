@@ -11,7 +11,6 @@ from pathlib import Path
 
 from fleetpilot.policies.errors import CliError
 from fleetpilot.policies.registry import RULE_NAMES
-from fleetpilot.training.fanout import add_ray_option
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -49,6 +48,17 @@ def _fraction(text: str) -> float:
     if not 0.0 <= v <= 1.0:
         raise argparse.ArgumentTypeError(f"{text!r} must be within [0, 1]")
     return v
+
+
+def add_ray_option(p: argparse.ArgumentParser) -> None:
+    """`--ray`: the fan-out of training.fanout (imported only when used: the daemon's CLI loads this module)."""
+    p.add_argument(
+        "--ray",
+        metavar="auto|local|ADDRESS",
+        default=None,
+        help="run the work as Ray tasks: 'auto' (the cluster this node joined, or RAY_ADDRESS), 'local' (a private "
+        "Ray on this machine), HOST:PORT or ray://HOST:10001; without it, in this process (docs/distributed.md)",
+    )
 
 
 def add_load_options(p: argparse.ArgumentParser) -> None:

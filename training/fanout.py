@@ -25,12 +25,6 @@ from urllib.parse import urlsplit
 
 from fleetpilot.policies.errors import CliError, UserError
 
-#: what `--ray` accepts besides a cluster address
-RAY_HELP = (
-    "run the work as Ray tasks: 'auto' (the cluster this node belongs to, or RAY_ADDRESS), 'local' (a private "
-    "single-node Ray for this command), or a cluster address HOST:PORT (the GCS port, 6379 by default) or "
-    "ray://HOST:10001 (Ray Client); without it everything runs in this process"
-)
 #: seconds to wait for a TCP connection to the given address before calling it unreachable
 CONNECT_TIMEOUT_S = 5.0
 
@@ -90,7 +84,12 @@ def map_tasks(
     results: list[Outcome | None] = [None] * len(refs)
     pending = list(refs)
     while pending:
-        done, pending = ray.wait(pending, num_returns=1)
+        try:
+            done, pending = ray.wait(pending, num_returns=1)
+        except KeyboardInterrupt:  # Ctrl-C stops the work on the cluster too
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise
         for ref in done:
             i = index[ref]
             try:
@@ -212,8 +211,3 @@ def _single_thread() -> Callable[[], None]:
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def add_ray_option(p) -> None:
-    """`--ray auto|local|ADDRESS` on an argparse parser (dest `ray`, default None: in this process)."""
-    p.add_argument("--ray", metavar="auto|local|ADDRESS", default=None, help=RAY_HELP)
