@@ -339,3 +339,49 @@ def plot(
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def _backtest_named(
+    names: list[str],
+    params: FleetParams | None,
+    runs: list[Run],
+    forecast: bool = False,
+    progress: Callable[[int], object] | None = None,
+) -> Report:
+    """One fan-out task: the policies built by name where the task runs (an ONNX session does not travel)."""
+    from fleetpilot.policies.registry import make_policy
+
+    policies = {n: (None if n == ORACLE else make_policy(n)) for n in names}
+    return backtest(runs, policies, params, forecast=forecast, progress=progress)
+
+
+def backtest_fanout(
+    runs: list[Run],
+    names: list[str],
+    params: FleetParams | None = None,
+    ray_address: str | None = None,
+    forecast: bool = False,
+    progress: Callable[[int], object] | None = None,
+) -> Report:
+    """`backtest` of the policies `names` (ORACLE for the oracle) on `runs`; with `ray_address`, one Ray task per
+    run, merged in the runs' order. In this process all runs stay one batch (`simulate` is vectorized over
+    runs); each run's rows are independent of the others in the batch, so both give the same report.
+    `forecast` and `progress` as in `backtest` (on Ray, progress counts a run's policies when its task ends and
+    the forecast errors are computed here, from the runs' loads)."""
+    if ray_address is None:
+        return _backtest_named(list(names), params, runs, forecast=forecast, progress=progress)
+    import functools
+
+    from fleetpilot.training.fanout import map_tasks, values
+
+    fn = functools.partial(_backtest_named, list(names), params)
+    on_done = (lambda _i, _o: progress(len(names))) if progress is not None else None
+    parts: list[Report] = values(map_tasks(fn, [[r] for r in runs], ray_address, on_done), "backtest")
+    report = Report()
+    for part in parts:
+        report.runs += part.runs
+        report.trajectories.update(part.trajectories)
+    report.summary = summarize(report.runs, ORACLE in names)
+    if forecast:
+        report.forecast = forecast_errors(runs, report.runs, (params or FleetParams()).warmup_minutes)
+    return report

@@ -52,6 +52,17 @@ def _fraction(text: str) -> float:
     return v
 
 
+def add_ray_option(p: argparse.ArgumentParser) -> None:
+    """`--ray`: the fan-out of training.fanout (imported only when used: the daemon's CLI loads this module)."""
+    p.add_argument(
+        "--ray",
+        metavar="auto|local|ADDRESS",
+        default=None,
+        help="run the work as Ray tasks: 'auto' (the cluster this node joined, or RAY_ADDRESS), 'local' (a private "
+        "Ray on this machine), HOST:PORT or ray://HOST:10001; without it, in this process (docs/distributed.md)",
+    )
+
+
 def add_load_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--trace", action="append", default=[], metavar="FILE", help="trace CSV (timestamp,requests); repeatable"
@@ -115,7 +126,7 @@ def build_runs(args) -> list:
 
 def cmd_backtest(args) -> int:
     from fleetpilot.policies.registry import BACKTEST_BASELINES, make_policy
-    from fleetpilot.training.backtest import ORACLE, backtest, format_table, plot, write_json
+    from fleetpilot.training.backtest import ORACLE, backtest_fanout, format_table, plot, write_json
     from fleetpilot.training.progress import Progress
 
     if args.plot and not args.plot.lower().endswith(".png"):
@@ -129,13 +140,15 @@ def cmd_backtest(args) -> int:
     from fleetpilot.policies.registry import PolicyError
 
     try:
-        policies = {n: (None if n == ORACLE else make_policy(n)) for n in names}
+        for n in names:  # an unknown name is refused before any work starts (the tasks build their own)
+            if n != ORACLE:
+                make_policy(n)
     except PolicyError as exc:
         raise CliError(f"{exc} (or {ORACLE} in a backtest)") from None
     runs = build_runs(args)
     t0 = time.perf_counter()
-    with Progress(len(runs) * len(policies), f"backtest ({len(runs)} loads x {len(policies)} policies)", "runs") as bar:
-        report = backtest(runs, policies, forecast=True, progress=bar.update)
+    with Progress(len(runs) * len(names), f"backtest ({len(runs)} loads x {len(names)} policies)", "runs") as bar:
+        report = backtest_fanout(runs, names, ray_address=args.ray, forecast=True, progress=bar.update)
     dt = time.perf_counter() - t0
     print(format_table(report, per_run=args.per_run))
     print(f"({dt:.1f} s)", file=sys.stderr)
@@ -165,7 +178,7 @@ def cmd_traces_generate(args) -> int:
 def cmd_tune(args) -> int:
     from fleetpilot.training.tune import tune
 
-    best = tune(args.policy, build_runs(args), progress=True)
+    best = tune(args.policy, build_runs(args), ray_address=args.ray, progress=True)
     print(json.dumps(best, indent=2))
     return 0
 
@@ -183,6 +196,7 @@ def add_commands(sub) -> None:
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="plot load and capacity per policy")
     p.add_argument("--per-run", action="store_true", help="print a table per run before the summary")
+    add_ray_option(p)
     p.set_defaults(func=cmd_backtest)
 
     t = sub.add_parser("traces", help="load traces")
@@ -196,6 +210,7 @@ def add_commands(sub) -> None:
     u = sub.add_parser("tune", help="grid-search a rule's parameters on loads (reproduces the shipped defaults)")
     add_load_options(u)
     u.add_argument("--policy", required=True, choices=RULE_NAMES)
+    add_ray_option(u)
     u.set_defaults(func=cmd_tune)
     add_training_commands(sub)
 
@@ -242,6 +257,8 @@ def _train_config(path: str | None, args):
         data["total_steps"] = args.steps
     if args.seed is not None:
         data["seed"] = args.seed
+    if getattr(args, "threads", None) is not None:  # `--trace-dir`: one thread per task
+        data["threads"] = args.threads
     try:
         cfg = PPOConfig(**data)
         fleet = FleetParams(**fleet_data)
@@ -375,6 +392,12 @@ class TrainData:
 def cmd_train(args) -> int:
     from fleetpilot.training.ppo import CheckpointError, train
 
+    if getattr(args, "trace_dir", None):
+        from fleetpilot.training.train_dir import cmd_train_dir
+
+        return cmd_train_dir(args, cmd_train)
+    if getattr(args, "ray", None):
+        raise CliError("--ray fans out --trace-dir (one task per history); one training runs in this process")
     cfg, fleet = _train_config(args.config, args)
     split = parse_split(args.split)
     out = Path(args.out)
@@ -568,6 +591,10 @@ def add_training_commands(sub) -> None:
     t.add_argument("--name", default="default", help="model name recorded in the manifest")
     t.add_argument("--no-resume", action="store_true", help="start over even if DIR has a checkpoint")
     t.add_argument("--out", required=True, metavar="DIR")
+    t.add_argument(
+        "--trace-dir", metavar="DIR", help="train one policy per *.csv history in DIR, each into --out DIR/STEM"
+    )
+    add_ray_option(t)
     t.set_defaults(func=cmd_train)
 
     p = sub.add_parser("policies", help="shipped policies")

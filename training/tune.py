@@ -7,8 +7,8 @@ Tuning seeds (0..9) are disjoint from the evaluation seeds (1000..1009, 2000..20
 
 from __future__ import annotations
 
+import functools
 import itertools
-import math
 from typing import Any
 
 from fleetpilot.policies.registry import make_policy
@@ -64,23 +64,36 @@ def grid_scores(
     return out
 
 
-def tune(policy: str, runs: list[Run], progress: bool = False) -> dict[str, Any]:
+def score_point(policy: str, runs: list[Run], params: dict[str, Any]) -> tuple[float, int, dict[str, Any]]:
+    """(expected profit, downtime minutes, params) of one grid point summed over `runs`: one fan-out task."""
+    s = backtest(runs, {"p": make_policy(policy, params)}).summary[0]
+    return s["expected_profit_usd"], s["downtime_minutes"], params
+
+
+def tune(policy: str, runs: list[Run], ray_address: str | None = None, progress: bool = False) -> dict[str, Any]:
     """The grid point with the highest expected profit summed over `runs`, and the runner-up figures.
-    `progress`: a progress bar (a terminal) or lines with an ETA (otherwise) on stderr, one unit per grid point."""
+    Each grid point is one task of `training.fanout.map_tasks` (Ray tasks with `ray_address`). `progress`: a
+    progress bar (a terminal) or lines with an ETA (otherwise) on stderr, one unit per grid point."""
+    from fleetpilot.training.fanout import map_tasks, values
+
     grid = GRIDS[policy]
     keys = list(grid)
-    scored = []
-    points = math.prod(len(v) for v in grid.values())
-    bar = Progress(points, f"tune {policy}", "points") if progress else None
-    for values in itertools.product(*(grid[k] for k in keys)):
-        params = dict(zip(keys, values, strict=False))
-        report = backtest(runs, {"p": make_policy(policy, params)})
-        s = report.summary[0]
-        scored.append((s["expected_profit_usd"], s["downtime_minutes"], params))
+    points = [dict(zip(keys, v, strict=False)) for v in itertools.product(*(grid[k] for k in keys))]
+    bar = Progress(len(points), f"tune {policy}", "points") if progress else None
+    best: list[float] = []
+
+    def on_done(_i: int, outcome: Any) -> None:
+        if bar is None:
+            return
+        if outcome.ok:
+            best[:] = [max([*best, outcome.value[0]])]
+        bar.update(1, postfix=f"best E[profit] ${best[0]:,.0f}" if best else None)
+
+    try:
+        scored = values(map_tasks(functools.partial(score_point, policy, runs), points, ray_address, on_done), "tune")
+    finally:
         if bar is not None:
-            bar.update(1, postfix=f"best E[profit] ${max(x[0] for x in scored):,.0f}")
-    if bar is not None:
-        bar.close()
+            bar.close()
     scored.sort(key=lambda x: -x[0])
     best = scored[0]
     # the profit/downtime frontier: points no other point beats on both (most profitable first)
