@@ -26,6 +26,7 @@ which is not scored; windows follow each other without overlap.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import subprocess
 import sys
@@ -34,6 +35,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from fleetpilot.training.cli import add_ray_option
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -123,6 +126,24 @@ def best_fixed_action(mapping, runs: list, chunk: int = 12) -> list[dict]:
     return [b for b in best if b is not None]
 
 
+def fold_models(held: list[str], args, out_root: Path) -> dict[str, Path]:
+    """Each held-out trace's model: the given one (--policy-dir), or one trained per fold, the folds in this
+    process or as Ray tasks (--ray), with a progress bar (or lines with an ETA) over the folds."""
+    if args.policy_dir:
+        return {fold: Path(args.policy_dir) for fold in held}
+    from fleetpilot.training.fanout import map_tasks, values
+    from fleetpilot.training.progress import Progress
+
+    with Progress(len(held), "leave-one-trace-out training", "folds") as bar:
+        task = functools.partial(_train_fold_task, list(TRACES), args, out_root)
+        dirs = values(map_tasks(task, held, args.ray, lambda _i, _o: bar.update(1)), "train")
+    return dict(zip(held, dirs, strict=True))
+
+
+def _train_fold_task(names: list[str], args, out_root: Path, held_out: str) -> Path:
+    return train_fold(held_out, names, args, out_root)
+
+
 def train_fold(held_out: str, names: list[str], args, out_root: Path) -> Path:
     """`fleetpilot train --trace` on every trace but the held-out one; returns the model directory."""
     from fleetpilot.sim.load import read_trace, write_trace
@@ -200,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="where the folds' models go (default: a temporary directory)")
     ap.add_argument("--json", metavar="PATH", help="write the figures as one flat JSON object (TRACE_COLUMN_FIGURE)")
     ap.add_argument("--details", metavar="PATH", help="write every choice and per-window figure as JSON")
+    add_ray_option(ap)  # the folds' trainings as Ray tasks
     args = ap.parse_args(argv)
 
     from fleetpilot.policies.actions import ActionMapping
@@ -256,11 +278,12 @@ def main(argv: list[str] | None = None) -> int:
 
     out_root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="fleetpilot-gen-"))
     out_root.mkdir(parents=True, exist_ok=True)
+    model_dirs = fold_models(held, args, out_root)
     results: dict[str, dict] = {}
     for fold in held:
         idx = [i for i, o in enumerate(owner) if o == fold]
         runs = [eval_runs[i] for i in idx]
-        model_dir = Path(args.policy_dir) if args.policy_dir else train_fold(fold, list(TRACES), args, out_root)
+        model_dir = model_dirs[fold]
         learned = OnnxPolicy.load(model_dir)
         mapping = ActionMapping.from_json(read_manifest(model_dir)["action_mapping"])
         tt_params, fc_params = tuned_for(tt_tune, fold), tuned_for(fc_tune, fold)
