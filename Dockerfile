@@ -81,12 +81,15 @@ COPY --from=builder /opt/venv /opt/venv
 # box. Mount your own at /etc/fleetpilot/config.yaml (read-only) for real groups.
 COPY deploy/systemd/config.yaml /etc/fleetpilot/config.yaml
 # PYTHONDONTWRITEBYTECODE: bytecode was compiled at install time; nothing is written under the read-only root.
+# STATE_DIRECTORY: where a config without journal_path puts the journal (/var/lib/fleetpilot/journal.sqlite),
+# the same variable systemd's StateDirectory= sets (controller/state.py).
 # FLEETPILOT_SERVER__HOST: inside a container the metrics/health server must listen on all interfaces so the
 # orchestrator's probes and Prometheus can reach it (outside containers the daemon's default is 127.0.0.1).
 ENV PATH=/opt/venv/bin:${PATH} \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     TMPDIR=/tmp \
+    STATE_DIRECTORY=/var/lib/fleetpilot \
     FLEETPILOT_SERVER__HOST=0.0.0.0
 USER 10001:10001
 WORKDIR /var/lib/fleetpilot

@@ -6,10 +6,16 @@
 (b) ticks of N simulated groups sharing one policy (one batched decide) for each N of `--groups`, each N in a
     fresh process (so its resident memory is its own): p50 / p99 / max tick seconds, setup seconds, resident
     memory after the ticks (VmRSS) and its peak (VmHWM), side by side. Targets (issue 13): 10,000 groups in
-    <= 1 s a tick (p50) and <= 300 MB resident.
+    <= 1 s a tick (p50) and <= 300 MB resident;
+(c) with `--shadow default,target-tracking`: (b) again for each N with every group shadowed by those policies,
+    the tick and the shadows' own time inside it, against the bar of issue 14 (shadows add < 20%).
 
     .venv/bin/python benchmarks/daemon_bench.py [--policy default] [--groups 1,1000,10000] [--ticks 20]
-        [--json PATH] [--skip-once]
+        [--shadow default,target-tracking] [--json PATH] [--skip-once]
+
+`--json PATH` writes one flat object: the (a) figures, and per N `g<N>_tick_seconds_p50` (p99, max),
+`g<N>_rss_mb`, `g<N>_hwm_mb`, `g<N>_setup_seconds` and, with shadows, `g<N>_shadow_tick_seconds_p50` and
+`g<N>_shadow_own_seconds_p50`.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ TARGET_FIRST_DECISION_S = 2.0
 TARGET_TICK_1000_S = 1.0
 TARGET_TICK_10000_S = 1.0
 TARGET_RSS_10000_MB = 300.0
+TARGET_SHADOW_OVERHEAD = 0.20
 
 _CHILD = """
 import json, sys
@@ -93,8 +100,9 @@ def one_group_once(tmp: Path, policy: str, repeats: int) -> dict:
     }
 
 
-def many_groups_tick(tmp: Path, policy: str, groups: int, ticks: int) -> dict:
-    """In this process: `ticks` ticks (after a warm-up tick) of `groups` simulated groups."""
+def many_groups_tick(tmp: Path, policy: str, groups: int, ticks: int, shadows: list[str] | None = None) -> dict:
+    """In this process: `ticks` ticks (after a warm-up tick) of `groups` simulated groups (each shadowed by
+    `shadows`, whose own time inside each tick is measured too)."""
     from prometheus_client import CollectorRegistry
 
     from fleetpilot.controller.config import DaemonConfig
@@ -109,6 +117,7 @@ def many_groups_tick(tmp: Path, policy: str, groups: int, ticks: int) -> dict:
                 "policy": policy,
                 "source": {"kind": "simulator", "seed": i, "minutes": 1440},
                 "backend": {"kind": "simulated", "seed": i},
+                **({"shadow_policies": shadows} if shadows else {}),
             }
             for i in range(groups)
         ],
@@ -118,6 +127,18 @@ def many_groups_tick(tmp: Path, policy: str, groups: int, ticks: int) -> dict:
     d.backfill()
     setup = time.perf_counter() - t0
     assert len(d.batches) == 1, "the groups should share one batch"
+    in_shadows: list[float] = []
+    if shadows:
+        inner = d.shadows.tick
+
+        def timed(*a, **k):
+            t = time.perf_counter()
+            try:
+                return inner(*a, **k)
+            finally:
+                in_shadows.append(time.perf_counter() - t)
+
+        d.shadows.tick = timed  # type: ignore[method-assign]
     d.run_tick()  # warm-up (first tick)
     times = []
     for _ in range(ticks):
@@ -140,16 +161,18 @@ def many_groups_tick(tmp: Path, policy: str, groups: int, ticks: int) -> dict:
         "inference_mean_s": inference,
         "rss_mb": int(status["VmRSS"].split()[0]) / 1024,
         "hwm_mb": int(status["VmHWM"].split()[0]) / 1024,
+        "shadows_p50_s": statistics.median(in_shadows[-ticks:]) if in_shadows else None,
         "policy": type(d.batches[0].policy).__name__
         if d.batches[0].policy is not None
         else f"fallback ({d.batches[0].policy_error})",
     }
 
 
-def many_groups_in_child(policy: str, groups: int, ticks: int) -> dict:
+def many_groups_in_child(policy: str, groups: int, ticks: int, shadows: list[str] | None = None) -> dict:
     """`many_groups_tick` in a fresh process: its memory figures are its own."""
+    extra = ["--shadow", ",".join(shadows)] if shadows else []
     p = subprocess.run(
-        [sys.executable, __file__, "--child", str(groups), "--policy", policy, "--ticks", str(ticks)],
+        [sys.executable, __file__, "--child", str(groups), "--policy", policy, "--ticks", str(ticks), *extra],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -157,6 +180,36 @@ def many_groups_in_child(policy: str, groups: int, ticks: int) -> dict:
     if p.returncode != 0:
         raise SystemExit(f"the {groups}-group run failed (exit {p.returncode}): {p.stderr.strip()[-2000:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def flat_figures(policy: str, a: dict | None, runs: list[dict], shadowed: list[dict], rows: list) -> dict:
+    """One flat JSON object: (a)'s figures, then per N `g<N>_...` (see the module docstring)."""
+    out: dict = {"policy": policy, "groups": ",".join(str(b["groups"]) for b in runs)}
+    if a is not None:
+        out.update(
+            first_decision_seconds_p50=a["first_decision_s"],
+            first_decision_seconds_max=a["first_decision_max_s"],
+            rss_mb=a["rss_mb"],
+            hwm_mb=a["hwm_mb"],
+            torch_in_process=a["torch"],
+        )
+    for b in runs:
+        n = b["groups"]
+        out.update(
+            {
+                f"g{n}_tick_seconds_p50": b["tick_p50_s"],
+                f"g{n}_tick_seconds_p99": b["tick_p99_s"],
+                f"g{n}_tick_seconds_max": b["tick_max_s"],
+                f"g{n}_setup_seconds": b["setup_s"],
+                f"g{n}_rss_mb": b["rss_mb"],
+                f"g{n}_hwm_mb": b["hwm_mb"],
+            }
+        )
+    for c in shadowed:
+        out[f"g{c['groups']}_shadow_tick_seconds_p50"] = c["tick_p50_s"]
+        out[f"g{c['groups']}_shadow_own_seconds_p50"] = c["shadows_p50_s"]
+    out["targets_met"] = all(r[3] for r in rows)
+    return out
 
 
 def _groups(text: str) -> list[int]:
@@ -169,25 +222,35 @@ def _groups(text: str) -> list[int]:
     return ns
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--policy", default="default", help="policy of the groups (default: the shipped model)")
     ap.add_argument("--groups", type=_groups, default=[1, 1000, 10000], help="N, or N1,N2,... (default 1,1000,10000)")
     ap.add_argument("--ticks", type=int, default=20, help="timed ticks per N, after one warm-up tick")
     ap.add_argument("--repeats", type=int, default=3, help="runs of (a); the median first-decision time")
-    ap.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    ap.add_argument("--json", type=Path, help="also write the figures as one flat JSON object")
     ap.add_argument("--skip-once", action="store_true", help="skip (a), the one-group start-up measure")
+    ap.add_argument(
+        "--shadow",
+        nargs="?",
+        const="default,target-tracking",
+        default=None,
+        help="also time (b) with these shadow policies on every group (comma-separated; "
+        "default default,target-tracking)",
+    )
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    shadows = [s for s in (args.shadow or "").split(",") if s]
     if args.child is not None:
         with tempfile.TemporaryDirectory() as td:
-            print(json.dumps(many_groups_tick(Path(td), args.policy, args.child, args.ticks)))
+            print(json.dumps(many_groups_tick(Path(td), args.policy, args.child, args.ticks, shadows)))
         return 0
     a = None
     if not args.skip_once:
         with tempfile.TemporaryDirectory() as td:
             a = one_group_once(Path(td), args.policy, args.repeats)
     runs = [many_groups_in_child(args.policy, n, args.ticks) for n in args.groups]
+    shadowed = [many_groups_in_child(args.policy, n, args.ticks, shadows) for n in args.groups] if shadows else []
     rows = []
     if a is not None:
         rows += [
@@ -253,13 +316,24 @@ def main() -> int:
             f"{b['hwm_mb']:.0f}",
         )
         print("  ".join(f"{c:>9}" for c in cells))
+    for b, c in zip(runs, shadowed, strict=False):
+        own = c["shadows_p50_s"] / b["tick_p50_s"]
+        rows.append(
+            (
+                f"(c) shadows' own time in a tick, {b['groups']} groups (p50; tick {c['tick_p50_s'] * 1000:.0f} ms "
+                f"vs {b['tick_p50_s'] * 1000:.0f} ms)",
+                f"{c['shadows_p50_s'] * 1000:.1f} ms (+{own * 100:.1f}%)",
+                f"< +{TARGET_SHADOW_OVERHEAD * 100:.0f}%",
+                own < TARGET_SHADOW_OVERHEAD,
+            )
+        )
     if rows:
         w = max(len(r[0]) for r in rows)
         print(f"{'measure'.ljust(w)}  {'measured':>22}  {'target':>10}  ok")
         for name, got, target, ok in rows:
             print(f"{name.ljust(w)}  {got:>22}  {target:>10}  {'yes' if ok else 'NO'}")
     if args.json is not None:
-        args.json.write_text(json.dumps({"policy": args.policy, "once": a, "groups": runs}, indent=2) + "\n")
+        args.json.write_text(json.dumps(flat_figures(args.policy, a, runs, shadowed, rows), indent=2) + "\n")
     return 0 if all(r[3] for r in rows) else 1
 
 

@@ -1,11 +1,12 @@
 """Inference latency: onnxruntime vs torch eager on the policy network, one decision and a batch of 10,000.
 
-.venv/bin/python benchmarks/inference_bench.py [--model policies/models/default]
+.venv/bin/python benchmarks/inference_bench.py [--model policies/models/default] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -14,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
 
 def timings(fn, x, n: int) -> list[float]:
@@ -28,7 +30,7 @@ def timings(fn, x, n: int) -> list[float]:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     import torch
 
     from fleetpilot.policies.actions import ActionMapping
@@ -37,14 +39,15 @@ def main() -> None:
     from fleetpilot.training.export import write_model
     from fleetpilot.training.ppo import Agent
 
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="policies/models/default")
-    ap.add_argument("--single", type=int, default=20_000)
-    ap.add_argument("--batches", type=int, default=200)
-    a = ap.parse_args()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=str(REPO / "policies" / "models" / "default"))
+    ap.add_argument("--single", type=int, default=20_000, help="timed single decisions per engine")
+    ap.add_argument("--batches", type=int, default=200, help="timed batches of 10,000 per engine")
+    ap.add_argument("--json", metavar="FILE", help="also write the figures as one flat JSON object")
+    a = ap.parse_args(argv)
     torch.set_num_threads(2)
     mapping = ActionMapping()
-    agent = Agent(mapping.n)
+    agent = Agent(mapping.n, generator=torch.Generator().manual_seed(0))
     model_dir = Path(a.model)
     ckpt = model_dir / "checkpoint.pt"
     tmp = None
@@ -63,11 +66,14 @@ def main() -> None:
         with torch.no_grad():
             return agent(torch.from_numpy(x)).numpy()
 
-    rows = []
-    for label, fn in (("onnxruntime", pol.actions), ("torch eager", torch_fn)):
+    rows, figures = [], {"single_decisions": a.single, "batches_of_10000": a.batches}
+    for label, key, fn in (("onnxruntime", "onnx", pol.actions), ("torch eager", "torch", torch_fn)):
         s = timings(fn, one, a.single)
         b = timings(fn, big, a.batches)
         rows.append((label, statistics.median(s) * 1e6, np.percentile(s, 99) * 1e6, statistics.median(b) * 1e3))
+        figures[f"{key}_single_us_p50"] = rows[-1][1]
+        figures[f"{key}_single_us_p99"] = float(rows[-1][2])
+        figures[f"{key}_batch_10000_ms_p50"] = rows[-1][3]
     print(f"{'engine':<13} {'single p50 us':>14} {'single p99 us':>14} {'batch 10k ms':>13}")
     for r in rows:
         print(f"{r[0]:<13} {r[1]:>14.1f} {r[2]:>14.1f} {r[3]:>13.2f}")
@@ -75,7 +81,10 @@ def main() -> None:
     print("targets: ONNX single p99 <= 100 us; batch of 10,000 <= 10 ms")
     if tmp:
         tmp.cleanup()
+    if a.json:
+        Path(a.json).write_text(json.dumps(figures, indent=2) + "\n")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

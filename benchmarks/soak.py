@@ -9,9 +9,9 @@ calls - is driven in a loop: one tick is one simulated minute, so 100,000 ticks 
 - resident memory (VmRSS) sampled every `--sample-every` ticks: growth after the warm-up (the first
   `--warmup` ticks: the history buffers fill, SQLite's page cache grows) at most 10 MB;
 - journal rows == decisions == ticks x groups (`fleetpilot_decisions_total`, summed);
-- tick time (mean, p99).
+- tick time (median, mean, p99).
 
-    .venv/bin/python benchmarks/soak.py [--minutes 100000] [--groups 1] [--policy default] [--json]
+    .venv/bin/python benchmarks/soak.py [--minutes 100000] [--groups 1] [--policy default] [--json FILE]
 
 Exit code 1 when a target is missed. tests/test_reliability_soak.py runs a 5,000-minute version in CI.
 """
@@ -129,6 +129,7 @@ def soak(
         "policy": policy,
         "policy_kind": type(daemon.batches[0].policy).__name__ if daemon.batches[0].policy else "fallback only",
         "wall_seconds": round(wall, 1),
+        "tick_p50_ms": round(float(np.median(durations)) * 1e3, 3),
         "tick_mean_ms": round(float(durations.mean()) * 1e3, 3),
         "tick_p99_ms": round(float(np.percentile(durations, 99)) * 1e3, 3),
         "ticks": outcomes,
@@ -167,6 +168,13 @@ def check(r: dict) -> list[str]:
     return bad
 
 
+def flat(r: dict, bad: list[str]) -> dict:
+    """The figures of `soak` as one flat object: tick outcomes as ticks_<outcome>, no memory samples."""
+    figures = {k: v for k, v in r.items() if k not in ("ticks", "rss_samples")}
+    figures.update({f"ticks_{outcome}": n for outcome, n in sorted(r["ticks"].items())})
+    return {**figures, "ok": not bad}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=int, default=100_000)
@@ -183,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         help="ticks before memory growth is measured (default: min(minutes/2, 10000))",
     )
     ap.add_argument("--sample-every", type=int, default=1000)
-    ap.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    ap.add_argument("--json", metavar="FILE", help="also write the figures as one flat JSON object")
     args = ap.parse_args(argv)
     import logging
 
@@ -191,28 +199,27 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging("WARNING")  # the soak's own output is the figures
     logging.getLogger("fleetpilot").setLevel(logging.WARNING)
-    r = soak(args.minutes, args.groups, args.policy, args.warmup, args.sample_every, progress=not args.json)
+    r = soak(args.minutes, args.groups, args.policy, args.warmup, args.sample_every, progress=True)
     bad = check(r)
     if args.json:
-        print(json.dumps({**r, "ok": not bad}))
-    else:
-        print(
-            f"soak: {r['minutes']:,} simulated minutes x {r['groups']} group(s), policy {r['policy']} "
-            f"({r['policy_kind']}), {r['wall_seconds']} s wall"
-        )
-        print(f"  ticks: {r['ticks']}  error ticks: {r['error_ticks']}  partial: {r['partial_ticks']}")
-        print(f"  tick time: mean {r['tick_mean_ms']} ms, p99 {r['tick_p99_ms']} ms")
-        print(
-            f"  journal rows {r['journal_rows']:,} = decisions {r['decisions']:,} "
-            f"(integrity {r['journal_integrity']}, {r['journal_mb']} MB)"
-        )
-        print(
-            f"  resident memory: start {r['rss_start_mb']} MB, after {r['warmup_minutes']:,}-minute warm-up "
-            f"{r['rss_at_warmup_mb']} MB, end {r['rss_end_mb']} MB, max after warm-up "
-            f"{r['rss_max_after_warmup_mb']} MB: growth {r['rss_growth_after_warmup_mb']} MB "
-            f"(limit {MAX_GROWTH_MB:g})"
-        )
-        print("  " + ("OK" if not bad else "FAILED: " + "; ".join(bad)))
+        Path(args.json).write_text(json.dumps(flat(r, bad), indent=2) + "\n")
+    print(
+        f"soak: {r['minutes']:,} simulated minutes x {r['groups']} group(s), policy {r['policy']} "
+        f"({r['policy_kind']}), {r['wall_seconds']} s wall"
+    )
+    print(f"  ticks: {r['ticks']}  error ticks: {r['error_ticks']}  partial: {r['partial_ticks']}")
+    print(f"  tick time: median {r['tick_p50_ms']} ms, mean {r['tick_mean_ms']} ms, p99 {r['tick_p99_ms']} ms")
+    print(
+        f"  journal rows {r['journal_rows']:,} = decisions {r['decisions']:,} "
+        f"(integrity {r['journal_integrity']}, {r['journal_mb']} MB)"
+    )
+    print(
+        f"  resident memory: start {r['rss_start_mb']} MB, after {r['warmup_minutes']:,}-minute warm-up "
+        f"{r['rss_at_warmup_mb']} MB, end {r['rss_end_mb']} MB, max after warm-up "
+        f"{r['rss_max_after_warmup_mb']} MB: growth {r['rss_growth_after_warmup_mb']} MB "
+        f"(limit {MAX_GROWTH_MB:g})"
+    )
+    print("  " + ("OK" if not bad else "FAILED: " + "; ".join(bad)))
     return 0 if not bad else 1
 
 

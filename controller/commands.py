@@ -2,7 +2,8 @@
 
 fleetpilot run --config FILE [--dry-run] [--once] [--quiet]
 fleetpilot config check FILE
-fleetpilot decisions (--config FILE | --journal PATH) [--group G] [--last N] [--json]
+fleetpilot decisions [--config FILE | --journal PATH] [--group G] [--last N] [--json]
+fleetpilot lease create-table --config FILE
 """
 
 from __future__ import annotations
@@ -36,13 +37,17 @@ def add_commands(sub) -> None:
     chk.set_defaults(func=cmd_config_check)
 
     d = sub.add_parser("decisions", help="show the decision journal")
-    src = d.add_mutually_exclusive_group(required=True)
-    src.add_argument("--config", help="config file (its journal_path is read)")
-    src.add_argument("--journal", help="journal SQLite file")
+    src = d.add_mutually_exclusive_group()
+    src.add_argument("--config", help="config file (its journal_path, else the default location, is read)")
+    src.add_argument("--journal", help="journal SQLite file (default: the state directory's journal.sqlite)")
     d.add_argument("--group", help="only this group")
     d.add_argument("--last", type=int, default=20, help="number of decisions (default 20)")
     d.add_argument("--json", action="store_true", help="one JSON object per line")
     d.set_defaults(func=cmd_decisions)
+
+    from fleetpilot.controller.lease import add_commands as add_lease_commands
+
+    add_lease_commands(sub)
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
@@ -73,6 +78,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from fleetpilot.controller.daemon import Daemon, log_config, run_forever
     from fleetpilot.controller.runtime import TickOutcome
     from fleetpilot.controller.server import StatusServer
+    from fleetpilot.controller.status_page import pages as status_pages
 
     stop = threading.Event()
     running: list = []  # the daemon, once made
@@ -97,14 +103,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         if not args.once:
             try:
-                server = StatusServer(cfg.server.host, cfg.server.port, daemon.registry, daemon.healthz, daemon.readyz)
+                server = StatusServer(
+                    cfg.server.host,
+                    cfg.server.port,
+                    daemon.registry,
+                    daemon.healthz,
+                    daemon.readyz,
+                    pages=status_pages(daemon.status),
+                )
             except OSError as exc:
                 raise CliError(
                     f"server: cannot listen on {cfg.server.host}:{cfg.server.port}: {exc.strerror or exc}"
                 ) from None
             server.start()
             host, port = server.address
-            log.info("serving /metrics, /healthz, /readyz", extra={"host": host, "port": port})
+            log.info(
+                "serving /metrics, /healthz, /readyz, / (status page), /api/groups",
+                extra={"host": host, "port": port},
+            )
+        if daemon.lease is not None:  # a lease table that does not exist: one line, exit 2
+            daemon.lease.check_table()
+            daemon.lease.start()
         daemon.backfill()
         if args.once:
             outcome = daemon.run_tick()
@@ -133,11 +152,17 @@ def cmd_decisions(args: argparse.Namespace) -> int:
         from fleetpilot.controller.config import load_config
 
         path = load_config(args.config).journal_path
-    else:
+    elif args.journal is not None:
         path = args.journal
+    else:  # the same default as a config without journal_path
+        from fleetpilot.controller.state import default_journal_path
+
+        path = default_journal_path()
     try:
         rows = read_decisions(path, args.group, args.last)
     except FileNotFoundError:
+        if args.config is None and args.journal is None:
+            raise CliError(f"{path}: no journal at the default location (give --config or --journal)") from None
         raise CliError(f"{path}: no journal (has the daemon run with this journal_path?)") from None
     except Exception as exc:  # sqlite3.DatabaseError and friends: not a journal
         raise CliError(f"{path}: cannot read the journal: {exc}") from None
@@ -160,9 +185,11 @@ def cmd_decisions(args: argparse.Namespace) -> int:
         ("outcome", "outcome"),
         ("guards", "guards"),
     ]
+    if any(r.get("lease_token") is not None for r in rows):  # leader election: who decided, under which token
+        cols += [("holder", "lease_holder"), ("token", "lease_token")]
 
     def cell(r, key):
-        v = r[key]
+        v = r.get(key)
         if key == "guards":
             return ",".join(v) or "-"
         if key == "load_tpm":

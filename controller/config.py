@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from fleetpilot.controller.state import StateDirError, default_journal_path
 from fleetpilot.policies.base import MAX_FLEET_MACHINES
 from fleetpilot.policies.errors import UserError
 from fleetpilot.policies.files import (
@@ -225,6 +226,11 @@ class GroupConfig(_Strict):
     stale_after_seconds: float = Field(180.0, gt=0)
     bad_data_ticks_before_fallback: int = Field(3, ge=1, le=1_000_000)
     paused: bool = False
+    shadow_policies: list[str] = Field(
+        default_factory=list,
+        max_length=8,
+        description="policies computed every tick on the same load, never written (controller.shadow)",
+    )
     source: SourceConfig
     backend: BackendConfig
 
@@ -258,6 +264,18 @@ class GroupConfig(_Strict):
                 )
         return v
 
+    @field_validator("shadow_policies")
+    @classmethod
+    def _shadows_known(cls, v: list[str]) -> list[str]:
+        for i, spec in enumerate(v):
+            try:
+                cls._policy_known(spec)
+            except ValueError as exc:
+                raise ValueError(f"[{i}]: {exc}") from None
+            if spec in v[:i]:
+                raise ValueError(f"[{i}]: {spec!r} is listed twice")
+        return v
+
     @property
     def simulated_clock(self) -> bool:
         return self.source.kind in SIMULATED_SOURCES
@@ -271,6 +289,33 @@ class GroupConfig(_Strict):
         return IMPLAUSIBLE_LOAD_FACTOR * self.max_machines * self.capacity_tpm_per_machine
 
 
+class LeaderElectionConfig(_Strict):
+    """A lease in DynamoDB: only its holder reads the groups, decides and writes (controller.lease)."""
+
+    table: str = Field(
+        min_length=3, max_length=255, pattern=r"^[A-Za-z0-9_.-]+$", description="the DynamoDB table of the lease"
+    )
+    lease_name: str = Field(
+        "fleetpilot", min_length=1, max_length=255, description="the lease's key: one per set of daemons"
+    )
+    region: str = Field("us-east-1", min_length=1)
+    endpoint_url: str | None = Field(None, description="override the DynamoDB endpoint (tests, VPC endpoints)")
+    lease_seconds: float = Field(30.0, ge=1, le=3600, description="how long a lease lasts without a renewal")
+    renew_seconds: float = Field(10.0, gt=0, le=1800, description="how often the holder renews it")
+    holder_id: str | None = Field(
+        None, min_length=1, max_length=255, description="this daemon's name in the lease; default host:pid"
+    )
+
+    @model_validator(mode="after")
+    def _renew_often(self) -> LeaderElectionConfig:
+        if not self.renew_seconds < self.lease_seconds / 2:
+            raise ValueError(
+                f"renew_seconds ({self.renew_seconds:g}) must be under half of lease_seconds "
+                f"({self.lease_seconds:g}): a renewal may fail once without losing the lease"
+            )
+        return self
+
+
 class DaemonConfig(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", case_sensitive=False
@@ -278,10 +323,16 @@ class DaemonConfig(BaseSettings):
 
     interval_seconds: float = Field(60.0, gt=0, le=3600, description="time between ticks")
     dry_run: bool = Field(False, description="run everything but the backend write")
-    journal_path: Path = Field(Path("fleetpilot-journal.sqlite"), description="SQLite decision journal")
+    journal_path: Path = Field(
+        default_factory=default_journal_path,
+        description="SQLite decision journal (default: the state directory, see controller.state)",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     server: ServerConfig = Field(default_factory=ServerConfig)
     groups: list[GroupConfig] = Field(min_length=1)
+    leader_election: LeaderElectionConfig | None = Field(
+        None, description="run as one of several daemons: only the holder of a DynamoDB lease writes"
+    )
 
     @field_validator("journal_path", mode="before")
     @classmethod
@@ -451,6 +502,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of fields at the top, found {type(data).__name__}")
+    bad = [k for k in data if not isinstance(k, str)]
+    if bad:  # `? ` or `1: x` at the top: a key that cannot name a field
+        raise ConfigError(f"{path}: expected field names at the top, found the key {bad[0]!r}")
     return data
 
 
@@ -464,6 +518,8 @@ def load_config(path: str | Path) -> DaemonConfig:
         cfg = bound()
     except ValidationError as exc:
         raise ConfigError(format_validation_error(str(path), exc)) from None
+    except StateDirError as exc:  # no journal_path and nowhere to put the journal by default
+        raise ConfigError(f"{path}: journal_path: {exc}") from None
     except (ValueError, json.JSONDecodeError) as exc:  # an env var that is not valid JSON for a complex field
         raise ConfigError(f"{path}: environment: {str(exc).splitlines()[0]}") from None
     cfg._ignored_env = ignored_env
@@ -496,6 +552,13 @@ def check_runnable(cfg: DaemonConfig, where: str | Path) -> None:
     from fleetpilot.policies.registry import PolicyError, model_dir
 
     for i, g in enumerate(cfg.groups):
+        for j, spec in enumerate(g.shadow_policies):  # a shadow model is checked as the live one is
+            if spec in RULE_POLICIES or (spec == "default" and model_dir(spec) is None):
+                continue
+            try:
+                verify(model_dir(spec) or Path(spec))
+            except (PolicyError, ModelError) as exc:
+                raise ConfigError(f"{where}: groups[{i}].shadow_policies[{j}]: {exc}") from None
         if g.policy in RULE_POLICIES:
             continue
         try:
@@ -592,4 +655,9 @@ def summary(cfg: DaemonConfig) -> str:
         f"{len(cfg.groups)} group{'s' if len(cfg.groups) != 1 else ''}: {'; '.join(parts)}; every "
         f"{cfg.interval_seconds:g} s ({mode}){'; DRY-RUN' if cfg.dry_run else ''}; "
         f"metrics on {cfg.server.host}:{cfg.server.port}; journal {cfg.journal_path}"
+        + (
+            f"; leader election on DynamoDB table {cfg.leader_election.table} ({cfg.leader_election.region})"
+            if cfg.leader_election is not None
+            else ""
+        )
     )

@@ -40,7 +40,8 @@ from fleetpilot.controller.backends.base import Backend, BackendError, GroupStat
 from fleetpilot.controller.clock import CLOCK_JUMP_SECONDS, Clock, JumpDetector, SimulatedClock, WallClock
 from fleetpilot.controller.config import DaemonConfig, masked_dump
 from fleetpilot.controller.guards import Action, Cause, DataStatus
-from fleetpilot.controller.journal import Journal, JournalRow, row_values
+from fleetpilot.controller.journal import Journal, JournalRow
+from fleetpilot.controller.lease import Lease, keep_warm
 from fleetpilot.controller.logs import Streaks
 from fleetpilot.controller.metrics import Metrics
 from fleetpilot.controller.runtime import (
@@ -53,7 +54,9 @@ from fleetpilot.controller.runtime import (
     TickOutcome,
     read_history,
 )
+from fleetpilot.controller.shadow import ShadowBook
 from fleetpilot.controller.sources.base import MetricSource, SourceError
+from fleetpilot.controller.status import StatusBoard, forecasts
 from fleetpilot.policies.base import Policy
 from fleetpilot.policies.observation import HISTORY_MINUTES
 
@@ -91,9 +94,11 @@ class Daemon:
         summary: bool = False,
         journal: Journal | None = None,
         out: TextIO | None = None,
+        lease: Lease | None = None,
     ):
-        """`sources`, `backends` (one per group), `policies` (by the groups' `policy` spec), `clock` and `journal`
-        replace what the config would make (tests, embedding). Dry-run is the config's (`cfg.with_dry_run`)."""
+        """`sources`, `backends` (one per group), `policies` (by the groups' `policy` spec), `clock`, `journal` and
+        `lease` replace what the config would make (tests, embedding). Dry-run is the config's (`cfg.with_dry_run`).
+        With `leader_election` in the config (or a `lease`), only the lease holder decides and writes."""
         self.cfg = cfg
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry, process=registry is None)
@@ -124,6 +129,18 @@ class Daemon:
         )
         for g in self.groups:
             self.metrics.init_group(g.name)
+        if lease is None and cfg.leader_election is not None:
+            lease = Lease(cfg.leader_election, self.registry)
+        self.lease = lease
+        self._fence: tuple[str, int] | None = None  #: (holder, token) of this tick's decisions under a lease
+        # the status page and shadow mode: fed once per tick, after the live decisions (never affecting them)
+        self.shadows = ShadowBook(self.groups).bind([g.name for g in self.groups])
+        if self.shadows.active:
+            self.registry.register(self.shadows)
+        self.status = StatusBoard.of_daemon(cfg, self.groups)
+        self.status.economics = self.shadows if self.shadows.active else None
+        self._tick_rows: list[JournalRow] = []
+        self._observed: list[tuple[Batch, Any]] = []
 
     # --- start -------------------------------------------------------------------------------------------
     def backfill(self) -> None:
@@ -197,9 +214,19 @@ class Daemon:
         if self.tick_no > 0:
             self.clock.advance()
         now = Now.at(self.clock.now_seconds())
+        self._tick_rows, self._observed = [], []
         self._check_clock(now.seconds)
         self._prefetch(now)
         readings = self._read_sources(now)
+        if self.lease is not None:
+            self._fence = self.lease.fence()
+            if self._fence is None:  # a standby: keep the history warm, decide and write nothing
+                if not self.clock.simulated:
+                    for b in self.batches:
+                        self._fill_gaps(b, [readings[g.index] for g in b.groups])
+                keep_warm(self.batches, readings)
+                self.tick_no += 1
+                return TickOutcome.OK
         states = self._read_backends(now, readings)
         proposed = self._propose(readings, states)
         wall = datetime.now(UTC).isoformat(timespec="seconds")
@@ -207,6 +234,7 @@ class Daemon:
         for g in self.groups:
             i = g.index
             problems += self._settle(g, now.minute, wall, readings[i], states[i], proposed[i])
+        self._watch(now.minute, readings, states)
         self.journal.commit()
         self.tick_no += 1
         return TickOutcome.OK if problems == 0 else TickOutcome.PARTIAL
@@ -356,6 +384,7 @@ class Daemon:
             if not self.clock.simulated:
                 self._fill_gaps(b, rs)
             obs = b.observe(rs, ss)
+            self._observed.append((b, obs))
             decided, run = b.decide(obs, rs, ss)
             self._report_policy(b, run)
             for g, p in zip(b.groups, decided, strict=True):
@@ -411,26 +440,21 @@ class Daemon:
     ) -> int:
         """Guards, write, journal, metrics for one group. Returns 1 when the group had a problem."""
         load = reading.load_tpm
-        head = (
-            wall,
-            self.tick_no,
-            now_minute,
-            g.name,
-            g.cfg.policy,
+        row: dict[str, Any] = dict(
+            wall_time=wall,
+            tick=self.tick_no,
+            minute=now_minute,
+            group_name=g.name,
+            policy=g.cfg.policy,
+            data_status=str(reading.status),  # plain str: sqlite binds it faster than a StrEnum
+            load_tpm=load,
+            load_minute=reading.sample.minute if reading.sample else None,
         )
-        status = str(reading.status)  # plain str: sqlite binds it faster than a StrEnum
-        load_minute = reading.sample.minute if reading.sample else None
+        if self._fence is not None:
+            row["lease_holder"], row["lease_token"] = self._fence
         if state is None:
-            self.journal.add(
-                JournalRow(
-                    *head,
-                    data_status=status,
-                    load_tpm=load,
-                    load_minute=load_minute,
-                    **_NO_STATE,
-                    guards=["hold:backend-error"],
-                )
-            )
+            self.journal.add(jr := JournalRow(**row, **_NO_STATE, guards=["hold:backend-error"]))
+            self._tick_rows.append(jr)
             self._summary(g, reading, None, None, "backend error")  # the journal says Outcome.ERROR
             return 1
         now = guards.GroupNow(
@@ -442,28 +466,44 @@ class Daemon:
         )
         decision, g.memory = guards.decide(g.memory, now, p.proposal, g.limits, now_minute)
         outcome = self._apply(g, decision)
-        self.journal.add_values(  # journal.row_values: JournalRow(...).values() without the row
-            row_values(
-                *head,
-                str(decision.action),
-                status,
-                load,
-                load_minute,
-                state.active,
-                state.warming,
-                state.desired,
-                p.raw,
-                p.proposal.policy_desired,
-                p.proposal.fallback_desired,
-                decision.recommendation,
-                decision.reasons,
-                decision.final,
-                str(outcome),
+        self.journal.add(
+            jr := JournalRow(
+                **row,
+                action=str(decision.action),
+                active=state.active,
+                warming=state.warming,
+                desired_before=state.desired,
+                raw_action=p.raw,
+                policy_desired=p.proposal.policy_desired,
+                fallback_desired=p.proposal.fallback_desired,
+                recommendation=decision.recommendation,
+                guards=list(decision.reasons),
+                final=decision.final,
+                outcome=str(outcome),
             )
         )
+        self._tick_rows.append(jr)
         self._count(g, load, now, decision)
         self._summary(g, reading, state, decision, outcome)
         return int(not reading.ok or outcome == Outcome.ERROR or p.proposal.model_cause is not None)
+
+    def _watch(self, minute: int, readings: list[Reading], states: list[GroupState | None]) -> None:
+        """Shadow policies and the status page's memory, after every live decision of the tick was made and
+        written: their errors are logged, never raised."""
+        rows, observed = self._tick_rows, self._observed
+        shadows: dict[int, tuple[int | None, ...]] = {}
+        try:
+            shadows = self.shadows.tick(minute, observed, readings, states, [r.final for r in rows])
+        except Exception as exc:
+            self.streaks.bad(("shadow",), type(exc).__name__, "shadow policies failed", logging.ERROR, exc_info=True)
+        else:
+            self.streaks.good(("shadow",), "shadow policies run again")
+        try:
+            self.status.record(minute, rows, forecasts(observed, len(self.groups)), shadows)
+        except Exception as exc:
+            self.streaks.bad(("status",), type(exc).__name__, "status page update failed", logging.ERROR, exc_info=True)
+        else:
+            self.streaks.good(("status",), "status page updates again")
 
     def _apply(self, g: GroupRuntime, decision: guards.Decision) -> Outcome:
         """The write the decision asks for, if any; the outcome for the journal."""
@@ -495,6 +535,9 @@ class Daemon:
             log.info(DRY_RUN_MARKER, extra={"group": g.name, "desired": capacity})
             self.metrics.dry_run_writes.labels(g.name).inc()
             return Outcome.DRY_RUN
+        if self._fence is not None and self.lease is not None and not self.lease.may_write(self._fence[1]):
+            log.warning("lease lost during the tick: not written", extra={"group": g.name, "desired": capacity})
+            return Outcome.FENCED
         g.backend.set_desired(capacity)
         return Outcome.WRITTEN
 
@@ -562,6 +605,8 @@ class Daemon:
             g.backend.interrupt()
 
     def close(self) -> None:
+        if self.lease is not None:  # after the last write: a standby may take over at once
+            self.lease.close()
         if self._pool is not None:
             self._pool.shutdown(wait=False)
         self.journal.close()
@@ -623,6 +668,8 @@ def run_forever(daemon: Daemon, stop: threading.Event) -> None:
         timezone=UTC, job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
     )
     sched.add_listener(lambda ev: daemon.metrics.ticks.labels("skipped").inc(), EVENT_JOB_MAX_INSTANCES)
+    if daemon.lease is not None:  # a standby that wins the lease decides at once, not at the next tick
+        daemon.lease.on_acquired = lambda: sched.add_job(daemon.run_tick, id="takeover", replace_existing=True)
     sched.add_job(
         daemon.run_tick, IntervalTrigger(seconds=interval, start_date=start), id="tick", name="fleetpilot tick"
     )

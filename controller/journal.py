@@ -48,8 +48,8 @@ class JournalError(UserError):
     """A journal that cannot be used (path, contents, another writer): one line, exit code 2."""
 
 
-SCHEMA_VERSION = 1
-OUTCOMES = ("written", "dry-run", "unchanged", "held", "paused", "error")
+SCHEMA_VERSION = 2
+OUTCOMES = ("written", "dry-run", "unchanged", "held", "paused", "error", "fenced")
 _COLUMNS = (
     "wall_time",
     "tick",
@@ -71,6 +71,9 @@ _COLUMNS = (
     "final",
     "outcome",
 )
+#: Columns added by schema version 2 (leader election), NULL in older rows; an older journal gets them at open.
+_LEASE_COLUMNS = ("lease_holder", "lease_token")
+_ALL_COLUMNS = _COLUMNS + _LEASE_COLUMNS
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS decisions (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -88,10 +91,11 @@ CREATE TABLE IF NOT EXISTS decisions (
     recommendation INTEGER,           -- the action clamped to min/max (what scale-in stabilization remembers)
     guards TEXT NOT NULL,             -- JSON list of reasons, in order
     final INTEGER,
-    outcome TEXT NOT NULL             -- {" | ".join(OUTCOMES)}
+    outcome TEXT NOT NULL,            -- {" | ".join(OUTCOMES)}
+    lease_holder TEXT,                -- leader election: the lease holder that decided (NULL without)
+    lease_token INTEGER               -- and its fencing token
 );
 CREATE INDEX IF NOT EXISTS decisions_group ON decisions (group_name, id);
-PRAGMA user_version = {SCHEMA_VERSION};
 """
 
 
@@ -116,9 +120,11 @@ class JournalRow:
     guards: list[str]
     final: int | None
     outcome: str
+    lease_holder: str | None = None
+    lease_token: int | None = None
 
     def values(self) -> tuple:
-        return tuple(json.dumps(self.guards) if c == "guards" else getattr(self, c) for c in _COLUMNS)
+        return tuple(json.dumps(self.guards) if c == "guards" else getattr(self, c) for c in _ALL_COLUMNS)
 
 
 _GUARDS_JSON: dict[tuple[str, ...], str] = {}
@@ -264,6 +270,7 @@ class Journal:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
+        _migrate(self.db)
         st = os.stat(self.path)
         self._ident = (st.st_dev, st.st_ino)
 
@@ -313,7 +320,7 @@ class Journal:
             self._reopen_if_deleted()
             with self.db:
                 self.db.executemany(
-                    f"INSERT INTO decisions ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
+                    f"INSERT INTO decisions ({', '.join(_ALL_COLUMNS)}) VALUES ({', '.join('?' * len(_ALL_COLUMNS))})",
                     self._pending,
                 )
         except (sqlite3.Error, OSError):
@@ -343,6 +350,17 @@ class Journal:
             self.db.close()
             os.close(self._lock_fd)
             self._lock_fd = -1
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a journal of an older schema up to SCHEMA_VERSION: version 2 adds the nullable lease columns (the
+    older rows keep NULL there, so they read as before)."""
+    cols = {r[1] for r in db.execute("PRAGMA table_info(decisions)")}
+    with db:
+        for name, kind in zip(_LEASE_COLUMNS, ("TEXT", "INTEGER"), strict=True):
+            if name not in cols:
+                db.execute(f"ALTER TABLE decisions ADD COLUMN {name} {kind}")
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
 def _lock(path: Path) -> int:

@@ -34,6 +34,7 @@ class Outcome(StrEnum):
     UNCHANGED = "unchanged"  #: the decision is the group's desired capacity already
     HELD = "held"  #: held (bad data, no fallback): nothing to write
     PAUSED = "paused"  #: decided, never written
+    FENCED = "fenced"  #: not written: the daemon lost its lease (leader election) during the tick
     ERROR = "error"  #: the backend could not be read or written
 
 

@@ -1,4 +1,5 @@
-"""The HTTP endpoint (stdlib http.server in a daemon thread): /metrics, /healthz, /readyz.
+"""The HTTP endpoint (stdlib http.server in a daemon thread): /metrics, /healthz, /readyz, and the routes given
+as `pages` (the status page `/` and `/api/groups`, controller.status_page).
 
 Bounded against idle or hostile clients: at most `max_connections` connections are served at once (one thread
 each); a connection beyond that is answered 503 and closed at once, without a thread. A connection that sends
@@ -13,13 +14,15 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 #: A check returns (ok, details for the JSON body).
 Check = Callable[[], tuple[bool, dict]]
+#: A page takes the query string and returns (status code, content type, body, extra headers).
+Page = Callable[[str], tuple[int, str, bytes, dict[str, str]]]
 log = logging.getLogger("fleetpilot.server")
 
 #: Connections served at once (a Prometheus server or two, kubelet probes, a curl: a handful in practice).
@@ -101,25 +104,37 @@ class StatusServer:
         max_connections: int = MAX_CONNECTIONS,
         idle_timeout_seconds: float = IDLE_TIMEOUT_SECONDS,
         request_deadline_seconds: float = REQUEST_DEADLINE_SECONDS,
+        pages: Mapping[str, Page] | None = None,
     ):
         registry_, checks = registry, {"/healthz": healthz, "/readyz": readyz}
+        pages_ = dict(pages or {})
+        known = ", ".join(["/metrics", "/healthz", "/readyz", *pages_])
         self.max_connections = max_connections
 
         class Handler(BaseHTTPRequestHandler):
             timeout = idle_timeout_seconds  # socket timeout of every read and write
 
             def do_GET(self):  # noqa: N802 (http.server API)
-                path = self.path.split("?", 1)[0]
-                if path == "/metrics":
+                path, _, query = self.path.partition("?")
+                headers: dict[str, str] = {}
+                if path in pages_:
+                    try:
+                        code, ctype, body, headers = pages_[path](query)
+                    except Exception:  # a page bug is a 500 and a log line, never a dropped connection
+                        log.exception("page failed", extra={"path": path})
+                        body, ctype, code = b'{"error": "internal error; see the daemon log"}', "application/json", 500
+                elif path == "/metrics":
                     body, ctype, code = generate_latest(registry_), CONTENT_TYPE_LATEST, 200
                 elif path in checks:
                     ok, details = checks[path]()
                     body = json.dumps({"ok": ok, **details}).encode()
                     ctype, code = "application/json", 200 if ok else 503
                 else:
-                    body, ctype, code = b"not found: try /metrics, /healthz, /readyz\n", "text/plain", 404
+                    body, ctype, code = f"not found: try {known}\n".encode(), "text/plain", 404
                 self.send_response(code)
                 self.send_header("Content-Type", ctype)
+                for k, v in headers.items():
+                    self.send_header(k, v)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)

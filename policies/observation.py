@@ -189,6 +189,10 @@ class LoadHistory:
         # C order: the mean then sums every row in the same order as over a fresh gathered array
         return _gather(self._buf, self._pos, k_lo, k_hi).astype(np.float64, order="C").mean(axis=1)
 
+    def lags(self, k_lo: int, k_hi: int) -> np.ndarray:
+        """(N, k_hi - k_lo + 1) float32 loads at lags k_lo..k_hi (in that order); read-only, possibly a view."""
+        return _gather(self._buf, self._pos, k_lo, k_hi)
+
     def available(self, k: int) -> np.ndarray:
         """(N,) bool: a sample k minutes before the last one exists."""
         return self.count > k

@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
+bash scripts/lint.sh
 set +e
 # `pytest`, not `python -m pytest`: the latter puts the checkout on sys.path, the tests must see the installed package
 .venv/bin/pytest -q "$@"

@@ -72,6 +72,17 @@ def expected_reward(active: np.ndarray, load_tpm: np.ndarray, p: FleetParams) ->
     Served = min(load, C); E[min(L, Y)] = L - (L - mu) Phi(z) - s phi(z) with Y ~ Normal(mu, s) and the floor
     taken as -0.5 on average (worth at most $0.0005 a minute). Broadcasts over its arguments.
     """
+    revenue, p_down = expected_minute(active, load_tpm, p)
+    return (
+        revenue
+        - np.asarray(active, dtype=np.float64) * p.machine_cost_usd_per_minute
+        - p_down * (p.downtime_cost_usd_per_minute)
+    )
+
+
+def expected_minute(active: np.ndarray, load_tpm: np.ndarray, p: FleetParams) -> tuple[np.ndarray, np.ndarray]:
+    """The parts of `expected_reward`: (expected revenue of the served load in USD, probability of downtime).
+    reward = revenue - active x machine cost - p_down x downtime cost."""
     from scipy.special import ndtr  # here, not at module level: the daemon's simulated group never needs it
 
     n = np.asarray(active, dtype=np.float64)
@@ -94,11 +105,7 @@ def expected_reward(active: np.ndarray, load_tpm: np.ndarray, p: FleetParams) ->
             served = np.minimum(load, cap)
     p_down = np.where(load > 0, p_down, 0.0)
     served = np.clip(served, 0.0, load)
-    return (
-        served * p.revenue_usd_per_1k_transactions / 1000.0
-        - n * p.machine_cost_usd_per_minute
-        - p_down * p.downtime_cost_usd_per_minute
-    )
+    return served * p.revenue_usd_per_1k_transactions / 1000.0, p_down
 
 
 @dataclass

@@ -488,11 +488,16 @@ class Fault:
 class FaultProxy(LoopbackServer):
     """A real HTTP server on 127.0.0.1 in front of `upstream` (moto): answers the requests chosen by its
     faults with AWS errors in the protocol the client speaks, forwards all others unchanged, and records
-    the operation of every request it saw (`operations`)."""
+    the operation of every request it saw (`operations`, and with its time.monotonic() in `seen`). While
+    `partitioned` is set it is a network partition: requests get no answer (the connection is dropped once
+    the client gave up or the partition ends), and nothing reaches moto."""
 
     upstream: str
     faults: list[Fault] = field(default_factory=list)
     operations: list[str] = field(default_factory=list)
+    seen: list[tuple[float, str]] = field(default_factory=list)
+    partitioned: threading.Event = field(default_factory=threading.Event)
+    dropped: int = 0
     url: str = ""
     _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -504,9 +509,15 @@ class FaultProxy(LoopbackServer):
         with self._lock:
             self.faults.append(fault)
 
+    def times(self, operation: str) -> list[float]:
+        """When each request for `operation` arrived (time.monotonic() of this process)."""
+        with self._lock:
+            return [t for t, seen in self.seen if seen == operation]
+
     def _take_fault(self, operation: str) -> Fault | None:
         with self._lock:
             self.operations.append(operation)
+            self.seen.append((time.monotonic(), operation))
             for fault in self.faults:
                 if fault.operation == operation and fault.times != 0:
                     if fault.times > 0:
@@ -526,6 +537,14 @@ class FaultProxy(LoopbackServer):
 
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if proxy.partitioned.is_set():  # hold the request unanswered, then drop the connection
+                    until = time.monotonic() + 30.0
+                    while proxy.partitioned.is_set() and time.monotonic() < until and proxy._server is not None:
+                        time.sleep(0.05)
+                    with proxy._lock:
+                        proxy.dropped += 1
+                    self.close_connection = True
+                    return
                 protocol, operation = self._operation(body)
                 fault = proxy._take_fault(operation)
                 if fault is not None:

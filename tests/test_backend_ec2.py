@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from fleetpilot.controller import lease
 from fleetpilot.controller.backends import ec2_asg
 from fleetpilot.controller.backends.base import Backend, BackendError, GroupState
 from fleetpilot.controller.backends.ec2_asg import Ec2AsgBackend, backoff_seconds, count_instances
@@ -171,7 +172,8 @@ def test_endpoint_down_is_an_error_after_retries(aws: MotoAws, unused_url: str) 
         BackendError, match="DescribeAutoScalingGroups .* failed after 3 attempts: EndpointConnectionError"
     ):
         backend.read()
-    assert time.monotonic() - started < 5.0
+    # refused at once, 3 attempts with backoff of about 1.5 s: generous for a busy machine, far below a hang
+    assert time.monotonic() - started < 15.0
 
 
 def test_silent_endpoint_times_out_and_is_retried(aws: MotoAws, silent_server: str) -> None:
@@ -179,7 +181,8 @@ def test_silent_endpoint_times_out_and_is_retried(aws: MotoAws, silent_server: s
     started = time.monotonic()
     with pytest.raises(BackendError, match="failed after 2 attempts: ReadTimeoutError"):
         backend.read()
-    assert time.monotonic() - started < 2 * 0.3 + 2.0
+    # 2 attempts of 0.3 s plus backoff; generous for a busy machine, yet below the 2 x 10 s of the default timeout
+    assert time.monotonic() - started < 2 * 0.3 + 8.0
 
 
 def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
@@ -229,7 +232,7 @@ def test_docs_iam_policy_grants_exactly_the_actions_used() -> None:
         assert statement["Effect"] == "Allow"
         actions = statement["Action"]
         granted |= set([actions] if isinstance(actions, str) else actions)
-    assert granted == set(ec2_asg.AWS_ACTIONS) | set(cloudwatch.AWS_ACTIONS)
+    assert granted == set(ec2_asg.AWS_ACTIONS) | set(cloudwatch.AWS_ACTIONS) | set(lease.AWS_ACTIONS)
     assert not any("*" in action for action in granted)
     writes = [s for s in statements if "autoscaling:SetDesiredCapacity" in s["Action"]]
     assert len(writes) == 1 and writes[0]["Resource"] != "*", "the write is scoped to the group's ARN"

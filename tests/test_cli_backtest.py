@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fleetpilot.training.load import read_trace, synthetic_load
+from fleetpilot.sim.load import read_trace, synthetic_load
 
 REPO = Path(__file__).resolve().parents[1]
 FLEETPILOT = [sys.executable, "-m", "fleetpilot.controller.cli"]

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from fleetpilot.controller.config import ConfigError, load_config, mask_secrets, masked_dump, summary
+from fleetpilot.controller.state import default_journal_path
 
 REPO = Path(__file__).resolve().parents[1]
 FLEETPILOT = str(Path(sys.executable).parent / "fleetpilot")
@@ -64,7 +65,9 @@ def test_valid_config_and_defaults(tmp_path):
     cfg = load_config(write(tmp_path, BASE))
     g = cfg.groups[0]
     assert cfg.simulated_clock and cfg.dry_run is False and cfg.log_level == "INFO"
-    assert cfg.journal_path == tmp_path / "fleetpilot-journal.sqlite"  # relative to the config file
+    # no journal_path: the state directory (XDG_STATE_HOME is a temporary directory in tests), not the config's
+    assert cfg.journal_path == default_journal_path() and cfg.journal_path.name == "journal.sqlite"
+    assert tmp_path not in cfg.journal_path.parents
     assert (g.fallback_policy, g.warmup_minutes, g.max_scale_out_per_tick, g.stale_after_seconds) == (
         "target-tracking",
         5,

@@ -104,8 +104,8 @@ def test_run_serves_metrics_and_stops_cleanly(tmp_path, sig):
         assert get(base + "/nope")[0] == 404
         t0 = time.monotonic()
         proc.send_signal(sig)
-        rc = proc.wait(timeout=5)
-        assert rc == 0 and time.monotonic() - t0 < 5
+        rc = proc.wait(timeout=30)
+        assert rc == 0 and time.monotonic() - t0 < 20  # the tick finishes, no next one: generous for a busy machine
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -452,7 +452,7 @@ def test_a_huge_config_is_refused(tmp_path):
 
 
 def test_a_trace_that_is_not_a_regular_file_is_refused(tmp_path):
-    from fleetpilot.training.load import TraceError, read_trace
+    from fleetpilot.sim.load import TraceError, read_trace
 
     os.mkfifo(tmp_path / "t.csv")
     with pytest.raises(TraceError, match="not a regular file"):
@@ -468,7 +468,7 @@ def test_a_trace_that_is_not_a_regular_file_is_refused(tmp_path):
 def test_a_40_mb_trace_field_is_refused_at_its_line_without_reading_it_whole(tmp_path):
     import tracemalloc
 
-    from fleetpilot.training.load import TraceError, read_trace
+    from fleetpilot.sim.load import TraceError, read_trace
 
     p = tmp_path / "t.csv"
     with p.open("wb") as fh:
@@ -543,7 +543,7 @@ def test_duplicate_yaml_keys_are_refused_naming_key_and_line(tmp_path):
 
 
 def test_a_trace_with_a_utf8_bom_is_accepted(tmp_path):
-    from fleetpilot.training.load import read_trace
+    from fleetpilot.sim.load import read_trace
 
     p = tmp_path / "t.csv"
     p.write_bytes(b"\xef\xbb\xbftimestamp,requests\r\n2026-01-05T00:00:00Z,5\r\n2026-01-05T00:01:00Z,7\r\n")
@@ -551,7 +551,7 @@ def test_a_trace_with_a_utf8_bom_is_accepted(tmp_path):
 
 
 def test_a_trace_with_a_duplicate_column_is_refused(tmp_path):
-    from fleetpilot.training.load import TraceError, read_trace
+    from fleetpilot.sim.load import TraceError, read_trace
 
     p = tmp_path / "t.csv"
     p.write_text("timestamp,requests,requests\n2026-01-05T00:00:00Z,5,6\n")
@@ -759,14 +759,14 @@ def test_a_planted_training_checkpoint_runs_no_code(tmp_path):
     """Sibling of the trusted manifest: a resumed training unpickles checkpoint.pt from its output directory."""
     import pickle
 
-    from fleetpilot.training.ppo import load_checkpoint
+    from fleetpilot.training.ppo import Checkpoint, CheckpointError
 
     marker = Path("/tmp/fleetpilot-planted-checkpoint-ran")
     marker.unlink(missing_ok=True)
     p = tmp_path / "checkpoint.pt"
     p.write_bytes(pickle.dumps({"agent": _Planted()}))
-    with pytest.raises(ValueError, match="not a checkpoint this build can read safely"):
-        load_checkpoint(p)
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        Checkpoint.load(p)
     assert not marker.exists()
 
 

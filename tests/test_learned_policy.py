@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from fleetpilot.policies.actions import ActionMapping
-from fleetpilot.policies.observation import OBS_DIM, OBS_VERSION
+from fleetpilot.policies.observation import FEATURE_NAMES, OBS_DIM, OBS_VERSION
 from fleetpilot.policies.onnx_policy import ModelError, OnnxPolicy, verify
 
 FLEETPILOT = [sys.executable, "-m", "fleetpilot.controller.cli"]
@@ -56,7 +56,7 @@ def test_train_writes_a_verified_model(smoke_model: Path):
     assert manifest["observation"] == {
         "version": OBS_VERSION,
         "dim": OBS_DIM,
-        "features": manifest["observation"]["features"],
+        "features": list(FEATURE_NAMES),
     }
     assert manifest["training"]["steps"] >= 2048
     names = [s["policy"] for s in manifest["validation"]["summary"]]
@@ -197,6 +197,46 @@ def test_an_interrupted_training_resumes_from_its_checkpoint(tmp_path: Path):
     assert start["main"] and start["imitated_share"] > 0.5
 
 
+def test_a_damaged_checkpoint_is_one_line_naming_it_and_exit_2(tmp_path: Path):
+    cfg = tmp_path / "ppo.yaml"
+    cfg.write_text(SMOKE)
+    out = tmp_path / "run"
+    out.mkdir()
+    bad = b"this is not a checkpoint\n"
+    (out / "checkpoint.pt").write_bytes(bad)
+    r = subprocess.run(
+        FLEETPILOT + ["train", "--config", str(cfg), "--steps", "2048", "--seed", "3", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert str(out / "checkpoint.pt") in lines[0] and "--no-resume" in lines[0]
+    assert (out / "checkpoint.pt").read_bytes() == bad  # nothing is lost: the file is left for the user
+
+
+def test_checkpoint_load_refuses_what_is_not_a_training_checkpoint(smoke_model: Path, tmp_path: Path):
+    import torch
+
+    from fleetpilot.training.ppo import Checkpoint, CheckpointError
+
+    ckpt = Checkpoint.load(smoke_model / "checkpoint.pt")
+    assert ckpt.update >= 1 and ckpt.config["seed"] == 3 and ckpt.start["main"]
+    other = tmp_path / "other.pt"
+    torch.save({"agent": {}, "update": 3}, other)
+    with pytest.raises(CheckpointError, match=r"other\.pt: not a training checkpoint \(missing config, global_step"):
+        Checkpoint.load(other)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes((smoke_model / "checkpoint.pt").read_bytes()[:5000])
+    with pytest.raises(CheckpointError, match=r"truncated\.pt: not a readable checkpoint .*--no-resume$"):
+        Checkpoint.load(truncated)
+    ckpt.save(tmp_path / "copy.pt")
+    again = Checkpoint.load(tmp_path / "copy.pt")
+    assert again.global_step == ckpt.global_step and torch.equal(again.torch_rng, ckpt.torch_rng)
+
+
 def _obs_after(loads: list[float]):
     from fleetpilot.policies.observation import ObservationBuilder
 
@@ -243,7 +283,7 @@ def test_a_higher_training_downtime_penalty_starts_from_a_more_cautious_rule():
     """The penalty training optimizes (PPOConfig.downtime_cost_usd_per_minute) moves the starting rule towards
     more machines: the fixed action chosen under $5,000 a minute keeps at least as many as under $0."""
     from fleetpilot.policies.observation import ObservationBuilder
-    from fleetpilot.training.params import FleetParams
+    from fleetpilot.sim.params import FleetParams
     from fleetpilot.training.ppo import best_fixed_action
 
     m = ActionMapping()
@@ -266,8 +306,8 @@ def test_imitation_learns_the_starting_rule_and_its_jump_window():
     import torch
 
     from fleetpilot.policies.cushion import RuleActions
+    from fleetpilot.sim.params import FleetParams
     from fleetpilot.training.backtest import simulate
-    from fleetpilot.training.params import FleetParams
     from fleetpilot.training.ppo import Agent, PPOConfig, _draw_loads, _Recorder, imitate
 
     m, fleet = ActionMapping(), FleetParams()

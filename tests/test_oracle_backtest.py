@@ -6,19 +6,20 @@ from __future__ import annotations
 
 import itertools
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fleetpilot.policies.registry import make_policy
+from fleetpilot.sim.fleet import FleetCore, expected_reward, standard_normal_at
+from fleetpilot.sim.load import read_trace
+from fleetpilot.sim.params import FleetParams
 from fleetpilot.training.backtest import ORACLE, backtest, simulate, synthetic_run, trace_run, write_json
-from fleetpilot.training.fleet import FleetCore, expected_reward, standard_normal_at
-from fleetpilot.training.load import read_trace
 from fleetpilot.training.oracle import oracle_fleet
-from fleetpilot.training.params import FleetParams
 
 RULES = ("static", "target-tracking", "step", "predictive", "cushion")
-TRACES = "/work/shared/data/traces"
+TRACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "traces"  # the repository's ../shared
 RESULT_KEYS = {
     "policy",
     "profit_usd",

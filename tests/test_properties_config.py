@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from fleetpilot.controller.cli import main as cli_main
@@ -405,12 +405,22 @@ junk_yaml = st.recursive(
         ).map(lambda v: yaml.safe_dump(v, allow_unicode=True)),
     )
 )
+@example("groups:\n- name: web\n  source: {kind: simulator}\n  backend: {kind: simulated}\n")  # accepted
 def test_junk_is_a_config_error_never_a_crash(content):
     with tempfile.TemporaryDirectory() as tmp:
         p = Path(tmp) / "junk.yaml"
         write_junk(p, content)
         try:
-            load_config(p)
+            cfg = load_config(p)
         except ConfigError as exc:
             assert "\n" not in str(exc) and str(exc).startswith(str(p))
             check_cli(p)
+        else:
+            # accepted: then it is a whole, consistent config, and `config check` says so
+            assert isinstance(cfg, DaemonConfig) and cfg.groups
+            assert len({g.name for g in cfg.groups}) == len(cfg.groups)
+            assert 0 < cfg.interval_seconds <= 3600 and cfg.journal_path.is_absolute()
+            out, err = io.StringIO(), io.StringIO()
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                rc = cli_main(["config", "check", str(p)])
+            assert rc == 0 and out.getvalue().startswith(f"OK {p}"), (rc, err.getvalue())

@@ -20,7 +20,7 @@ from fleetpilot.controller.config import DaemonConfig
 from fleetpilot.controller.daemon import Daemon
 from fleetpilot.controller.sources.base import Sample
 from fleetpilot.policies.registry import shipped_models
-from fleetpilot.training.params import FleetParams
+from fleetpilot.sim.params import FleetParams
 from tests.test_daemon_tick import FakeClock
 
 MIN, MAX = 2, 60

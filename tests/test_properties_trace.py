@@ -1,4 +1,4 @@
-"""Trace CSVs (training.load.read_trace), property-based: every well-formed file is read with exactly its
+"""Trace CSVs (sim.load.read_trace), property-based: every well-formed file is read with exactly its
 values and start; every malformed one is a TraceError naming `file:line` of the defect, never another
 exception."""
 
@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fleetpilot.training.load import TraceError, read_trace
+from fleetpilot.sim.load import TraceError, read_trace
 from tests.mutate import write_junk
 
 SETTINGS = settings(

@@ -25,6 +25,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from fleetpilot.controller import lease
 from fleetpilot.controller.backends import ec2_asg
 from fleetpilot.controller.config import DaemonConfig
 from fleetpilot.controller.server import StatusServer
@@ -207,7 +208,7 @@ def test_a_model_reaches_onnxruntime_only_after_its_sha256_is_checked(tmp_path, 
 
 # -- IAM policies in the docs -------------------------------------------------------------------------------
 def test_every_documented_iam_permissions_policy_grants_only_actions_the_code_calls():
-    used = set(ec2_asg.AWS_ACTIONS) | set(cloudwatch.AWS_ACTIONS)
+    used = set(ec2_asg.AWS_ACTIONS) | set(cloudwatch.AWS_ACTIONS) | set(lease.AWS_ACTIONS)
     found = 0
     for doc in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
         if not doc.is_file():

@@ -12,10 +12,10 @@ from gymnasium.utils.env_checker import check_env
 
 from fleetpilot import training
 from fleetpilot.policies.observation import DAY_MINUTES, FEATURE_NAMES, ObservationBuilder, _gather
+from fleetpilot.sim.fleet import FleetCore, standard_normal_at
+from fleetpilot.sim.load import synthetic_load
+from fleetpilot.sim.params import FleetParams, SyntheticLoadParams
 from fleetpilot.training.env import WebFleetEnv, WebFleetVectorEnv
-from fleetpilot.training.fleet import FleetCore, standard_normal_at
-from fleetpilot.training.load import synthetic_load
-from fleetpilot.training.params import FleetParams, SyntheticLoadParams
 
 # --- gymnasium conformance ----------------------------------------------------------------------------------
 

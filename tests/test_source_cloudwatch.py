@@ -99,7 +99,8 @@ def test_endpoint_down_is_an_error_within_seconds(aws: MotoAws, metric: dict[str
     started = time.monotonic()
     with pytest.raises(SourceError, match="GetMetricData .*EndpointConnectionError"):
         source.latest(now_minute())
-    assert time.monotonic() - started < 4.0
+    # refused at once, a few attempts with backoff: generous for a busy machine, far below a hang
+    assert time.monotonic() - started < 15.0
 
 
 def test_silent_endpoint_times_out(aws: MotoAws, metric: dict[str, Any], silent_server: str) -> None:
@@ -107,8 +108,9 @@ def test_silent_endpoint_times_out(aws: MotoAws, metric: dict[str, Any], silent_
     started = time.monotonic()
     with pytest.raises(SourceError, match="ReadTimeoutError"):
         source.latest(now_minute())
-    # two attempts of 0.5 s plus at most 1 s of backoff between them
-    assert time.monotonic() - started < 2 * 0.5 + 1.0 + 1.5
+    # two attempts of 0.5 s plus at most 1 s of backoff between them; generous for a busy machine, yet below
+    # the 2 x 5 s the default timeout would take
+    assert time.monotonic() - started < 2 * 0.5 + 1.0 + 6.0
 
 
 def test_throttling_is_an_error_then_recovers(aws: MotoAws, metric: dict[str, Any], fault_proxy) -> None:

@@ -164,7 +164,8 @@ def test_slow_server_times_out_within_the_timeout(silent_server: str) -> None:
     started = time.monotonic()
     with pytest.raises(SourceError, match=r"no answer within 0.5 s"):
         source.latest(now_minute())
-    assert time.monotonic() - started < 0.5 + 1.0
+    # generous for a busy machine, yet below the default timeout's 5 s: the 0.5 s given is the one applied
+    assert time.monotonic() - started < 0.5 + 3.5
 
 
 @pytest.mark.parametrize(

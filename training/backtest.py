@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -70,9 +71,13 @@ class Report:
     runs: list[dict] = field(default_factory=list)
     summary: list[dict] = field(default_factory=list)
     trajectories: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # run name -> policy -> active
+    forecast: dict | None = None  #: the forecast's error over all runs (`backtest(..., forecast=True)`)
 
     def to_json(self) -> dict:
-        return {"runs": self.runs, "summary": self.summary}
+        out: dict = {"runs": self.runs, "summary": self.summary}
+        if self.forecast is not None:
+            out["forecast"] = self.forecast
+        return out
 
 
 def synthetic_run(
@@ -165,8 +170,17 @@ def score(
     )
 
 
-def backtest(runs: list[Run], policies: dict[str, Policy | None], params: FleetParams | None = None) -> Report:
-    """Replay every policy (None stands for the oracle) on every run; runs of equal shape are batched."""
+def backtest(
+    runs: list[Run],
+    policies: dict[str, Policy | None],
+    params: FleetParams | None = None,
+    forecast: bool = False,
+    progress: Callable[[int], object] | None = None,
+) -> Report:
+    """Replay every policy (None stands for the oracle) on every run; runs of equal shape are batched.
+    With `forecast`, each run also reports the error of `policies.forecast` one warm-up ahead over its scored
+    minutes (`forecast_errors`). `progress(n)` is called as each policy finishes a batch of n runs
+    (len(runs) * len(policies) in all)."""
     p = params or FleetParams()
     results: dict[int, list[Result]] = {i: [] for i in range(len(runs))}
     actives: dict[int, dict[str, np.ndarray]] = {i: {} for i in range(len(runs))}
@@ -186,12 +200,36 @@ def backtest(runs: list[Run], policies: dict[str, Policy | None], params: FleetP
             for j, i in enumerate(idx):
                 results[i].append(score(name, active[j], delta[j], loads[j, lead + 1 :], int(keys[j]), lead + 1, p))
                 actives[i][name] = active[j]
+            if progress is not None:
+                progress(len(idx))
     report = Report()
     for i, r in enumerate(runs):
         report.runs.append({"load": r.name, "minutes": r.minutes, "results": [asdict(x) for x in results[i]]})
         report.trajectories[r.name] = {"load_tpm": r.load_tpm[r.lead + 1 :], **actives[i]}
     report.summary = summarize(report.runs, ORACLE in policies)
+    if forecast:
+        report.forecast = forecast_errors(runs, report.runs, p.warmup_minutes)
     return report
+
+
+def forecast_errors(runs: list[Run], rows: list[dict], horizon: int) -> dict:
+    """Adds `forecast` to each run's row: the point forecast's MAE / mean load `horizon` minutes ahead over the
+    run's scored minutes (and the naive last-minute forecast's, for reference); returns the same over all runs
+    (errors and loads summed over all runs before dividing)."""
+    from fleetpilot.policies.forecast import Forecaster, forecast_error
+
+    f = Forecaster(horizon)
+    err = naive = total = 0.0
+    for run, row in zip(runs, rows, strict=True):
+        e = forecast_error(run.load_tpm, run.lead, horizon, f)
+        row["forecast"] = {k: e[k] for k in ("horizon_minutes", "mae_over_mean_load", "naive_mae_over_mean_load")}
+        err, naive, total = err + e["abs_error"], naive + e["naive_abs_error"], total + e["load"]
+    ok = total > 0
+    return {
+        "horizon_minutes": horizon,
+        "mae_over_mean_load": round(err / total, 4) if ok else None,
+        "naive_mae_over_mean_load": round(naive / total, 4) if ok else None,
+    }
 
 
 def _oracle(loads: np.ndarray, lead: int, p: FleetParams) -> tuple[np.ndarray, np.ndarray]:
@@ -229,6 +267,7 @@ def format_table(report: Report, per_run: bool = False) -> str:
     if per_run:
         for r in report.runs:
             one = Report(runs=[r], summary=summarize([r], any(x["policy"] == ORACLE for x in r["results"])))
+            one.forecast = r.get("forecast") if report.forecast is not None else None
             parts.append(f"== {r['load']}\n" + format_table(one))
         parts.append("== all runs")
     minutes = sum(r["minutes"] for r in report.runs)
@@ -247,7 +286,22 @@ def format_table(report: Report, per_run: bool = False) -> str:
             f"{(f'{pct:.1f}' if pct is not None else '-'):>9} {s['downtime_minutes']:>13} "
             f"{machine_minutes[s['policy']]:>12,}"
         )
+    if report.forecast is not None:
+        h = report.forecast["horizon_minutes"]
+        lines.append(f"forecast error {h} minutes ahead (MAE / mean load; the last minute's load as the forecast):")
+        for r in report.runs:
+            f = r.get("forecast", {})
+            lines.append(
+                f"  {r['load']:<40} {_pct(f.get('mae_over_mean_load'))} ({_pct(f.get('naive_mae_over_mean_load'))})"
+            )
+        if len(report.runs) > 1:
+            f = report.forecast
+            lines.append(f"  {'all runs':<40} {_pct(f['mae_over_mean_load'])} ({_pct(f['naive_mae_over_mean_load'])})")
     return "\n".join(parts + ["\n".join(lines)])
+
+
+def _pct(x: float | None) -> str:
+    return f"{100 * x:6.2f}%" if x is not None else "     -"
 
 
 def write_json(report: Report, path: str | Path) -> None:
@@ -285,3 +339,49 @@ def plot(
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def _backtest_named(
+    names: list[str],
+    params: FleetParams | None,
+    runs: list[Run],
+    forecast: bool = False,
+    progress: Callable[[int], object] | None = None,
+) -> Report:
+    """One fan-out task: the policies built by name where the task runs (an ONNX session does not travel)."""
+    from fleetpilot.policies.registry import make_policy
+
+    policies = {n: (None if n == ORACLE else make_policy(n)) for n in names}
+    return backtest(runs, policies, params, forecast=forecast, progress=progress)
+
+
+def backtest_fanout(
+    runs: list[Run],
+    names: list[str],
+    params: FleetParams | None = None,
+    ray_address: str | None = None,
+    forecast: bool = False,
+    progress: Callable[[int], object] | None = None,
+) -> Report:
+    """`backtest` of the policies `names` (ORACLE for the oracle) on `runs`; with `ray_address`, one Ray task per
+    run, merged in the runs' order. In this process all runs stay one batch (`simulate` is vectorized over
+    runs); each run's rows are independent of the others in the batch, so both give the same report.
+    `forecast` and `progress` as in `backtest` (on Ray, progress counts a run's policies when its task ends and
+    the forecast errors are computed here, from the runs' loads)."""
+    if ray_address is None:
+        return _backtest_named(list(names), params, runs, forecast=forecast, progress=progress)
+    import functools
+
+    from fleetpilot.training.fanout import map_tasks, values
+
+    fn = functools.partial(_backtest_named, list(names), params)
+    on_done = (lambda _i, _o: progress(len(names))) if progress is not None else None
+    parts: list[Report] = values(map_tasks(fn, [[r] for r in runs], ray_address, on_done), "backtest")
+    report = Report()
+    for part in parts:
+        report.runs += part.runs
+        report.trajectories.update(part.trajectories)
+    report.summary = summarize(report.runs, ORACLE in names)
+    if forecast:
+        report.forecast = forecast_errors(runs, report.runs, (params or FleetParams()).warmup_minutes)
+    return report

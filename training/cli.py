@@ -7,7 +7,9 @@ import json
 import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from fleetpilot.policies.errors import CliError
 from fleetpilot.policies.registry import RULE_NAMES
@@ -48,6 +50,17 @@ def _fraction(text: str) -> float:
     if not 0.0 <= v <= 1.0:
         raise argparse.ArgumentTypeError(f"{text!r} must be within [0, 1]")
     return v
+
+
+def add_ray_option(p: argparse.ArgumentParser) -> None:
+    """`--ray`: the fan-out of training.fanout (imported only when used: the daemon's CLI loads this module)."""
+    p.add_argument(
+        "--ray",
+        metavar="auto|local|ADDRESS",
+        default=None,
+        help="run the work as Ray tasks: 'auto' (the cluster this node joined, or RAY_ADDRESS), 'local' (a private "
+        "Ray on this machine), HOST:PORT or ray://HOST:10001; without it, in this process (docs/distributed.md)",
+    )
 
 
 def add_load_options(p: argparse.ArgumentParser) -> None:
@@ -113,7 +126,8 @@ def build_runs(args) -> list:
 
 def cmd_backtest(args) -> int:
     from fleetpilot.policies.registry import BACKTEST_BASELINES, make_policy
-    from fleetpilot.training.backtest import ORACLE, backtest, format_table, plot, write_json
+    from fleetpilot.training.backtest import ORACLE, backtest_fanout, format_table, plot, write_json
+    from fleetpilot.training.progress import Progress
 
     if args.plot and not args.plot.lower().endswith(".png"):
         raise CliError(f"--plot {args.plot}: the plot is written as PNG; give a FILE.png")
@@ -126,12 +140,15 @@ def cmd_backtest(args) -> int:
     from fleetpilot.policies.registry import PolicyError
 
     try:
-        policies = {n: (None if n == ORACLE else make_policy(n)) for n in names}
+        for n in names:  # an unknown name is refused before any work starts (the tasks build their own)
+            if n != ORACLE:
+                make_policy(n)
     except PolicyError as exc:
         raise CliError(f"{exc} (or {ORACLE} in a backtest)") from None
     runs = build_runs(args)
     t0 = time.perf_counter()
-    report = backtest(runs, policies)
+    with Progress(len(runs) * len(names), f"backtest ({len(runs)} loads x {len(names)} policies)", "runs") as bar:
+        report = backtest_fanout(runs, names, ray_address=args.ray, forecast=True, progress=bar.update)
     dt = time.perf_counter() - t0
     print(format_table(report, per_run=args.per_run))
     print(f"({dt:.1f} s)", file=sys.stderr)
@@ -161,7 +178,7 @@ def cmd_traces_generate(args) -> int:
 def cmd_tune(args) -> int:
     from fleetpilot.training.tune import tune
 
-    best = tune(args.policy, build_runs(args))
+    best = tune(args.policy, build_runs(args), ray_address=args.ray, progress=True)
     print(json.dumps(best, indent=2))
     return 0
 
@@ -179,6 +196,7 @@ def add_commands(sub) -> None:
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="plot load and capacity per policy")
     p.add_argument("--per-run", action="store_true", help="print a table per run before the summary")
+    add_ray_option(p)
     p.set_defaults(func=cmd_backtest)
 
     t = sub.add_parser("traces", help="load traces")
@@ -192,6 +210,7 @@ def add_commands(sub) -> None:
     u = sub.add_parser("tune", help="grid-search a rule's parameters on loads (reproduces the shipped defaults)")
     add_load_options(u)
     u.add_argument("--policy", required=True, choices=RULE_NAMES)
+    add_ray_option(u)
     u.set_defaults(func=cmd_tune)
     add_training_commands(sub)
 
@@ -238,6 +257,8 @@ def _train_config(path: str | None, args):
         data["total_steps"] = args.steps
     if args.seed is not None:
         data["seed"] = args.seed
+    if getattr(args, "threads", None) is not None:  # `--trace-dir`: one thread per task
+        data["threads"] = args.threads
     try:
         cfg = PPOConfig(**data)
         fleet = FleetParams(**fleet_data)
@@ -246,78 +267,253 @@ def _train_config(path: str | None, args):
     return cfg, fleet
 
 
-def cmd_train(args) -> int:
-    import dataclasses
+def parse_split(text: str) -> tuple[float, float, float]:
+    """'TRAIN,VALIDATION,TEST' shares of each history (positive, summing to 1)."""
+    parts = [x.strip() for x in text.split(",")]
+    try:
+        shares = tuple(float(x) for x in parts)
+    except ValueError:
+        raise CliError(f"--split {text}: expected three numbers TRAIN,VALIDATION,TEST (e.g. 0.6,0.2,0.2)") from None
+    if len(shares) != 3 or not all(0.0 < x < 1.0 for x in shares):
+        raise CliError(f"--split {text}: expected three shares TRAIN,VALIDATION,TEST, each between 0 and 1")
+    if abs(sum(shares) - 1.0) > 1e-6:
+        raise CliError(f"--split {text}: the three shares sum to {sum(shares):g}, not 1")
+    return shares[0], shares[1], shares[2]
 
+
+#: Minutes a trace's training part needs (a day of history plus the minute an episode starts from), and each of
+#: its validation and test parts (an hour scored).
+MIN_TRAIN_MINUTES = 1441
+MIN_SCORED_MINUTES = 60
+
+
+def split_bounds(minutes: int, split: tuple[float, float, float]) -> tuple[int, int]:
+    """The first minute of the validation part and of the test part: the same cut `fleetpilot backtest --from
+    F --to T` makes with F, T = `split_fractions(split)` (int(minutes x fraction))."""
+    f1, f2 = split_fractions(split)
+    return int(minutes * f1), int(minutes * f2)
+
+
+def split_fractions(split: tuple[float, float, float]) -> tuple[float, float]:
+    """Where validation and test start, as fractions of a trace (rounded so the printed value is exact)."""
+    return round(split[0], 10), round(split[0] + split[1], 10)
+
+
+def _minute_range(load, first: int, end: int) -> dict:
+    """A part of a history as minute indices [first, end) and the UTC times of its first and end minute."""
+    from datetime import timedelta
+
+    def utc(i: int) -> str:
+        return (load.start + timedelta(minutes=i)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    return {"minutes": [first, end], "utc": [utc(first), utc(end)]}
+
+
+def _backtest_command(args, out: Path, policies: list[str], split) -> str:
+    """The `fleetpilot backtest` command that scores the test part exactly as `train` reports it."""
+    import shlex
+
+    words = ["fleetpilot", "backtest"]
+    if args.trace:
+        for path in args.trace:
+            words += ["--trace", str(path)]
+        if args.peak_tpm is not None:
+            words += ["--peak-tpm", f"{args.peak_tpm:g}"]
+        if args.fill_gaps:
+            words.append("--fill-gaps")
+        words += ["--from", repr(split_fractions(split)[1]), "--to", "1"]
+    else:
+        words += ["--synthetic", "--seeds", args.test_seeds, "--minutes", str(args.test_minutes)]
+    for name in policies:
+        words += ["--policy", str(out) if name == args.name else name]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def split_history(load, split: tuple[float, float, float], path, split_text: str):
+    """A history cut in time order into (training part, validation run, test run, {"data_split": ...}).
+
+    A run observes the first minute of its part and scores the rest; its lead-in reads the minutes before
+    (the past, as a daemon's history would), never a minute after its part. Too short a history is a CliError
+    naming the file and the part that is too short."""
     from fleetpilot.policies.observation import HISTORY_MINUTES
-    from fleetpilot.policies.registry import TRAIN_BASELINES, make_policy
-    from fleetpilot.sim.load import Augment, read_trace
-    from fleetpilot.training.backtest import backtest, format_table, trace_run
-    from fleetpilot.training.env import LoadSampler
-    from fleetpilot.training.export import write_model
-    from fleetpilot.training.ppo import TorchPolicy, train, validation_runs
+    from fleetpilot.training.backtest import trace_run
 
+    n = load.minutes
+    v0, s0 = split_bounds(n, split)
+    if v0 < MIN_TRAIN_MINUTES:
+        raise CliError(
+            f"{path}: too short for --split {split_text}: {n} minutes leave {v0} for training; "
+            f"at least a day ({MIN_TRAIN_MINUTES}) is needed"
+        )
+    for part, first, end in (("validation", v0, s0), ("test", s0, n)):
+        if end - first - 1 < MIN_SCORED_MINUTES:
+            raise CliError(
+                f"{path}: too short for --split {split_text}: {n} minutes leave {max(end - first - 1, 0)} scored "
+                f"minutes for {part}; at least {MIN_SCORED_MINUTES} are needed"
+            )
+    info = {
+        "data_split": {
+            "shares": list(split),
+            "train": _minute_range(load, 0, v0),
+            "validation": _minute_range(load, v0, s0),
+            "test": _minute_range(load, s0, n),
+            "used_for": {
+                "train": "choosing the starting rule, imitation, PPO episodes",
+                "validation": "keeping the best update (and the manifest's validation table)",
+                "test": "the report printed after training (the manifest's training.test)",
+            },
+        }
+    }
+    return (
+        load.window(0, v0, load.name),
+        trace_run(load, v0, s0 - v0 - 1, HISTORY_MINUTES),
+        trace_run(load, s0, n - s0 - 1, HISTORY_MINUTES),
+        info,
+    )
+
+
+#: The fixed small case every exported model is also scored on (`training.check` in its manifest), so a test
+#: can load a shipped model and compare its figures with what training recorded (tests/test_shipped_model.py).
+CHECK_SEEDS, CHECK_MINUTES = (3000, 3001), 2000
+
+
+@dataclass
+class TrainData:
+    """What `cmd_train` trains, chooses and reports on: the training loads (a sampler over the training parts of
+    the traces, or None for the synthetic generator), validation runs, test runs and what the manifest records."""
+
+    cfg: Any
+    sampler: Any
+    val_runs: list
+    test_runs: list
+    loads_info: list[dict]
+
+
+def cmd_train(args) -> int:
+    from fleetpilot.training.ppo import CheckpointError, train
+
+    if getattr(args, "trace_dir", None):
+        from fleetpilot.training.train_dir import cmd_train_dir
+
+        return cmd_train_dir(args, cmd_train)
+    if getattr(args, "ray", None):
+        raise CliError("--ray fans out --trace-dir (one task per history); one training runs in this process")
     cfg, fleet = _train_config(args.config, args)
+    split = parse_split(args.split)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CliError(f"--out {out}: exists and is not a directory")
-    sampler, val_runs, loads_info = None, None, []
-    if args.trace:
-        train_parts, val_runs = [], []
-        for path in args.trace:
-            load = read_trace(path, fill_gaps=args.fill_gaps)
-            if args.peak_tpm is not None:
-                load = load.rescaled(args.peak_tpm)
-            cut = int(load.minutes * (1.0 - args.holdout))
-            train_part, held = load.window(0, cut, load.name), cut
-            if train_part.minutes < 1441:
-                raise CliError(f"{path}: {train_part.minutes} training minutes; at least a day (1441) is needed")
-            train_parts.append(train_part)
-            val_runs.append(trace_run(load, held, load.minutes - held - 1, HISTORY_MINUTES))
-            loads_info.append(
-                {
-                    "trace": str(path),
-                    "minutes": load.minutes,
-                    "train_minutes": cut,
-                    "validation_minutes": load.minutes - held - 1,
-                    "peak_tpm": args.peak_tpm,
-                }
-            )
-        episode = min(cfg.episode_minutes, min(t.minutes for t in train_parts) - 1)
-        cfg = dataclasses.replace(cfg, episode_minutes=episode)
-        sampler = LoadSampler(traces=train_parts, augment=Augment(), max_load_tpm=fleet.max_load_tpm)
-    else:
-        val_runs = validation_runs(cfg)
+    data = _trace_data(args, cfg, fleet, split) if args.trace else _synthetic_data(args, cfg)
     t0 = time.perf_counter()
     budget = args.budget_minutes * 60 if args.budget_minutes else None
-    result = train(
-        cfg, out, sampler=sampler, fleet=fleet, val_runs=val_runs, budget_seconds=budget, resume=not args.no_resume
-    )
-    seconds = time.perf_counter() - t0
-    learned = TorchPolicy(result["agent"], result["mapping"], name=args.name)
-    pols = {
-        args.name: learned,
-        **{name: make_policy(name) for name in TRAIN_BASELINES},
-        "oracle": None,
+    try:
+        result = train(
+            data.cfg,
+            out,
+            sampler=data.sampler,
+            fleet=fleet,
+            val_runs=data.val_runs,
+            budget_seconds=budget,
+            resume=not args.no_resume,
+        )
+    except CheckpointError as exc:
+        raise CliError(str(exc)) from None
+    _report_and_write(args, data, fleet, result, out, split, time.perf_counter() - t0)
+    return 0
+
+
+def _trace_data(args, cfg, fleet, split) -> TrainData:
+    """Each trace split by time: training part (sampled in episodes), validation run, test run."""
+    import dataclasses
+
+    from fleetpilot.sim.load import Augment, read_trace
+    from fleetpilot.training.env import LoadSampler
+
+    train_parts, val_runs, test_runs, loads_info = [], [], [], []
+    for path in args.trace:
+        load = read_trace(path, fill_gaps=args.fill_gaps)
+        if args.peak_tpm is not None:
+            load = load.rescaled(args.peak_tpm)
+        part, val_run, test_run, info = split_history(load, split, path, args.split)
+        train_parts.append(part)
+        val_runs.append(val_run)
+        test_runs.append(test_run)
+        loads_info.append({"trace": str(path), "minutes": load.minutes, "peak_tpm": args.peak_tpm, **info})
+    episode = min(cfg.episode_minutes, min(t.minutes for t in train_parts) - 1)
+    cfg = dataclasses.replace(cfg, episode_minutes=episode)
+    sampler = LoadSampler(traces=train_parts, augment=Augment(), max_load_tpm=fleet.max_load_tpm)
+    return TrainData(cfg, sampler, val_runs, test_runs, loads_info)
+
+
+def _synthetic_data(args, cfg) -> TrainData:
+    """The seed's generator: validation seeds from the config, test seeds from --test-seeds (disjoint)."""
+    from fleetpilot.training.backtest import synthetic_run
+    from fleetpilot.training.ppo import validation_runs
+
+    test_seeds = parse_seeds(args.test_seeds)
+    if set(test_seeds) & set(cfg.eval_seeds):
+        raise CliError(f"--test-seeds {args.test_seeds}: overlap the validation seeds {list(cfg.eval_seeds)}")
+    args.test_minutes = args.test_minutes or cfg.eval_minutes
+    info = {
+        "synthetic": "seed generator",
+        "validation_seeds": list(cfg.eval_seeds),
+        "test_seeds": test_seeds,
+        "test_minutes": args.test_minutes,
     }
-    report = backtest(val_runs, pols, fleet)
+    test_runs = [synthetic_run(s, args.test_minutes) for s in test_seeds]
+    return TrainData(cfg, None, validation_runs(cfg), test_runs, [info])
+
+
+def _report_and_write(args, data: TrainData, fleet, result, out: Path, split, seconds: float) -> None:
+    """Score the exported actor next to the baselines on validation, test and the fixed check case; print the
+    test report with the command that reproduces it; write the model and its manifest."""
+    import dataclasses
+
+    import torch
+
+    from fleetpilot.policies.registry import TRAIN_BASELINES, make_policy
+    from fleetpilot.training.backtest import backtest, format_table, synthetic_run
+    from fleetpilot.training.export import write_model
+    from fleetpilot.training.ppo import TorchPolicy
+
+    # the reports decide a few rows at a time: one thread (two spend milliseconds per layer in thread hand-offs
+    # on a busy machine)
+    torch.set_num_threads(1)
+    learned = TorchPolicy(result.agent, result.mapping, name=args.name)
+    pols = {args.name: learned, **{name: make_policy(name) for name in TRAIN_BASELINES}, "oracle": None}
+    val_report = backtest(data.val_runs, pols, fleet)
+    report = backtest(data.test_runs, pols, fleet, forecast=True)
+    check = backtest([synthetic_run(s, CHECK_MINUTES) for s in CHECK_SEEDS], pols, fleet)
+    what = "the test part of each trace" if args.trace else f"test seeds {args.test_seeds}"
+    print(f"test: {what} (never seen in training or validation)")
     print(format_table(report))
+    reproduce = _backtest_command(args, out, list(pols), split)
+    print(f"reproduce these test figures with:\n  {reproduce}")
     command = "fleetpilot train " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["train"] else None
     training_info = {
-        "ppo": dataclasses.asdict(cfg),
-        "steps": result["steps"],
+        "ppo": dataclasses.asdict(data.cfg),
+        "steps": result.steps,
         "seconds": round(seconds, 1),
-        "start_rule": result["start_rule"],
-        "selected_update": result["selected_update"],
-        "loads": loads_info or [{"synthetic": "seed generator", "validation_seeds": list(cfg.eval_seeds)}],
+        "start_rule": result.start_rule,
+        "selected_update": result.selected_update,
+        "loads": data.loads_info,
         "command": command,
+        "test": {
+            "runs": [r["load"] for r in report.runs],
+            "summary": report.summary,
+            "forecast": report.forecast,
+            "backtest_command": reproduce,
+        },
+        "check": {
+            "seeds": list(CHECK_SEEDS),
+            "minutes": CHECK_MINUTES,
+            "summary": check.summary,
+            "note": "synthetic seeds never used in training or validation; tests/test_shipped_model.py replays it",
+        },
     }
-    validation = {"runs": [r["load"] for r in report.runs], "summary": report.summary}
-    manifest = write_model(
-        result["agent"], result["mapping"], out, args.name, fleet.model_dump(), training_info, validation
-    )
+    validation = {"runs": [r["load"] for r in val_report.runs], "summary": val_report.summary}
+    manifest = write_model(result.agent, result.mapping, out, args.name, fleet.model_dump(), training_info, validation)
     print(f"wrote {out / 'policy.onnx'} and {manifest}")
-    return 0
 
 
 def cmd_policies_list(args) -> int:
@@ -369,7 +565,22 @@ def add_training_commands(sub) -> None:
     t.add_argument("--peak-tpm", type=_positive(float), default=None, help="rescale each trace so its peak is this")
     t.add_argument("--fill-gaps", action="store_true", help="interpolate missing minutes in traces")
     t.add_argument(
-        "--holdout", type=_fraction, default=1 / 3, help="last share of each trace kept for validation (default 1/3)"
+        "--split",
+        default="0.6,0.2,0.2",
+        metavar="TRAIN,VAL,TEST",
+        help="shares of each history, in time order: train, validation (keeps the best update), test (the "
+        "report); default 0.6,0.2,0.2",
+    )
+    t.add_argument(
+        "--test-seeds",
+        default="3000..3019",
+        help="synthetic training only: seeds of the test report (default 3000..3019)",
+    )
+    t.add_argument(
+        "--test-minutes",
+        type=_positive(int),
+        default=None,
+        help="synthetic training only: minutes per test seed (default: the config's eval_minutes, 10000)",
     )
     t.add_argument("--budget-minutes", type=_positive(float), default=None, help="stop training after this wall time")
     t.add_argument(
@@ -380,6 +591,10 @@ def add_training_commands(sub) -> None:
     t.add_argument("--name", default="default", help="model name recorded in the manifest")
     t.add_argument("--no-resume", action="store_true", help="start over even if DIR has a checkpoint")
     t.add_argument("--out", required=True, metavar="DIR")
+    t.add_argument(
+        "--trace-dir", metavar="DIR", help="train one policy per *.csv history in DIR, each into --out DIR/STEM"
+    )
+    add_ray_option(t)
     t.set_defaults(func=cmd_train)
 
     p = sub.add_parser("policies", help="shipped policies")

@@ -32,7 +32,7 @@ from gymnasium import spaces
 from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 
-from fleetpilot.policies.observation import OBS_DIM, ObservationBuilder
+from fleetpilot.policies.observation import OBS_DIM, Observation, ObservationBuilder
 from fleetpilot.sim.fleet import FleetCore, expected_reward
 from fleetpilot.sim.load import SYNTHETIC_START, Augment, Load, sample_window, synthetic_load
 from fleetpilot.sim.params import FleetParams, SyntheticLoadParams
@@ -165,7 +165,7 @@ class WebFleetVectorEnv(VectorEnv):
         self.t = np.zeros(self.num_envs, dtype=np.int64)
         self.rngs: list[np.random.Generator] = [seeding.np_random(None)[0] for _ in range(self.num_envs)]
         self._rows = np.arange(self.num_envs)
-        self.last_obs = None  #: the full Observation behind the last returned features
+        self.last_obs: Observation | None = None  #: the full Observation behind the last returned features
 
     def _reset_rows(self, rows: np.ndarray, options: dict[str, Any]) -> None:
         loads = options.get("load")

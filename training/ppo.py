@@ -3,6 +3,11 @@
 The agent sees the features of the one observation builder and picks a discrete action of the policy's
 `ActionMapping` (a utilization target and a cushion); the mapping turns it into a desired capacity, and the
 env applies the step limits. Training runs on the numpy vector env (`WebFleetVectorEnv`).
+
+`train` reads top to bottom: seeding (one `torch.Generator`; numpy draws from generators seeded from the
+config, never the global RNG), a start (`resume_run` from a `Checkpoint`, or `start_from_rule`: choose a
+rule and imitate it), then per update `collect_rollout`, `compute_gae`, `ppo_update`, validation with
+`KeepBest`, progress and a checkpoint; finally the learning curve and a `TrainResult`.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +27,12 @@ from torch import nn
 from fleetpilot.policies.actions import ActionMapping
 from fleetpilot.policies.base import PolicyOutput
 from fleetpilot.policies.cushion import RuleActions
+from fleetpilot.policies.errors import UserError
 from fleetpilot.policies.observation import OBS_DIM, Observation
+from fleetpilot.sim.params import FleetParams
 from fleetpilot.training.backtest import backtest, synthetic_run
 from fleetpilot.training.env import LoadSampler, WebFleetVectorEnv
-from fleetpilot.training.params import FleetParams
+from fleetpilot.training.progress import Progress
 
 SQRT2 = math.sqrt(2)  #: orthogonal init gain of the hidden layers (CleanRL)
 
@@ -104,15 +111,26 @@ class PPOConfig:
     """the action mapping (see policies.actions)"""
 
 
+def _layer(i: int, o: int, std: float, generator: torch.Generator | None) -> nn.Linear:
+    """A linear layer with orthogonal weights (gain `std`) and zero biases, drawn from `generator`
+    (None: torch's global RNG)."""
+    lin = nn.utils.skip_init(nn.Linear, i, o)
+    # First nn.Linear's own initialization, from the same generator: it is overwritten just below, but its
+    # draws advance the generator exactly as `nn.Linear(i, o)` advances the global RNG, so a seed gives the
+    # same network as before the generator was explicit (the shipped models were trained that way).
+    nn.init.kaiming_uniform_(lin.weight, a=math.sqrt(5), generator=generator)
+    nn.init.uniform_(lin.bias, -1 / math.sqrt(i), 1 / math.sqrt(i), generator=generator)
+    nn.init.orthogonal_(lin.weight, std, generator=generator)
+    nn.init.zeros_(lin.bias)
+    return lin
+
+
 class Agent(nn.Module):
-    def __init__(self, n_actions: int, hidden: int = 64):
+    def __init__(self, n_actions: int, hidden: int = 64, generator: torch.Generator | None = None):
         super().__init__()
 
-        def layer(i, o, std=SQRT2):
-            lin = nn.Linear(i, o)
-            nn.init.orthogonal_(lin.weight, std)
-            nn.init.zeros_(lin.bias)
-            return lin
+        def layer(i: int, o: int, std: float = SQRT2) -> nn.Linear:
+            return _layer(i, o, std, generator)
 
         self.actor = nn.Sequential(
             layer(OBS_DIM, hidden), nn.Tanh(), layer(hidden, hidden), nn.Tanh(), layer(hidden, n_actions, 0.01)
@@ -161,8 +179,8 @@ def _best_of_grid(
     quiet: int = 0,
 ) -> int:
     """The grid action earning most on `loads`: as the main action (main None) or as the jump action."""
+    from fleetpilot.sim.fleet import expected_reward
     from fleetpilot.training.backtest import simulate
-    from fleetpilot.training.fleet import expected_reward
 
     n_loads = loads.shape[0]
     rows = np.repeat(np.arange(mapping.n), n_loads)
@@ -208,7 +226,9 @@ class _Recorder:
     name = "recorder"
 
     def __init__(self, rule: RuleActions):
-        self.rule, self.x, self.y = rule, [], []
+        self.rule = rule
+        self.x: list[np.ndarray] = []
+        self.y: list[np.ndarray] = []
 
     def reset(self, n: int) -> None:
         self.rule.reset(n)
@@ -272,18 +292,336 @@ def _plot_curve(log_rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def load_checkpoint(path: Path) -> dict:
-    """A training checkpoint, read with `weights_only=True`: tensors and plain data only, so a checkpoint file
-    planted in the output directory cannot run code when unpickled (ValueError naming the file instead)."""
+# -- Training, step by step: seeding, start (resume or a starting rule), then per update collect_rollout,
+# compute_gae, ppo_update, validation with keep-best, progress and checkpoint; finally the plot and the result.
+
+CHECKPOINT_FILE = "checkpoint.pt"
+LOG_FILE = "train_log.jsonl"
+CURVE_FILE = "learning_curve.png"
+CHECKPOINT_EVERY_UPDATES = 20
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be resumed: unreadable, not a checkpoint, or written for another configuration."""
+
+
+@dataclass
+class Checkpoint:
+    """What a resumed training needs: written every `CHECKPOINT_EVERY_UPDATES` updates and at the end."""
+
+    agent: dict
+    """the agent's state dict (the last actor, not the kept best one)"""
+    optimizer: dict
+    update: int
+    """the last finished update"""
+    global_step: int
+    config: dict
+    """`asdict(PPOConfig)`: a checkpoint resumes only the same configuration"""
+    torch_rng: torch.Tensor
+    """the state of the training's torch generator (action sampling and minibatch order)"""
+    start: dict = field(default_factory=dict)
+    """the starting rule (`TrainResult.start_rule`)"""
+    best: dict = field(default_factory=dict)
+    """the best validated actor so far, {"update", "validation", "actor"}; empty without keep-best"""
+
+    def save(self, path: Path) -> None:
+        torch.save({f.name: getattr(self, f.name) for f in fields(self)}, path)
+
+    @classmethod
+    def load(cls, path: Path) -> Checkpoint:
+        """The checkpoint in `path`; CheckpointError naming the file if it is damaged or not a checkpoint."""
+        try:
+            state = torch.load(path, weights_only=True)  # tensors and plain data: a planted file runs no code
+        except Exception as exc:  # a damaged file raises anything from pickle, zip or torch: all mean the same
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise CheckpointError(
+                f"{path}: not a readable checkpoint ({reason}); delete it or train with --no-resume"
+            ) from None
+        known = {f.name for f in fields(cls)}
+        required = {"agent", "optimizer", "update", "global_step", "config", "torch_rng"}
+        if not isinstance(state, dict) or not required <= state.keys():
+            missing = sorted(required - state.keys()) if isinstance(state, dict) else ["everything"]
+            raise CheckpointError(
+                f"{path}: not a training checkpoint (missing {', '.join(missing)}); delete it or use --no-resume"
+            )
+        return cls(**{k: v for k, v in state.items() if k in known})
+
+
+@dataclass
+class TrainResult:
+    """What `train` returns: the exported actor and what the manifest records about its training."""
+
+    agent: Agent
+    """the agent whose actor is exported (the kept best one under keep-best)"""
+    mapping: ActionMapping
+    validation: dict
+    """the exported actor's validation summary (expected_profit_usd, downtime_minutes, pct_of_oracle);
+    empty without validation runs"""
+    steps: int
+    """fleet-minutes of experience collected (the resumed run's included)"""
+    start_rule: dict
+    """the imitated starting rule: main and jump action, jump window and quiet minutes, imitated share"""
+    selected_update: int | None
+    """the update whose actor is exported under keep-best (0: the imitated starting rule); None: the last"""
+
+
+def seeded_generator(seed: int) -> torch.Generator:
+    """The training's one torch generator: network initialization, action sampling, minibatch order.
+    (Numpy draws come from generators seeded from the config seed as well: loads and envs.)"""
+    return torch.Generator().manual_seed(seed)
+
+
+def training_fleet(cfg: PPOConfig, fleet: FleetParams) -> FleetParams:
+    """The simulator parameters training optimizes: `fleet` with the configured downtime penalty."""
+    if cfg.downtime_cost_usd_per_minute is None:
+        return fleet
+    return fleet.model_copy(update={"downtime_cost_usd_per_minute": cfg.downtime_cost_usd_per_minute})
+
+
+class Validator:
+    """Backtests an actor on the validation runs; the score is % of the hindsight oracle (computed once)."""
+
+    def __init__(self, runs: list, fleet: FleetParams, mapping: ActionMapping):
+        self.runs, self.fleet, self.mapping = runs, fleet, mapping
+        self._oracle: float | None = None
+
+    def __call__(self, agent: Agent) -> dict:
+        if self._oracle is None:
+            self._oracle = backtest(self.runs, {"oracle": None}, self.fleet).summary[0]["expected_profit_usd"]
+        s = backtest(self.runs, {"ppo": TorchPolicy(agent, self.mapping)}, self.fleet).summary[0]
+        return {
+            "expected_profit_usd": s["expected_profit_usd"],
+            "downtime_minutes": s["downtime_minutes"],
+            "pct_of_oracle": round(100 * s["expected_profit_usd"] / self._oracle, 2),
+        }
+
+
+class KeepBest:
+    """The actor with the best validation score seen (`PPOConfig.keep_best`), as stored in a checkpoint."""
+
+    def __init__(self, best: dict | None = None):
+        self.best: dict = best or {}
+
+    def offer(self, update: int, validation: dict, agent: Agent) -> None:
+        if not self.best or validation["pct_of_oracle"] > self.best["validation"]["pct_of_oracle"]:
+            self.best = {"update": update, "validation": validation, "actor": copy.deepcopy(agent.actor.state_dict())}
+
+    def restore(self, agent: Agent) -> tuple[dict, int] | None:
+        """Load the kept actor into `agent`: (its validation, its update), or None if none was kept."""
+        if not self.best:
+            return None
+        agent.actor.load_state_dict(self.best["actor"])
+        return self.best["validation"], self.best["update"]
+
+
+@dataclass
+class RunState:
+    """What carries from one update to the next and into the checkpoint."""
+
+    update: int
+    """the last finished update (0: none yet)"""
+    global_step: int
+    start: dict
+    best: KeepBest
+
+    def checkpoint(self, cfg: PPOConfig, agent: Agent, opt: torch.optim.Optimizer, gen: torch.Generator) -> Checkpoint:
+        return Checkpoint(
+            agent.state_dict(), opt.state_dict(), self.update, self.global_step, asdict(cfg), gen.get_state(),
+            self.start, self.best.best,
+        )  # fmt: skip
+
+
+def resume_run(path: Path, cfg: PPOConfig, agent: Agent, opt: torch.optim.Optimizer, gen: torch.Generator) -> RunState:
+    """Load the checkpoint at `path` into the agent, the optimizer and the generator."""
+    ckpt = Checkpoint.load(path)
+    if ckpt.config != asdict(cfg):
+        raise CheckpointError(f"{path} was written with another configuration; use a new --out or --no-resume")
     try:
-        state = torch.load(path, weights_only=True)
-    except Exception as exc:  # UnpicklingError and friends: not a checkpoint this build wrote
-        raise ValueError(
-            f"{path}: not a checkpoint this build can read safely ({str(exc).splitlines()[0][:200]})"
-        ) from None
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: not a checkpoint this build wrote")
-    return state
+        agent.load_state_dict(ckpt.agent)
+        opt.load_state_dict(ckpt.optimizer)
+        gen.set_state(ckpt.torch_rng)
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"{path}: does not fit this network ({reason}); use a new --out or --no-resume") from None
+    return RunState(ckpt.update, ckpt.global_step, ckpt.start, KeepBest(ckpt.best))
+
+
+def start_from_rule(
+    cfg: PPOConfig,
+    agent: Agent,
+    mapping: ActionMapping,
+    fleet: FleetParams,
+    sampler: LoadSampler | None,
+    progress: bool,
+) -> dict:
+    """Choose the starting rule on training loads and fit the actor to it (see `choose_start_rule`, `imitate`);
+    returns what the manifest records about it."""
+    loads, starts = _draw_loads(fleet, sampler, cfg.seed, cfg.init_loads, cfg.episode_minutes)
+    rule = choose_start_rule(cfg, mapping, fleet, loads, starts)
+    start = {
+        "main": mapping.describe(int(rule.main)),
+        "jump": mapping.describe(int(rule.jump)),
+        "jump_window_minutes": rule.window,
+        "jump_quiet_minutes": rule.quiet,
+        "imitated_share": round(imitate(agent, rule, fleet, loads, starts, cfg), 5),
+    }
+    if progress:
+        jump = f", {start['jump']} for {rule.window} minutes after a load jump" if rule.window else ""
+        print(
+            f"starting from the rule {start['main']}{jump} "
+            f"(imitated: {100 * start['imitated_share']:.2f}% of its decisions)",
+            file=sys.stderr,
+        )
+    return start
+
+
+@dataclass
+class Rollout:
+    """One rollout's buffers, (num_steps, num_envs) each (observations: x OBS_DIM); reused every update."""
+
+    obs: torch.Tensor
+    actions: torch.Tensor
+    logprobs: torch.Tensor
+    rewards: torch.Tensor
+    """scaled by `PPOConfig.reward_scale`"""
+    dones: torch.Tensor
+    values: torch.Tensor
+
+    @classmethod
+    def empty(cls, num_steps: int, num_envs: int) -> Rollout:
+        shape = (num_steps, num_envs)
+        return cls(
+            torch.zeros((*shape, OBS_DIM)),
+            torch.zeros(shape, dtype=torch.long),
+            torch.zeros(shape),
+            torch.zeros(shape),
+            torch.zeros(shape),
+            torch.zeros(shape),
+        )
+
+
+def sample_actions(dist: torch.distributions.Categorical, gen: torch.Generator) -> torch.Tensor:
+    """One action per row of `dist`, drawn from `gen` (what `dist.sample()` draws from the global RNG)."""
+    probs = dist.probs.reshape(-1, dist.param_shape[-1])
+    return torch.multinomial(probs, 1, True, generator=gen).T.reshape(dist.batch_shape)
+
+
+def collect_rollout(
+    agent: Agent,
+    env: WebFleetVectorEnv,
+    mapping: ActionMapping,
+    fleet: FleetParams,
+    rollout: Rollout,
+    next_obs: np.ndarray,
+    gen: torch.Generator,
+    reward_scale: float,
+) -> tuple[np.ndarray, list[float]]:
+    """Step the envs `num_steps` minutes with actions sampled from the actor, filling `rollout`; returns the
+    next observation and each minute's mean (unscaled) reward."""
+    lo, hi, d = -fleet.max_scale_in_per_minute, fleet.max_scale_out_per_minute, fleet.max_delta
+    means = []
+    for step in range(rollout.obs.shape[0]):
+        obs_t = torch.from_numpy(next_obs)
+        with torch.no_grad():
+            logits = agent.actor(obs_t)
+            value = agent.critic(obs_t).squeeze(-1)
+        dist = torch.distributions.Categorical(logits=logits)
+        a = sample_actions(dist, gen)
+        rollout.obs[step], rollout.actions[step], rollout.logprobs[step] = obs_t, a, dist.log_prob(a)
+        rollout.values[step] = value
+        struct = env.last_obs
+        desired = mapping.desired(a.numpy(), struct)
+        delta = np.clip(desired - struct.total, lo, hi)
+        next_obs, reward, term, trunc, _ = env.step(delta + d)
+        rollout.rewards[step] = torch.from_numpy(reward * reward_scale).float()
+        rollout.dones[step] = torch.from_numpy((term | trunc).astype(np.float32))
+        means.append(float(reward.mean()))
+    return next_obs, means
+
+
+@torch.no_grad()
+def compute_gae(
+    rollout: Rollout, next_value: torch.Tensor, gamma: float, gae_lambda: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalized advantage estimation: (advantages, returns), each (num_steps, num_envs). `next_value`
+    bootstraps the minute after the rollout."""
+    adv = torch.zeros_like(rollout.rewards)
+    last = torch.zeros(rollout.rewards.shape[1])
+    n = rollout.rewards.shape[0]
+    for t in reversed(range(n)):
+        nv = next_value if t == n - 1 else rollout.values[t + 1]
+        nonterminal = 1.0 - rollout.dones[t]  # truncation treated as an end (no bootstrap): small bias
+        delta_t = rollout.rewards[t] + gamma * nv * nonterminal - rollout.values[t]
+        last = delta_t + gamma * gae_lambda * nonterminal * last
+        adv[t] = last
+    return adv, adv + rollout.values
+
+
+def ppo_update(
+    agent: Agent,
+    opt: torch.optim.Optimizer,
+    rollout: Rollout,
+    advantages: torch.Tensor,
+    returns: torch.Tensor,
+    cfg: PPOConfig,
+    gen: torch.Generator,
+) -> dict[str, float]:
+    """`update_epochs` passes over the rollout in `num_minibatches` shuffled minibatches: clipped policy loss,
+    value loss, entropy bonus. Returns the last minibatch's loss, value loss and entropy."""
+    b_obs, b_act = rollout.obs.reshape(-1, OBS_DIM), rollout.actions.reshape(-1)
+    b_logp, b_adv, b_ret = rollout.logprobs.reshape(-1), advantages.reshape(-1), returns.reshape(-1)
+    batch = b_act.shape[0]
+    mb = batch // cfg.num_minibatches
+    for _ in range(cfg.update_epochs):
+        perm = torch.randperm(batch, generator=gen)
+        for s in range(0, batch, mb):
+            i = perm[s : s + mb]
+            logits = agent.actor(b_obs[i])
+            dist = torch.distributions.Categorical(logits=logits)
+            ratio = torch.exp(dist.log_prob(b_act[i]) - b_logp[i])
+            a_n = (b_adv[i] - b_adv[i].mean()) / (b_adv[i].std() + 1e-8)
+            pg = torch.max(-a_n * ratio, -a_n * torch.clamp(ratio, 1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
+            v_loss = 0.5 * ((agent.critic(b_obs[i]).squeeze(-1) - b_ret[i]) ** 2).mean()
+            loss = pg + cfg.vf_coef * v_loss - cfg.ent_coef * dist.entropy().mean()
+            opt.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
+            opt.step()
+    return {
+        "loss": float(loss.detach()),
+        "value_loss": float(v_loss.detach()),
+        "entropy": float(dist.entropy().mean().detach()),
+    }
+
+
+class RewardAverage:
+    """Exponential moving average of the mean reward per minute (weight 0.01 per minute)."""
+
+    def __init__(self) -> None:
+        self.value: float | None = None
+
+    def add(self, means: list[float]) -> float:
+        for m in means:
+            self.value = m if self.value is None else 0.99 * self.value + 0.01 * m
+        assert self.value is not None
+        return self.value
+
+
+class TrainLog:
+    """out/train_log.jsonl: one JSON row per update; kept across a resume, started over otherwise."""
+
+    def __init__(self, path: Path, keep: bool):
+        self.path = path
+        self.rows: list[dict] = []
+        if keep and path.is_file():
+            self.rows = [json.loads(x) for x in path.read_text().splitlines()]
+        elif not keep and path.exists():
+            path.unlink()
+
+    def append(self, row: dict) -> None:
+        self.rows.append(row)
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
 
 
 def train(
@@ -295,216 +633,133 @@ def train(
     budget_seconds: float | None = None,
     resume: bool = True,
     progress: bool = True,
-) -> dict:
+) -> TrainResult:
     """Train; writes out/checkpoint.pt (resumable), out/train_log.jsonl, out/learning_curve.png.
-    Before PPO, the actor imitates a starting rule chosen on training loads (`choose_start_rule`, `imitate`).
-    Returns {"agent": Agent, "mapping": ActionMapping, "validation": last validation summary, "steps": int,
-    "start_rule": what was imitated}."""
+    Before PPO, the actor imitates a starting rule chosen on training loads (`start_from_rule`); a run with a
+    checkpoint in `out` goes on from it instead (unless `resume` is False). Under keep-best the returned agent
+    carries the best validated actor."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
+    gen = seeded_generator(cfg.seed)
     fleet = fleet or FleetParams()
-    train_fleet = (
-        fleet
-        if cfg.downtime_cost_usd_per_minute is None
-        else fleet.model_copy(update={"downtime_cost_usd_per_minute": cfg.downtime_cost_usd_per_minute})
-    )
     mapping = ActionMapping.from_json(cfg.mapping)
-    env = WebFleetVectorEnv(
-        cfg.num_envs,
-        fleet=train_fleet,
-        sampler=sampler,
-        episode_minutes=cfg.episode_minutes,
-        expected_reward=cfg.expected_reward,
-    )
-    agent = Agent(mapping.n, cfg.hidden)
-    ckpt = out / "checkpoint.pt"
-    resuming = resume and ckpt.is_file()
-    start: dict = {}
-    if not resuming:
-        loads, starts = _draw_loads(train_fleet, sampler, cfg.seed, cfg.init_loads, cfg.episode_minutes)
-        rule = choose_start_rule(cfg, mapping, train_fleet, loads, starts)
-        start = {
-            "main": mapping.describe(int(rule.main)),
-            "jump": mapping.describe(int(rule.jump)),
-            "jump_window_minutes": rule.window,
-            "jump_quiet_minutes": rule.quiet,
-            "imitated_share": round(imitate(agent, rule, train_fleet, loads, starts, cfg), 5),
-        }
-        if progress:
-            jump = f", {start['jump']} for {rule.window} minutes after a load jump" if rule.window else ""
-            print(
-                f"starting from the rule {start['main']}{jump} "
-                f"(imitated: {100 * start['imitated_share']:.2f}% of its decisions)",
-                file=sys.stderr,
-            )
+    agent = Agent(mapping.n, cfg.hidden, generator=gen)
     opt = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=1e-5)
-    batch = cfg.num_envs * cfg.num_steps
-    num_updates = max(cfg.total_steps // batch, 1)
-    mb = batch // cfg.num_minibatches
-    start_update, global_step = 1, 0
-    log_path = out / "train_log.jsonl"
-    log_rows: list[dict] = []
+    validator = Validator(val_runs if val_runs is not None else validation_runs(cfg), fleet, mapping)
+    resuming = resume and (out / CHECKPOINT_FILE).is_file()
     if resuming:
-        state = load_checkpoint(ckpt)
-        if state["config"] != asdict(cfg):
-            raise ValueError(f"{ckpt} was written with another configuration; use a new --out or --no-resume")
-        agent.load_state_dict(state["agent"])
-        opt.load_state_dict(state["optimizer"])
-        start_update, global_step = state["update"] + 1, state["global_step"]
-        start = state.get("start", {})
-        torch.set_rng_state(state["torch_rng"])
-        log_rows = [json.loads(x) for x in log_path.read_text().splitlines()] if log_path.is_file() else []
-    elif log_path.exists():
-        log_path.unlink()
-    # The env's episodes are seeded from the config seed and the update number, so a resumed run restarts
-    # its envs deterministically (the unfinished episodes of the interrupted run are not replayed).
-    next_obs, _ = env.reset(seed=cfg.seed * 100_003 + start_update)
-    val_runs = val_runs if val_runs is not None else validation_runs(cfg)
-    oracle_e: list[float] = []
-
-    def validate() -> dict:
-        if not oracle_e:
-            oracle_e.append(backtest(val_runs, {"oracle": None}, fleet).summary[0]["expected_profit_usd"])
-        s = backtest(val_runs, {"ppo": TorchPolicy(agent, mapping)}, fleet).summary[0]
-        return {
-            "expected_profit_usd": s["expected_profit_usd"],
-            "downtime_minutes": s["downtime_minutes"],
-            "pct_of_oracle": round(100 * s["expected_profit_usd"] / oracle_e[0], 2),
-        }
-
-    best: dict = {}
-    if resuming:
-        best = state.get("best", {})
-    elif val_runs and cfg.keep_best:
-        best = {"update": 0, "validation": validate(), "actor": copy.deepcopy(agent.actor.state_dict())}
-    obs_buf = torch.zeros((cfg.num_steps, cfg.num_envs, OBS_DIM))
-    act_buf = torch.zeros((cfg.num_steps, cfg.num_envs), dtype=torch.long)
-    logp_buf = torch.zeros((cfg.num_steps, cfg.num_envs))
-    rew_buf = torch.zeros((cfg.num_steps, cfg.num_envs))
-    done_buf = torch.zeros((cfg.num_steps, cfg.num_envs))
-    val_buf = torch.zeros((cfg.num_steps, cfg.num_envs))
-    lo, hi, d = -fleet.max_scale_in_per_minute, fleet.max_scale_out_per_minute, fleet.max_delta
-    t_start = time.perf_counter()
-    steps_at_start = global_step
-    last_val: dict = {}
-    reward_ema = None
-    for update in range(start_update, num_updates + 1):
-        frac = 1.0 - (update - 1.0) / num_updates
-        for g in opt.param_groups:
-            g["lr"] = frac * cfg.learning_rate
-        for step in range(cfg.num_steps):
-            obs_t = torch.from_numpy(next_obs)
-            with torch.no_grad():
-                logits = agent.actor(obs_t)
-                value = agent.critic(obs_t).squeeze(-1)
-            dist = torch.distributions.Categorical(logits=logits)
-            a = dist.sample()
-            obs_buf[step], act_buf[step], logp_buf[step], val_buf[step] = obs_t, a, dist.log_prob(a), value
-            struct = env.last_obs
-            desired = mapping.desired(a.numpy(), struct)
-            delta = np.clip(desired - struct.total, lo, hi)
-            next_obs, reward, term, trunc, _ = env.step(delta + d)
-            rew_buf[step] = torch.from_numpy(reward * cfg.reward_scale).float()
-            done_buf[step] = torch.from_numpy((term | trunc).astype(np.float32))
-            global_step += cfg.num_envs
-            m = float(reward.mean())
-            reward_ema = m if reward_ema is None else 0.99 * reward_ema + 0.01 * m
-        with torch.no_grad():
-            next_value = agent.critic(torch.from_numpy(next_obs)).squeeze(-1)
-            adv = torch.zeros_like(rew_buf)
-            last = torch.zeros(cfg.num_envs)
-            for t in reversed(range(cfg.num_steps)):
-                nv = next_value if t == cfg.num_steps - 1 else val_buf[t + 1]
-                nonterminal = 1.0 - done_buf[t]  # truncation treated as an end (no bootstrap): small bias
-                delta_t = rew_buf[t] + cfg.gamma * nv * nonterminal - val_buf[t]
-                last = delta_t + cfg.gamma * cfg.gae_lambda * nonterminal * last
-                adv[t] = last
-            ret = adv + val_buf
-        b_obs, b_act = obs_buf.reshape(-1, OBS_DIM), act_buf.reshape(-1)
-        b_logp, b_adv, b_ret = logp_buf.reshape(-1), adv.reshape(-1), ret.reshape(-1)
-        for _ in range(cfg.update_epochs):
-            perm = torch.randperm(batch)
-            for s in range(0, batch, mb):
-                i = perm[s : s + mb]
-                logits = agent.actor(b_obs[i])
-                dist = torch.distributions.Categorical(logits=logits)
-                ratio = torch.exp(dist.log_prob(b_act[i]) - b_logp[i])
-                a_n = (b_adv[i] - b_adv[i].mean()) / (b_adv[i].std() + 1e-8)
-                pg = torch.max(-a_n * ratio, -a_n * torch.clamp(ratio, 1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
-                v_loss = 0.5 * ((agent.critic(b_obs[i]).squeeze(-1) - b_ret[i]) ** 2).mean()
-                loss = pg + cfg.vf_coef * v_loss - cfg.ent_coef * dist.entropy().mean()
-                opt.zero_grad()
-                loss.backward()
-                nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
-                opt.step()
-        elapsed = time.perf_counter() - t_start
-        sps = (global_step - steps_at_start) / max(elapsed, 1e-9)
-        row = {
-            "update": update,
-            "step": global_step,
-            "steps_per_s": round(sps),
-            "reward_per_minute": reward_ema,
-            "loss": float(loss.detach()),
-            "value_loss": float(v_loss.detach()),
-            "entropy": float(dist.entropy().mean().detach()),
-        }
-        final = update == num_updates or (budget_seconds is not None and elapsed >= budget_seconds)
-        if val_runs and (update % cfg.eval_every_updates == 0 or final):
-            last_val = validate()
-            if cfg.keep_best and (not best or last_val["pct_of_oracle"] > best["validation"]["pct_of_oracle"]):
-                best = {"update": update, "validation": last_val, "actor": copy.deepcopy(agent.actor.state_dict())}
-            row["val_pct_of_oracle"] = last_val["pct_of_oracle"]
-            row["val_downtime_minutes"] = last_val["downtime_minutes"]
-        log_rows.append(row)
-        with log_path.open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
-        if progress:
-            pct = f" val {last_val['pct_of_oracle']:.1f}% of oracle" if last_val else ""
-            bar = int(30 * update / num_updates)
-            print(
-                f"\r[{'#' * bar}{'.' * (30 - bar)}] {global_step / 1e6:6.1f}M steps {sps / 1e3:5.0f}k/s "
-                f"reward {reward_ema * 10_000:9,.0f} $/10k min{pct}   ",
-                end="",
-                file=sys.stderr,
-                flush=True,
-            )
-        if update % 20 == 0 or final:
-            torch.save(
-                {
-                    "agent": agent.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "update": update,
-                    "global_step": global_step,
-                    "config": asdict(cfg),
-                    "torch_rng": torch.get_rng_state(),
-                    "start": start,
-                    "best": best,
-                },
-                ckpt,
-            )
-        if final:
-            break
-    if progress:
-        print(file=sys.stderr)
-    _plot_curve(log_rows, out / "learning_curve.png")
+        run = resume_run(out / CHECKPOINT_FILE, cfg, agent, opt, gen)
+    else:
+        start = start_from_rule(cfg, agent, mapping, training_fleet(cfg, fleet), sampler, progress)
+        run = RunState(0, 0, start, KeepBest())
+        if validator.runs and cfg.keep_best:
+            run.best.offer(0, validator(agent), agent)
+    log = TrainLog(out / LOG_FILE, keep=resuming)
+    last_val = _ppo_loop(cfg, out, agent, opt, gen, run, log, validator, sampler, fleet, budget_seconds, progress)
+    _plot_curve(log.rows, out / CURVE_FILE)
     selected = None
-    if best:
-        agent.actor.load_state_dict(best["actor"])
-        last_val, selected = best["validation"], best["update"]
+    kept = run.best.restore(agent)
+    if kept is not None:
+        last_val, selected = kept
         if progress:
             print(
                 f"kept the actor of update {selected} (validation {last_val['pct_of_oracle']:.2f}% of oracle; "
                 "update 0 is the imitated starting rule)",
                 file=sys.stderr,
             )
-    return {
-        "agent": agent,
-        "mapping": mapping,
-        "validation": last_val,
-        "steps": global_step,
-        "start_rule": start,
-        "selected_update": selected,
-    }
+    return TrainResult(agent, mapping, last_val, run.global_step, run.start, selected)
+
+
+def _ppo_loop(
+    cfg: PPOConfig,
+    out: Path,
+    agent: Agent,
+    opt: torch.optim.Optimizer,
+    gen: torch.Generator,
+    run: RunState,
+    log: TrainLog,
+    validator: Validator,
+    sampler: LoadSampler | None,
+    fleet: FleetParams,
+    budget_seconds: float | None,
+    progress: bool,
+) -> dict:
+    """The PPO updates from `run.update + 1` to the last (or the budget); returns the last validation."""
+    env = WebFleetVectorEnv(
+        cfg.num_envs, training_fleet(cfg, fleet), sampler, cfg.episode_minutes, expected_reward=cfg.expected_reward
+    )
+    # The env's episodes are seeded from the config seed and the update number, so a resumed run restarts
+    # its envs deterministically (the unfinished episodes of the interrupted run are not replayed).
+    next_obs, _ = env.reset(seed=cfg.seed * 100_003 + run.update + 1)
+    num_updates = max(cfg.total_steps // (cfg.num_envs * cfg.num_steps), 1)
+    rollout = Rollout.empty(cfg.num_steps, cfg.num_envs)
+    reward = RewardAverage()
+    total = num_updates * cfg.num_envs * cfg.num_steps
+    bar = Progress(total, "train", "steps", initial=run.global_step, unit_scale=True) if progress else None
+    try:
+        return _updates(
+            cfg, out, agent, opt, gen, run, log, validator, env, next_obs, rollout, reward, bar, budget_seconds
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _updates(
+    cfg: PPOConfig,
+    out: Path,
+    agent: Agent,
+    opt: torch.optim.Optimizer,
+    gen: torch.Generator,
+    run: RunState,
+    log: TrainLog,
+    validator: Validator,
+    env: WebFleetVectorEnv,
+    next_obs: np.ndarray,
+    rollout: Rollout,
+    reward: RewardAverage,
+    bar: Progress | None,
+    budget_seconds: float | None,
+) -> dict:
+    """The update loop of `_ppo_loop`: collect, GAE, update, validate, log, progress, checkpoint."""
+    mapping, fleet = validator.mapping, validator.fleet
+    num_updates = max(cfg.total_steps // (cfg.num_envs * cfg.num_steps), 1)
+    t_start, steps_at_start = time.perf_counter(), run.global_step
+    last_val: dict = {}
+    for update in range(run.update + 1, num_updates + 1):
+        for g in opt.param_groups:  # the learning rate anneals linearly to 0
+            g["lr"] = (1.0 - (update - 1.0) / num_updates) * cfg.learning_rate
+        next_obs, means = collect_rollout(agent, env, mapping, fleet, rollout, next_obs, gen, cfg.reward_scale)
+        with torch.no_grad():
+            next_value = agent.critic(torch.from_numpy(next_obs)).squeeze(-1)
+        advantages, returns = compute_gae(rollout, next_value, cfg.gamma, cfg.gae_lambda)
+        losses = ppo_update(agent, opt, rollout, advantages, returns, cfg, gen)
+        run.update, run.global_step = update, run.global_step + cfg.num_envs * cfg.num_steps
+        elapsed = time.perf_counter() - t_start
+        sps = (run.global_step - steps_at_start) / max(elapsed, 1e-9)
+        row = {
+            "update": update,
+            "step": run.global_step,
+            "steps_per_s": round(sps),
+            "reward_per_minute": reward.add(means),
+        }
+        row.update(losses)
+        final = update == num_updates or (budget_seconds is not None and elapsed >= budget_seconds)
+        if validator.runs and (update % cfg.eval_every_updates == 0 or final):
+            last_val = validator(agent)
+            if cfg.keep_best:
+                run.best.offer(update, last_val, agent)
+            row["val_pct_of_oracle"] = last_val["pct_of_oracle"]
+            row["val_downtime_minutes"] = last_val["downtime_minutes"]
+        log.append(row)
+        if bar is not None:
+            pct = f" val {last_val['pct_of_oracle']:.1f}% of oracle" if last_val else ""
+            bar.update(
+                run.global_step - bar.n, postfix=f"reward {row['reward_per_minute'] * 10_000:,.0f} $/10k min{pct}"
+            )
+        if update % CHECKPOINT_EVERY_UPDATES == 0 or final:
+            run.checkpoint(cfg, agent, opt, gen).save(out / CHECKPOINT_FILE)
+        if final:
+            break
+    return last_val

@@ -7,11 +7,13 @@ Tuning seeds (0..9) are disjoint from the evaluation seeds (1000..1009, 2000..20
 
 from __future__ import annotations
 
+import functools
 import itertools
 from typing import Any
 
 from fleetpilot.policies.registry import make_policy
 from fleetpilot.training.backtest import Run, backtest
+from fleetpilot.training.progress import Progress
 
 GRIDS: dict[str, dict[str, list[Any]]] = {
     "static": {"machines": [20, 25, 30, 35, 40, 45, 50]},
@@ -25,6 +27,11 @@ GRIDS: dict[str, dict[str, list[Any]]] = {
         "scale_in_tolerance": [0.0, 0.05],
         "scale_in_cooldown_minutes": [0],
         "trend_minutes": [30, 60],
+    },
+    "forecast": {
+        "target_utilization": [0.6, 0.65, 0.7, 0.75, 0.8],
+        "quantile": [0.5, 0.75, 0.9, 0.95],
+        "scale_in_tolerance": [0.0, 0.05],
     },
     "cushion": {
         "utilization": [0.66, 0.68, 0.7, 0.72, 0.74, 0.76, 0.78, 0.8, 0.82, 0.84],
@@ -42,16 +49,51 @@ GRIDS: dict[str, dict[str, list[Any]]] = {
 }
 
 
-def tune(policy: str, runs: list[Run]) -> dict[str, Any]:
-    """The grid point with the highest expected profit summed over `runs`, and the runner-up figures."""
-    grid = GRIDS[policy]
+def grid_scores(
+    policy: str, runs: list[Run], grid: dict[str, list[Any]] | None = None
+) -> list[tuple[dict[str, Any], list[dict]]]:
+    """Every point of `policy`'s grid (GRIDS, or `grid`) with its per-run results on `runs` (expected profit,
+    downtime minutes...), for choosing per run or per subset of runs from one pass over the grid."""
+    grid = grid or GRIDS[policy]
     keys = list(grid)
-    scored = []
+    out = []
     for values in itertools.product(*(grid[k] for k in keys)):
         params = dict(zip(keys, values, strict=False))
         report = backtest(runs, {"p": make_policy(policy, params)})
-        s = report.summary[0]
-        scored.append((s["expected_profit_usd"], s["downtime_minutes"], params))
+        out.append((params, [r["results"][0] for r in report.runs]))
+    return out
+
+
+def score_point(policy: str, runs: list[Run], params: dict[str, Any]) -> tuple[float, int, dict[str, Any]]:
+    """(expected profit, downtime minutes, params) of one grid point summed over `runs`: one fan-out task."""
+    s = backtest(runs, {"p": make_policy(policy, params)}).summary[0]
+    return s["expected_profit_usd"], s["downtime_minutes"], params
+
+
+def tune(policy: str, runs: list[Run], ray_address: str | None = None, progress: bool = False) -> dict[str, Any]:
+    """The grid point with the highest expected profit summed over `runs`, and the runner-up figures.
+    Each grid point is one task of `training.fanout.map_tasks` (Ray tasks with `ray_address`). `progress`: a
+    progress bar (a terminal) or lines with an ETA (otherwise) on stderr, one unit per grid point."""
+    from fleetpilot.training.fanout import map_tasks, values
+
+    grid = GRIDS[policy]
+    keys = list(grid)
+    points = [dict(zip(keys, v, strict=False)) for v in itertools.product(*(grid[k] for k in keys))]
+    bar = Progress(len(points), f"tune {policy}", "points") if progress else None
+    best: list[float] = []
+
+    def on_done(_i: int, outcome: Any) -> None:
+        if bar is None:
+            return
+        if outcome.ok:
+            best[:] = [max([*best, outcome.value[0]])]
+        bar.update(1, postfix=f"best E[profit] ${best[0]:,.0f}" if best else None)
+
+    try:
+        scored = values(map_tasks(functools.partial(score_point, policy, runs), points, ray_address, on_done), "tune")
+    finally:
+        if bar is not None:
+            bar.close()
     scored.sort(key=lambda x: -x[0])
     best = scored[0]
     # the profit/downtime frontier: points no other point beats on both (most profitable first)

@@ -1,0 +1,362 @@
+"""Leave-one-trace-out evaluation on the long development traces (issue 12, item 6).
+
+For each held-out trace: the learned policy's pipeline (`fleetpilot train`) trains on the OTHER traces, and is
+scored on the held-out trace's 10,000-minute windows, each rescaled so its scored minutes peak at 10,000 tpm,
+next to
+  (a) target tracking and the `forecast` rule, each tuned (`training.tune` grids) on the training loads: the
+      first --tune-windows windows of every other trace;
+  (b) target tracking tuned in hindsight on each evaluation window itself;
+  (c) the best fixed action of the policy's family (its action mapping's grid of utilization and cushion, as a
+      fixed rule with no jump window), chosen in hindsight on each evaluation window;
+  (d) the hindsight oracle.
+Figures: % of the oracle's expected profit (expected profits summed over the trace's windows) and downtime
+minutes, per trace; the JSON has every window, every choice and its parameters.
+
+Training today: `fleetpilot train` takes either the synthetic generator or traces, not both; each fold trains
+with `--trace` on the other traces (rescaled to --peak-tpm) and the train's default recipe otherwise.
+`--policy-dir DIR` skips training and scores DIR (e.g. the shipped `policies/models/default`) on every fold.
+
+    .venv/bin/python benchmarks/generalization.py --policy-dir policies/models/default --json gen.json --details gen-details.json
+    .venv/bin/python benchmarks/generalization.py --budget-minutes 8 --json gen.json     # trains six folds
+
+Each window starts after --lead-minutes (default a day) of the trace's history, which the policies read but
+which is not scored; windows follow each other without overlap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fleetpilot.training.cli import add_ray_option
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+REPO = Path(__file__).resolve().parents[1]
+TRACE_DIR = REPO.parent / "shared" / "data" / "traces"
+TRACES = {
+    "nasa": "nasa_http_jul95_minute.csv",
+    "worldcup": "worldcup98_pre_tournament_minute.csv",
+    "azure-functions": "azure_functions2019_fn40d07b_minute.csv",
+    "nab-aapl": "nab_tweets_aapl_minute.csv",
+    "nab-amzn": "nab_tweets_amzn_minute.csv",
+    "nab-ko": "nab_tweets_ko_minute.csv",
+}
+COLUMNS = ("learned", "tt_tuned", "forecast_tuned", "tt_hindsight", "fixed_hindsight", "oracle")
+LABELS = {
+    "learned": "learned",
+    "tt_tuned": "(a) TT tuned",
+    "forecast_tuned": "(a) forecast tuned",
+    "tt_hindsight": "(b) TT hindsight",
+    "fixed_hindsight": "(c) best fixed action",
+    "oracle": "(d) oracle",
+}
+
+
+def windows(name: str, path: Path, args) -> list:
+    """The evaluation windows of one trace (Runs), each rescaled so its scored minutes peak at args.peak_tpm."""
+    from fleetpilot.sim.load import Load, read_trace
+    from fleetpilot.training.backtest import trace_run
+
+    load = read_trace(path)
+    runs, w, lead = [], args.window_minutes, args.lead_minutes
+    first = lead
+    while first + w + 1 <= load.minutes and (args.windows is None or len(runs) < args.windows):
+        peak = float(load.load_tpm[first + 1 : first + w + 1].max())
+        if peak > 0:
+            scaled = Load(name, load.load_tpm * (args.peak_tpm / peak), load.start)
+            runs.append(trace_run(scaled, first, w, lead))
+        first += w
+    return runs
+
+
+def _rows(report) -> list[dict]:
+    return [r["results"][0] for r in report.runs]
+
+
+def score_policy(policy, runs: list) -> list[dict]:
+    from fleetpilot.training.backtest import backtest
+
+    return _rows(backtest(runs, {"p": policy}))
+
+
+def best_fixed_action(mapping, runs: list, chunk: int = 12) -> list[dict]:
+    """Per run, the action of `mapping` that earns most (expected profit) as a fixed rule on that run, scored."""
+    from fleetpilot.policies.cushion import RuleActions
+    from fleetpilot.sim.fleet import expected_reward
+    from fleetpilot.sim.params import FleetParams
+    from fleetpilot.training.backtest import score, simulate
+
+    p = FleetParams()
+    lead = runs[0].lead
+    loads = np.stack([r.load_tpm for r in runs])
+    starts = np.array([r.start_minute for r in runs])
+    keys = np.array([r.noise_key for r in runs], dtype=np.uint64)
+    n = len(runs)
+    best_e = np.full(n, -np.inf)
+    best: list[dict | None] = [None] * n
+    for a0 in range(0, mapping.n, chunk):
+        acts = np.arange(a0, min(a0 + chunk, mapping.n))
+        rows = np.repeat(acts, n)
+        traj = simulate(
+            RuleActions(mapping, rows),
+            np.tile(loads, (acts.size, 1)),
+            np.tile(starts, acts.size),
+            np.tile(keys, acts.size),
+            p,
+        )
+        active, delta = traj.active[:, lead:], traj.delta[:, lead:]
+        served = np.tile(loads[:, lead + 1 :], (acts.size, 1))
+        e = expected_reward(active, served, p).sum(axis=1).reshape(acts.size, n)
+        for j in range(n):
+            i = int(np.argmax(e[:, j]))
+            if e[i, j] > best_e[j]:
+                best_e[j] = e[i, j]
+                row = i * n + j
+                res = score("fixed", active[row], delta[row], loads[j, lead + 1 :], int(keys[j]), lead + 1, p)
+                best[j] = dict(res.__dict__, action=mapping.describe(int(acts[i])))
+    return [b for b in best if b is not None]
+
+
+def fold_models(held: list[str], args, out_root: Path) -> dict[str, Path]:
+    """Each held-out trace's model: the given one (--policy-dir), or one trained per fold, the folds in this
+    process or as Ray tasks (--ray), with a progress bar (or lines with an ETA) over the folds."""
+    if args.policy_dir:
+        return {fold: Path(args.policy_dir) for fold in held}
+    from fleetpilot.training.fanout import map_tasks, values
+    from fleetpilot.training.progress import Progress
+
+    with Progress(len(held), "leave-one-trace-out training", "folds") as bar:
+        task = functools.partial(_train_fold_task, list(TRACES), args, out_root)
+        dirs = values(map_tasks(task, held, args.ray, lambda _i, _o: bar.update(1)), "train")
+    return dict(zip(held, dirs, strict=True))
+
+
+def _train_fold_task(names: list[str], args, out_root: Path, held_out: str) -> Path:
+    return train_fold(held_out, names, args, out_root)
+
+
+def train_fold(held_out: str, names: list[str], args, out_root: Path) -> Path:
+    """`fleetpilot train --trace` on every trace but the held-out one; returns the model directory."""
+    from fleetpilot.sim.load import read_trace, write_trace
+
+    out = out_root / f"without-{held_out}"
+    cmd = [sys.executable, "-m", "fleetpilot.controller.cli", "train", "--out", str(out), "--seed", str(args.seed)]
+    cmd += ["--no-resume", "--peak-tpm", f"{args.peak_tpm:g}"]
+    for name in names:
+        if name == held_out:
+            continue
+        path = TRACE_DIR / TRACES[name]
+        if args.train_minutes:  # smoke runs: the first minutes of each training trace only
+            load = read_trace(path)
+            path = out_root / f"{name}-first-{args.train_minutes}.csv"
+            write_trace(path, load.window(0, min(args.train_minutes, load.minutes), name))
+        cmd += ["--trace", str(path)]
+    if args.budget_minutes:
+        cmd += ["--budget-minutes", f"{args.budget_minutes:g}"]
+    if args.train_config:
+        cmd += ["--config", args.train_config]
+    if args.steps:
+        cmd += ["--steps", str(args.steps)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"training without {held_out} failed:\n{r.stderr[-3000:]}")
+    return out
+
+
+def rule_grids(small: bool) -> dict[str, dict]:
+    """The tuning grids of `training.tune`, with target tracking's utilization extended down to 0.3 (on bursty
+    real loads at this scale the best target lies below the synthetic grid's 0.55, and a hindsight baseline
+    whose grid binds would flatter the learned policy); `small`: the first and last value of each (smoke)."""
+    from fleetpilot.training.tune import GRIDS
+
+    grids = {p: dict(GRIDS[p]) for p in ("target-tracking", "forecast")}
+    tt = grids["target-tracking"]
+    tt["target_utilization"] = sorted({0.3, 0.4, 0.5, *tt["target_utilization"]})
+    if small:
+        grids = {p: {k: [v[0], v[-1]] if len(v) > 1 else v for k, v in g.items()} for p, g in grids.items()}
+    return grids
+
+
+def at_edge(params: dict, grid: dict) -> list[str]:
+    """The parameters whose chosen value is the grid's smallest or largest (the grid, not the data, decided)."""
+    return [k for k, v in params.items() if len(grid[k]) > 1 and v in (grid[k][0], grid[k][-1])]
+
+
+def summarize(rows: list[dict], oracle: list[dict]) -> dict:
+    e = sum(x["expected_profit_usd"] for x in rows)
+    o = sum(x["expected_profit_usd"] for x in oracle)
+    return {
+        "expected_profit_usd": round(e, 2),
+        "pct_of_oracle": round(100 * e / o, 2) if o > 0 else None,
+        "downtime_minutes": int(sum(x["downtime_minutes"] for x in rows)),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--traces", default=",".join(TRACES), help=f"held-out traces, comma-separated ({', '.join(TRACES)})"
+    )
+    ap.add_argument("--policy-dir", help="score this model on every fold instead of training one per fold")
+    ap.add_argument("--budget-minutes", type=float, default=None, help="wall-time budget of each fold's training")
+    ap.add_argument("--train-config", help="PPO settings YAML passed to each fold's `fleetpilot train --config`")
+    ap.add_argument("--steps", type=int, default=None, help="fleet-minutes of each fold's training")
+    ap.add_argument("--train-minutes", type=int, default=None, help="train on the first minutes of each trace only")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--windows", type=int, default=None, help="at most this many evaluation windows per trace")
+    ap.add_argument("--window-minutes", type=int, default=10_000, help="scored minutes per window (10000)")
+    ap.add_argument("--lead-minutes", type=int, default=1440, help="history before each window (a day)")
+    ap.add_argument("--tune-windows", type=int, default=2, help="windows of each training trace the rules tune on")
+    ap.add_argument("--peak-tpm", type=float, default=10_000.0, help="each window's peak (10000)")
+    ap.add_argument("--small-grids", action="store_true", help="two values of each rule parameter (smoke runs)")
+    ap.add_argument("--out", help="where the folds' models go (default: a temporary directory)")
+    ap.add_argument("--json", metavar="PATH", help="write the figures as one flat JSON object (TRACE_COLUMN_FIGURE)")
+    ap.add_argument("--details", metavar="PATH", help="write every choice and per-window figure as JSON")
+    add_ray_option(ap)  # the folds' trainings as Ray tasks
+    args = ap.parse_args(argv)
+
+    from fleetpilot.policies.actions import ActionMapping
+    from fleetpilot.policies.onnx_policy import OnnxPolicy, read_manifest
+    from fleetpilot.policies.registry import make_policy
+    from fleetpilot.training.backtest import backtest
+    from fleetpilot.training.tune import grid_scores
+
+    held = [t.strip() for t in args.traces.split(",") if t.strip()]
+    unknown = [t for t in held if t not in TRACES]
+    if unknown:
+        ap.error(f"--traces: unknown {', '.join(unknown)} (known: {', '.join(TRACES)})")
+    for name in TRACES:
+        if not (TRACE_DIR / TRACES[name]).is_file():
+            ap.error(f"trace {TRACE_DIR / TRACES[name]} is missing")
+    for flag in ("json", "details"):
+        path = getattr(args, flag)
+        if path and not Path(path).resolve().parent.is_dir():
+            ap.error(f"--{flag} {path}: directory does not exist")
+    if args.policy_dir and not Path(args.policy_dir).is_dir():
+        ap.error(f"--policy-dir {args.policy_dir}: no such directory")
+    t0 = time.perf_counter()
+    # every trace's windows: the held-out ones are evaluated, the others' first windows are training loads
+    wins = {name: windows(name, TRACE_DIR / TRACES[name], args) for name in TRACES}
+    for name in held:
+        if not wins[name]:
+            ap.error(f"{name}: shorter than one window of {args.window_minutes} minutes after {args.lead_minutes}")
+    tune_runs = {name: wins[name][: args.tune_windows] for name in TRACES}
+    eval_runs = [r for name in held for r in wins[name]]
+    owner = [name for name in held for _ in wins[name]]
+    print(
+        f"{len(eval_runs)} evaluation windows; tuning on up to {args.tune_windows} per training trace", file=sys.stderr
+    )
+
+    oracle = _rows(backtest(eval_runs, {"oracle": None}))
+    # (b): the target-tracking grid on every evaluation window; (a) for target tracking reads the same kind of
+    # table on the training traces' windows
+    flat_tune = [r for name in TRACES for r in tune_runs[name]]
+    tune_owner = [name for name in TRACES for _ in tune_runs[name]]
+    grids = rule_grids(args.small_grids)
+    tt_all = grid_scores("target-tracking", eval_runs + flat_tune, grids["target-tracking"])
+    tt_eval = [(params, rows[: len(eval_runs)]) for params, rows in tt_all]
+    tt_tune = [(params, rows[len(eval_runs) :]) for params, rows in tt_all]
+    fc_tune = grid_scores("forecast", flat_tune, grids["forecast"])
+    print(f"grids scored ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+
+    def tuned_for(table, fold: str) -> dict:
+        """The grid point with the most expected profit on the windows of every trace but `fold`."""
+        best = max(
+            table,
+            key=lambda pt: sum(x["expected_profit_usd"] for x, o in zip(pt[1], tune_owner, strict=True) if o != fold),
+        )
+        return best[0]
+
+    out_root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="fleetpilot-gen-"))
+    out_root.mkdir(parents=True, exist_ok=True)
+    model_dirs = fold_models(held, args, out_root)
+    results: dict[str, dict] = {}
+    for fold in held:
+        idx = [i for i, o in enumerate(owner) if o == fold]
+        runs = [eval_runs[i] for i in idx]
+        model_dir = model_dirs[fold]
+        learned = OnnxPolicy.load(model_dir)
+        mapping = ActionMapping.from_json(read_manifest(model_dir)["action_mapping"])
+        tt_params, fc_params = tuned_for(tt_tune, fold), tuned_for(fc_tune, fold)
+        tt_point = next(rows for params, rows in tt_eval if params == tt_params)
+        per: dict[str, list[dict]] = {
+            "learned": score_policy(learned, runs),
+            "tt_tuned": [tt_point[i] for i in idx],
+            "forecast_tuned": score_policy(make_policy("forecast", fc_params), runs),
+            "tt_hindsight": [],
+            "fixed_hindsight": best_fixed_action(mapping, runs),
+            "oracle": [oracle[i] for i in idx],
+        }
+        for i in idx:
+            params, rows = max(tt_eval, key=lambda pt, i=i: pt[1][i]["expected_profit_usd"])
+            per["tt_hindsight"].append(
+                dict(rows[i], params=params, at_grid_edge=at_edge(params, grids["target-tracking"]))
+            )
+        results[fold] = {
+            "model": str(model_dir),
+            "trained_on": [t for t in TRACES if t != fold] if not args.policy_dir else "given (--policy-dir)",
+            "windows": [r.name for r in runs],
+            "tt_tuned_params": tt_params,
+            "tt_tuned_at_grid_edge": at_edge(tt_params, grids["target-tracking"]),
+            "forecast_tuned_params": fc_params,
+            "forecast_tuned_at_grid_edge": at_edge(fc_params, grids["forecast"]),
+            "summary": {c: summarize(per[c], per["oracle"]) for c in COLUMNS},
+            "per_window": {c: per[c] for c in COLUMNS},
+        }
+        print(f"{fold} done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+
+    print(format_table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(flat_figures(results, time.perf_counter() - t0), indent=2) + "\n")
+    if args.details:
+        doc = {
+            "traces": held,
+            "window_minutes": args.window_minutes,
+            "lead_minutes": args.lead_minutes,
+            "peak_tpm": args.peak_tpm,
+            "tune_windows": args.tune_windows,
+            "grids": grids,
+            "action_family": "the model's action mapping, each action as a fixed rule without jump window",
+            "policy_dir": args.policy_dir,
+            "seconds": round(time.perf_counter() - t0, 1),
+            "results": results,
+        }
+        Path(args.details).write_text(json.dumps(doc, indent=2, default=float) + "\n")
+    return 0
+
+
+def flat_figures(results: dict[str, dict], seconds: float) -> dict[str, float | int | None]:
+    """One flat object: `<trace>_<column>_{pct_of_oracle,downtime_minutes,expected_profit_usd}` and `seconds`."""
+    flat: dict[str, float | int | None] = {"seconds": round(seconds, 1)}
+    for fold, res in results.items():
+        for column, summary in res["summary"].items():
+            for figure, value in summary.items():
+                flat[f"{fold}_{column}_{figure}".replace("-", "_")] = value
+    return flat
+
+
+def format_table(results: dict[str, dict]) -> str:
+    """% of the oracle / downtime minutes, one row per held-out trace."""
+    head = f"{'held-out trace':<16}" + "".join(f"{LABELS[c]:>24}" for c in COLUMNS)
+    lines = ["% of oracle / downtime minutes (each trace's windows summed)", head]
+    for fold, r in results.items():
+        cells = []
+        for c in COLUMNS:
+            s = r["summary"][c]
+            pct = "-" if s["pct_of_oracle"] is None else f"{s['pct_of_oracle']:.1f}"
+            cells.append(f"{pct + ' / ' + str(s['downtime_minutes']):>24}")
+        lines.append(f"{fold:<16}" + "".join(cells))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Every benchmark runs, with tiny settings, and writes its figures as one flat JSON object with `--json`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+#: script -> (tiny arguments, figures its JSON must hold)
+CASES = {
+    "ppo_bench.py": (
+        "--steps 256 --num-envs 8 --rollout-minutes 16 --epochs 1 --minibatches 2 --episode-minutes 300 --repeats 1",
+        {
+            "steps": 256,
+            "rollout_steps": 128,
+            "update_epochs": 1,
+            "num_minibatches": 2,
+            "minibatch_size": 64,
+            "gradient_steps": 4,
+            "fleetpilot_steps_per_s_p50": None,
+            "sb3_steps_per_s_p50": None,
+            "ratio_p50": None,
+        },
+    ),
+    "inference_bench.py": (
+        "--single 20 --batches 2",
+        {
+            "onnx_single_us_p50": None,
+            "onnx_single_us_p99": None,
+            "onnx_batch_10000_ms_p50": None,
+            "torch_single_us_p50": None,
+            "torch_batch_10000_ms_p50": None,
+        },
+    ),
+    "daemon_bench.py": (
+        "--groups 2,3 --ticks 2 --repeats 1 --shadow target-tracking",
+        {
+            "groups": "2,3",
+            "first_decision_seconds_p50": None,
+            "rss_mb": None,
+            "g2_tick_seconds_p50": None,
+            "g3_tick_seconds_p50": None,
+            "g3_tick_seconds_p99": None,
+            "g3_rss_mb": None,
+            "g3_shadow_tick_seconds_p50": None,
+            "g3_shadow_own_seconds_p50": None,
+        },
+    ),
+    "sim_bench.py": (
+        "--repeats 1 --fleets 8 --seed-steps 100 --env-steps 10 --vector-steps 10 --warm-minutes 0",
+        {
+            "fleets": 8,
+            "seed_port_steps_per_s_p50": None,
+            "per_step_env_steps_per_s_p50": None,
+            "vector_env_steps_per_s_p50": None,
+        },
+    ),
+    "status_bench.py": (
+        "--groups 2 --minutes 30 --loads 2",
+        {"groups": 2, "page_ms_p50": None, "browser_ms_p50": None, "memory_delta_mb": None, "ok": None},
+    ),
+    "soak.py": (
+        "--minutes 200 --warmup 100 --sample-every 100 --policy target-tracking",
+        {"minutes": 200, "error_ticks": 0, "journal_rows": 200, "tick_p50_ms": None, "ticks_ok": 200},
+    ),
+}
+
+
+#: benchmarks whose tiny run needs more than a few seconds, each tested (with --json) in its own test module
+COVERED_ELSEWHERE = {"generalization.py": "tests/test_generalization.py"}
+
+
+def test_every_benchmark_is_covered():
+    assert sorted([*CASES, *COVERED_ELSEWHERE]) == sorted(p.name for p in BENCHMARKS.glob("*.py"))
+    for module in COVERED_ELSEWHERE.values():
+        assert (BENCHMARKS.parent / module).is_file()
+
+
+@pytest.mark.parametrize("script", sorted(CASES))
+def test_benchmark_writes_flat_json(script: str, tmp_path: Path):
+    args, expect = CASES[script]
+    out = tmp_path / "figures.json"
+    r = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args.split(), "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    # exit 1 means a target missed (a busy machine may miss a timing target); anything else is a failure
+    assert r.returncode in (0, 1) and "Traceback" not in r.stderr, r.stderr[-2000:]
+    figures = json.loads(out.read_text())
+    assert isinstance(figures, dict)
+    assert all(isinstance(v, (int, float, str, bool)) for v in figures.values()), figures  # flat
+    for key, value in expect.items():
+        assert key in figures, (key, sorted(figures))
+        if value is None:
+            assert isinstance(figures[key], (int, float)) and figures[key] > 0, (key, figures[key])
+        else:
+            assert figures[key] == value, (key, figures[key])
