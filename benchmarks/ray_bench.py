@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -81,26 +82,27 @@ def main() -> int:
         "machine_cpus": os.cpu_count(),
         "ray_cpus": args.cpus,
         "ray_start_s": round(start_s, 2),
-        "per_task_overhead_ms": {"ray": round(1000 * ray_task_s, 3), "in_process": round(1000 * local_task_s, 4)},
+        "per_task_overhead_ms_ray": round(1000 * ray_task_s, 3),
+        "per_task_overhead_ms_in_process": round(1000 * local_task_s, 4),
         "empty_tasks": args.tasks,
-        "tune": {
-            "policy": args.policy,
-            "grid_points": points,
-            "runs": len(runs),
-            "minutes_per_run": args.minutes,
-            "in_process_s": round(min(here_s), 2),
-            "ray_s": round(min(there_s), 2),
-            "speedup": round(min(here_s) / min(there_s), 2),
-            "identical": True,
-        },
-        "load_average_1m": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
+        "tune_policy": args.policy,
+        "tune_grid_points": points,
+        "tune_runs": len(runs),
+        "tune_minutes_per_run": args.minutes,
+        "tune_in_process_s_p50": round(statistics.median(here_s), 2),
+        "tune_ray_s_p50": round(statistics.median(there_s), 2),
+        "tune_speedup_p50": round(statistics.median(here_s) / statistics.median(there_s), 2),
+        "tune_identical": True,
+        "load_average_1m_before": round(load_before, 2),
+        "load_average_1m_after": round(os.getloadavg()[0], 2),
     }
     print(
         f"Ray {result['ray_version']} on {args.cpus} CPUs: start {start_s:.1f} s, "
         f"{1000 * ray_task_s:.2f} ms per empty task ({1000 * local_task_s:.3f} ms in process); "
         f"tune {args.policy} ({points} points x {len(runs)} runs x {args.minutes} min): "
-        f"{min(here_s):.1f} s in process, {min(there_s):.1f} s on Ray = {result['tune']['speedup']:.2f}x "
-        f"(load average {load_before:.1f} -> {result['load_average_1m']['after']:.1f})"
+        f"{statistics.median(here_s):.1f} s in process, {statistics.median(there_s):.1f} s on Ray = "
+        f"{result['tune_speedup_p50']:.2f}x (medians; load average {load_before:.1f} -> "
+        f"{result['load_average_1m_after']:.1f})"
     )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

@@ -141,52 +141,6 @@ def guards_json(reasons: tuple[str, ...] | list[str]) -> str:
     return found
 
 
-def row_values(
-    wall_time: str,
-    tick: int,
-    minute: int,
-    group_name: str,
-    policy: str,
-    action: str,
-    data_status: str,
-    load_tpm: float | None,
-    load_minute: int | None,
-    active: int | None,
-    warming: int | None,
-    desired_before: int | None,
-    raw_action: int | None,
-    policy_desired: int | None,
-    fallback_desired: int | None,
-    recommendation: int | None,
-    guards: tuple[str, ...] | list[str],
-    final: int | None,
-    outcome: str,
-) -> tuple:
-    """`JournalRow(...).values()` without making the row (the daemon's hot path; the same arguments, in the
-    same order, give the same tuple: tested)."""
-    return (
-        wall_time,
-        tick,
-        minute,
-        group_name,
-        policy,
-        action,
-        data_status,
-        load_tpm,
-        load_minute,
-        active,
-        warming,
-        desired_before,
-        raw_action,
-        policy_desired,
-        fallback_desired,
-        recommendation,
-        guards_json(guards),
-        final,
-        outcome,
-    )
-
-
 def check_journal_path(path: str | Path) -> None:
     """Refuse a journal path the daemon could not write: JournalError naming the path and the reason."""
     raw = str(path)
@@ -282,7 +236,7 @@ class Journal:
         self.add_values(row.values())
 
     def add_values(self, values: tuple) -> None:
-        """A row as `JournalRow.values()` / `row_values` give it."""
+        """A row as `JournalRow.values()` gives it."""
         self._pending.append(values)
         if len(self._pending) > MAX_PENDING_ROWS:
             n = len(self._pending) - MAX_PENDING_ROWS

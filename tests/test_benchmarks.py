@@ -64,6 +64,10 @@ CASES = {
         "--groups 2 --minutes 30 --loads 2",
         {"groups": 2, "page_ms_p50": None, "browser_ms_p50": None, "memory_delta_mb": None, "ok": None},
     ),
+    "ray_bench.py": (
+        "--cpus 2 --tasks 5 --seeds 0 --minutes 200 --repeats 1",
+        {"per_task_overhead_ms_ray": None, "tune_speedup_p50": None, "tune_identical": True, "ray_start_s": None},
+    ),
     "soak.py": (
         "--minutes 200 --warmup 100 --sample-every 100 --policy target-tracking",
         {"minutes": 200, "error_ticks": 0, "journal_rows": 200, "tick_p50_ms": None, "ticks_ok": 200},

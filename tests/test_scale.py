@@ -12,7 +12,6 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from fleetpilot.controller.backends.simulated import SimulatedBackend, advance_many
-from fleetpilot.controller.journal import JournalRow, row_values
 from fleetpilot.controller.metrics import Metrics
 from fleetpilot.sim.params import FleetParams
 
@@ -59,26 +58,6 @@ def test_advance_many_steps_every_group_as_advance_to_does(seed):
         for i, (a, t) in enumerate(zip(alone, together, strict=True)):
             assert _state(a) == _state(t), (tick, i)
     assert any(t.shared for t in together)  # the batched path was taken
-
-
-def test_row_values_is_journal_row_values():
-    rng = random.Random(0)
-    for _ in range(200):
-        args = [
-            "2026-01-01T00:00:00+00:00",
-            rng.randint(0, 10**6),
-            rng.randint(0, 10**8),
-            f"g{rng.randint(0, 99)}",
-            rng.choice(["default", "target-tracking"]),
-            rng.choice(["policy", "fallback", "hold"]),
-            rng.choice(["ok", "nan", "stale"]),
-            rng.choice([None, rng.uniform(0, 1e5)]),
-            *(rng.choice([None, rng.randint(0, 500)]) for _ in range(8)),
-            rng.sample(["min-machines", "warming", "stabilization", "paused", "hold:nan"], rng.randint(0, 3)),
-            rng.choice([None, rng.randint(0, 500)]),
-            rng.choice(["written", "unchanged", "error"]),
-        ]
-        assert row_values(*args[:16], tuple(args[16]), *args[17:]) == JournalRow(*args).values()
 
 
 def test_metric_children_are_the_labelled_series():
