@@ -216,11 +216,13 @@ class Daemon:
         now = Now.at(self.clock.now_seconds())
         self._tick_rows, self._observed = [], []
         self._check_clock(now.seconds)
-        self._prefetch(now)
-        readings = self._read_sources(now)
         if self.lease is not None:
             self._fence = self.lease.fence()
-            if self._fence is None:  # a standby: keep the history warm, decide and write nothing
+        standby = self.lease is not None and self._fence is None
+        self._prefetch(now, backends=not standby)  # a standby never calls the backends, batched or not
+        readings = self._read_sources(now)
+        if self.lease is not None:
+            if standby:  # keep the history warm, decide and write nothing
                 if not self.clock.simulated:
                     for b in self.batches:
                         self._fill_gaps(b, [readings[g.index] for g in b.groups])
@@ -266,9 +268,9 @@ class Daemon:
                 )
 
     # 0. batched reads
-    def _prefetch(self, now: Now) -> None:
-        """One batched read per tick of the sources and backends that can be read together (AWS: see
-        controller.aws_batch); the others, and any the batch could not read, are read one by one below."""
+    def _prefetch(self, now: Now, backends: bool = True) -> None:
+        """One batched read per tick of the sources and (with `backends`) backends that can be read together
+        (AWS: see controller.aws_batch); the others, and any the batch could not read, are read one by one."""
         if self._batchable is None:
             self._batchable = any(
                 getattr(part, "batch_key", lambda: None)() is not None
@@ -280,7 +282,7 @@ class Daemon:
         from fleetpilot.controller.aws_batch import prefetch
 
         try:
-            prefetch([g.source for g in self.groups], [g.backend for g in self.groups], now.minute)
+            prefetch([g.source for g in self.groups], [g.backend for g in self.groups] if backends else [], now.minute)
         except Exception as exc:  # the groups then read one by one
             log.warning("batched read failed", extra={"error": f"{type(exc).__name__}: {exc}"}, exc_info=True)
 

@@ -137,7 +137,7 @@ class Host:
                 rec = json.loads(line)
             except ValueError:
                 continue
-            if rec.get("msg") == "serving /metrics, /healthz, /readyz":
+            if str(rec.get("msg", "")).startswith("serving /metrics"):
                 port = rec["port"]
         assert port is not None, self.tail()
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:  # noqa: S310 - loopback
