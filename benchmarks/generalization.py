@@ -38,8 +38,6 @@ import numpy as np
 
 from fleetpilot.training.cli import add_ray_option
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 REPO = Path(__file__).resolve().parents[1]
 TRACE_DIR = REPO.parent / "shared" / "data" / "traces"
 TRACES = {

@@ -23,8 +23,6 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 
 def _config(a: argparse.Namespace):
     from fleetpilot.training.ppo import PPOConfig

@@ -27,10 +27,6 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
 TARGET_VECTOR_STEPS_PER_S = 1_000_000
 
 

@@ -27,10 +27,6 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
 #: Resident-memory growth allowed after the warm-up (issue 6).
 MAX_GROWTH_MB = 10.0
 
