@@ -273,7 +273,7 @@ class Daemon:
         (AWS: see controller.aws_batch); the others, and any the batch could not read, are read one by one."""
         if self._batchable is None:
             self._batchable = any(
-                getattr(part, "batch_key", lambda: None)() is not None
+                part.batch_key() is not None
                 for g in self.groups
                 for part in (g.source, g.backend)
             )

@@ -656,7 +656,13 @@ def train(
         if validator.runs and cfg.keep_best:
             run.best.offer(0, validator(agent), agent)
     log = TrainLog(out / LOG_FILE, keep=resuming)
-    last_val = _ppo_loop(cfg, out, agent, opt, gen, run, log, validator, sampler, fleet, budget_seconds, progress)
+    total = max(cfg.total_steps // (cfg.num_envs * cfg.num_steps), 1) * cfg.num_envs * cfg.num_steps
+    bar = Progress(total, "train", "steps", initial=run.global_step, unit_scale=True) if progress else None
+    try:
+        last_val = _ppo_loop(cfg, out, agent, opt, gen, run, log, validator, sampler, fleet, budget_seconds, bar)
+    finally:
+        if bar is not None:
+            bar.close()
     _plot_curve(log.rows, out / CURVE_FILE)
     selected = None
     kept = run.best.restore(agent)
@@ -683,9 +689,10 @@ def _ppo_loop(
     sampler: LoadSampler | None,
     fleet: FleetParams,
     budget_seconds: float | None,
-    progress: bool,
+    bar: Progress | None,
 ) -> dict:
-    """The PPO updates from `run.update + 1` to the last (or the budget); returns the last validation."""
+    """The PPO updates from `run.update + 1` to the last (or the budget), each: collect, GAE, update, validate,
+    log, progress (`bar`), checkpoint; returns the last validation."""
     env = WebFleetVectorEnv(
         cfg.num_envs, training_fleet(cfg, fleet), sampler, cfg.episode_minutes, expected_reward=cfg.expected_reward
     )
@@ -695,36 +702,7 @@ def _ppo_loop(
     num_updates = max(cfg.total_steps // (cfg.num_envs * cfg.num_steps), 1)
     rollout = Rollout.empty(cfg.num_steps, cfg.num_envs)
     reward = RewardAverage()
-    total = num_updates * cfg.num_envs * cfg.num_steps
-    bar = Progress(total, "train", "steps", initial=run.global_step, unit_scale=True) if progress else None
-    try:
-        return _updates(
-            cfg, out, agent, opt, gen, run, log, validator, env, next_obs, rollout, reward, bar, budget_seconds
-        )
-    finally:
-        if bar is not None:
-            bar.close()
-
-
-def _updates(
-    cfg: PPOConfig,
-    out: Path,
-    agent: Agent,
-    opt: torch.optim.Optimizer,
-    gen: torch.Generator,
-    run: RunState,
-    log: TrainLog,
-    validator: Validator,
-    env: WebFleetVectorEnv,
-    next_obs: np.ndarray,
-    rollout: Rollout,
-    reward: RewardAverage,
-    bar: Progress | None,
-    budget_seconds: float | None,
-) -> dict:
-    """The update loop of `_ppo_loop`: collect, GAE, update, validate, log, progress, checkpoint."""
-    mapping, fleet = validator.mapping, validator.fleet
-    num_updates = max(cfg.total_steps // (cfg.num_envs * cfg.num_steps), 1)
+    mapping = validator.mapping
     t_start, steps_at_start = time.perf_counter(), run.global_step
     last_val: dict = {}
     for update in range(run.update + 1, num_updates + 1):
