@@ -272,11 +272,7 @@ class Daemon:
         """One batched read per tick of the sources and (with `backends`) backends that can be read together
         (AWS: see controller.aws_batch); the others, and any the batch could not read, are read one by one."""
         if self._batchable is None:
-            self._batchable = any(
-                part.batch_key() is not None
-                for g in self.groups
-                for part in (g.source, g.backend)
-            )
+            self._batchable = any(part.batch_key() is not None for g in self.groups for part in (g.source, g.backend))
         if not self._batchable:
             return
         from fleetpilot.controller.aws_batch import prefetch
