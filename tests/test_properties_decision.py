@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from fleetpilot.controller.backends.simulated import SimulatedBackend
 from fleetpilot.controller.config import DaemonConfig
 from fleetpilot.controller.daemon import Daemon
-from fleetpilot.controller.sources.base import Sample
+from fleetpilot.controller.sources.base import MetricSource, Sample
 from fleetpilot.policies.registry import shipped_models
 from fleetpilot.sim.params import FleetParams
 from tests.test_daemon_tick import FakeClock
@@ -37,7 +37,7 @@ READINGS = st.one_of(
 )
 
 
-class DrawnSource:
+class DrawnSource(MetricSource):
     """The load source of the property: each tick's reading is the next drawn float (for the minute just ended)."""
 
     def __init__(self):
