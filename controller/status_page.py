@@ -515,19 +515,20 @@ _SCRIPT = """
     document.body.setAttribute("data-points", String(total));
     document.body.setAttribute("data-charts-drawn", String(drawn));
   }
-  // the first charts at once; those further down as they come near the screen (a page of 100 groups)
-  var EAGER = 6;
-  for (var c = 0; c < svgs.length && c < EAGER; c++) { drawOne(svgs[c]); }
-  if (svgs.length > EAGER) {
+  // the charts on or near the first screen at once (at least the first six), measured from the layout so
+  // that it does not wait for a frame; those further down as they come near the screen (a page of 100 groups)
+  var EAGER = 6, NEAR = 800, reach = (window.innerHeight || 0) + NEAR, c = 0;
+  while (c < svgs.length && (c < EAGER || svgs[c].getBoundingClientRect().top < reach)) { drawOne(svgs[c++]); }
+  if (c < svgs.length) {
     if ("IntersectionObserver" in window) {
       var io = new IntersectionObserver(function (entries) {
         entries.forEach(function (e) {
           if (e.isIntersecting) { io.unobserve(e.target); drawOne(e.target); }
         });
-      }, {rootMargin: "800px 0px"});
-      for (c = EAGER; c < svgs.length; c++) { io.observe(svgs[c]); }
+      }, {rootMargin: NEAR + "px 0px"});
+      for (; c < svgs.length; c++) { io.observe(svgs[c]); }
     } else {
-      for (c = EAGER; c < svgs.length; c++) { drawOne(svgs[c]); }
+      for (; c < svgs.length; c++) { drawOne(svgs[c]); }
     }
   }
   document.body.setAttribute("data-charts", String(svgs.length));
