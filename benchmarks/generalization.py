@@ -8,7 +8,8 @@ next to
   (b) target tracking tuned in hindsight on each evaluation window itself;
   (c) the best fixed action of the policy's family (its action mapping's grid of utilization and cushion, as a
       fixed rule with no jump window), chosen in hindsight on each evaluation window;
-  (d) the hindsight oracle.
+  (d) the hindsight oracle,
+and the `newsvendor` rule with its default parameters (the seed's prices; nothing tuned on any load).
 Figures: % of the oracle's expected profit (expected profits summed over the trace's windows) and downtime
 minutes, per trace; the JSON has every window, every choice and its parameters.
 
@@ -48,9 +49,10 @@ TRACES = {
     "nab-amzn": "nab_tweets_amzn_minute.csv",
     "nab-ko": "nab_tweets_ko_minute.csv",
 }
-COLUMNS = ("learned", "tt_tuned", "forecast_tuned", "tt_hindsight", "fixed_hindsight", "oracle")
+COLUMNS = ("learned", "newsvendor", "tt_tuned", "forecast_tuned", "tt_hindsight", "fixed_hindsight", "oracle")
 LABELS = {
     "learned": "learned",
+    "newsvendor": "newsvendor rule",
     "tt_tuned": "(a) TT tuned",
     "forecast_tuned": "(a) forecast tuned",
     "tt_hindsight": "(b) TT hindsight",
@@ -288,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         tt_point = next(rows for params, rows in tt_eval if params == tt_params)
         per: dict[str, list[dict]] = {
             "learned": score_policy(learned, runs),
+            "newsvendor": score_policy(make_policy("newsvendor"), runs),
             "tt_tuned": [tt_point[i] for i in idx],
             "forecast_tuned": score_policy(make_policy("forecast", fc_params), runs),
             "tt_hindsight": [],

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fleetpilot.policies.base import MIN_UTILIZATION, saturated_machines
+from fleetpilot.policies.base import MIN_UTILIZATION, saturated_machines, toward
 from fleetpilot.policies.observation import Observation
 
 KIND = "utilization-cushion-grid"
@@ -81,14 +81,8 @@ class ActionMapping:
         return saturated_machines(need)
 
     def desired(self, k: np.ndarray, obs: Observation) -> np.ndarray:
-        """The desired capacity (active + warming). Scaling in removes active machines at once while ordered ones
-        are still warming, so a scale-in only ever removes active machines above the target: with 12 active,
-        10 warming and a target of 12, nothing is removed (removing 10 would leave 2 serving for minutes)."""
-        target = self.target(k, obs)
-        total = obs.active + obs.warming
-        removable = np.maximum(np.minimum(total - target, obs.active - target), 0)
-        out = np.where(target >= total, target, total - removable)
-        return np.where(target < 0, -1, out).astype(np.int64)  # -1: no answer (a NaN need), never a scale-in
+        """The desired capacity (active + warming) for action k's target (`policies.base.toward`)."""
+        return toward(self.target(k, obs), obs)
 
     def to_json(self) -> dict:
         return {

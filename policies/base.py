@@ -37,6 +37,17 @@ def saturated_machines(need: np.ndarray, floor: int = 1) -> np.ndarray:
     return np.where(np.isnan(need), -1, out.astype(np.int64))
 
 
+def toward(target: np.ndarray, obs: Observation) -> np.ndarray:
+    """(N,) int64 desired capacity (active + warming) for a target fleet. Scaling in removes active machines at
+    once while ordered ones are still warming, so a scale-in only ever removes active machines above the target:
+    with 12 active, 10 warming and a target of 12, nothing is removed (removing 10 would leave 2 serving for
+    minutes). A target of -1 (no answer) stays -1, never a scale-in."""
+    total = obs.active + obs.warming
+    removable = np.maximum(np.minimum(total - target, obs.active - target), 0)
+    out = np.where(target >= total, target, total - removable)
+    return np.where(target < 0, -1, out).astype(np.int64)
+
+
 @dataclass
 class PolicyOutput:
     """desired: (N,) int64 total machines wanted (active + warming), before guards.

@@ -50,6 +50,8 @@ from types import MappingProxyType
 
 import numpy as np
 
+from fleetpilot.policies.rise_tail import RiseTail
+
 #: Bump when any feature's meaning changes; models record it and loading refuses a mismatch.
 OBS_VERSION = 2
 FEATURE_NAMES = (
@@ -213,6 +215,9 @@ class Observation:
     day_max_tpm: np.ndarray | None = None  #: (N,) leaky daily maximum of the load (feature 8 x R)
     jump_age_minutes: np.ndarray | None = None  #: (N,) minutes since the last detected load jump (feature 24)
     rerise_age_minutes: np.ndarray | None = None  #: (N,) minutes since the last re-rise (feature 25)
+    #: the tail of each group's own rises over the warm-up horizon (policies.rise_tail; the builder's live state,
+    #: to read during this minute)
+    rise: RiseTail | None = None
 
     @property
     def n(self) -> int:
@@ -252,6 +257,7 @@ class ObservationBuilder:
         self.active = np.zeros(self.n, dtype=np.int64)
         self.warming = np.zeros(self.n, dtype=np.int64)
         self._rows = np.arange(self.n)
+        self.rise = RiseTail(self.n, self.warmup)
 
     def reset(self, rows: np.ndarray | None = None) -> None:
         """Forget the history of `rows` (all when None)."""
@@ -261,6 +267,7 @@ class ObservationBuilder:
         self.minute[r] = 0
         self.jump_age[r] = JUMP_NONE_MINUTES
         self.rerise_age[r] = JUMP_NONE_MINUTES
+        self.rise.reset(r)
 
     def update(self, load_tpm: np.ndarray, active: np.ndarray, warming: np.ndarray, minute: np.ndarray) -> np.ndarray:
         """Add one minute for every group. `minute` is minutes since the epoch of the sample.
@@ -315,7 +322,7 @@ class ObservationBuilder:
             self.load = load.copy()
             self.active = np.asarray(active, dtype=np.int64).copy()
             self.warming = np.asarray(warming, dtype=np.int64).copy()
-            self._detect_jumps(None)
+            self._after_sample(None)
         else:
             a = accept
             self.buf[self._rows[a], self.pos[a]] = load[a]
@@ -325,7 +332,7 @@ class ObservationBuilder:
             self.load[a] = load[a]
             self.active[a] = np.asarray(active, dtype=np.int64)[a]
             self.warming[a] = np.asarray(warming, dtype=np.int64)[a]
-            self._detect_jumps(a)
+            self._after_sample(a)
         return accept
 
     def update_where(
@@ -364,7 +371,7 @@ class ObservationBuilder:
         self.load = load.copy()
         self.active = np.array(active, dtype=np.int64)
         self.warming = np.array(warming, dtype=np.int64)
-        self._detect_jumps(None)
+        self._after_sample(None)
         return np.ones(self.n, dtype=bool)
 
     def _stats(self) -> tuple[np.ndarray, ...]:
@@ -390,6 +397,12 @@ class ObservationBuilder:
         np.maximum(load, day_max, out=day_max)
         hour_max *= _DECAY_HOUR
         np.maximum(load, hour_max, out=hour_max)
+
+    def _after_sample(self, rows: np.ndarray | None) -> None:
+        """What follows a stored sample (`rows`: bool mask of the groups that took one, None = all): the jump
+        detector, then the tail of rises."""
+        self._detect_jumps(rows)
+        self.rise.step(self.history.lags, self.count, rows)
 
     def _detect_jumps(self, rows: np.ndarray | None) -> None:
         """Age every group that took a sample (`rows`: bool mask, None = all) by one minute, then restart the
@@ -502,4 +515,5 @@ class ObservationBuilder:
             day_max_tpm=self.day_max.copy(),
             jump_age_minutes=self.jump_age.copy(),
             rerise_age_minutes=self.rerise_age.copy(),
+            rise=self.rise,
         )

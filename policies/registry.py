@@ -11,6 +11,7 @@ from fleetpilot.policies.base import Policy
 from fleetpilot.policies.cushion import CushionParams, CushionPolicy
 from fleetpilot.policies.errors import UserError
 from fleetpilot.policies.forecast import ForecastParams, ForecastPolicy
+from fleetpilot.policies.newsvendor import NewsvendorParams, NewsvendorPolicy
 from fleetpilot.policies.predictive import PredictiveParams, PredictivePolicy
 from fleetpilot.policies.static import StaticParams, StaticPolicy
 from fleetpilot.policies.step import StepParams, StepPolicy
@@ -24,6 +25,7 @@ RULES = {
     "predictive": (PredictivePolicy, PredictiveParams),
     "cushion": (CushionPolicy, CushionParams),
     "forecast": (ForecastPolicy, ForecastParams),
+    "newsvendor": (NewsvendorPolicy, NewsvendorParams),
 }
 #: The rule names, in the registry's order: every list of rules (the config's fallback choices, the command
 #: line's help and choices, `fleetpilot tune`'s grids) is this one.
