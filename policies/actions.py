@@ -12,6 +12,10 @@ The base load is the mean of the last `base_minutes` minutes, which averages out
 when the last minute is more than `surge_ratio` times that mean: then it is the last minute, so a surge is
 answered at once. With `base_minutes` 1 (models of the first release, whose manifests lack the field) the
 base is simply the last minute's load.
+
+A mapping may add actions after the grid, one per `newsvendor_risk` value r: the `newsvendor` rule's fleet
+(policies.newsvendor, the seed's prices) with the downtime penalty multiplied by r, so a policy can choose how
+much risk to take as a price instead of a fixed headroom. Manifests without the field have none.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fleetpilot.policies.base import MIN_UTILIZATION, saturated_machines, toward
+from fleetpilot.policies.newsvendor import NewsvendorParams, newsvendor_machines
 from fleetpilot.policies.observation import Observation
 
 KIND = "utilization-cushion-grid"
@@ -28,6 +33,7 @@ KIND = "utilization-cushion-grid"
 #: ratio of 100 is already absurd; beyond, a model would only ever ask for the group's maximum.
 MAX_CUSHION_DAY_MAX_SHARE = 10.0
 MAX_SURGE_RATIO = 100.0
+MAX_RISK = 1000.0
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,7 @@ class ActionMapping:
     cushion_day_max_share: tuple[float, ...] = (0.0, 0.05, 0.1, 0.14, 0.16, 0.18, 0.2, 0.24, 0.3)
     base_minutes: int = 3
     surge_ratio: float = 1.1
+    newsvendor_risk: tuple[float, ...] = ()
     _u: np.ndarray = field(init=False, repr=False, compare=False)
     _c: np.ndarray = field(init=False, repr=False, compare=False)
 
@@ -51,18 +58,27 @@ class ActionMapping:
             raise ValueError(f"base_minutes must be 1..60, got {self.base_minutes}")
         if not 1.0 <= self.surge_ratio <= MAX_SURGE_RATIO:
             raise ValueError(f"surge_ratio must be in [1, {MAX_SURGE_RATIO:g}], got {self.surge_ratio}")
+        if not all(0 < r <= MAX_RISK for r in self.newsvendor_risk):
+            raise ValueError(f"every newsvendor_risk must be in (0, {MAX_RISK:g}]")
         u, c = np.meshgrid(np.asarray(self.utilization), np.asarray(self.cushion_day_max_share), indexing="ij")
         object.__setattr__(self, "_u", u.ravel())
         object.__setattr__(self, "_c", c.ravel())
 
     @property
-    def n(self) -> int:
+    def n_grid(self) -> int:
+        """Actions of the utilization-cushion grid (0 .. n_grid - 1); the newsvendor actions follow."""
         return int(self._u.shape[0])
+
+    @property
+    def n(self) -> int:
+        return self.n_grid + len(self.newsvendor_risk)
 
     def index(self, utilization: float, cushion: float) -> int:
         return int(np.argmin(np.abs(self._u - utilization) + np.abs(self._c - cushion)))
 
     def describe(self, k: int) -> str:
+        if k >= self.n_grid:
+            return f"newsvendor risk={self.newsvendor_risk[k - self.n_grid]:g}"
         return f"u={self._u[k]:.2f} cushion={self._c[k]:.2f}xdaymax"
 
     def base_load(self, obs: Observation) -> np.ndarray:
@@ -74,10 +90,15 @@ class ActionMapping:
 
     def target(self, k: np.ndarray, obs: Observation) -> np.ndarray:
         """The fleet action k asks for (machines)."""
-        k = np.asarray(k, dtype=np.int64)
+        k = np.broadcast_to(np.asarray(k, dtype=np.int64), (obs.n,))
+        g = np.minimum(k, self.n_grid - 1)
         day_max = obs.day_max_tpm if obs.day_max_tpm is not None else obs.load_tpm
         with np.errstate(over="ignore"):
-            need = (self.base_load(obs) + self._c[k] * day_max) / (obs.capacity_tpm_per_machine * self._u[k])
+            need = (self.base_load(obs) + self._c[g] * day_max) / (obs.capacity_tpm_per_machine * self._u[g])
+        nv = k >= self.n_grid
+        if nv.any():
+            risk = np.asarray(self.newsvendor_risk + (1.0,))[np.where(nv, k - self.n_grid, len(self.newsvendor_risk))]
+            need = np.where(nv, newsvendor_machines(obs, NewsvendorParams(), risk), need)
         return saturated_machines(need)
 
     def desired(self, k: np.ndarray, obs: Observation) -> np.ndarray:
@@ -91,6 +112,7 @@ class ActionMapping:
             "cushion_day_max_share": list(self.cushion_day_max_share),
             "base_minutes": self.base_minutes,
             "surge_ratio": self.surge_ratio,
+            **({"newsvendor_risk": list(self.newsvendor_risk)} if self.newsvendor_risk else {}),
         }
 
     @classmethod
@@ -102,4 +124,5 @@ class ActionMapping:
             tuple(float(x) for x in d["cushion_day_max_share"]),
             int(d.get("base_minutes", 1)),
             float(d.get("surge_ratio", 1.1)),
+            tuple(float(x) for x in d.get("newsvendor_risk", ())),
         )

@@ -21,7 +21,7 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from fleetpilot.policies.actions import MAX_CUSHION_DAY_MAX_SHARE, MAX_SURGE_RATIO, ActionMapping
+from fleetpilot.policies.actions import MAX_CUSHION_DAY_MAX_SHARE, MAX_RISK, MAX_SURGE_RATIO, ActionMapping
 from fleetpilot.policies.base import MIN_UTILIZATION, Policy, PolicyOutput
 from fleetpilot.policies.errors import UserError
 from fleetpilot.policies.files import (
@@ -69,8 +69,9 @@ class ActionMappingSpec(_Spec):
     )
     base_minutes: int = Field(1, ge=1, le=60)
     surge_ratio: float = Field(1.1, ge=1.0, le=MAX_SURGE_RATIO)
+    newsvendor_risk: list[Annotated[float, Field(gt=0.0, le=MAX_RISK)]] = Field([], max_length=1_000)
 
-    @field_validator("utilization", "cushion_day_max_share", "surge_ratio", mode="before")
+    @field_validator("utilization", "cushion_day_max_share", "surge_ratio", "newsvendor_risk", mode="before")
     @classmethod
     def _ints_are_floats(cls, v: Any) -> Any:  # JSON writes 1.0 as 1: accept ints where floats are meant
         if isinstance(v, list):

@@ -35,7 +35,15 @@ def test_leave_one_trace_out_smoke(tmp_path):
     trained = [Path(x["trace"]).name for x in manifest["training"]["loads"]]
     assert len(trained) == 5 and not any("azure" in t for t in trained)
     s = fold["summary"]
-    assert set(s) == {"learned", "newsvendor", "tt_tuned", "forecast_tuned", "tt_hindsight", "fixed_hindsight", "oracle"}
+    assert set(s) == {
+        "learned",
+        "newsvendor",
+        "tt_tuned",
+        "forecast_tuned",
+        "tt_hindsight",
+        "fixed_hindsight",
+        "oracle",
+    }
     assert s["oracle"]["pct_of_oracle"] == 100.0
     for c, v in s.items():
         assert v["expected_profit_usd"] <= s["oracle"]["expected_profit_usd"] + 1e-6, c

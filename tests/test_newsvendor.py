@@ -146,3 +146,64 @@ def test_backtest_command_runs_it_next_to_target_tracking(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     summary = {s["policy"]: s for s in json.loads(out.read_text())["summary"]}
     assert summary["newsvendor"]["pct_of_oracle"] > 80 and summary["newsvendor"]["downtime_minutes"] <= 5
+
+
+def test_a_mapping_with_newsvendor_actions_prices_risk_after_the_grid():
+    from fleetpilot.policies.actions import ActionMapping
+
+    plain = ActionMapping()
+    m = ActionMapping(newsvendor_risk=(0.25, 1.0, 4.0))
+    assert m.n == plain.n + 3 and m.n_grid == plain.n
+    assert ActionMapping.from_json(m.to_json()) == m
+    assert "newsvendor_risk" not in plain.to_json()  # older readers see the manifests they know
+    assert m.describe(m.n_grid + 2) == "newsvendor risk=4"
+    rng = np.random.default_rng(3)
+    loads = np.stack([1500 * rng.lognormal(0, 0.1, 4000) + steps(4000, 300, 0.8, 600) for _ in range(4)])
+    obs = feed(loads).observation()
+    k = np.array([m.n_grid, m.n_grid + 1, m.n_grid + 2, 5])
+    got = m.desired(k, obs)
+    for i, risk in enumerate((0.25, 1.0, 4.0)):
+        rule = NewsvendorPolicy(NewsvendorParams(risk=risk)).decide(obs).desired
+        assert got[i] == rule[i]
+    assert got[3] == plain.desired(np.full(4, 5), obs)[3]  # grid actions are unchanged
+    assert got[0] <= got[1] <= got[2]
+    with pytest.raises(ValueError, match="newsvendor_risk"):
+        ActionMapping(newsvendor_risk=(0.0,))
+
+
+def test_training_with_newsvendor_actions_exports_a_model_that_uses_them(tmp_path):
+    from fleetpilot.policies.actions import ActionMapping
+    from fleetpilot.policies.onnx_policy import OnnxPolicy, verify
+
+    mapping = ActionMapping(
+        utilization=(0.6, 0.7), cushion_day_max_share=(0.0, 0.2), newsvendor_risk=(0.5, 1.0, 2.0)
+    ).to_json()
+    cfg = tmp_path / "ppo.yaml"
+    cfg.write_text(
+        json.dumps(
+            {
+                "num_envs": 8,
+                "num_steps": 32,
+                "episode_minutes": 400,
+                "eval_seeds": [500],
+                "eval_minutes": 300,
+                "eval_every_updates": 2,
+                "init_loads": 4,
+                "mapping": mapping,
+            }
+        )
+    )
+    out = tmp_path / "m"
+    r = subprocess.run(
+        FLEETPILOT + ["train", "--config", str(cfg), "--steps", "512", "--seed", "2", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    manifest, _ = verify(out)
+    assert manifest["action_mapping"]["newsvendor_risk"] == [0.5, 1.0, 2.0]
+    pol = OnnxPolicy.load(out)
+    assert pol.mapping.n == 4 + 3
+    obs = feed(np.stack([steps(3000, 250, 0.7)])).observation()
+    assert pol.decide(obs).desired[0] >= 1
