@@ -5,7 +5,8 @@ A `RowStore` is a (rows, n) numpy array (one row per minute, one column per grou
 contiguous row and reads a few. In memory (`directory=None`, training and backtests) it is a plain array. With
 a directory (the daemon's state directory, next to the journal) it is a shared mapping of an unnamed file
 (O_TMPFILE: no name on disk, gone when the process ends, even after kill -9), with its blocks reserved up
-front (`posix_fallocate`: a full disk is an error at start, never a SIGBUS in a tick). `release()` drops the
+front (`posix_fallocate`: a full disk is found when the store is made, never as a SIGBUS in a tick; a
+directory where no such file can be made leaves the array in memory, with one warning per directory). `release()` drops the
 process's mapping of every page (madvise MADV_DONTNEED): the data stays in the file and the page cache, which
 the kernel may write back and evict, and the next read maps in only what it touches. So the process keeps
 resident only the rows one tick reads and writes, whatever the size of the fleet; the values are the same
@@ -16,12 +17,16 @@ Nothing survives a restart: the daemon backfills its history from the sources, a
 
 from __future__ import annotations
 
+import logging
 import mmap
 import os
 import tempfile
 from pathlib import Path
 
 import numpy as np
+
+log = logging.getLogger("fleetpilot")
+_warned: set[str] = set()
 
 
 class RowStore:
@@ -35,9 +40,19 @@ class RowStore:
             self.array = np.full(self.shape, fill, dtype=dt)
             return
         size = self.shape[0] * self.shape[1] * dt.itemsize
-        with tempfile.TemporaryFile(dir=directory, prefix="fleetpilot-rows-") as f:
-            os.posix_fallocate(f.fileno(), 0, size)
-            self._map = mmap.mmap(f.fileno(), size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        try:
+            with tempfile.TemporaryFile(dir=directory, prefix="fleetpilot-rows-") as f:
+                os.posix_fallocate(f.fileno(), 0, size)
+                self._map = mmap.mmap(f.fileno(), size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        except OSError as exc:
+            if str(directory) not in _warned:
+                _warned.add(str(directory))
+                log.warning(
+                    "no file for the history or the status rings in the state directory; they stay in memory",
+                    extra={"directory": str(directory), "error": exc.strerror or str(exc)},
+                )
+            self.array = np.full(self.shape, fill, dtype=dt)
+            return
         # the mapping keeps the file alive after its descriptor is closed
         self.array = np.frombuffer(self._map, dtype=dt).reshape(self.shape)
         if fill != 0:  # fallocate'd blocks read as zeros
