@@ -57,8 +57,10 @@ class GroupSeries(Collector):
         registry.register(self)
 
     def labels(self, *values: Any) -> SeriesValue:
-        key = tuple(str(v) for v in values)
-        found = self.series.get(key)
+        found = self.series.get(values)  # label values are strings (or StrEnums, which hash and compare as them)
+        if found is None:
+            key = tuple(str(v) for v in values)
+            found = self.series.get(key)
         if found is None:
             if len(key) != len(self.labelnames):
                 raise ValueError(f"{self.name}: expected {len(self.labelnames)} label values, got {len(key)}")
@@ -171,8 +173,8 @@ class Metrics:
         """`metric.labels(*labels)`, looked up once: the per-group series of the hot path (labels() costs
         microseconds a call, a dict lookup a tenth of that). Created on first use, as labels() does. A
         `GroupSeries` is its own cache (its labels() is that dict lookup)."""
-        if isinstance(metric, GroupSeries):
-            return metric.labels(*labels)
+        if type(metric) is GroupSeries:
+            return metric.series.get(labels) or metric.labels(*labels)
         key = (id(metric), labels)
         found = self._children.get(key)
         if found is None:
