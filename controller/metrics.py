@@ -76,14 +76,17 @@ class GroupSeries(Collector):
         return [self._family()]
 
     def collect(self) -> Iterator[Metric]:
-        family = self._family()
-        counter = self.kind == "counter"
-        for key, v in list(self.series.items()):
-            if counter:
-                family.add_metric(key, v.value, created=v.created)
-            else:
-                family.add_metric(key, v.value)
-        yield family
+        items = list(self.series.items())
+        if self.kind == "counter":
+            counter = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+            for key, v in items:
+                counter.add_metric(key, v.value, created=v.created)
+            yield counter
+        else:
+            gauge = GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
+            for key, v in items:
+                gauge.add_metric(key, v.value)
+            yield gauge
 
 
 class Metrics:
