@@ -87,9 +87,12 @@ def load_policy(spec: str, params: dict[str, Any]) -> tuple[Policy | None, str |
     return make_policy(spec, params or None), None
 
 
-def make_batches(groups: list[GroupRuntime], policies: Mapping[str, Policy] | None = None) -> list[Batch]:
+def make_batches(
+    groups: list[GroupRuntime], policies: Mapping[str, Policy] | None = None, directory: Path | None = None
+) -> list[Batch]:
     """Groups sharing a policy spec, its parameters and the warm-up, each batch with its policy: the injected one
-    for its spec (`policies`, by the groups' `policy` field), else loaded. Sets each group's batch and row."""
+    for its spec (`policies`, by the groups' `policy` field), else loaded. Sets each group's batch and row.
+    `directory`: where the batches keep their load history in files (see `Batch`); None: in memory."""
     from fleetpilot.policies.registry import make_policy
 
     members: dict[tuple, list[GroupRuntime]] = {}
@@ -107,7 +110,7 @@ def make_batches(groups: list[GroupRuntime], policies: Mapping[str, Policy] | No
                 fallbacks[key] = make_policy(g.cfg.fallback_policy, g.cfg.fallback_policy_params)
                 fallbacks[key].reset(len(gs))
         first = gs[0].cfg
-        b = Batch(first.policy, dict(first.policy_params), first.warmup_minutes, gs, fallbacks)
+        b = Batch(first.policy, dict(first.policy_params), first.warmup_minutes, gs, fallbacks, directory)
         for row, g in enumerate(gs):
             g.batch, g.row = b, row
         if b.spec in injected:

@@ -108,7 +108,8 @@ class Daemon:
         self.clock: Clock = clock or default_clock(cfg, self.groups)
         self.journal = journal if journal is not None else Journal(cfg.journal_path)
         self.journal.on_error = lambda kind: self.metrics.journal_errors.labels(kind).inc()
-        self.batches: list[Batch] = make_batches(self.groups, policies)
+        # the load history in files next to the journal: resident memory stays small at thousands of groups
+        self.batches: list[Batch] = make_batches(self.groups, policies, directory=cfg.journal_path.parent)
         self.tick_no = 0
         self.backfilled = False
         self.started_at = time.monotonic()
@@ -137,7 +138,7 @@ class Daemon:
         self.shadows = ShadowBook(self.groups).bind([g.name for g in self.groups])
         if self.shadows.active:
             self.registry.register(self.shadows)
-        self.status = StatusBoard.of_daemon(cfg, self.groups)
+        self.status = StatusBoard.of_daemon(cfg, self.groups, directory=cfg.journal_path.parent)
         self.status.economics = self.shadows if self.shadows.active else None
         self._tick_rows: list[JournalRow] = []
         self._observed: list[tuple[Batch, Any]] = []

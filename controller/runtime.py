@@ -12,6 +12,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -127,10 +128,13 @@ class Batch:
         warmup_minutes: int,
         groups: list[GroupRuntime],
         fallbacks: dict[str, Policy],
+        directory: Path | None = None,
     ):
+        """`directory`: where the builder keeps its history in an unnamed file (the daemon's state directory;
+        None: in memory; see policies.rowstore)."""
         self.spec, self.params, self.warmup_minutes, self.groups = spec, params, warmup_minutes, groups
         caps = np.array([g.cfg.capacity_tpm_per_machine for g in groups], dtype=np.float64)
-        self.builder = ObservationBuilder(len(groups), caps, warmup_minutes)
+        self.builder = ObservationBuilder(len(groups), caps, warmup_minutes, directory=directory)
         self.fallbacks = fallbacks  #: by fallback key, each reset for this batch
         self.policy: Policy | None = None
         self.policy_error: str | None = None  #: why there is no policy (its groups run on their fallback rule)

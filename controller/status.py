@@ -4,7 +4,13 @@
 order), the policies' forecasts and the shadows' desired capacities. Per group it keeps a ring of the last
 `MINUTES` tick minutes as numpy arrays (load, active, warming, desired; the forecast and each shadow's desired
 only where there are any) and the last `DECISIONS` decisions as compact tuples, so a page is rendered from
-memory (no SQLite query) and a day of 100 groups takes about 3 MB.
+the board (no SQLite query); a day of 100 groups takes about 3 MB.
+
+The rings are minute-major (one row per minute, one column per group: a tick writes a row of each) in
+`policies.rowstore.RowStore`s: in memory, or with `directory` (the daemon's state directory) in unnamed files
+whose pages the process releases after each tick and each read, so a day of 10,000 groups (about 230 MB of
+rings) stays in the file and the page cache, not in the daemon's resident memory. Nothing survives a restart
+(the page starts empty, as without files).
 
 The page (`/`), its JSON twin (`/api/groups`) and their query handling are `controller.status_page`.
 """
@@ -14,11 +20,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fleetpilot.controller.journal import JournalRow
+from fleetpilot.policies.rowstore import RowStore
 
 #: Minutes of history kept per group (a day).
 MINUTES = 1440
@@ -70,7 +78,8 @@ class GroupInfo:
 
 class StatusBoard:
     """Per group: a ring of the last `minutes` tick minutes and the last `decisions` decisions. Thread-safe: the
-    tick records, the HTTP server's threads read."""
+    tick records, the HTTP server's threads read. `directory`: where the rings live in files (module
+    docstring); None: in memory."""
 
     def __init__(
         self,
@@ -81,33 +90,38 @@ class StatusBoard:
         interval_seconds: float = 60.0,
         minutes: int = MINUTES,
         decisions: int = DECISIONS,
+        directory: Path | None = None,
     ):
         self.groups = list(groups)
         self.index = {g.name: i for i, g in enumerate(self.groups)}
         self.dry_run, self.clock, self.interval_seconds = dry_run, clock, interval_seconds
         self.size = int(minutes)
+        self.directory = directory
         n = len(self.groups)
-        self.load = np.full((n, self.size), np.nan, dtype=np.float32)
-        self.active = np.full((n, self.size), _NO, dtype=np.int32)
-        self.warming = np.full((n, self.size), _NO, dtype=np.int32)
-        self.desired = np.full((n, self.size), _NO, dtype=np.int32)
-        self.forecast: np.ndarray | None = None  #: (n, size) float32 once any policy forecasts
-        #: per group with shadows: (shadows, size) int32 of each shadow's desired capacity
-        self.shadow: dict[int, np.ndarray] = {
-            i: np.full((len(g.shadow_policies), self.size), _NO, dtype=np.int32)
-            for i, g in enumerate(self.groups)
-            if g.shadow_policies
-        }
-        # the last `decisions` decisions: every tick writes one per group at the same ring position
+        self._stores: list[RowStore] = []
+        self.load = self._ring(self.size, n, np.float32, np.nan)  #: (size, n): row = minute % size
+        self.active = self._ring(self.size, n, np.int32, _NO)
+        self.warming = self._ring(self.size, n, np.int32, _NO)
+        self.desired = self._ring(self.size, n, np.int32, _NO)
+        self.forecast: np.ndarray | None = None  #: (size, n) float32 once any policy forecasts
+        #: the shadows' desired capacities, (size, columns) int32: group i's shadows are columns shadow_cols[i]
+        self.shadow_cols: dict[int, slice] = {}
+        col = 0
+        for i, g in enumerate(self.groups):
+            if g.shadow_policies:
+                self.shadow_cols[i] = slice(col, col + len(g.shadow_policies))
+                col += len(g.shadow_policies)
+        self.shadow = self._ring(self.size, col, np.int32, _NO)
+        # the last `decisions` decisions: every tick writes one per group at the same ring position (a row)
         self.keep = int(decisions)
         k = self.keep
         self.d_minute = np.zeros(k, dtype=np.int64)
         self.d_wall: list[str] = [""] * k
-        self.d_load = np.full((n, k), np.nan)
-        self.d_ints = np.full((len(_INT_FIELDS), n, k), _NONE, dtype=np.int64)
-        self.d_codes = np.zeros((len(_CODE_FIELDS), n, k), dtype=np.int32)
+        self.d_load = self._ring(k, n, np.float64, np.nan)  #: (keep, n)
+        self.d_ints = self._ring(k * len(_INT_FIELDS), n, np.int64, _NONE).reshape(k, len(_INT_FIELDS), n)
+        self.d_codes = self._ring(k * len(_CODE_FIELDS), n, np.int32, 0).reshape(k, len(_CODE_FIELDS), n)
         width = max((len(g.shadow_policies) for g in self.groups), default=0)
-        self.d_shadows = np.full((n, k, width), _NONE, dtype=np.int64)
+        self.d_shadows = self._ring(k * width, n, np.int64, _NONE).reshape(k, width, n)
         self.d_count = 0
         self._codes: dict[Any, int] = {}  #: interned strings and guard tuples -> code
         self._values: list[Any] = []
@@ -118,8 +132,22 @@ class StatusBoard:
         self._strings: dict[Any, Any] = {}
         self._lock = threading.Lock()
 
+    def _ring(self, rows: int, n: int, dtype: type, fill: float | int) -> np.ndarray:
+        store = RowStore(rows, n, dtype, fill, directory=self.directory)
+        self._stores.append(store)
+        return store.array
+
+    def _release(self) -> None:
+        """Release the files' pages (module docstring; a no-op in memory)."""
+        for s in self._stores:
+            s.release()
+
+    def resident_bytes(self) -> int:
+        """Bytes of the rings and kept decisions resident in this process (in files: their mapped pages)."""
+        return sum(s.resident_bytes() for s in self._stores)
+
     @classmethod
-    def of_daemon(cls, cfg, groups) -> StatusBoard:
+    def of_daemon(cls, cfg, groups, directory: Path | None = None) -> StatusBoard:
         """The board of a daemon's config and groups (controller.runtime.GroupRuntime)."""
         return cls(
             [
@@ -141,6 +169,7 @@ class StatusBoard:
             dry_run=cfg.dry_run,
             clock="simulated" if cfg.simulated_clock else "wall",
             interval_seconds=cfg.interval_seconds,
+            directory=directory,
         )
 
     def _code(self, v: Any) -> int:
@@ -181,30 +210,35 @@ class StatusBoard:
         active, warming, desired = ints[_I_ACTIVE], ints[_I_WARMING], ints[_I_FINAL]
         with self._lock:
             slot = self._advance(minute)
-            self.load[:, slot] = load
-            self.active[:, slot] = np.clip(np.where(active == _NONE, _NO, active), _NO, 2**31 - 1)
-            self.warming[:, slot] = np.clip(np.where(warming == _NONE, _NO, warming), _NO, 2**31 - 1)
-            self.desired[:, slot] = np.clip(np.where(desired == _NONE, _NO, desired), _NO, 2**31 - 1)
+            self.load[slot] = load
+            self.active[slot] = np.clip(np.where(active == _NONE, _NO, active), _NO, 2**31 - 1)
+            self.warming[slot] = np.clip(np.where(warming == _NONE, _NO, warming), _NO, 2**31 - 1)
+            self.desired[slot] = np.clip(np.where(desired == _NONE, _NO, desired), _NO, 2**31 - 1)
             if forecast is not None and np.isfinite(forecast).any():
                 if self.forecast is None:
-                    self.forecast = np.full(self.load.shape, np.nan, dtype=np.float32)
+                    self.forecast = self._ring(self.size, len(self.groups), np.float32, np.nan)
             if self.forecast is not None:
-                self.forecast[:, slot] = np.nan if forecast is None else forecast
-            for i, ring in self.shadow.items():
-                got = shadows.get(i, ())
-                ring[:, slot] = [_NO if v is None else v for v in got] if got else _NO
+                self.forecast[slot] = np.nan if forecast is None else forecast
+            if self.shadow_cols:
+                row = self.shadow[slot]
+                row[:] = _NO
+                for i, cols in self.shadow_cols.items():
+                    got = shadows.get(i, ())
+                    if got:
+                        row[cols] = [_NO if v is None else v for v in got]
             pos = self.d_count % self.keep
             self.d_minute[pos] = minute
             self.d_wall[pos] = rows[0].wall_time if rows else ""
-            self.d_load[:, pos] = load
-            self.d_ints[:, :, pos] = ints
-            self.d_codes[:, :, pos] = codes
-            if self.d_shadows.shape[2]:
-                self.d_shadows[:, pos, :] = _NONE
+            self.d_load[pos] = load
+            self.d_ints[pos] = ints
+            self.d_codes[pos] = codes
+            if self.d_shadows.shape[1]:
+                self.d_shadows[pos] = _NONE
                 for i, got in shadows.items():
-                    self.d_shadows[i, pos, : len(got)] = [_NONE if v is None else v for v in got]
+                    self.d_shadows[pos, : len(got), i] = [_NONE if v is None else v for v in got]
             self.d_count += 1
             self.ticks += 1
+            self._release()
 
     def _advance(self, minute: int) -> int | None:
         """The ring slot of `minute`, clearing the slots of minutes skipped since the last one. A minute before
@@ -222,11 +256,11 @@ class StatusBoard:
         slots = np.array([m % self.size for m in minutes], dtype=np.int64)
         if slots.size == 0:
             return
-        self.load[:, slots] = np.nan
-        for a in (self.active, self.warming, self.desired, *self.shadow.values()):
-            a[:, slots] = _NO
+        self.load[slots] = np.nan
+        for a in (self.active, self.warming, self.desired, self.shadow):
+            a[slots] = _NO
         if self.forecast is not None:
-            self.forecast[:, slots] = np.nan
+            self.forecast[slots] = np.nan
 
     # --- reading -------------------------------------------------------------------------------------------
     def snapshot(self, rows: Sequence[int], step: int, decisions: int = DECISIONS) -> dict[str, Any]:
@@ -246,9 +280,10 @@ class StatusBoard:
             idx = np.asarray(rows, dtype=np.int64)
             every = len(idx) == len(self.groups) and bool((idx == np.arange(len(idx))).all())
 
-            def oldest_first(a: np.ndarray) -> np.ndarray:
-                part = a if every else a[idx]
-                return np.concatenate([part[:, start:], part[:, :start]], axis=1)
+            def oldest_first(a: np.ndarray, cols: Any = None) -> np.ndarray:
+                """(columns, size) of the (size, columns) ring `a`, oldest minute first."""
+                part = a[:, cols] if cols is not None else a if every else a[:, idx]
+                return np.concatenate([part[start:], part[:start]], axis=0).T
 
             series = {
                 "load_tpm": oldest_first(self.load),
@@ -259,14 +294,13 @@ class StatusBoard:
             if self.forecast is not None:
                 series["forecast_tpm"] = oldest_first(self.forecast)
             shadows = {
-                int(i): _machines(
-                    np.concatenate([self.shadow[int(i)][:, start:], self.shadow[int(i)][:, :start]], axis=1)
-                )
+                int(i): _machines(oldest_first(self.shadow, self.shadow_cols[int(i)]))
                 for i in idx
-                if int(i) in self.shadow
+                if int(i) in self.shadow_cols
             }
             decided = [self._decisions(int(i), decisions) for i in idx]
             ticks = self.ticks
+            self._release()
         out = {k: _bucket_mean(v, step) for k, v in series.items()}
         return {
             "last_minute": last,
@@ -281,7 +315,9 @@ class StatusBoard:
     def decisions_of(self, i: int, last: int = DECISIONS) -> list[tuple]:
         """Group i's last `last` decisions as tuples of DECISION_FIELDS, oldest first."""
         with self._lock:
-            return self._decisions(i, last)
+            out = self._decisions(i, last)
+            self._release()
+            return out
 
     def _decisions(self, i: int, last: int) -> list[tuple]:
         """Group i's last `last` decisions as tuples of DECISION_FIELDS, oldest first (under the lock)."""
@@ -291,10 +327,10 @@ class StatusBoard:
         width = len(self.groups[i].shadow_policies)
         for back in range(n, 0, -1):
             pos = (self.d_count - back) % self.keep
-            iv = [None if v == _NONE else v for v in self.d_ints[:, i, pos].tolist()]
-            cv = [values[c] for c in self.d_codes[:, i, pos].tolist()]
-            load = float(self.d_load[i, pos])
-            sh = tuple(None if v == _NONE else v for v in self.d_shadows[i, pos, :width].tolist())
+            iv = [None if v == _NONE else v for v in self.d_ints[pos, :, i].tolist()]
+            cv = [values[c] for c in self.d_codes[pos, :, i].tolist()]
+            load = float(self.d_load[pos, i])
+            sh = tuple(None if v == _NONE else v for v in self.d_shadows[pos, :width, i].tolist())
             out.append(
                 (
                     int(self.d_minute[pos]),
@@ -317,8 +353,8 @@ class StatusBoard:
         return out
 
     def nbytes(self) -> int:
-        """Bytes held by the rings and the kept decisions' arrays."""
-        arrays = [self.load, self.active, self.warming, self.desired, *self.shadow.values()]
+        """Bytes held by the rings and the kept decisions' arrays (in memory or in files)."""
+        arrays = [self.load, self.active, self.warming, self.desired, self.shadow]
         arrays += [self.d_minute, self.d_load, self.d_ints, self.d_codes, self.d_shadows]
         if self.forecast is not None:
             arrays.append(self.forecast)

@@ -46,11 +46,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType
 
 import numpy as np
 
 from fleetpilot.policies.rise_tail import RiseTail
+from fleetpilot.policies.rowstore import RowStore
 
 #: Bump when any feature's meaning changes; models record it and loading refuses a mismatch.
 OBS_VERSION = 2
@@ -161,30 +163,31 @@ def _uniform(pos: np.ndarray) -> bool:
 def _gather(buf: np.ndarray, pos: np.ndarray, k_lo: int, k_hi: int) -> np.ndarray:
     """(N, k_hi - k_lo + 1) float32, possibly a view of `buf`: the loads at lags k_lo..k_hi (in that order).
 
-    With one position for all groups the columns are one slice (or one small index array when the window wraps
-    around the ring), instead of an (N, k) index array."""
-    h = buf.shape[1]
+    `buf` is minute-major (ring position, group). With one position for all groups the rows are one slice (or
+    one small index array when the window wraps around the ring), instead of an (N, k) index array."""
+    h = buf.shape[0]
     if pos.shape[0] and _uniform(pos):
-        first = int(pos[0]) - 1 - k_hi  # the column of lag k_hi
+        first = int(pos[0]) - 1 - k_hi  # the row of lag k_hi
         if first >= 0:
-            return buf[:, first : first + k_hi - k_lo + 1][:, ::-1]
-        return buf[:, (int(pos[0]) - 1 - np.arange(k_lo, k_hi + 1)) % h]
+            return buf[first : first + k_hi - k_lo + 1][::-1].T
+        return buf[(int(pos[0]) - 1 - np.arange(k_lo, k_hi + 1)) % h].T
     ks = np.arange(k_lo, k_hi + 1)
     idx = (pos[:, None] - 1 - ks[None, :]) % h
-    return np.take_along_axis(buf, idx, axis=1)
+    return buf[idx, np.arange(buf.shape[1])[:, None]]
 
 
 class LoadHistory:
-    """Read access to the per-group ring buffer of past loads (transactions per minute)."""
+    """Read access to the ring buffer of past loads (transactions per minute): row = ring position, column =
+    group, each group at its own position."""
 
     def __init__(self, buf: np.ndarray, pos: np.ndarray, count: np.ndarray):
         self._buf, self._pos, self.count = buf, pos, count
 
     def lag(self, k: int | np.ndarray) -> np.ndarray:
         """Load k minutes before the last sample (k = 0 is the last sample); (N,)."""
-        h = self._buf.shape[1]
+        h = self._buf.shape[0]
         idx = (self._pos - 1 - np.asarray(k)) % h
-        return self._buf[np.arange(self._buf.shape[0]), idx].astype(np.float64)
+        return self._buf[idx, np.arange(self._buf.shape[1])].astype(np.float64)
 
     def window_mean(self, k_lo: int, k_hi: int) -> np.ndarray:
         """Mean load over lags k_lo..k_hi inclusive; (N,)."""
@@ -229,7 +232,12 @@ class Observation:
 
 
 class ObservationBuilder:
-    """Streaming features for N groups. See the module docstring for the feature table."""
+    """Streaming features for N groups. See the module docstring for the feature table.
+
+    The load history is a minute-major ring (`history_minutes` rows, one column per group; `policies.rowstore`):
+    in memory, or with `directory` (the daemon's state directory) in an unnamed file of which the process keeps
+    resident only the rows of the current minute's reads and writes (the pages are released after each update and
+    before each observation). The features are the same bytes either way."""
 
     def __init__(
         self,
@@ -237,6 +245,7 @@ class ObservationBuilder:
         capacity_tpm_per_machine: float | np.ndarray,
         warmup_minutes: int,
         history_minutes: int = HISTORY_MINUTES,
+        directory: Path | None = None,
     ):
         self.n = int(n)
         self.cap = np.broadcast_to(np.asarray(capacity_tpm_per_machine, dtype=np.float64), (self.n,)).copy()
@@ -244,7 +253,8 @@ class ObservationBuilder:
             raise ValueError("capacity_tpm_per_machine must be positive")
         self.warmup = int(warmup_minutes)
         self.h = int(history_minutes)
-        self.buf = np.zeros((self.n, self.h), dtype=np.float32)
+        self.store = RowStore(self.h, self.n, np.float32, directory=directory)
+        self.buf = self.store.array  #: (history_minutes, N) float32, minute-major
         self.pos = np.zeros(self.n, dtype=np.int64)
         self.count = np.zeros(self.n, dtype=np.int64)
         self.minute = np.zeros(self.n, dtype=np.int64)
@@ -289,14 +299,15 @@ class ObservationBuilder:
         for r in gaps:  # rare: only after missed minutes
             k = int(min(step[r] - 1, self.h))
             idx = (self.pos[r] + np.arange(k)) % self.h
-            self.buf[r, idx] = self.load[r]
+            self.buf[idx, r] = self.load[r]
+            self.store.release()
             self.pos[r] = (self.pos[r] + k) % self.h
             self.count[r] += k
             self.jump_age[r] += k
             self.rerise_age[r] += k
         if fresh.any():
             f = np.nonzero(fresh)[0]
-            self.buf[f] = load[f, None]
+            self._fill_columns(f, load[f])
             for arr in (self.ema_fast, self.ema_mid, self.ema_slow, self.day_max, self.hour_max):
                 arr[f] = load[f]
             self.noise[f] = 0.0
@@ -315,7 +326,7 @@ class ObservationBuilder:
             for a, v in zip(stats, part, strict=True):
                 a[upd] = v
         if accept.all():
-            self.buf[self._rows, self.pos] = load
+            self.buf[self.pos, self._rows] = load
             self.pos = (self.pos + 1) % self.h
             self.count += 1
             self.minute = minute.copy()
@@ -325,7 +336,7 @@ class ObservationBuilder:
             self._after_sample(None)
         else:
             a = accept
-            self.buf[self._rows[a], self.pos[a]] = load[a]
+            self.buf[self.pos[a], self._rows[a]] = load[a]
             self.pos[a] = (self.pos[a] + 1) % self.h
             self.count[a] += 1
             self.minute[a] = minute[a]
@@ -333,6 +344,7 @@ class ObservationBuilder:
             self.active[a] = np.asarray(active, dtype=np.int64)[a]
             self.warming[a] = np.asarray(warming, dtype=np.int64)[a]
             self._after_sample(a)
+        self.store.release()
         return accept
 
     def update_where(
@@ -362,9 +374,9 @@ class ObservationBuilder:
         """`update` when every group has history and this is its next minute (the usual case)."""
         self._step_stats(load, self.load)
         if _uniform(self.pos):
-            self.buf[:, int(self.pos[0])] = load
+            self.buf[int(self.pos[0])] = load
         else:
-            self.buf[self._rows, self.pos] = load
+            self.buf[self.pos, self._rows] = load
         self.pos = (self.pos + 1) % self.h
         self.count += 1
         self.minute = minute.copy()
@@ -372,6 +384,7 @@ class ObservationBuilder:
         self.active = np.array(active, dtype=np.int64)
         self.warming = np.array(warming, dtype=np.int64)
         self._after_sample(None)
+        self.store.release()
         return np.ones(self.n, dtype=bool)
 
     def _stats(self) -> tuple[np.ndarray, ...]:
@@ -421,9 +434,9 @@ class ObservationBuilder:
         ready &= self.jump_age >= _J_RERISE_AFTER
         if not ready.any():
             return
-        # one float32 product over the window, oldest first (a plain slice of the ring in the usual case: fast)
-        # gives, per group, the recent mean, the line's value and the mean of lags 5..9
-        window = _gather(self.buf, self.pos, 0, _J_SPAN - 1)[:, ::-1]
+        # one float32 product over the (N, window) array, oldest first, gives, per group, the recent mean, the
+        # line's value and the mean of lags 5..9
+        window = np.ascontiguousarray(_gather(self.buf, self.pos, 0, _J_SPAN - 1)[:, ::-1])
         recent, line, before = (window @ _J_MAT).T
         # the line, but never below the level just before: after a fall the line dives, and the return to the
         # new level would read as a rise
@@ -434,6 +447,14 @@ class ObservationBuilder:
             jump = self.jump_age > JUMP_REFRACTORY_MINUTES
             self.rerise_age[up & ~jump] = 0
             self.jump_age[up & jump] = 0
+
+    def _fill_columns(self, cols: np.ndarray, values: np.ndarray) -> None:
+        """Every ring position of groups `cols` := `values` (a fresh group's history repeats its first sample), a
+        block of rows at a time, releasing the file's pages after each."""
+        step = max(1, (4 << 20) // max(4 * self.n, 1))
+        for lo in range(0, self.h, step):
+            self.buf[lo : lo + step, cols] = values
+            self.store.release()
 
     def _mean5(self, k_lo: int) -> np.ndarray:
         """(N,) mean load over the 5 lags k_lo..k_lo + 4, as `LoadHistory.window_mean` computes it (numpy's mean
@@ -452,6 +473,7 @@ class ObservationBuilder:
         return LoadHistory(self.buf, self.pos, self.count)
 
     def observation(self) -> Observation:
+        self.store.release()  # what the last observation's readers mapped in
         cap = self.cap
         r_m = np.maximum(self.ema_mid / cap, 1.0)  # R in machine units
         inv = 1.0 / (r_m * cap)  # multiply a load in tpm by this to get load / R
