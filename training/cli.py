@@ -387,6 +387,8 @@ class TrainData:
     val_runs: list
     test_runs: list
     loads_info: list[dict]
+    what: str | None = None  #: what the test report covers (None: the --trace / --test-seeds wording)
+    reproduce_traces: str | None = None  #: `--loads broad`: the backtest command of the traces' test parts
 
 
 def cmd_train(args) -> int:
@@ -403,7 +405,13 @@ def cmd_train(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CliError(f"--out {out}: exists and is not a directory")
-    data = _trace_data(args, cfg, fleet, split) if args.trace else _synthetic_data(args, cfg)
+    loads = _loads_mode(args)
+    if loads == "broad":
+        from fleetpilot.training.mixture import broad_data
+
+        data = broad_data(args, cfg, fleet, split)
+    else:
+        data = _trace_data(args, cfg, fleet, split) if args.trace else _synthetic_data(args, cfg)
     t0 = time.perf_counter()
     budget = args.budget_minutes * 60 if args.budget_minutes else None
     try:
@@ -420,6 +428,25 @@ def cmd_train(args) -> int:
         raise CliError(str(exc)) from None
     _report_and_write(args, data, fleet, result, out, split, time.perf_counter() - t0)
     return 0
+
+
+def _loads_mode(args) -> str:
+    """`--loads`: synthetic (the seed's generator), traces (--trace histories) or broad (the mixture); without
+    it, traces when --trace is given, else synthetic. The broad mixture's options need --loads broad."""
+    loads = getattr(args, "loads", None) or ("traces" if args.trace else "synthetic")
+    if loads == "traces" and not args.trace:
+        raise CliError("--loads traces needs one or more --trace FILE")
+    if loads == "synthetic" and args.trace:
+        raise CliError("--loads synthetic trains on the seed's generator; drop --trace or use --loads traces")
+    if loads != "broad":
+        for flag, value in (
+            ("--exclude-trace", getattr(args, "exclude_trace", None)),
+            ("--broad-traces", getattr(args, "broad_traces", None)),
+            ("--mixture", getattr(args, "mixture", None)),
+        ):
+            if value:
+                raise CliError(f"{flag} applies to --loads broad only")
+    return loads
 
 
 def _trace_data(args, cfg, fleet, split) -> TrainData:
@@ -484,11 +511,18 @@ def _report_and_write(args, data: TrainData, fleet, result, out: Path, split, se
     val_report = backtest(data.val_runs, pols, fleet)
     report = backtest(data.test_runs, pols, fleet, forecast=True)
     check = backtest([synthetic_run(s, CHECK_MINUTES) for s in CHECK_SEEDS], pols, fleet)
-    what = "the test part of each trace" if args.trace else f"test seeds {args.test_seeds}"
+    what = data.what or ("the test part of each trace" if args.trace else f"test seeds {args.test_seeds}")
     print(f"test: {what} (never seen in training or validation)")
     print(format_table(report))
-    reproduce = _backtest_command(args, out, list(pols), split)
-    print(f"reproduce these test figures with:\n  {reproduce}")
+    if data.what is None:
+        reproduce = _backtest_command(args, out, list(pols), split)
+    else:  # --loads broad: the traces' part of the test (the generator's seeds have no backtest flag)
+        import shlex
+
+        words = [w for name in pols for w in ("--policy", str(out) if name == args.name else name)]
+        reproduce = f"{data.reproduce_traces} {shlex.join(words)}" if data.reproduce_traces else None
+    if reproduce:
+        print(f"reproduce these test figures{' (the traces)' if data.what else ''} with:\n  {reproduce}")
     command = "fleetpilot train " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["train"] else None
     training_info = {
         "ppo": dataclasses.asdict(data.cfg),
@@ -564,6 +598,34 @@ def add_training_commands(sub) -> None:
     )
     t.add_argument("--peak-tpm", type=_positive(float), default=None, help="rescale each trace so its peak is this")
     t.add_argument("--fill-gaps", action="store_true", help="interpolate missing minutes in traces")
+    t.add_argument(
+        "--loads",
+        choices=("synthetic", "traces", "broad"),
+        default=None,
+        help="training loads: the seed's generator (default without --trace), your --trace histories (default "
+        "with --trace), or broad: a randomized generator plus windows of real traces (training/mixture.py)",
+    )
+    t.add_argument(
+        "--broad-traces",
+        metavar="DIR",
+        default=None,
+        help="--loads broad: the trace CSVs of the mixture (default: the development traces, ../shared/data/traces); "
+        "--trace FILE instead names them one by one",
+    )
+    t.add_argument(
+        "--exclude-trace",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="--loads broad: leave this trace out entirely (file stem, file name or unique prefix); repeatable",
+    )
+    t.add_argument(
+        "--mixture",
+        default=None,
+        metavar="KEY=W,...",
+        help="--loads broad: component weights: generator, seed (the seed's generator), traces (shared equally), or "
+        "a trace's name (default generator=0.5,traces=0.5)",
+    )
     t.add_argument(
         "--split",
         default="0.6,0.2,0.2",
