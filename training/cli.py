@@ -514,6 +514,7 @@ def _report_and_write(args, data: TrainData, fleet, result, out: Path, split, se
     what = data.what or ("the test part of each trace" if args.trace else f"test seeds {args.test_seeds}")
     print(f"test: {what} (never seen in training or validation)")
     print(format_table(report))
+    reproduce: str | None
     if data.what is None:
         reproduce = _backtest_command(args, out, list(pols), split)
     else:  # --loads broad: the traces' part of the test (the generator's seeds have no backtest flag)

@@ -187,7 +187,7 @@ def broad_data(args, cfg, fleet, split):
         if SEED_GENERATOR in generators:
             test_runs.append(synthetic_run(s, args.test_minutes))
 
-    info: dict[str, Any] = {
+    manifest_info: dict[str, Any] = {
         "broad": {
             **sampler.describe(),
             "traces": used,
@@ -217,4 +217,4 @@ def broad_data(args, cfg, fleet, split):
         if args.fill_gaps:
             words.append("--fill-gaps")
         reproduce = " ".join(shlex.quote(w) for w in words)
-    return TrainData(cfg, sampler, val_runs, test_runs, [info], what=what, reproduce_traces=reproduce)
+    return TrainData(cfg, sampler, val_runs, test_runs, [manifest_info], what=what, reproduce_traces=reproduce)
