@@ -251,6 +251,8 @@ def test_train_broad_smoke_records_the_mixture(tmp_path):
         (["--mixture", "bogus=1"], "--mixture bogus: unknown trace"),
         (["--trace", "TINY"], "too short for --loads broad"),
         (["--loads", "synthetic", "--exclude-trace", "nasa"], "--exclude-trace applies to --loads broad only"),
+        (["--trace-dir", "."], "--loads broad trains one on the mixture"),
+        (["--exclude-trace", "nasa", "--exclude-trace", "worldcup", "--mixture", "worldcup=1"], "left out by"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(tmp_path, extra, message):

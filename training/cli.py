@@ -395,6 +395,8 @@ def cmd_train(args) -> int:
     from fleetpilot.training.ppo import CheckpointError, train
 
     if getattr(args, "trace_dir", None):
+        if getattr(args, "loads", None) == "broad":
+            raise CliError("--trace-dir trains one policy per history; --loads broad trains one on the mixture")
         from fleetpilot.training.train_dir import cmd_train_dir
 
         return cmd_train_dir(args, cmd_train)
