@@ -161,8 +161,7 @@ def test_an_excluded_trace_is_never_drawn(tmp_path):
     """`--exclude-trace nasa`: the sampler holds no NASA data, and no drawn window matches any stretch of the
     NASA file, while each window does match its recorded source trace at its recorded minute."""
     from fleetpilot.controller.cli import build_parser
-    from fleetpilot.training.cli import _train_config, parse_split
-    from fleetpilot.training.mixture import broad_data
+    from fleetpilot.training.cli import _broad_data, _train_config, parse_split
 
     argv = ["train", "--loads", "broad", "--exclude-trace", "nasa", "--out", str(tmp_path / "m")]
     args = build_parser().parse_args(argv + ["--mixture", "traces=1", "--test-minutes", "100"])
@@ -170,7 +169,7 @@ def test_an_excluded_trace_is_never_drawn(tmp_path):
     import dataclasses
 
     cfg = dataclasses.replace(cfg, episode_minutes=300, eval_minutes=100)
-    data = broad_data(args, cfg, fleet, parse_split(args.split))
+    data = _broad_data(args, cfg, fleet, parse_split(args.split))
     names = set(data.sampler.by_name)
     assert "nasa_http_jul95_minute" not in names and len(names) >= 5
     nasa = read_trace(TRACES / "nasa_http_jul95_minute.csv").load_tpm
