@@ -13,9 +13,11 @@ and the `newsvendor` rule with its default parameters (the seed's prices; nothin
 Figures: % of the oracle's expected profit (expected profits summed over the trace's windows) and downtime
 minutes, per trace; the JSON has every window, every choice and its parameters.
 
-Training today: `fleetpilot train` takes either the synthetic generator or traces, not both; each fold trains
-with `--trace` on the other traces (rescaled to --peak-tpm) and the train's default recipe otherwise.
-`--policy-dir DIR` skips training and scores DIR (e.g. the shipped `policies/models/default`) on every fold.
+Training: each fold runs `fleetpilot train --loads broad --exclude-trace HELD_OUT`: the broad mixture (the
+randomized generator plus windows of every development trace but the held-out one, which is never read;
+`training/mixture.py`, weights from --mixture) and the train's default recipe otherwise; the other traces'
+validation and test parts are rescaled to --peak-tpm. `--policy-dir DIR` skips training and scores DIR (e.g.
+the shipped `policies/models/default`) on every fold.
 
     .venv/bin/python benchmarks/generalization.py --policy-dir policies/models/default --json gen.json --details gen-details.json
     .venv/bin/python benchmarks/generalization.py --budget-minutes 8 --json gen.json     # trains six folds
@@ -145,21 +147,25 @@ def _train_fold_task(names: list[str], args, out_root: Path, held_out: str) -> P
 
 
 def train_fold(held_out: str, names: list[str], args, out_root: Path) -> Path:
-    """`fleetpilot train --trace` on every trace but the held-out one; returns the model directory."""
+    """`fleetpilot train --loads broad --exclude-trace HELD_OUT` (the development traces but the held-out one,
+    plus the randomized generator); returns the model directory. `names` are the folds' short names."""
     from fleetpilot.sim.load import read_trace, write_trace
 
     out = out_root / f"without-{held_out}"
     cmd = [sys.executable, "-m", "fleetpilot.controller.cli", "train", "--out", str(out), "--seed", str(args.seed)]
-    cmd += ["--no-resume", "--peak-tpm", f"{args.peak_tpm:g}"]
-    for name in names:
-        if name == held_out:
-            continue
-        path = TRACE_DIR / TRACES[name]
-        if args.train_minutes:  # smoke runs: the first minutes of each training trace only
+    cmd += ["--no-resume", "--peak-tpm", f"{args.peak_tpm:g}", "--loads", "broad", "--test-seeds", "3000..3004"]
+    cmd += ["--exclude-trace", Path(TRACES[held_out]).stem]
+    if args.train_minutes:  # smoke runs: the first minutes of each trace (the held-out one is excluded as ever)
+        short = out_root / f"without-{held_out}-traces"
+        short.mkdir(parents=True, exist_ok=True)
+        for path in sorted(TRACE_DIR.glob("*.csv")):
             load = read_trace(path)
-            path = out_root / f"{name}-first-{args.train_minutes}.csv"
-            write_trace(path, load.window(0, min(args.train_minutes, load.minutes), name))
-        cmd += ["--trace", str(path)]
+            write_trace(short / path.name, load.window(0, min(args.train_minutes, load.minutes), path.stem))
+        cmd += ["--broad-traces", str(short)]
+    else:
+        cmd += ["--broad-traces", str(TRACE_DIR)]
+    if args.mixture:
+        cmd += ["--mixture", args.mixture]
     if args.budget_minutes:
         cmd += ["--budget-minutes", f"{args.budget_minutes:g}"]
     if args.train_config:
@@ -170,6 +176,17 @@ def train_fold(held_out: str, names: list[str], args, out_root: Path) -> Path:
     if r.returncode != 0:
         raise SystemExit(f"training without {held_out} failed:\n{r.stderr[-3000:]}")
     return out
+
+
+def _trained_on(model_dir: Path) -> dict:
+    """A fold model's training mixture as its manifest records it: the weights and the left-out traces."""
+    from fleetpilot.policies.onnx_policy import read_manifest
+
+    loads = read_manifest(model_dir)["training"]["loads"]
+    broad = next((x["broad"] for x in loads if "broad" in x), None)
+    if broad is None:
+        return {"loads": loads}
+    return {"weights": broad["weights"], "excluded": broad["excluded"], "left_out": broad["left_out"]}
 
 
 def rule_grids(small: bool) -> dict[str, dict]:
@@ -210,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget-minutes", type=float, default=None, help="wall-time budget of each fold's training")
     ap.add_argument("--train-config", help="PPO settings YAML passed to each fold's `fleetpilot train --config`")
     ap.add_argument("--steps", type=int, default=None, help="fleet-minutes of each fold's training")
+    ap.add_argument("--mixture", default=None, help="each fold's `fleetpilot train --mixture` (component weights)")
     ap.add_argument("--train-minutes", type=int, default=None, help="train on the first minutes of each trace only")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--windows", type=int, default=None, help="at most this many evaluation windows per trace")
@@ -304,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         results[fold] = {
             "model": str(model_dir),
-            "trained_on": [t for t in TRACES if t != fold] if not args.policy_dir else "given (--policy-dir)",
+            "trained_on": _trained_on(model_dir) if not args.policy_dir else "given (--policy-dir)",
             "windows": [r.name for r in runs],
             "tt_tuned_params": tt_params,
             "tt_tuned_at_grid_edge": at_edge(tt_params, grids["target-tracking"]),

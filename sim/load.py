@@ -18,7 +18,7 @@ import numpy as np
 
 from fleetpilot.policies.errors import UserError
 from fleetpilot.policies.files import MAX_TRACE_BYTES, FileReadError, open_regular
-from fleetpilot.sim.params import SyntheticLoadParams
+from fleetpilot.sim.params import BroadLoadParams, SyntheticLoadParams, TraceWindowParams
 
 #: Longest line of a trace CSV (characters): a timestamp and a count take about 30.
 MAX_TRACE_LINE_CHARS = 4096
@@ -263,3 +263,128 @@ def sample_window(rng: np.random.Generator, load: Load, minutes: int, augment: A
         sd = rng.uniform(*augment.noise_share)
         w.load_tpm = np.floor(np.maximum(w.load_tpm * amp * rng.normal(1.0, sd, size=minutes), 0.0))
     return w
+
+
+def _draw(rng: np.random.Generator, params: BroadLoadParams | TraceWindowParams, name: str, log: bool) -> float:
+    lo, hi = getattr(params, name)
+    if log:
+        return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+    return float(rng.uniform(lo, hi))
+
+
+def _heavy_noise(rng: np.random.Generator, minutes: int, share: float, df: float) -> np.ndarray:
+    """Multiplicative per-minute factors with mean 1 and std. dev. `share`: Student-t shocks (df > 2), >= 0."""
+    z = rng.standard_t(df, size=minutes) * (share / math.sqrt(df / (df - 2.0)))
+    return np.maximum(1.0 + z, 0.0)
+
+
+#: The order the broad generator draws its scalars in (part of what a seed reproduces).
+BROAD_DRAWS = (
+    "peak_tpm",
+    "daily_floor_share",
+    "daily_second_harmonic",
+    "daily_sharpness",
+    "weekend_share",
+    "trend_per_day",
+    "wander_amplitude",
+    "wander_period_days",
+    "noise_share",
+    "noise_tail_df",
+    "spikes_per_day",
+    "burst_extra_spikes",
+    "burst_gap_minutes",
+    "spike_height_share",
+    "spike_ramp_minutes",
+    "spike_length_minutes",
+)
+
+
+def broad_load(
+    rng: np.random.Generator, minutes: int, params: BroadLoadParams | None = None, max_load_tpm: float = 100_000.0
+) -> tuple[np.ndarray, int, dict]:
+    """One episode of the randomized generator (`BroadLoadParams`): (load, epoch minute of its first value,
+    the generator drawn for it). Its calendar starts at a random minute of the week after `SYNTHETIC_START` (a
+    Monday), so weekends fall on Saturday and Sunday and the daily peak at a random hour."""
+    p = params or BroadLoadParams()
+    d: dict = {name: _draw(rng, p, name, p.is_log(name)) for name in BROAD_DRAWS}
+    day = p.day_minutes
+    offset = int(rng.integers(0, 7 * day))
+    phase1, phase2, wander_phase = rng.uniform(0.0, 2 * np.pi, size=3)
+    t = np.arange(offset, offset + minutes, dtype=np.float64)  # minutes since SYNTHETIC_START
+    w = 2 * np.pi / day
+
+    def harmonics(x: np.ndarray) -> np.ndarray:
+        return np.sin(w * x + phase1) + d["daily_second_harmonic"] * np.sin(2 * w * x + phase2)
+
+    one_day = harmonics(np.arange(day, dtype=np.float64))
+    lo, hi = float(one_day.min()), float(one_day.max())
+    shape = np.clip((harmonics(t) - lo) / (hi - lo), 0.0, 1.0) ** d["daily_sharpness"]
+    floor = d["daily_floor_share"]
+    level = floor + (1.0 - floor) * shape
+    # weekday 1, weekend `weekend_share`, interpolated between the days' middles (no step at midnight)
+    days = np.arange(offset // day - 1, (offset + minutes) // day + 2)
+    per_day = np.where(days % 7 >= 5, d["weekend_share"], 1.0)
+    level *= np.interp(t, days * day + day / 2.0, per_day)
+    since = t - offset
+    level *= np.exp(d["trend_per_day"] * since / day)
+    level *= 1.0 + d["wander_amplitude"] * np.sin(2 * np.pi * since / (d["wander_period_days"] * day) + wander_phase)
+
+    # bursts of spikes: a Poisson number of bursts, each 1 + Poisson(extra) spikes apart by exponential gaps;
+    # a spike rises linearly over its ramp and decays exponentially, its height relative to the level at its start
+    n_bursts = int(rng.poisson(d["spikes_per_day"] * minutes / day))
+    sizes = 1 + rng.poisson(d["burst_extra_spikes"], size=n_bursts)
+    n = int(sizes.sum())
+    burst_at = np.repeat(rng.uniform(0.0, minutes, size=n_bursts), sizes)
+    gaps = rng.exponential(d["burst_gap_minutes"], size=n)
+    firsts = np.cumsum(sizes) - sizes  # index of each burst's first spike
+    gaps[firsts] = 0.0
+    within = np.cumsum(gaps) - np.repeat(np.cumsum(gaps)[firsts], sizes)
+    starts = np.floor(burst_at + within).astype(np.int64)
+    heights = d["spike_height_share"] * rng.lognormal(0.0, 0.7, size=n)
+    ramps = rng.exponential(d["spike_ramp_minutes"], size=n) if d["spike_ramp_minutes"] > 0 else np.zeros(n)
+    taus = d["spike_length_minutes"] * rng.lognormal(0.0, 0.7, size=n)
+    keep = starts < minutes
+    starts, heights, ramps, taus = starts[keep], heights[keep], ramps[keep], taus[keep]
+    span = np.minimum(np.ceil(ramps + 6.0 * taus).astype(np.int64) + 1, minutes - starts)
+    extra = np.zeros(minutes)
+    if span.size:
+        k = np.arange(int(span.sum())) - np.repeat(np.cumsum(span) - span, span)  # minute within each spike
+        ramp, tau = np.repeat(ramps, span), np.repeat(taus, span)
+        rise = np.where(ramp > 0, (k + 1.0) / np.maximum(ramp, 1e-9), 1.0)
+        shape_k = np.where(k < ramp, np.minimum(rise, 1.0), np.exp(-(k - ramp) / tau))
+        height = np.repeat(heights * level[starts], span)
+        np.add.at(extra, np.repeat(starts, span) + k, height * shape_k)
+    mean = level + extra
+    mean *= d["peak_tpm"] / float(mean.max())
+    rate = mean * _heavy_noise(rng, minutes, d["noise_share"], d["noise_tail_df"])
+    load = rng.poisson(rate).astype(np.float64) if p.count_noise else np.floor(rate)
+    d.update(start_offset_minutes=offset, bursts=n_bursts, spikes=int(starts.size))
+    return np.minimum(load, max_load_tpm), int(SYNTHETIC_START.timestamp() // 60) + offset, d
+
+
+def trace_episode(
+    rng: np.random.Generator, load: Load, minutes: int, params: TraceWindowParams | None = None
+) -> tuple[np.ndarray, int, dict]:
+    """A random window of `load` for one training episode (`TraceWindowParams`): time-stretched, rescaled to a
+    drawn peak, extra noise, calendar shifted. Returns (load, epoch minute of its first value, what was drawn,
+    including the window's first trace minute and how many trace minutes it covers)."""
+    p = params or TraceWindowParams()
+    stretch = _draw(rng, p, "stretch", True)
+    if minutes > 1:  # a trace too short for the drawn stretch plays as fast as it must to fit
+        stretch = min(stretch, (load.minutes - 1) / (minutes - 1))
+    covered = int(math.floor((minutes - 1) * stretch)) + 1
+    if covered > load.minutes or stretch <= 0:
+        raise ValueError(f"{load.name} has {load.minutes} minutes, fewer than the {minutes} asked for")
+    first = int(rng.integers(0, load.minutes - covered + 1))
+    x = first + np.arange(minutes) * stretch
+    window = np.interp(x, np.arange(load.minutes, dtype=np.float64), load.load_tpm)
+    peak = _draw(rng, p, "peak_tpm", True)
+    top = float(window.max())
+    window = window * (peak / top) if top > 0 else window
+    sd = _draw(rng, p, "noise_share", False)
+    window = window * np.maximum(rng.normal(1.0, sd, size=minutes), 0.0) if sd > 0 else window
+    window = rng.poisson(window).astype(np.float64) if p.count_noise else np.floor(window)
+    shift = int(rng.integers(-p.shift_minutes, p.shift_minutes + 1))
+    drawn = {"trace": load.name, "first": first, "covered_minutes": covered, "stretch": stretch}
+    drawn.update(peak_tpm=peak, noise_share=sd, shift_minutes=shift)
+    return window, load.start_minute() + first + shift, drawn

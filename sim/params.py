@@ -100,3 +100,132 @@ class SyntheticLoadParams(BaseModel):
         (3.0, 2.0), description="(mu, sigma) of the lognormal part of the spike decay time"
     )
     day_minutes: int = Field(1440, ge=1, description="period of the daily cycle")
+
+
+#: A range drawn log-uniformly (both ends > 0).
+_LOG = "log-uniform"
+
+
+class BroadLoadParams(BaseModel):
+    """A randomized load generator for training that generalizes: every episode draws its own generator from
+    these ranges (uniform unless the description says log-uniform), so no single generator's constants can be
+    learned. Load = scale x daily shape x weekday/weekend x trend x slow wander x (1 + spikes), then per-minute
+    noise: heavy-tailed multiplicative shocks (Student t) under a Poisson count (together an overdispersed
+    count, like a negative binomial), clipped to the fleet's max load."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    peak_tpm: tuple[float, float] = Field(
+        (300.0, 40_000.0),
+        description="log-uniform range of the episode's peak before noise (the maximum of shape x spikes)",
+    )
+    daily_floor_share: tuple[float, float] = Field(
+        (0.0, 0.9), description="uniform range of the daily minimum as a share of the daily maximum (0: idle nights)"
+    )
+    daily_second_harmonic: tuple[float, float] = Field(
+        (0.0, 0.6), description="uniform range of the amplitude of the 12-hour harmonic relative to the daily one"
+    )
+    daily_sharpness: tuple[float, float] = Field(
+        (0.5, 3.0),
+        description="log-uniform range of the exponent on the daily shape (above 1: narrow working-hours peaks)",
+    )
+    weekend_share: tuple[float, float] = Field(
+        (0.3, 1.2), description="uniform range of the Saturday and Sunday level relative to weekdays"
+    )
+    trend_per_day: tuple[float, float] = Field(
+        (-0.05, 0.1), description="uniform range of the log growth of the level per day"
+    )
+    wander_amplitude: tuple[float, float] = Field(
+        (0.0, 0.3), description="uniform range of a slow sine factor's amplitude (the seed's low-frequency factor)"
+    )
+    wander_period_days: tuple[float, float] = Field(
+        (1.5, 8.0), description="uniform range of that slow factor's period in days"
+    )
+    noise_share: tuple[float, float] = Field(
+        (0.005, 0.3),
+        description="log-uniform range of the std. dev. of the per-minute multiplicative noise (the seed: 0.01..0.05)",
+    )
+    noise_tail_df: tuple[float, float] = Field(
+        (2.5, 50.0),
+        description="log-uniform range of the Student-t degrees of freedom of that noise (small: heavy tails, "
+        "outlier minutes); scaled so the std. dev. is noise_share",
+    )
+    count_noise: bool = Field(True, description="draw each minute as a Poisson count of its mean (noise at low volume)")
+    spikes_per_day: tuple[float, float] = Field(
+        (0.1, 40.0),
+        description="log-uniform range of the rate of bursts per day (mean gap 36 minutes to 10 days; the seed: a "
+        "spike every 100..1000 minutes)",
+    )
+    burst_extra_spikes: tuple[float, float] = Field(
+        (0.0, 3.0), description="uniform range of the mean number of further spikes in a burst (Poisson)"
+    )
+    burst_gap_minutes: tuple[float, float] = Field(
+        (3.0, 90.0), description="log-uniform range of the mean gap between the spikes of one burst (exponential)"
+    )
+    spike_height_share: tuple[float, float] = Field(
+        (0.05, 4.0),
+        description="log-uniform range of the median spike height relative to the level at its start (each spike "
+        "draws its own, lognormal with sigma 0.7 around it)",
+    )
+    spike_ramp_minutes: tuple[float, float] = Field(
+        (0.0, 60.0),
+        description="uniform range of the mean rise time of a spike (each draws its own, exponential)",
+    )
+    spike_length_minutes: tuple[float, float] = Field(
+        (3.0, 600.0),
+        description="log-uniform range of the median decay time constant (each spike lognormal, sigma 0.7)",
+    )
+    day_minutes: int = Field(1440, ge=1, description="period of the daily cycle")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> BroadLoadParams:
+        for name, spec in type(self).model_fields.items():
+            value = getattr(self, name)
+            if not isinstance(value, tuple):
+                continue
+            lo, hi = value
+            if not lo <= hi:
+                raise ValueError(f"{name}: the range ({lo:g}, {hi:g}) is empty (low > high)")
+            if _LOG in (spec.description or "") and lo <= 0:
+                raise ValueError(f"{name}: a log-uniform range needs a positive low end, got {lo:g}")
+            if lo < 0 and name != "trend_per_day":
+                raise ValueError(f"{name}: negative values ({lo:g}) make no sense here")
+        if self.daily_floor_share[1] > 1:
+            raise ValueError("daily_floor_share: a share above 1 makes no sense")
+        return self
+
+    def is_log(self, name: str) -> bool:
+        """Whether `name` is drawn log-uniformly."""
+        return _LOG in (type(self).model_fields[name].description or "")
+
+
+class TraceWindowParams(BaseModel):
+    """How the broad training mixture draws an episode from a real trace: a random window, time-stretched,
+    rescaled to a drawn peak, with extra noise and its calendar shifted (uniform unless log-uniform)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    peak_tpm: tuple[float, float] = Field(
+        (300.0, 40_000.0), description="log-uniform range of the window's peak after rescaling"
+    )
+    stretch: tuple[float, float] = Field(
+        (0.8, 1.25),
+        description="log-uniform range of the time-stretch: the window plays this many trace minutes per minute",
+    )
+    noise_share: tuple[float, float] = Field(
+        (0.0, 0.1), description="uniform range of the std. dev. of extra multiplicative per-minute noise"
+    )
+    shift_minutes: int = Field(
+        720, ge=0, description="the window's timestamps move by up to this many minutes, both ways (uniform)"
+    )
+    count_noise: bool = Field(True, description="draw each minute as a Poisson count of its rescaled value")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> TraceWindowParams:
+        for name in ("peak_tpm", "stretch", "noise_share"):
+            lo, hi = getattr(self, name)
+            if not lo <= hi:
+                raise ValueError(f"{name}: the range ({lo:g}, {hi:g}) is empty (low > high)")
+            if lo < 0 or (name != "noise_share" and lo <= 0):
+                raise ValueError(f"{name}: the low end {lo:g} must be positive")
+        return self

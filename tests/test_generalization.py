@@ -15,6 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "generalization.py"
 TRACES = REPO.parent / "shared" / "data" / "traces"
 SMOKE = "num_envs: 16\nnum_steps: 32\nepisode_minutes: 400\neval_every_updates: 2\ninit_loads: 8\nthreads: 1\n"
+SMOKE += "eval_seeds: [500]\neval_minutes: 300\n"
 
 
 @pytest.mark.skipif(not TRACES.is_dir(), reason="the development traces (../shared/data/traces) are not here")
@@ -30,10 +31,13 @@ def test_leave_one_trace_out_smoke(tmp_path):
     assert "held-out trace" in r.stdout and "azure-functions" in r.stdout
     doc = json.loads(out.read_text())
     fold = doc["results"]["azure-functions"]
-    assert "azure-functions" not in fold["trained_on"] and len(fold["trained_on"]) == 5
+    assert fold["trained_on"]["excluded"] == ["azure_functions2019_fn40d07b_minute"]
+    weights = fold["trained_on"]["weights"]
+    assert weights["generator"] > 0 and not any("azure_functions" in t for t in weights)
     manifest = json.loads((Path(fold["model"]) / "manifest.json").read_text())
-    trained = [Path(x["trace"]).name for x in manifest["training"]["loads"]]
-    assert len(trained) == 5 and not any("azure" in t for t in trained)
+    broad = manifest["training"]["loads"][0]["broad"]
+    trained = [t["trace"] for t in broad["traces"]]
+    assert len(trained) == 5 and not any("azure_functions" in t for t in trained)
     s = fold["summary"]
     assert set(s) == {
         "learned",

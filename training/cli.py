@@ -387,12 +387,16 @@ class TrainData:
     val_runs: list
     test_runs: list
     loads_info: list[dict]
+    what: str | None = None  #: what the test report covers (None: the --trace / --test-seeds wording)
+    reproduce_traces: str | None = None  #: `--loads broad`: the backtest command of the traces' test parts
 
 
 def cmd_train(args) -> int:
     from fleetpilot.training.ppo import CheckpointError, train
 
     if getattr(args, "trace_dir", None):
+        if getattr(args, "loads", None) == "broad":
+            raise CliError("--trace-dir trains one policy per history; --loads broad trains one on the mixture")
         from fleetpilot.training.train_dir import cmd_train_dir
 
         return cmd_train_dir(args, cmd_train)
@@ -403,7 +407,11 @@ def cmd_train(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CliError(f"--out {out}: exists and is not a directory")
-    data = _trace_data(args, cfg, fleet, split) if args.trace else _synthetic_data(args, cfg)
+    loads = _loads_mode(args)
+    if loads == "broad":
+        data = _broad_data(args, cfg, fleet, split)
+    else:
+        data = _trace_data(args, cfg, fleet, split) if args.trace else _synthetic_data(args, cfg)
     t0 = time.perf_counter()
     budget = args.budget_minutes * 60 if args.budget_minutes else None
     try:
@@ -420,6 +428,25 @@ def cmd_train(args) -> int:
         raise CliError(str(exc)) from None
     _report_and_write(args, data, fleet, result, out, split, time.perf_counter() - t0)
     return 0
+
+
+def _loads_mode(args) -> str:
+    """`--loads`: synthetic (the seed's generator), traces (--trace histories) or broad (the mixture); without
+    it, traces when --trace is given, else synthetic. The broad mixture's options need --loads broad."""
+    loads = getattr(args, "loads", None) or ("traces" if args.trace else "synthetic")
+    if loads == "traces" and not args.trace:
+        raise CliError("--loads traces needs one or more --trace FILE")
+    if loads == "synthetic" and args.trace:
+        raise CliError("--loads synthetic trains on the seed's generator; drop --trace or use --loads traces")
+    if loads != "broad":
+        for flag, value in (
+            ("--exclude-trace", getattr(args, "exclude_trace", None)),
+            ("--broad-traces", getattr(args, "broad_traces", None)),
+            ("--mixture", getattr(args, "mixture", None)),
+        ):
+            if value:
+                raise CliError(f"{flag} applies to --loads broad only")
+    return loads
 
 
 def _trace_data(args, cfg, fleet, split) -> TrainData:
@@ -443,6 +470,142 @@ def _trace_data(args, cfg, fleet, split) -> TrainData:
     cfg = dataclasses.replace(cfg, episode_minutes=episode)
     sampler = LoadSampler(traces=train_parts, augment=Augment(), max_load_tpm=fleet.max_load_tpm)
     return TrainData(cfg, sampler, val_runs, test_runs, loads_info)
+
+
+def _broad_data(args, cfg, fleet, split) -> TrainData:
+    """`train --loads broad`: the mixture of training/mixture.py, validation and test runs (see its docstring)."""
+    import hashlib
+    import shlex
+
+    from fleetpilot.policies.observation import HISTORY_MINUTES
+    from fleetpilot.sim.load import read_trace
+    from fleetpilot.training.backtest import synthetic_run, trace_run
+    from fleetpilot.training.env import GENERATOR, SEED_GENERATOR, MixtureSampler
+    from fleetpilot.training.mixture import (
+        DEFAULT_MIXTURE,
+        EVAL_PEAK_TPM,
+        broad_run,
+        parse_mixture,
+        resolve_trace,
+        trace_paths,
+    )
+
+    spec = parse_mixture(args.mixture or DEFAULT_MIXTURE)
+    paths, strict, source = trace_paths(args)
+    names = [p.stem for p in paths]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise CliError(f"{source}: two traces are named {dup[0]} (trace names are file stems)")
+    excluded = sorted({resolve_trace(x, names, "--exclude-trace") for x in args.exclude_trace})
+    named = {k: resolve_trace(k, names, "--mixture") for k in spec if k not in (GENERATOR, SEED_GENERATOR, "traces")}
+    for key, stem in named.items():
+        if stem in excluded:
+            raise CliError(f"--mixture {key}: that trace is left out by --exclude-trace")
+    trace_weight = spec.get("traces", 0.0) + sum(spec[k] for k in named)
+    if trace_weight > 0 and not paths:
+        raise CliError(
+            f"--loads broad: no trace CSVs in {source}; give --broad-traces DIR, --trace FILE, "
+            "or --mixture generator=1 for the generator alone"
+        )
+
+    test_seeds = parse_seeds(args.test_seeds)
+    if set(test_seeds) & set(cfg.eval_seeds):
+        raise CliError(f"--test-seeds {args.test_seeds}: overlap the validation seeds {list(cfg.eval_seeds)}")
+    test_minutes = args.test_minutes = args.test_minutes or cfg.eval_minutes
+    eval_peak = args.peak_tpm if args.peak_tpm is not None else EVAL_PEAK_TPM
+    need = cfg.episode_minutes + 1
+    parts, val_runs, test_runs, used, left_out = [], [], [], [], []
+    for path in paths:
+        if path.stem in excluded:
+            continue  # never read: a fold cannot see its held-out trace
+        weighted = path.stem in named.values() or spec.get("traces", 0.0) > 0
+        if not weighted:
+            continue
+        load = read_trace(path, fill_gaps=args.fill_gaps).rescaled(eval_peak)
+        v0, _ = split_bounds(load.minutes, split)
+        try:
+            if v0 < need:
+                raise CliError(
+                    f"{path}: too short for --loads broad: {load.minutes} minutes leave {v0} for training "
+                    f"(--split {args.split}); an episode needs {need}"
+                )
+            part, _, _, info = split_history(load, split, path, args.split)
+        except CliError as exc:
+            if strict or path.stem in named.values():
+                raise
+            left_out.append({"trace": path.stem, "minutes": load.minutes, "reason": str(exc)})
+            continue
+        # the validation and test runs score at most eval_minutes and --test-minutes of their parts (from the
+        # start of each part, as `fleetpilot backtest --from F --minutes N` does)
+        v0, s0 = split_bounds(load.minutes, split)
+        val_run = trace_run(load, v0, min(s0 - v0 - 1, cfg.eval_minutes), HISTORY_MINUTES)
+        test_run = trace_run(load, s0, min(load.minutes - s0 - 1, test_minutes), HISTORY_MINUTES)
+        info["scored_minutes"] = {"validation": val_run.minutes, "test": test_run.minutes}
+        parts.append(part)
+        val_runs.append(val_run)
+        test_runs.append(test_run)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        used.append(
+            {"trace": path.stem, "file": str(path), "sha256": digest, "minutes": load.minutes, "peak_tpm": eval_peak}
+            | info
+        )
+
+    weights = {GENERATOR: spec.get(GENERATOR, 0.0), SEED_GENERATOR: spec.get(SEED_GENERATOR, 0.0)}
+    rest = [p.name for p in parts if p.name not in named.values()]
+    for p in parts:
+        weights[p.name] = spec[next(k for k, v in named.items() if v == p.name)] if p.name in named.values() else 0.0
+    for name in rest:
+        weights[name] = spec.get("traces", 0.0) / len(rest)
+    if sum(weights.values()) <= 0:
+        raise CliError(
+            f"--mixture {args.mixture or DEFAULT_MIXTURE}: the mixture is empty (every weight is 0, or no trace "
+            "is left to draw from)"
+        )
+    sampler = MixtureSampler(weights, parts, max_load_tpm=fleet.max_load_tpm)
+
+    generators = [c for c in (GENERATOR, SEED_GENERATOR) if sampler.weights.get(c, 0) > 0]
+    for s in cfg.eval_seeds:
+        if GENERATOR in generators:
+            val_runs.append(broad_run(s, cfg.eval_minutes, "validation", sampler.generator, fleet.max_load_tpm))
+        if SEED_GENERATOR in generators:
+            val_runs.append(synthetic_run(s, cfg.eval_minutes))
+    for s in test_seeds:
+        if GENERATOR in generators:
+            test_runs.append(broad_run(s, args.test_minutes, "test", sampler.generator, fleet.max_load_tpm))
+        if SEED_GENERATOR in generators:
+            test_runs.append(synthetic_run(s, args.test_minutes))
+
+    manifest_info: dict[str, Any] = {
+        "broad": {
+            **sampler.describe(),
+            "traces": used,
+            "trace_source": source,
+            "excluded": excluded,
+            "left_out": left_out,
+            "validation": {
+                "traces": "the validation part of each trace above, rescaled to its peak_tpm, its first minutes",
+                "generator_seeds": list(cfg.eval_seeds) if generators else [],
+                "minutes": cfg.eval_minutes,
+            },
+            "test": {
+                "traces": "the test part of each trace above, rescaled to its peak_tpm, its first minutes",
+                "generator_seeds": test_seeds if generators else [],
+                "minutes": args.test_minutes,
+            },
+        }
+    }
+    what = f"the test part of {len(used)} trace(s)" + (f" and test seeds {args.test_seeds}" if generators else "")
+    reproduce = None
+    if used:
+        words = ["fleetpilot", "backtest"]
+        for u in used:
+            words += ["--trace", u["file"]]
+        words += ["--peak-tpm", f"{eval_peak:g}", "--from", repr(split_fractions(split)[1]), "--to", "1"]
+        words += ["--minutes", str(test_minutes)]
+        if args.fill_gaps:
+            words.append("--fill-gaps")
+        reproduce = " ".join(shlex.quote(w) for w in words)
+    return TrainData(cfg, sampler, val_runs, test_runs, [manifest_info], what=what, reproduce_traces=reproduce)
 
 
 def _synthetic_data(args, cfg) -> TrainData:
@@ -484,11 +647,19 @@ def _report_and_write(args, data: TrainData, fleet, result, out: Path, split, se
     val_report = backtest(data.val_runs, pols, fleet)
     report = backtest(data.test_runs, pols, fleet, forecast=True)
     check = backtest([synthetic_run(s, CHECK_MINUTES) for s in CHECK_SEEDS], pols, fleet)
-    what = "the test part of each trace" if args.trace else f"test seeds {args.test_seeds}"
+    what = data.what or ("the test part of each trace" if args.trace else f"test seeds {args.test_seeds}")
     print(f"test: {what} (never seen in training or validation)")
     print(format_table(report))
-    reproduce = _backtest_command(args, out, list(pols), split)
-    print(f"reproduce these test figures with:\n  {reproduce}")
+    reproduce: str | None
+    if data.what is None:
+        reproduce = _backtest_command(args, out, list(pols), split)
+    else:  # --loads broad: the traces' part of the test (the generator's seeds have no backtest flag)
+        import shlex
+
+        words = [w for name in pols for w in ("--policy", str(out) if name == args.name else name)]
+        reproduce = f"{data.reproduce_traces} {shlex.join(words)}" if data.reproduce_traces else None
+    if reproduce:
+        print(f"reproduce these test figures{' (the traces)' if data.what else ''} with:\n  {reproduce}")
     command = "fleetpilot train " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["train"] else None
     training_info = {
         "ppo": dataclasses.asdict(data.cfg),
@@ -564,6 +735,34 @@ def add_training_commands(sub) -> None:
     )
     t.add_argument("--peak-tpm", type=_positive(float), default=None, help="rescale each trace so its peak is this")
     t.add_argument("--fill-gaps", action="store_true", help="interpolate missing minutes in traces")
+    t.add_argument(
+        "--loads",
+        choices=("synthetic", "traces", "broad"),
+        default=None,
+        help="training loads: the seed's generator (default without --trace), your --trace histories (default "
+        "with --trace), or broad: a randomized generator plus windows of real traces (training/mixture.py)",
+    )
+    t.add_argument(
+        "--broad-traces",
+        metavar="DIR",
+        default=None,
+        help="--loads broad: the trace CSVs of the mixture (default: the development traces, ../shared/data/traces); "
+        "--trace FILE instead names them one by one",
+    )
+    t.add_argument(
+        "--exclude-trace",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="--loads broad: leave this trace out entirely (file stem, file name or unique prefix); repeatable",
+    )
+    t.add_argument(
+        "--mixture",
+        default=None,
+        metavar="KEY=W,...",
+        help="--loads broad: component weights: generator, seed (the seed's generator), traces (shared equally), or "
+        "a trace's name (default generator=0.5,traces=0.5)",
+    )
     t.add_argument(
         "--split",
         default="0.6,0.2,0.2",

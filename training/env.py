@@ -34,8 +34,16 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 
 from fleetpilot.policies.observation import OBS_DIM, Observation, ObservationBuilder
 from fleetpilot.sim.fleet import FleetCore, expected_reward
-from fleetpilot.sim.load import SYNTHETIC_START, Augment, Load, sample_window, synthetic_load
-from fleetpilot.sim.params import FleetParams, SyntheticLoadParams
+from fleetpilot.sim.load import (
+    SYNTHETIC_START,
+    Augment,
+    Load,
+    broad_load,
+    sample_window,
+    synthetic_load,
+    trace_episode,
+)
+from fleetpilot.sim.params import BroadLoadParams, FleetParams, SyntheticLoadParams, TraceWindowParams
 
 _OBS_SPACE = spaces.Box(-10.0, 10.0, (OBS_DIM,), np.float32)
 
@@ -67,6 +75,66 @@ class LoadSampler:
             raise ValueError(f"no trace has the {minutes} minutes an episode needs")
         w = sample_window(rng, fits[int(rng.integers(len(fits)))], minutes, self.augment)
         return np.minimum(w.load_tpm, self.max_load_tpm), w.start_minute()
+
+
+#: Mixture components that are not traces: the randomized generator and the seed's generator.
+GENERATOR, SEED_GENERATOR = "generator", "seed"
+
+
+class MixtureSampler(LoadSampler):
+    """The broad training distribution: each episode picks a component by weight, then draws from it:
+    `generator` (a randomized generator, `sim.load.broad_load`), `seed` (the seed's generator) or a trace's
+    name (a window of that trace, `sim.load.trace_episode`). A trace that is not given can never be drawn;
+    `last` says what the latest draw was (component, window, drawn parameters)."""
+
+    def __init__(
+        self,
+        weights: dict[str, float],
+        traces: list[Load] | None = None,
+        generator: BroadLoadParams | None = None,
+        window: TraceWindowParams | None = None,
+        synthetic: SyntheticLoadParams | None = None,
+        max_load_tpm: float = 100_000.0,
+    ):
+        super().__init__(traces, synthetic, None, max_load_tpm)
+        self.by_name = {t.name: t for t in self.traces}
+        if len(self.by_name) != len(self.traces):
+            raise ValueError("two traces share a name")
+        for name, w in weights.items():
+            if name not in (GENERATOR, SEED_GENERATOR) and name not in self.by_name:
+                raise ValueError(f"mixture weight for {name!r}, which is neither a component nor a given trace")
+            if not w >= 0:
+                raise ValueError(f"mixture weight {name}={w}: must be non-negative")
+        self.components = [name for name, w in weights.items() if w > 0]
+        if not self.components:
+            raise ValueError("the mixture is empty: every weight is 0")
+        total = sum(weights[c] for c in self.components)
+        self.weights = {c: weights[c] / total for c in self.components}
+        self._cum = np.cumsum([self.weights[c] for c in self.components])
+        self.generator = generator or BroadLoadParams()
+        self.window = window or TraceWindowParams()
+        self.last: dict[str, Any] = {}
+
+    def sample(self, rng: np.random.Generator, minutes: int) -> tuple[np.ndarray, int]:
+        pick = self.components[min(int(np.searchsorted(self._cum, rng.random() * self._cum[-1])), len(self._cum) - 1)]
+        if pick == GENERATOR:
+            load, start, drawn = broad_load(rng, minutes, self.generator, self.max_load_tpm)
+        elif pick == SEED_GENERATOR:
+            load = synthetic_load(rng, minutes, self.synthetic, self.max_load_tpm)
+            start, drawn = int(SYNTHETIC_START.timestamp() // 60), {}
+        else:
+            load, start, drawn = trace_episode(rng, self.by_name[pick], minutes, self.window)
+        self.last = {"component": pick, **drawn}
+        return np.minimum(load, self.max_load_tpm), start
+
+    def describe(self) -> dict[str, Any]:
+        """What the manifest records: the weights, the generator's ranges and how trace windows are drawn."""
+        return {
+            "weights": {c: round(w, 6) for c, w in self.weights.items()},
+            "generator": self.generator.model_dump(),
+            "trace_windows": self.window.model_dump(),
+            "seed_generator": self.synthetic.model_dump() if SEED_GENERATOR in self.weights else None,
+        }
 
 
 def _params(fleet: FleetParams | dict | None) -> FleetParams:

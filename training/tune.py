@@ -37,6 +37,8 @@ GRIDS: dict[str, dict[str, list[Any]]] = {
         "utilization": [0.66, 0.68, 0.7, 0.72, 0.74, 0.76, 0.78, 0.8, 0.82, 0.84],
         "cushion_day_max_share": [0.06, 0.08, 0.1, 0.12, 0.14, 0.16, 0.18, 0.2, 0.22, 0.24],
     },
+    # the newsvendor's other parameters are the business objective, not knobs: only its risk multiplier is tuned
+    "newsvendor": {"risk": [0.25, 0.5, 1.0, 2.0, 4.0]},
     "step": {
         "scale_out_steps": [
             [(0.85, 50.0), (0.70, 25.0), (0.62, 10.0)],
