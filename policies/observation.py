@@ -31,6 +31,19 @@ service reads the same numbers on a 600-machine one.
 | 23 | granularity | 1 / R (how big one machine is against the load) |
 | 24 | jump_age | minutes since the last detected load jump / 100 (clipped to 10; 10 when none was seen) |
 | 25 | rerise_age | minutes since the last re-rise / 1000 (clipped to 10; 10 when none was seen) |
+| 26 | fc_ahead | Holt (level + trend) forecast of the load warm-up minutes ahead / R (>= 0) |
+| 27 | fc_err | EMA (alpha 1/60) of abs(load - the fc_ahead made warm-up minutes ago) / R (>= 0; 0 on a ramp) |
+| 28 | fc_err_max | leaky maximum of that error (decays 1/360 per minute: a high quantile of the last hours) / R |
+| 29 | rise_max | leaky maximum of the rise over the warm-up (load - load warm-up minutes before; decays 1/1440 per minute) / R |
+| 30 | jump_rate | leaky count of load jumps and re-rises (decays 1/1440 per minute: about those of the last day) / 10 |
+| 31 | periodicity | 1 - EMA abs(load - load a day ago) / EMA abs(load - its daily mean), both alpha 1/1440, clipped to [0, 1]; 0 until a day and an hour of history |
+| 32 | overdispersion | log10 of the slow noise (EMA, alpha 0.02, of abs(minute-to-minute change) in tpm) over that of Poisson arrivals at the hour's mean load (2 sqrt(mean / pi)), clipped to [-3, 3]; 0 = Poisson |
+
+Features 26..32 (observation version 3) tell loads apart: a smooth daily load reads high periodicity, a low
+forecast error, rise_max and jump_rate; a bursty news-driven one the opposite. They are streaming statistics:
+O(N) work per minute, a (warm-up, N) ring of past forecasts and the history ring's lags warm-up and one day.
+A model's manifest names the features it reads (`FEATURE_SINCE` tells since which version each name has its
+present meaning), so a model trained on an older version keeps working on a newer builder (`policies.onnx_policy`).
 
 A load jump is a sudden rise that a smooth trend and the noise do not explain: the mean of the last 3 minutes
 exceeds the straight line fitted to the 20 minutes before (lags 5..24), extrapolated to them (but at least the
@@ -50,8 +63,10 @@ from types import MappingProxyType
 
 import numpy as np
 
-#: Bump when any feature's meaning changes; models record it and loading refuses a mismatch.
-OBS_VERSION = 2
+#: Bump when features are added or any feature's meaning changes; models record it and the features they read.
+OBS_VERSION = 3
+#: The oldest observation version whose models this build serves (their features by name, `FEATURE_SINCE`).
+MIN_OBS_VERSION = 2
 FEATURE_NAMES = (
     "load",
     "lag1",
@@ -79,8 +94,22 @@ FEATURE_NAMES = (
     "granularity",
     "jump_age",
     "rerise_age",
+    # version 3
+    "fc_ahead",
+    "fc_err",
+    "fc_err_max",
+    "rise_max",
+    "jump_rate",
+    "periodicity",
+    "overdispersion",
 )
 OBS_DIM = len(FEATURE_NAMES)
+#: The observation version since which each feature has its present meaning: a model trained on version v may
+#: read feature f when FEATURE_SINCE[f] <= v (the same name means the same thing). Change a feature's meaning
+#: and you set its entry to the new OBS_VERSION, so older models that read it are refused.
+FEATURE_SINCE: Mapping[str, int] = MappingProxyType(
+    {name: (MIN_OBS_VERSION if i < 26 else 3) for i, name in enumerate(FEATURE_NAMES)}
+)
 #: The column of each feature (`FEATURE_INDEX["ema_fast"] == 6`): the builder writes by name, never by number.
 FEATURE_INDEX: Mapping[str, int] = MappingProxyType({name: i for i, name in enumerate(FEATURE_NAMES)})
 _F = FEATURE_INDEX
@@ -107,6 +136,15 @@ _J_WARMUP = _J_RECENT + _J_GAP + _J_REF + 30
 JUMP_NONE_MINUTES = 1_000_000
 _J_AGE_SCALE, _J_AGE_CLIP = 100.0, 1000
 _J_RERISE_SCALE, _J_RERISE_CLIP = 1000.0, 10_000
+# --- features of version 3 (see `_step_load_kind`) ---
+#: Holt's smoothing of the level and of the trend (per minute).
+_A_HOLT_LEVEL, _A_HOLT_TREND = 0.3, 0.05
+#: EMA of the forecast's absolute error; decay of its leaky maximum (about 6 hours).
+_A_FC_ERR, _DECAY_FC_ERR_MAX = 1.0 / 60.0, 1.0 - 1.0 / 360.0
+#: Periodicity: EMA weight of both mean absolute deviations, and the minutes of comparisons before it reads.
+_A_PERIOD, _PERIOD_SETTLE = 1.0 / DAY_MINUTES, 60
+_JUMP_RATE_SCALE = 10.0
+_OVERDISP_CLIP = 3.0
 
 
 def _jump_weights() -> np.ndarray:
@@ -198,6 +236,12 @@ class LoadHistory:
         return self.count > k
 
 
+def _leaky_max(m: np.ndarray, decay: float, x: np.ndarray) -> None:
+    """m = max(m * decay, x), in place."""
+    m *= decay
+    np.maximum(m, x, out=m)
+
+
 @dataclass
 class Observation:
     """What a policy sees for N groups at one decision."""
@@ -213,6 +257,9 @@ class Observation:
     day_max_tpm: np.ndarray | None = None  #: (N,) leaky daily maximum of the load (feature 8 x R)
     jump_age_minutes: np.ndarray | None = None  #: (N,) minutes since the last detected load jump (feature 24)
     rerise_age_minutes: np.ndarray | None = None  #: (N,) minutes since the last re-rise (feature 25)
+    forecast_tpm: np.ndarray | None = None  #: (N,) load forecast warm-up minutes ahead (feature 26 x R)
+    forecast_error_tpm: np.ndarray | None = None  #: (N,) recent mean absolute error of that forecast (27 x R)
+    forecast_error_max_tpm: np.ndarray | None = None  #: (N,) leaky maximum of that error (28 x R)
 
     @property
     def n(self) -> int:
@@ -252,6 +299,7 @@ class ObservationBuilder:
         self.active = np.zeros(self.n, dtype=np.int64)
         self.warming = np.zeros(self.n, dtype=np.int64)
         self._rows = np.arange(self.n)
+        self._init_load_kind()
 
     def reset(self, rows: np.ndarray | None = None) -> None:
         """Forget the history of `rows` (all when None)."""
@@ -326,6 +374,7 @@ class ObservationBuilder:
             self.active[a] = np.asarray(active, dtype=np.int64)[a]
             self.warming[a] = np.asarray(warming, dtype=np.int64)[a]
             self._detect_jumps(a)
+        self._step_load_kind(load, accept, fresh)
         return accept
 
     def update_where(
@@ -365,6 +414,7 @@ class ObservationBuilder:
         self.active = np.array(active, dtype=np.int64)
         self.warming = np.array(warming, dtype=np.int64)
         self._detect_jumps(None)
+        self._step_load_kind(load, None, None)
         return np.ones(self.n, dtype=bool)
 
     def _stats(self) -> tuple[np.ndarray, ...]:
@@ -421,6 +471,118 @@ class ObservationBuilder:
             jump = self.jump_age > JUMP_REFRACTORY_MINUTES
             self.rerise_age[up & ~jump] = 0
             self.jump_age[up & jump] = 0
+
+    # --- features of version 3: the forecast, its error, burstiness, periodicity, overdispersion -----------------
+    def _init_load_kind(self) -> None:
+        """State of the version-3 features (float64 streaming statistics in tpm, like the others)."""
+        z = lambda: np.zeros(self.n)  # noqa: E731
+        self.holt_level, self.holt_trend, self.fc_now = z(), z(), z()
+        self.fc_err, self.fc_err_max, self.rise_max, self.jump_count = z(), z(), z(), z()
+        self.day_mean, self.period_err, self.period_dev = z(), z(), z()
+        #: the forecasts of the last warm-up minutes: the one made at sample count c lies in row c % rows
+        self.fc_ring = np.zeros((max(self.warmup, 1), self.n))
+
+    def _load_kind_stats(self) -> tuple[np.ndarray, ...]:
+        return (
+            self.holt_level,
+            self.holt_trend,
+            self.fc_now,
+            self.fc_err,
+            self.fc_err_max,
+            self.rise_max,
+            self.jump_count,
+            self.day_mean,
+            self.period_err,
+            self.period_dev,
+        )
+
+    def _step_load_kind(self, load: np.ndarray, rows: np.ndarray | None, fresh: np.ndarray | None) -> None:
+        """One minute of the version-3 statistics for the groups that took a sample (`rows`: bool mask, None =
+        all), after the sample is stored and the jumps detected. `fresh`: the rows that had no history before
+        this sample (their statistics start from it)."""
+        horizon = self.fc_ring.shape[0]
+        if fresh is not None and fresh.any():
+            f = np.nonzero(fresh & (rows if rows is not None else True))[0]
+            for a in (self.holt_level, self.fc_now, self.day_mean):
+                a[f] = load[f]
+            for a in (self.holt_trend, self.fc_err, self.fc_err_max, self.rise_max, self.jump_count):
+                a[f] = 0.0
+            self.period_err[f] = 0.0
+            self.period_dev[f] = 0.0
+            self.fc_ring[:, f] = load[f]
+            step = rows & ~fresh if rows is not None else ~fresh
+        else:
+            step = rows
+        hist = self.history
+        if step is None:
+            idx = None
+        else:
+            if not step.any():
+                return
+            idx = np.nonzero(step)[0]
+            if idx.shape[0] == self.n:
+                idx = None
+        take = (lambda a: a) if idx is None else (lambda a: a[idx])  # noqa: E731
+        x = take(load)
+        count = take(self.count)
+        fired = take((self.jump_age == 0) | (self.rerise_age == 0))
+        back_w = take(hist.lag(horizon))
+        has_day = count > DAY_MINUTES if self.h > DAY_MINUTES else np.zeros(count.shape, dtype=bool)
+        back_day = take(hist.lag(DAY_MINUTES)) if has_day.any() else None
+        stats = self._load_kind_stats() if idx is None else tuple(a[idx] for a in self._load_kind_stats())
+        level, trend, fc_now, fc_err, fc_err_max, rise_max, jump_count, day_mean, p_err, p_dev = stats
+        # the forecast made `horizon` samples ago against what came, then this minute's forecast in its place
+        slot = count % horizon
+        cols = np.arange(self.n) if idx is None else idx
+        if _uniform(slot):
+            made = self.fc_ring[int(slot[0])] if idx is None else self.fc_ring[int(slot[0]), idx]
+        else:
+            made = self.fc_ring[slot, cols]
+        err = np.abs(x - made)
+        fc_err += _A_FC_ERR * (err - fc_err)
+        _leaky_max(fc_err_max, _DECAY_FC_ERR_MAX, err)
+        new_level = _A_HOLT_LEVEL * x + (1.0 - _A_HOLT_LEVEL) * (level + trend)
+        trend += _A_HOLT_TREND * (new_level - level - trend)
+        level[:] = new_level
+        np.maximum(level + horizon * trend, 0.0, out=fc_now)
+        if _uniform(slot) and idx is None:
+            self.fc_ring[int(slot[0])] = fc_now
+        else:
+            self.fc_ring[slot, cols] = fc_now
+        # burstiness: the largest recent rise over the warm-up, and the rate of detected jumps
+        _leaky_max(rise_max, _DECAY_DAY, x - back_w)
+        jump_count *= _DECAY_DAY
+        jump_count += fired
+        # periodicity: how well a day ago explains today, against how far the load strays from its daily mean
+        day_mean += _A_PERIOD * (x - day_mean)
+        if back_day is not None:
+            p_err += np.where(has_day, _A_PERIOD * (np.abs(x - back_day) - p_err), 0.0)
+            p_dev += np.where(has_day, _A_PERIOD * (np.abs(x - day_mean) - p_dev), 0.0)
+        if idx is not None:
+            for a, v in zip(self._load_kind_stats(), stats, strict=True):
+                a[idx] = v
+
+    def _load_kind_features(self, g: np.ndarray, inv: np.ndarray) -> None:
+        """Write features 26..32 into the feature-major rows `g` (`inv`: 1 / R in tpm)."""
+        for name, v in (
+            ("fc_ahead", self.fc_now),
+            ("fc_err", self.fc_err),
+            ("fc_err_max", self.fc_err_max),
+            ("rise_max", self.rise_max),
+        ):
+            np.multiply(v, inv, out=g[_F[name]])
+        np.divide(self.jump_count, _JUMP_RATE_SCALE, out=g[_F["jump_rate"]])
+        p = g[_F["periodicity"]]
+        np.divide(self.period_err, np.maximum(self.period_dev, 1e-12), out=p)
+        np.subtract(1.0, p, out=p)
+        np.clip(p, 0.0, 1.0, out=p)
+        p[(self.count <= DAY_MINUTES + _PERIOD_SETTLE) | (self.period_dev <= 0.0)] = 0.0
+        od = g[_F["overdispersion"]]
+        poisson = 2.0 * np.sqrt(np.maximum(self.ema_mid, 1.0) / np.pi)
+        np.divide(self.noise_slow, poisson, out=od)
+        np.maximum(od, 10.0**-_OVERDISP_CLIP, out=od)
+        np.log10(od, out=od)
+        np.minimum(od, _OVERDISP_CLIP, out=od)
 
     def _mean5(self, k_lo: int) -> np.ndarray:
         """(N,) mean load over the 5 lags k_lo..k_lo + 4, as `LoadHistory.window_mean` computes it (numpy's mean
@@ -489,6 +651,7 @@ class ObservationBuilder:
         g[_F["jump_age"]] /= _J_AGE_SCALE
         np.minimum(self.rerise_age, _J_RERISE_CLIP, out=g[_F["rerise_age"]], casting="unsafe")
         g[_F["rerise_age"]] /= _J_RERISE_SCALE
+        self._load_kind_features(g, inv)
         np.clip(g, -_CLIP, _CLIP, out=g)
         return Observation(
             features=f.astype(np.float32),
@@ -502,4 +665,7 @@ class ObservationBuilder:
             day_max_tpm=self.day_max.copy(),
             jump_age_minutes=self.jump_age.copy(),
             rerise_age_minutes=self.rerise_age.copy(),
+            forecast_tpm=self.fc_now.copy(),
+            forecast_error_tpm=self.fc_err.copy(),
+            forecast_error_max_tpm=self.fc_err_max.copy(),
         )
