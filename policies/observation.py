@@ -500,7 +500,6 @@ class ObservationBuilder:
         """One minute of the version-3 statistics for the groups that took a sample (`rows`: bool mask, None =
         all), after the sample is stored and the jumps detected. `fresh`: the rows that had no history before
         this sample (their statistics start from it)."""
-        horizon = self.fc_ring.shape[0]
         if fresh is not None and fresh.any():
             f = np.nonzero(fresh & (rows if rows is not None else True))[0]
             for a in (self.holt_level, self.fc_now, self.day_mean):
@@ -513,54 +512,95 @@ class ObservationBuilder:
             step = rows & ~fresh if rows is not None else ~fresh
         else:
             step = rows
-        hist = self.history
-        if step is None:
-            idx = None
-        else:
+        idx = None
+        if step is not None and not step.all():
             if not step.any():
                 return
             idx = np.nonzero(step)[0]
-            if idx.shape[0] == self.n:
-                idx = None
-        take = (lambda a: a) if idx is None else (lambda a: a[idx])  # noqa: E731
-        x = take(load)
-        count = take(self.count)
-        fired = take((self.jump_age == 0) | (self.rerise_age == 0))
-        back_w = take(hist.lag(horizon))
-        has_day = count > DAY_MINUTES if self.h > DAY_MINUTES else np.zeros(count.shape, dtype=bool)
-        back_day = take(hist.lag(DAY_MINUTES)) if has_day.any() else None
-        stats = self._load_kind_stats() if idx is None else tuple(a[idx] for a in self._load_kind_stats())
+        hist = self.history
+        back_w = hist.lags(self.fc_ring.shape[0], self.fc_ring.shape[0])[:, 0]
+        has_day = self.h > DAY_MINUTES and bool((self.count > DAY_MINUTES).any())
+        back_day = hist.lags(DAY_MINUTES, DAY_MINUTES)[:, 0] if has_day else None
+        fired = (self.jump_age == 0) | (self.rerise_age == 0)
+        if idx is None:
+            self._load_kind_arithmetic(load, self.count, fired, back_w, back_day, self._load_kind_stats(), None)
+            return
+        stats = tuple(a[idx] for a in self._load_kind_stats())
+        self._load_kind_arithmetic(
+            load[idx], self.count[idx], fired[idx], back_w[idx], None if back_day is None else back_day[idx], stats, idx
+        )
+        for a, v in zip(self._load_kind_stats(), stats, strict=True):
+            a[idx] = v
+
+    def _load_kind_arithmetic(
+        self,
+        x: np.ndarray,
+        count: np.ndarray,
+        fired: np.ndarray,
+        back_w: np.ndarray,
+        back_day: np.ndarray | None,
+        stats: tuple[np.ndarray, ...],
+        idx: np.ndarray | None,
+    ) -> None:
+        """The version-3 statistics of the rows `idx` (None: all) move one minute, in place: `stats` in
+        `_load_kind_stats()` order, `x` their loads, `count` their sample counts (this one included), `fired`
+        whether a jump or re-rise was detected now, `back_w` / `back_day` the loads a warm-up and a day before."""
         level, trend, fc_now, fc_err, fc_err_max, rise_max, jump_count, day_mean, p_err, p_dev = stats
-        # the forecast made `horizon` samples ago against what came, then this minute's forecast in its place
-        slot = count % horizon
-        cols = np.arange(self.n) if idx is None else idx
-        if _uniform(slot):
-            made = self.fc_ring[int(slot[0])] if idx is None else self.fc_ring[int(slot[0]), idx]
+        horizon = self.fc_ring.shape[0]
+        # the forecast made `horizon` samples ago against what came; this minute's forecast takes its place
+        uniform = _uniform(count)
+        cols = self._rows if idx is None else idx
+        if uniform:
+            slot = int(count[0]) % horizon if count.shape[0] else 0
+            made = self.fc_ring[slot] if idx is None else self.fc_ring[slot, idx]
         else:
-            made = self.fc_ring[slot, cols]
-        err = np.abs(x - made)
-        fc_err += _A_FC_ERR * (err - fc_err)
-        _leaky_max(fc_err_max, _DECAY_FC_ERR_MAX, err)
-        new_level = _A_HOLT_LEVEL * x + (1.0 - _A_HOLT_LEVEL) * (level + trend)
-        trend += _A_HOLT_TREND * (new_level - level - trend)
-        level[:] = new_level
-        np.maximum(level + horizon * trend, 0.0, out=fc_now)
-        if _uniform(slot) and idx is None:
-            self.fc_ring[int(slot[0])] = fc_now
+            slots = count % horizon
+            made = self.fc_ring[slots, cols]
+        t = np.subtract(x, made)
+        np.abs(t, out=t)
+        _leaky_max(fc_err_max, _DECAY_FC_ERR_MAX, t)
+        t -= fc_err
+        t *= _A_FC_ERR
+        fc_err += t
+        # Holt: level' = a x + (1 - a)(level + trend); trend' = trend + b (level' - level - trend)
+        new_level = np.add(level, trend)
+        new_level *= 1.0 - _A_HOLT_LEVEL
+        np.multiply(x, _A_HOLT_LEVEL, out=t)
+        new_level += t
+        np.subtract(new_level, level, out=t)
+        t -= trend
+        t *= _A_HOLT_TREND
+        trend += t
+        level[...] = new_level
+        np.multiply(trend, float(horizon), out=fc_now)
+        fc_now += level
+        np.maximum(fc_now, 0.0, out=fc_now)
+        if uniform and idx is None:
+            self.fc_ring[slot] = fc_now
+        elif uniform:
+            self.fc_ring[slot, idx] = fc_now
         else:
-            self.fc_ring[slot, cols] = fc_now
+            self.fc_ring[slots, cols] = fc_now
         # burstiness: the largest recent rise over the warm-up, and the rate of detected jumps
-        _leaky_max(rise_max, _DECAY_DAY, x - back_w)
+        np.subtract(x, back_w, out=t)
+        _leaky_max(rise_max, _DECAY_DAY, t)
         jump_count *= _DECAY_DAY
         jump_count += fired
         # periodicity: how well a day ago explains today, against how far the load strays from its daily mean
-        day_mean += _A_PERIOD * (x - day_mean)
-        if back_day is not None:
-            p_err += np.where(has_day, _A_PERIOD * (np.abs(x - back_day) - p_err), 0.0)
-            p_dev += np.where(has_day, _A_PERIOD * (np.abs(x - day_mean) - p_dev), 0.0)
-        if idx is not None:
-            for a, v in zip(self._load_kind_stats(), stats, strict=True):
-                a[idx] = v
+        np.subtract(x, day_mean, out=t)
+        t *= _A_PERIOD
+        day_mean += t
+        if back_day is None:
+            return
+        has = count > DAY_MINUTES
+        for acc, ref in ((p_err, back_day), (p_dev, day_mean)):
+            np.subtract(x, ref, out=t)
+            np.abs(t, out=t)
+            t -= acc
+            t *= _A_PERIOD
+            if not has.all():
+                t *= has
+            acc += t
 
     def _load_kind_features(self, g: np.ndarray, inv: np.ndarray) -> None:
         """Write features 26..32 into the feature-major rows `g` (`inv`: 1 / R in tpm)."""
@@ -573,13 +613,18 @@ class ObservationBuilder:
             np.multiply(v, inv, out=g[_F[name]])
         np.divide(self.jump_count, _JUMP_RATE_SCALE, out=g[_F["jump_rate"]])
         p = g[_F["periodicity"]]
-        np.divide(self.period_err, np.maximum(self.period_dev, 1e-12), out=p)
+        np.maximum(self.period_dev, 1e-12, out=p)
+        np.divide(self.period_err, p, out=p)
         np.subtract(1.0, p, out=p)
-        np.clip(p, 0.0, 1.0, out=p)
-        p[(self.count <= DAY_MINUTES + _PERIOD_SETTLE) | (self.period_dev <= 0.0)] = 0.0
+        np.maximum(p, 0.0, out=p)
+        ready = (self.count > DAY_MINUTES + _PERIOD_SETTLE) & (self.period_dev > 0.0)
+        if not ready.all():
+            p *= ready
         od = g[_F["overdispersion"]]
-        poisson = 2.0 * np.sqrt(np.maximum(self.ema_mid, 1.0) / np.pi)
-        np.divide(self.noise_slow, poisson, out=od)
+        np.maximum(self.ema_mid, 1.0, out=od)
+        np.sqrt(od, out=od)
+        od *= 2.0 / np.sqrt(np.pi)  # the mean absolute minute-to-minute change of Poisson arrivals
+        np.divide(self.noise_slow, od, out=od)
         np.maximum(od, 10.0**-_OVERDISP_CLIP, out=od)
         np.log10(od, out=od)
         np.minimum(od, _OVERDISP_CLIP, out=od)
