@@ -31,6 +31,19 @@ service reads the same numbers on a 600-machine one.
 | 23 | granularity | 1 / R (how big one machine is against the load) |
 | 24 | jump_age | minutes since the last detected load jump / 100 (clipped to 10; 10 when none was seen) |
 | 25 | rerise_age | minutes since the last re-rise / 1000 (clipped to 10; 10 when none was seen) |
+| 26 | fc_ahead | Holt (level + trend) forecast of the load warm-up minutes ahead / R (>= 0) |
+| 27 | fc_err | EMA (alpha 1/60) of abs(load - the fc_ahead made warm-up minutes ago) / R (>= 0; 0 on a ramp) |
+| 28 | fc_err_max | leaky maximum of that error (decays 1/360 per minute: a high quantile of the last hours) / R |
+| 29 | rise_max | leaky maximum of the rise over the warm-up (load - load warm-up minutes before; decays 1/1440 per minute) / R |
+| 30 | jump_rate | leaky count of load jumps and re-rises (decays 1/1440 per minute: about those of the last day) / 10 |
+| 31 | periodicity | 1 - EMA abs(load - load a day ago) / EMA abs(load - its daily mean), both alpha 1/1440, clipped to [0, 1]; 0 until a day and an hour of history |
+| 32 | overdispersion | log10 of the slow noise (EMA, alpha 0.02, of abs(minute-to-minute change) in tpm) over that of Poisson arrivals at the hour's mean load (2 sqrt(mean / pi)), clipped to [-3, 3]; 0 = Poisson |
+
+Features 26..32 (observation version 3) tell loads apart: a smooth daily load reads high periodicity, a low
+forecast error, rise_max and jump_rate; a bursty news-driven one the opposite. They are streaming statistics:
+O(N) work per minute, a (warm-up, N) ring of past forecasts and the history ring's lags warm-up and one day.
+A model's manifest names the features it reads (`FEATURE_SINCE` tells since which version each name has its
+present meaning), so a model trained on an older version keeps working on a newer builder (`policies.onnx_policy`).
 
 A load jump is a sudden rise that a smooth trend and the noise do not explain: the mean of the last 3 minutes
 exceeds the straight line fitted to the 20 minutes before (lags 5..24), extrapolated to them (but at least the
@@ -54,8 +67,10 @@ import numpy as np
 from fleetpilot.policies.rise_tail import RiseTail
 from fleetpilot.policies.rowstore import RowStore
 
-#: Bump when any feature's meaning changes; models record it and loading refuses a mismatch.
-OBS_VERSION = 2
+#: Bump when features are added or any feature's meaning changes; models record it and the features they read.
+OBS_VERSION = 3
+#: The oldest observation version whose models this build serves (their features by name, `FEATURE_SINCE`).
+MIN_OBS_VERSION = 2
 FEATURE_NAMES = (
     "load",
     "lag1",
@@ -83,8 +98,22 @@ FEATURE_NAMES = (
     "granularity",
     "jump_age",
     "rerise_age",
+    # version 3
+    "fc_ahead",
+    "fc_err",
+    "fc_err_max",
+    "rise_max",
+    "jump_rate",
+    "periodicity",
+    "overdispersion",
 )
 OBS_DIM = len(FEATURE_NAMES)
+#: The observation version since which each feature has its present meaning: a model trained on version v may
+#: read feature f when FEATURE_SINCE[f] <= v (the same name means the same thing). Change a feature's meaning
+#: and you set its entry to the new OBS_VERSION, so older models that read it are refused.
+FEATURE_SINCE: Mapping[str, int] = MappingProxyType(
+    {name: (MIN_OBS_VERSION if i < 26 else 3) for i, name in enumerate(FEATURE_NAMES)}
+)
 #: The column of each feature (`FEATURE_INDEX["ema_fast"] == 6`): the builder writes by name, never by number.
 FEATURE_INDEX: Mapping[str, int] = MappingProxyType({name: i for i, name in enumerate(FEATURE_NAMES)})
 _F = FEATURE_INDEX
@@ -111,6 +140,15 @@ _J_WARMUP = _J_RECENT + _J_GAP + _J_REF + 30
 JUMP_NONE_MINUTES = 1_000_000
 _J_AGE_SCALE, _J_AGE_CLIP = 100.0, 1000
 _J_RERISE_SCALE, _J_RERISE_CLIP = 1000.0, 10_000
+# --- features of version 3 (see `_step_load_kind`) ---
+#: Holt's smoothing of the level and of the trend (per minute).
+_A_HOLT_LEVEL, _A_HOLT_TREND = 0.3, 0.05
+#: EMA of the forecast's absolute error; decay of its leaky maximum (about 6 hours).
+_A_FC_ERR, _DECAY_FC_ERR_MAX = 1.0 / 60.0, 1.0 - 1.0 / 360.0
+#: Periodicity: EMA weight of both mean absolute deviations, and the minutes of comparisons before it reads.
+_A_PERIOD, _PERIOD_SETTLE = 1.0 / DAY_MINUTES, 60
+_JUMP_RATE_SCALE = 10.0
+_OVERDISP_CLIP = 3.0
 
 
 def _jump_weights() -> np.ndarray:
@@ -203,6 +241,12 @@ class LoadHistory:
         return self.count > k
 
 
+def _leaky_max(m: np.ndarray, decay: float, x: np.ndarray) -> None:
+    """m = max(m * decay, x), in place."""
+    m *= decay
+    np.maximum(m, x, out=m)
+
+
 @dataclass
 class Observation:
     """What a policy sees for N groups at one decision."""
@@ -221,6 +265,9 @@ class Observation:
     #: the tail of each group's own rises over the warm-up horizon (policies.rise_tail; the builder's live state,
     #: to read during this minute)
     rise: RiseTail | None = None
+    forecast_tpm: np.ndarray | None = None  #: (N,) load forecast warm-up minutes ahead (feature 26 x R)
+    forecast_error_tpm: np.ndarray | None = None  #: (N,) recent mean absolute error of that forecast (27 x R)
+    forecast_error_max_tpm: np.ndarray | None = None  #: (N,) leaky maximum of that error (28 x R)
 
     @property
     def n(self) -> int:
@@ -268,6 +315,7 @@ class ObservationBuilder:
         self.warming = np.zeros(self.n, dtype=np.int64)
         self._rows = np.arange(self.n)
         self.rise = RiseTail(self.n, self.warmup)
+        self._init_load_kind()
 
     def reset(self, rows: np.ndarray | None = None) -> None:
         """Forget the history of `rows` (all when None)."""
@@ -344,6 +392,7 @@ class ObservationBuilder:
             self.active[a] = np.asarray(active, dtype=np.int64)[a]
             self.warming[a] = np.asarray(warming, dtype=np.int64)[a]
             self._after_sample(a)
+        self._step_load_kind(load, accept, fresh)
         self.store.release()
         return accept
 
@@ -384,6 +433,7 @@ class ObservationBuilder:
         self.active = np.array(active, dtype=np.int64)
         self.warming = np.array(warming, dtype=np.int64)
         self._after_sample(None)
+        self._step_load_kind(load, None, None)
         self.store.release()
         return np.ones(self.n, dtype=bool)
 
@@ -456,6 +506,163 @@ class ObservationBuilder:
             self.buf[lo : lo + step, cols] = values
             self.store.release()
 
+    # --- features of version 3: the forecast, its error, burstiness, periodicity, overdispersion -----------------
+    def _init_load_kind(self) -> None:
+        """State of the version-3 features (float64 streaming statistics in tpm, like the others)."""
+        z = lambda: np.zeros(self.n)  # noqa: E731
+        self.holt_level, self.holt_trend, self.fc_now = z(), z(), z()
+        self.fc_err, self.fc_err_max, self.rise_max, self.jump_count = z(), z(), z(), z()
+        self.day_mean, self.period_err, self.period_dev = z(), z(), z()
+        #: the forecasts of the last warm-up minutes: the one made at sample count c lies in row c % rows
+        self.fc_ring = np.zeros((max(self.warmup, 1), self.n))
+
+    def _load_kind_stats(self) -> tuple[np.ndarray, ...]:
+        return (
+            self.holt_level,
+            self.holt_trend,
+            self.fc_now,
+            self.fc_err,
+            self.fc_err_max,
+            self.rise_max,
+            self.jump_count,
+            self.day_mean,
+            self.period_err,
+            self.period_dev,
+        )
+
+    def _step_load_kind(self, load: np.ndarray, rows: np.ndarray | None, fresh: np.ndarray | None) -> None:
+        """One minute of the version-3 statistics for the groups that took a sample (`rows`: bool mask, None =
+        all), after the sample is stored and the jumps detected. `fresh`: the rows that had no history before
+        this sample (their statistics start from it)."""
+        if fresh is not None and fresh.any():
+            f = np.nonzero(fresh & (rows if rows is not None else True))[0]
+            for a in (self.holt_level, self.fc_now, self.day_mean):
+                a[f] = load[f]
+            for a in (self.holt_trend, self.fc_err, self.fc_err_max, self.rise_max, self.jump_count):
+                a[f] = 0.0
+            self.period_err[f] = 0.0
+            self.period_dev[f] = 0.0
+            self.fc_ring[:, f] = load[f]
+            step = rows & ~fresh if rows is not None else ~fresh
+        else:
+            step = rows
+        idx = None
+        if step is not None and not step.all():
+            if not step.any():
+                return
+            idx = np.nonzero(step)[0]
+        hist = self.history
+        back_w = hist.lags(self.fc_ring.shape[0], self.fc_ring.shape[0])[:, 0]
+        has_day = self.h > DAY_MINUTES and bool((self.count > DAY_MINUTES).any())
+        back_day = hist.lags(DAY_MINUTES, DAY_MINUTES)[:, 0] if has_day else None
+        fired = (self.jump_age == 0) | (self.rerise_age == 0)
+        if idx is None:
+            self._load_kind_arithmetic(load, self.count, fired, back_w, back_day, self._load_kind_stats(), None)
+            return
+        stats = tuple(a[idx] for a in self._load_kind_stats())
+        self._load_kind_arithmetic(
+            load[idx], self.count[idx], fired[idx], back_w[idx], None if back_day is None else back_day[idx], stats, idx
+        )
+        for a, v in zip(self._load_kind_stats(), stats, strict=True):
+            a[idx] = v
+
+    def _load_kind_arithmetic(
+        self,
+        x: np.ndarray,
+        count: np.ndarray,
+        fired: np.ndarray,
+        back_w: np.ndarray,
+        back_day: np.ndarray | None,
+        stats: tuple[np.ndarray, ...],
+        idx: np.ndarray | None,
+    ) -> None:
+        """The version-3 statistics of the rows `idx` (None: all) move one minute, in place: `stats` in
+        `_load_kind_stats()` order, `x` their loads, `count` their sample counts (this one included), `fired`
+        whether a jump or re-rise was detected now, `back_w` / `back_day` the loads a warm-up and a day before."""
+        level, trend, fc_now, fc_err, fc_err_max, rise_max, jump_count, day_mean, p_err, p_dev = stats
+        horizon = self.fc_ring.shape[0]
+        # the forecast made `horizon` samples ago against what came; this minute's forecast takes its place
+        uniform = _uniform(count)
+        cols = self._rows if idx is None else idx
+        if uniform:
+            slot = int(count[0]) % horizon if count.shape[0] else 0
+            made = self.fc_ring[slot] if idx is None else self.fc_ring[slot, idx]
+        else:
+            slots = count % horizon
+            made = self.fc_ring[slots, cols]
+        t = np.subtract(x, made)
+        np.abs(t, out=t)
+        _leaky_max(fc_err_max, _DECAY_FC_ERR_MAX, t)
+        t -= fc_err
+        t *= _A_FC_ERR
+        fc_err += t
+        # Holt: level' = a x + (1 - a)(level + trend); trend' = trend + b (level' - level - trend)
+        new_level = np.add(level, trend)
+        new_level *= 1.0 - _A_HOLT_LEVEL
+        np.multiply(x, _A_HOLT_LEVEL, out=t)
+        new_level += t
+        np.subtract(new_level, level, out=t)
+        t -= trend
+        t *= _A_HOLT_TREND
+        trend += t
+        level[...] = new_level
+        np.multiply(trend, float(horizon), out=fc_now)
+        fc_now += level
+        np.maximum(fc_now, 0.0, out=fc_now)
+        if uniform and idx is None:
+            self.fc_ring[slot] = fc_now
+        elif uniform:
+            self.fc_ring[slot, idx] = fc_now
+        else:
+            self.fc_ring[slots, cols] = fc_now
+        # burstiness: the largest recent rise over the warm-up, and the rate of detected jumps
+        np.subtract(x, back_w, out=t)
+        _leaky_max(rise_max, _DECAY_DAY, t)
+        jump_count *= _DECAY_DAY
+        jump_count += fired
+        # periodicity: how well a day ago explains today, against how far the load strays from its daily mean
+        np.subtract(x, day_mean, out=t)
+        t *= _A_PERIOD
+        day_mean += t
+        if back_day is None:
+            return
+        has = count > DAY_MINUTES
+        for acc, ref in ((p_err, back_day), (p_dev, day_mean)):
+            np.subtract(x, ref, out=t)
+            np.abs(t, out=t)
+            t -= acc
+            t *= _A_PERIOD
+            if not has.all():
+                t *= has
+            acc += t
+
+    def _load_kind_features(self, g: np.ndarray, inv: np.ndarray) -> None:
+        """Write features 26..32 into the feature-major rows `g` (`inv`: 1 / R in tpm)."""
+        for name, v in (
+            ("fc_ahead", self.fc_now),
+            ("fc_err", self.fc_err),
+            ("fc_err_max", self.fc_err_max),
+            ("rise_max", self.rise_max),
+        ):
+            np.multiply(v, inv, out=g[_F[name]])
+        np.divide(self.jump_count, _JUMP_RATE_SCALE, out=g[_F["jump_rate"]])
+        p = g[_F["periodicity"]]
+        np.maximum(self.period_dev, 1e-12, out=p)
+        np.divide(self.period_err, p, out=p)
+        np.subtract(1.0, p, out=p)
+        np.maximum(p, 0.0, out=p)
+        ready = (self.count > DAY_MINUTES + _PERIOD_SETTLE) & (self.period_dev > 0.0)
+        if not ready.all():
+            p *= ready
+        od = g[_F["overdispersion"]]
+        np.maximum(self.ema_mid, 1.0, out=od)
+        np.sqrt(od, out=od)
+        od *= 2.0 / np.sqrt(np.pi)  # the mean absolute minute-to-minute change of Poisson arrivals
+        np.divide(self.noise_slow, od, out=od)
+        np.maximum(od, 10.0**-_OVERDISP_CLIP, out=od)
+        np.log10(od, out=od)
+        np.minimum(od, _OVERDISP_CLIP, out=od)
+
     def _mean5(self, k_lo: int) -> np.ndarray:
         """(N,) mean load over the 5 lags k_lo..k_lo + 4, as `LoadHistory.window_mean` computes it (numpy's mean
         of 5 float64 values adds them in order, then divides by 5; a test holds the two equal), with the lags
@@ -524,6 +731,7 @@ class ObservationBuilder:
         g[_F["jump_age"]] /= _J_AGE_SCALE
         np.minimum(self.rerise_age, _J_RERISE_CLIP, out=g[_F["rerise_age"]], casting="unsafe")
         g[_F["rerise_age"]] /= _J_RERISE_SCALE
+        self._load_kind_features(g, inv)
         np.clip(g, -_CLIP, _CLIP, out=g)
         return Observation(
             features=f.astype(np.float32),
@@ -538,4 +746,7 @@ class ObservationBuilder:
             jump_age_minutes=self.jump_age.copy(),
             rerise_age_minutes=self.rerise_age.copy(),
             rise=self.rise,
+            forecast_tpm=self.fc_now.copy(),
+            forecast_error_tpm=self.fc_err.copy(),
+            forecast_error_max_tpm=self.fc_err_max.copy(),
         )

@@ -8,7 +8,15 @@ or `..`; utilization in [0.05, 1], cushion in [0, 10], ...); the observation spe
 sha256 of its bytes equals the manifest's, and those very bytes are what onnxruntime loads. Any mismatch raises
 `ModelError` with a message that says which check failed.
 
-Input `features` (N, OBS_DIM) float32 -> outputs `action` (N,) int64 (argmax) and `logits` (N, A) float32.
+A model reads the features its manifest names (`observation.features`), by name: a model trained on an older
+observation version (at least `MIN_OBS_VERSION`) keeps working on this builder when every feature it names still
+has the meaning it was trained on (`FEATURE_SINCE[name] <= its version`). A name this build does not compute, a
+feature whose meaning changed since, a version newer than this build's, or a list that disagrees with `dim`
+is refused. The shipped `default` (version 2, the first 26 features) runs unchanged on version 3.
+
+Input `features` (N, len(manifest features)) float32, the builder's columns of those names in the manifest's
+order -> outputs `action` (N,) int64 (argmax) and `logits` (N, A) float32. `OnnxPolicy.actions` takes the
+builder's (N, OBS_DIM) features and selects the columns itself.
 """
 
 from __future__ import annotations
@@ -31,7 +39,14 @@ from fleetpilot.policies.files import (
     open_regular,
     read_regular,
 )
-from fleetpilot.policies.observation import OBS_DIM, OBS_VERSION, Observation
+from fleetpilot.policies.observation import (
+    FEATURE_INDEX,
+    FEATURE_SINCE,
+    MIN_OBS_VERSION,
+    OBS_DIM,
+    OBS_VERSION,
+    Observation,
+)
 
 MANIFEST_FORMAT = 1
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -139,6 +154,41 @@ def read_manifest(model_dir: str | Path) -> dict:
     return m
 
 
+def feature_columns(d: str | Path, manifest: dict) -> np.ndarray:
+    """(k,) int64: the builder's column of each feature the model reads, in the model's input order; raises
+    ModelError naming the first feature or field this build cannot serve (module docstring)."""
+    obs = manifest["observation"]
+    version, dim, names = obs.get("version"), obs.get("dim"), obs.get("features")
+    if not MIN_OBS_VERSION <= version <= OBS_VERSION:
+        raise ModelError(
+            f"{d}: trained on observation spec v{version} ({dim} features); this build builds v{OBS_VERSION} "
+            f"({OBS_DIM} features) and serves models of v{MIN_OBS_VERSION}..v{OBS_VERSION}: retrain or use a "
+            "matching build"
+        )
+    if names is None:
+        if version == OBS_VERSION and dim == OBS_DIM:
+            return np.arange(OBS_DIM)
+        raise ModelError(f"{d}: observation.features: missing; a v{version} model must name the features it reads")
+    if len(names) != dim:
+        raise ModelError(f"{d}: observation.features: {len(names)} names but observation.dim is {dim}")
+    seen: set[str] = set()
+    for name in names:
+        if name not in FEATURE_INDEX:
+            raise ModelError(
+                f"{d}: observation.features: {str(name)[:80]!r} is not a feature of this build "
+                f"(observation spec v{OBS_VERSION}): retrain or use a matching build"
+            )
+        if FEATURE_SINCE[name] > version:
+            raise ModelError(
+                f"{d}: observation.features: {name!r} means something else since observation spec "
+                f"v{FEATURE_SINCE[name]} (the model was trained on v{version}): retrain"
+            )
+        if name in seen:
+            raise ModelError(f"{d}: observation.features: {name!r} is named twice")
+        seen.add(name)
+    return np.array([FEATURE_INDEX[name] for name in names], dtype=np.int64)
+
+
 def verify(model_dir: str | Path) -> tuple[dict, Path]:
     """The manifest and the model path, after every check; raises ModelError."""
     m, model, _ = verified_model(model_dir)
@@ -149,12 +199,7 @@ def verified_model(model_dir: str | Path) -> tuple[dict, Path, bytes]:
     """The manifest, the model path and the very bytes whose sha256 was checked; raises ModelError."""
     d = Path(model_dir)
     m = read_manifest(d)
-    obs = m["observation"]
-    if obs.get("version") != OBS_VERSION or obs.get("dim") != OBS_DIM:
-        raise ModelError(
-            f"{d}: trained on observation spec v{obs.get('version')} ({obs.get('dim')} features); "
-            f"this build builds v{OBS_VERSION} ({OBS_DIM} features): retrain or use a matching build"
-        )
+    feature_columns(d, m)
     model = d / m["model_file"]
     if not model.exists():
         raise ModelError(f"{d}: model file {m['model_file']} is missing")
@@ -199,6 +244,9 @@ class OnnxPolicy(Policy):
         self.providers = providers
         self.mapping = ActionMapping.from_json(manifest["action_mapping"])
         self.last_logits: np.ndarray | None = None
+        cols = feature_columns(name, manifest)
+        #: the builder's columns the model reads (None: all of them, in order)
+        self.columns: np.ndarray | None = None if np.array_equal(cols, np.arange(OBS_DIM)) else cols
 
     @classmethod
     def load(cls, model_dir: str | Path, providers: list[str] | None = None, threads: int | None = None) -> OnnxPolicy:
@@ -213,15 +261,25 @@ class OnnxPolicy(Policy):
             sess = ort.InferenceSession(data, sess_options=opts, providers=chosen)  # the bytes that were hashed
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ModelError(f"{model}: onnxruntime cannot load it: {str(exc).splitlines()[0]}") from None
+        width = manifest["observation"]["dim"]
+        inputs = {i.name: i.shape for i in sess.get_inputs()}
+        shape = inputs.get("features")
+        if shape is None or len(shape) != 2 or (isinstance(shape[1], int) and shape[1] != width):
+            raise ModelError(
+                f"{model}: its input 'features' is {shape}, the manifest's observation.dim is {width} "
+                f"(inputs: {sorted(inputs)[:5]})"
+            )
         return cls(manifest.get("name", Path(model_dir).name), sess, manifest, chosen)
 
     def reset(self, n: int) -> None:
         pass
 
     def actions(self, features: np.ndarray) -> np.ndarray:
-        action, logits = self.session.run(
-            ["action", "logits"], {"features": np.ascontiguousarray(features, np.float32)}
-        )
+        """The actions for the builder's (N, OBS_DIM) features (the model reads its own columns of them)."""
+        if features.ndim != 2 or features.shape[1] != OBS_DIM:
+            raise ValueError(f"model {self.name}: expected (N, {OBS_DIM}) features, got {features.shape}")
+        x = features if self.columns is None else features[:, self.columns]
+        action, logits = self.session.run(["action", "logits"], {"features": np.ascontiguousarray(x, np.float32)})
         if not np.all(np.isfinite(logits)):
             raise ModelError(f"model {self.name}: non-finite output")
         self.last_logits = logits

@@ -131,7 +131,17 @@ CASES = [
     ("corrupt", _corrupt, "onnxruntime cannot load it"),
     ("sha256", _flip_a_byte, "sha256"),
     ("obs-version", None, f"this build builds v{OBS_VERSION}"),
+    ("unknown-feature", None, "'moon_phase' is not a feature of this build"),
+    ("changed-meaning", None, "'fc_ahead' means something else since observation spec v3"),
+    ("features-vs-dim", None, "observation.features: 2 names but observation.dim is"),
 ]
+
+
+def _edit_observation(d: Path, **changes) -> Path:
+    m = json.loads((d / "manifest.json").read_text())
+    m["observation"].update(changes)
+    (d / "manifest.json").write_text(json.dumps(m))
+    return d
 
 
 def bad_model(tmp_path: Path, case: str, damage) -> Path:
@@ -140,6 +150,13 @@ def bad_model(tmp_path: Path, case: str, damage) -> Path:
         return tmp_path / "models" / "nope"
     if case == "obs-version":
         return write_model(tmp_path / "model", obs_version=OBS_VERSION + 1)
+    if case == "unknown-feature":  # a model naming a feature this build does not compute
+        return _edit_observation(write_model(tmp_path / "model"), features=[*FEATURE_NAMES[:-1], "moon_phase"])
+    if case == "changed-meaning":  # a v2 model that claims a feature whose (present) meaning came with v3
+        names = [*FEATURE_NAMES[:25], "fc_ahead"]
+        return _edit_observation(write_model(tmp_path / "model"), version=2, dim=26, features=names)
+    if case == "features-vs-dim":
+        return _edit_observation(write_model(tmp_path / "model"), features=["load", "lag1"])
     model = write_model(tmp_path / "model")
     damage(model)
     return model
@@ -176,9 +193,10 @@ def test_a_bad_model_is_refused_before_any_decision(tmp_path, case, damage, reas
     assert not (tmp_path / "j.sqlite").exists() or not read_decisions(tmp_path / "j.sqlite")
 
 
-@pytest.mark.parametrize(
-    "case, damage, reason", [c for c in CASES if c[0] in ("missing-dir", "sha256")], ids=["missing-dir", "sha256"]
-)
+_CLI_CASES = ("missing-dir", "sha256", "unknown-feature", "changed-meaning")
+
+
+@pytest.mark.parametrize("case, damage, reason", [c for c in CASES if c[0] in _CLI_CASES], ids=list(_CLI_CASES))
 def test_fleetpilot_run_refuses_a_bad_model_with_one_line_and_exit_2(tmp_path, case, damage, reason):
     p = run_once(write_config(tmp_path, str(bad_model(tmp_path, case, damage))))
     lines = p.stderr.strip().splitlines()

@@ -712,6 +712,7 @@ def cmd_policies_list(args) -> int:
 
 
 def cmd_policies_inspect(args) -> int:
+    from fleetpilot.policies.observation import OBS_DIM
     from fleetpilot.policies.onnx_policy import verify
     from fleetpilot.policies.registry import RULES, make_policy, model_dir
 
@@ -723,7 +724,8 @@ def cmd_policies_inspect(args) -> int:
     if d is None:
         raise CliError(f"unknown policy {args.name!r}")
     manifest, model = verify(d)
-    manifest = dict(manifest, path=str(d), verified="sha256 and observation spec match")
+    reads = f"reads {manifest['observation']['dim']} of this build's {OBS_DIM} features by name"
+    manifest = dict(manifest, path=str(d), verified=f"sha256 and observation spec match ({reads})")
     print(json.dumps(manifest, indent=2))
     return 0
 

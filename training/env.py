@@ -10,7 +10,7 @@ as a `WebFleetEnv` seeded with s + i on the same load (test).
 | meaning | a - D machines: positive orders machines (they join after the warm-up), negative removes active ones at once |
 
 ## Observation
-`Box(-10, 10, (24,), float32)`: the features of `policies.observation` (scale-free, version `OBS_VERSION`).
+`Box(-10, 10, (OBS_DIM,), float32)`: the features of `policies.observation` (scale-free, version `OBS_VERSION`).
 
 ## Reward
 Per minute, in US dollars: served transactions x $0.90 / 1000 - active machines x $0.05 - $200 if less than
