@@ -207,3 +207,17 @@ def test_training_with_newsvendor_actions_exports_a_model_that_uses_them(tmp_pat
     assert pol.mapping.n == 4 + 3
     obs = feed(np.stack([steps(3000, 250, 0.7)])).observation()
     assert pol.decide(obs).desired[0] >= 1
+
+
+def test_the_recorded_experiment_config_is_a_valid_training_config():
+    """docs/experiments/ppo-broad-newsvendor.yaml (README, "What was tried") loads as the train command reads it."""
+    import argparse
+    from pathlib import Path
+
+    from fleetpilot.policies.actions import ActionMapping
+    from fleetpilot.training.cli import _train_config
+
+    path = Path(__file__).resolve().parents[1] / "docs" / "experiments" / "ppo-broad-newsvendor.yaml"
+    cfg, _ = _train_config(str(path), argparse.Namespace(steps=None, seed=None))
+    mapping = ActionMapping.from_json(cfg.mapping)
+    assert mapping.newsvendor_risk == (0.25, 0.5, 1.0, 2.0, 4.0) and mapping.n == mapping.n_grid + 5
