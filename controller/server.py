@@ -14,11 +14,10 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.metrics_core import Metric
 
 #: A check returns (ok, details for the JSON body).
 Check = Callable[[], tuple[bool, dict]]
@@ -33,23 +32,6 @@ IDLE_TIMEOUT_SECONDS = 10.0
 #: A connection open this long is shut down, however busy it looks (seconds).
 REQUEST_DEADLINE_SECONDS = 30.0
 _BUSY = b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-
-
-class _Family:
-    """A registry of one collected metric family, for `generate_latest`."""
-
-    def __init__(self, family: Metric):
-        self.family = family
-
-    def collect(self) -> list[Metric]:
-        return [self.family]
-
-
-def exposition(registry: CollectorRegistry) -> Iterator[bytes]:
-    """The /metrics text exposition, one metric family at a time: the same bytes as `generate_latest(registry)`
-    joined, but a scrape of 10,000 groups holds one family's text at a time instead of the whole (12 MB)."""
-    for family in registry.collect():
-        yield generate_latest(_Family(family))
 
 
 class _BoundedHTTPServer(ThreadingHTTPServer):
@@ -141,13 +123,8 @@ class StatusServer:
                     except Exception:  # a page bug is a 500 and a log line, never a dropped connection
                         log.exception("page failed", extra={"path": path})
                         body, ctype, code = b'{"error": "internal error; see the daemon log"}', "application/json", 500
-                elif path == "/metrics":  # streamed: HTTP/1.0, the end of the body is the end of the connection
-                    self.send_response(200)
-                    self.send_header("Content-Type", CONTENT_TYPE_LATEST)
-                    self.end_headers()
-                    for chunk in exposition(registry_):
-                        self.wfile.write(chunk)
-                    return
+                elif path == "/metrics":
+                    body, ctype, code = generate_latest(registry_), CONTENT_TYPE_LATEST, 200
                 elif path in checks:
                     ok, details = checks[path]()
                     body = json.dumps({"ok": ok, **details}).encode()

@@ -241,28 +241,3 @@ def test_metrics_children_of_group_series_are_cached_series():
     child.set(4)
     assert m.registry.get_sample_value("fleetpilot_machines", {"group": "web", "state": "active"}) == 4
     assert m.registry.get_sample_value("fleetpilot_backend_errors_total", {"group": "web"}) == 0
-
-
-def test_metrics_are_streamed_family_by_family_with_the_bytes_of_one_exposition():
-    """/metrics sends each family's text as it is made (a scrape of 10,000 groups never holds all 12 MB), and
-    what arrives is byte for byte what prometheus_client's generate_latest makes of the whole registry."""
-    import urllib.request
-
-    from fleetpilot.controller.server import StatusServer, exposition
-
-    reg = CollectorRegistry()
-    m = Metrics(reg)
-    for i in range(300):
-        m.machines.labels(f"g{i}", "active").set(i)
-        m.decisions.labels(f"g{i}", "up", "policy").inc(i % 7)
-    chunks = list(exposition(reg))
-    assert len(chunks) > 3 and max(map(len, chunks)) < 0.8 * sum(map(len, chunks))  # never the whole at once
-    assert b"".join(chunks) == generate_latest(reg)
-    srv = StatusServer("127.0.0.1", 0, reg, lambda: (True, {}), lambda: (True, {}))
-    srv.start()
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{srv.address[1]}/metrics", timeout=10) as r:
-            body, ctype = r.read(), r.headers["Content-Type"]
-    finally:
-        srv.stop()
-    assert ctype.startswith("text/plain") and body == generate_latest(reg)
