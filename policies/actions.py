@@ -91,14 +91,17 @@ class ActionMapping:
     def target(self, k: np.ndarray, obs: Observation) -> np.ndarray:
         """The fleet action k asks for (machines)."""
         k = np.broadcast_to(np.asarray(k, dtype=np.int64), (obs.n,))
+        if k.size and (k.min() < 0 or k.max() >= self.n):
+            raise ValueError(f"action outside [0, {self.n})")
         g = np.minimum(k, self.n_grid - 1)
         day_max = obs.day_max_tpm if obs.day_max_tpm is not None else obs.load_tpm
         with np.errstate(over="ignore"):
             need = (self.base_load(obs) + self._c[g] * day_max) / (obs.capacity_tpm_per_machine * self._u[g])
-        nv = k >= self.n_grid
-        if nv.any():
-            risk = np.asarray(self.newsvendor_risk + (1.0,))[np.where(nv, k - self.n_grid, len(self.newsvendor_risk))]
-            need = np.where(nv, newsvendor_machines(obs, NewsvendorParams(), risk), need)
+        nv = np.nonzero(k >= self.n_grid)[0]
+        if nv.size:  # the newsvendor's fleet for the rows that chose it
+            risk = np.asarray(self.newsvendor_risk)[k[nv] - self.n_grid]
+            need = need.copy()
+            need[nv] = newsvendor_machines(obs, NewsvendorParams(), risk, rows=nv)
         return saturated_machines(need)
 
     def desired(self, k: np.ndarray, obs: Observation) -> np.ndarray:

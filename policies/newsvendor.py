@@ -8,7 +8,7 @@ by how often such a rise came. A fleet of C machines then costs
     machine cost x C  +  downtime penalty x sum over scenarios of P(scenario) x P(down | scenario load, C)
 
 where P(down) comes from the per-machine capacity noise (normal, `capacity_sigma_share` of the capacity): a minute
-is down when the fleet serves less than `downtime_served_share` of the load. The candidates are the fleets that
+is down when the fleet's capacity is below `downtime_served_share` of the load. The candidates are the fleets that
 cover each scenario at 0, 1.5 and 3 standard deviations of the capacity noise; the cheapest wins. With the seed's
 prices (a downtime minute costs as much as 4,000 machine-minutes) a rise seen once in a few days is still worth
 covering unless it needs many machines; on a calm load the tail is short and the fleet runs hot.
@@ -29,6 +29,9 @@ from fleetpilot.policies.rise_tail import SCALE_MINUTES, UPPER
 
 #: Minutes of recorded rises (decayed mass) before the tail is trusted.
 MIN_MINUTES = 60
+#: The load the rule sizes from: the larger of the last minute's and the mean of this many (a single low
+#: reading does not shrink the fleet).
+BASE_MINUTES = 3
 #: Standard deviations of the capacity noise each scenario is covered at, as candidates.
 _Z = np.array([0.0, 1.5, 3.0])
 
@@ -49,29 +52,46 @@ class NewsvendorParams(BaseModel):
     )
 
 
-def newsvendor_machines(obs: Observation, p: NewsvendorParams, risk: np.ndarray | float = 1.0) -> np.ndarray:
-    """(N,) float machines: the cheapest candidate fleet of each group (module docstring); `risk` (scalar or (N,))
-    multiplies the downtime penalty on top of `p.risk`. Groups without enough rises: the cold utilization."""
-    n = obs.n
-    x = np.asarray(obs.load_tpm, dtype=np.float64)
-    cap = np.broadcast_to(np.asarray(obs.capacity_tpm_per_machine, dtype=np.float64), (n,))
-    cold = x / (cap * p.cold_utilization)
-    if obs.rise is None or n == 0:
-        return cold
-    mass = obs.rise.mass
-    probs = obs.rise.probabilities()
-    scale = np.maximum(obs.history.lags(0, SCALE_MINUTES - 1).max(axis=1).astype(np.float64), 1.0)
-    loads = x[:, None] + UPPER[None, :] * scale[:, None]  # (N, B) scenario loads
-    sd = np.maximum(p.capacity_sigma_share * cap, 1e-12)
-    per_machine = p.downtime_served_share * np.maximum(cap[:, None] - _Z[None, :] * sd[:, None], 1e-9)  # (N, Z)
-    cand = np.maximum(np.ceil(loads[:, :, None] / per_machine[:, None, :]).reshape(n, -1), 1.0)  # (N, K)
-    # P(down | scenario b, fleet k): the capacity per machine falls below what the scenario's load needs
-    need = loads[:, None, :] / (p.downtime_served_share * cand[:, :, None])  # (N, K, B)
-    p_down = ndtr((need - cap[:, None, None]) / sd[:, None, None])
-    penalty = p.downtime_cost_usd_per_minute * p.risk * np.broadcast_to(np.asarray(risk, dtype=np.float64), (n,))
-    cost = p.machine_cost_usd_per_minute * cand + penalty[:, None] * np.einsum("nkb,nb->nk", p_down, probs)
-    best = cand[np.arange(n), np.argmin(cost, axis=1)]
-    return np.where(mass >= MIN_MINUTES, best, cold)
+def newsvendor_machines(
+    obs: Observation, p: NewsvendorParams, risk: np.ndarray | float = 1.0, rows: np.ndarray | None = None
+) -> np.ndarray:
+    """(R,) float machines: the cheapest candidate fleet of each group of `rows` (all when None; module
+    docstring); `risk` (scalar or (R,)) multiplies the downtime penalty on top of `p.risk`. Groups without enough
+    rises: the cold utilization. The load it sizes from is the larger of the last minute's and the mean of the
+    last `BASE_MINUTES`, so one low (or zero) reading does not shrink the fleet. Memory: (R, BINS) at a time."""
+    idx = np.arange(obs.n) if rows is None else np.asarray(rows, dtype=np.int64)
+    x = np.asarray(obs.load_tpm, dtype=np.float64)[idx]
+    cap = np.broadcast_to(np.asarray(obs.capacity_tpm_per_machine, dtype=np.float64), (obs.n,))[idx]
+    base = np.maximum(x, obs.history.window_mean(0, BASE_MINUTES - 1)[idx])
+    out = base / (cap * p.cold_utilization)
+    if obs.rise is None or idx.size == 0:
+        return out
+    warm = obs.rise.mass[idx] >= MIN_MINUTES
+    if not warm.any():
+        return out
+    w = idx[warm]
+    probs = obs.rise.probabilities(w)  # (W, B)
+    scale = np.maximum(obs.history.lags(0, SCALE_MINUTES - 1).max(axis=1)[w].astype(np.float64), 1.0)
+    c = cap[warm]
+    sd = np.maximum(p.capacity_sigma_share * c, 1e-12)
+    # the capacity each scenario needs to be up: a minute is down when the fleet serves less than the share
+    need = p.downtime_served_share * (base[warm][:, None] + UPPER[None, :] * scale[:, None])  # (W, B) tpm
+    penalty = p.downtime_cost_usd_per_minute * p.risk * np.broadcast_to(np.asarray(risk, dtype=np.float64), x.shape)
+    penalty = penalty[warm]
+    best = np.zeros(w.size)
+    best_cost = np.full(w.size, np.inf)
+    for z in _Z:  # candidates: cover scenario j at z standard deviations of the capacity noise
+        per_machine = np.maximum(c - z * sd, 1e-9)
+        for j in range(need.shape[1]):
+            fleet = np.maximum(np.ceil(need[:, j] / per_machine), 1.0)
+            # P(down | each scenario, this fleet): the capacity per machine falls below what the scenario needs
+            p_down = ndtr((need / fleet[:, None] - c[:, None]) / sd[:, None])
+            cost = p.machine_cost_usd_per_minute * fleet + penalty * np.einsum("wb,wb->w", p_down, probs)
+            better = cost < best_cost
+            best = np.where(better, fleet, best)
+            best_cost = np.where(better, cost, best_cost)
+    out[warm] = best
+    return out
 
 
 class NewsvendorPolicy(Policy):

@@ -269,6 +269,13 @@ class OnnxPolicy(Policy):
                 f"{model}: its input 'features' is {shape}, the manifest's observation.dim is {width} "
                 f"(inputs: {sorted(inputs)[:5]})"
             )
+        n_actions = ActionMapping.from_json(manifest["action_mapping"]).n
+        outputs = {o.name: o.shape for o in sess.get_outputs()}
+        logits = outputs.get("logits")
+        if logits is not None and len(logits) == 2 and isinstance(logits[1], int) and logits[1] != n_actions:
+            raise ModelError(
+                f"{model}: its output 'logits' has {logits[1]} actions, the manifest's action_mapping has {n_actions}"
+            )
         return cls(manifest.get("name", Path(model_dir).name), sess, manifest, chosen)
 
     def reset(self, n: int) -> None:

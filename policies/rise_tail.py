@@ -62,6 +62,9 @@ class RiseTail:
         self.counts[r, b[r]] += 1.0
         self.mass[r] += 1.0
 
-    def probabilities(self) -> np.ndarray:
-        """(N, BINS) the share of recent minutes whose rise fell in each bin (rows without any: all 0)."""
-        return self.counts / np.maximum(self.mass, 1e-12)[:, None]
+    def probabilities(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """(N, BINS) the share of recent minutes whose rise fell in each bin (rows without any: all 0); of
+        `rows` only when given."""
+        if rows is None:
+            return self.counts / np.maximum(self.mass, 1e-12)[:, None]
+        return self.counts[rows] / np.maximum(self.mass[rows], 1e-12)[:, None]

@@ -81,7 +81,7 @@ def test_a_bursty_history_buys_more_headroom_than_a_calm_one_at_the_same_load():
     # which costs more than a sixth machine
     assert m_calm == 6
     # a doubling came every 200 minutes: it is covered, at 3 standard deviations of the capacity noise
-    assert m_bursty >= 2000 / (0.995 * (300 - 3 * 30))
+    assert m_bursty >= 0.995 * 2000 / (300 - 3 * 30)
 
 
 def test_machines_grow_with_the_penalty_and_shrink_with_the_machine_price():
@@ -96,7 +96,7 @@ def test_machines_grow_with_the_penalty_and_shrink_with_the_machine_price():
 
 def _cost(c: np.ndarray, loads: np.ndarray, probs: np.ndarray, cap: float) -> np.ndarray:
     """The seed's prices: machine cost + downtime penalty x P(down), capacity noise 10%."""
-    p_down = ndtr((loads[None, :] / (0.995 * c[:, None]) - cap) / (0.1 * cap))
+    p_down = ndtr((0.995 * loads[None, :] / c[:, None] - cap) / (0.1 * cap))  # down: capacity < 99.5% of load
     return 0.05 * c + 200.0 * p_down @ probs
 
 
@@ -109,7 +109,7 @@ def test_the_chosen_fleet_is_near_the_cheapest_of_all_fleets():
         load = 2000 * rng.lognormal(0, rng.uniform(0.02, 0.3), 6000) + steps(6000, int(rng.integers(150, 900)), 1.0)
         obs = _obs(load)
         chosen = newsvendor_machines(obs, p)[0]
-        x, cap = float(obs.load_tpm[0]), 300.0
+        x, cap = max(float(obs.load_tpm[0]), float(obs.history.window_mean(0, 2)[0])), 300.0
         scale = max(float(obs.history.lags(0, SCALE_MINUTES - 1).max()), 1.0)
         probs = obs.rise.probabilities()[0]
 
@@ -221,3 +221,45 @@ def test_the_recorded_experiment_config_is_a_valid_training_config():
     cfg, _ = _train_config(str(path), argparse.Namespace(steps=None, seed=None))
     mapping = ActionMapping.from_json(cfg.mapping)
     assert mapping.newsvendor_risk == (0.25, 0.5, 1.0, 2.0, 4.0) and mapping.n == mapping.n_grid + 5
+
+
+def test_the_served_share_is_the_simulators_a_minute_is_down_below_that_share_of_the_load():
+    """Down when capacity < share x load (sim/fleet.py): 900 tpm at a 90% share and exact 100-tpm machines
+    needs 9 machines (810 tpm), not the 10 that dividing by the share would buy."""
+    obs = _obs(np.full(400, 900.0), cap=100.0)
+    p = NewsvendorParams(downtime_served_share=0.9, capacity_sigma_share=0.0)
+    assert newsvendor_machines(obs, p)[0] == 9
+
+
+def test_one_zero_reading_does_not_shrink_the_fleet():
+    load = np.full(600, 1200.0)
+    load[-1] = 0.0
+    got = newsvendor_machines(_obs(load), NewsvendorParams())[0]
+    assert got >= 0.995 * (2 * 1200 / 3) / 300  # sized from the 3-minute mean at least
+
+
+def test_an_action_outside_the_mapping_is_refused():
+    from fleetpilot.policies.actions import ActionMapping
+
+    obs = _obs(np.full(200, 1000.0))
+    m = ActionMapping(newsvendor_risk=(1.0,))
+    for k in (-1, m.n):
+        with pytest.raises(ValueError, match="action outside"):
+            m.desired(np.array([k]), obs)
+
+
+def test_a_model_whose_outputs_disagree_with_its_action_mapping_is_refused(tmp_path):
+    """A manifest naming newsvendor actions the graph does not have (or the reverse) is refused at load, not
+    met tick by tick as an out-of-range action."""
+    import shutil
+
+    from fleetpilot.policies.onnx_policy import ModelError, OnnxPolicy
+    from fleetpilot.policies.registry import MODELS_DIR
+
+    d = tmp_path / "m"
+    shutil.copytree(MODELS_DIR / "default", d)
+    manifest = json.loads((d / "manifest.json").read_text())
+    manifest["action_mapping"]["newsvendor_risk"] = [1.0]
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match="108 actions.*109"):
+        OnnxPolicy.load(d)
