@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
-from scipy.special import ndtr
 
 from fleetpilot.policies.base import MIN_UTILIZATION, Policy, PolicyOutput, saturated_machines, toward
+from fleetpilot.policies.downtime import downtime_probability
 from fleetpilot.policies.observation import Observation
 from fleetpilot.policies.rise_tail import SCALE_MINUTES, UPPER
 
@@ -32,6 +32,8 @@ MIN_MINUTES = 60
 #: The load the rule sizes from: the larger of the last minute's and the mean of this many (a single low
 #: reading does not shrink the fleet).
 BASE_MINUTES = 3
+#: Groups priced at once (memory: about 0.1 MB per group).
+_CHUNK = 256
 #: Standard deviations of the capacity noise each scenario is covered at, as candidates.
 _Z = np.array([0.0, 1.5, 3.0])
 
@@ -58,7 +60,7 @@ def newsvendor_machines(
     """(R,) float machines: the cheapest candidate fleet of each group of `rows` (all when None; module
     docstring); `risk` (scalar or (R,)) multiplies the downtime penalty on top of `p.risk`. Groups without enough
     rises: the cold utilization. The load it sizes from is the larger of the last minute's and the mean of the
-    last `BASE_MINUTES`, so one low (or zero) reading does not shrink the fleet. Memory: (R, BINS) at a time."""
+    last `BASE_MINUTES`, so one low (or zero) reading does not shrink the fleet."""
     idx = np.arange(obs.n) if rows is None else np.asarray(rows, dtype=np.int64)
     x = np.asarray(obs.load_tpm, dtype=np.float64)[idx]
     cap = np.broadcast_to(np.asarray(obs.capacity_tpm_per_machine, dtype=np.float64), (obs.n,))[idx]
@@ -73,23 +75,23 @@ def newsvendor_machines(
     probs = obs.rise.probabilities(w)  # (W, B)
     scale = np.maximum(obs.history.lags(0, SCALE_MINUTES - 1).max(axis=1)[w].astype(np.float64), 1.0)
     c = cap[warm]
-    sd = np.maximum(p.capacity_sigma_share * c, 1e-12)
-    # the capacity each scenario needs to be up: a minute is down when the fleet serves less than the share
-    need = p.downtime_served_share * (base[warm][:, None] + UPPER[None, :] * scale[:, None])  # (W, B) tpm
+    sd = p.capacity_sigma_share * c
+    loads = base[warm][:, None] + UPPER[None, :] * scale[:, None]  # (W, B) scenario loads
+    need = p.downtime_served_share * loads  # the capacity each scenario needs to be up
     penalty = p.downtime_cost_usd_per_minute * p.risk * np.broadcast_to(np.asarray(risk, dtype=np.float64), x.shape)
     penalty = penalty[warm]
-    best = np.zeros(w.size)
-    best_cost = np.full(w.size, np.inf)
-    for z in _Z:  # candidates: cover scenario j at z standard deviations of the capacity noise
-        per_machine = np.maximum(c - z * sd, 1e-9)
-        for j in range(need.shape[1]):
-            fleet = np.maximum(np.ceil(need[:, j] / per_machine), 1.0)
-            # P(down | each scenario, this fleet): the capacity per machine falls below what the scenario needs
-            p_down = ndtr((need / fleet[:, None] - c[:, None]) / sd[:, None])
-            cost = p.machine_cost_usd_per_minute * fleet + penalty * np.einsum("wb,wb->w", p_down, probs)
-            better = cost < best_cost
-            best = np.where(better, fleet, best)
-            best_cost = np.where(better, cost, best_cost)
+    # candidates: cover each scenario at each z of the capacity noise, (W, BINS x Z), all priced at once for a
+    # chunk of groups at a time: (chunk, candidates, scenarios) arrays of a few MB
+    per_machine = np.maximum(c[:, None] - _Z[None, :] * sd[:, None], 1e-9)  # (W, Z)
+    best = np.empty(w.size)
+    for lo in range(0, w.size, _CHUNK):
+        g = slice(lo, lo + _CHUNK)
+        fleet = np.maximum(np.ceil(need[g, :, None] / per_machine[g, None, :]), 1.0).reshape(need[g].shape[0], -1)
+        p_down = downtime_probability(
+            fleet[:, :, None], loads[g, None, :], c[g, None, None], sd[g, None, None], p.downtime_served_share
+        )  # (chunk, candidates, scenarios)
+        cost = p.machine_cost_usd_per_minute * fleet + penalty[g, None] * np.einsum("wkb,wb->wk", p_down, probs[g])
+        best[g] = fleet[np.arange(fleet.shape[0]), np.argmin(cost, axis=1)]
     out[warm] = best
     return out
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fleetpilot.policies.downtime import downtime_probability
 from fleetpilot.sim.params import FleetParams
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -88,22 +89,16 @@ def expected_minute(active: np.ndarray, load_tpm: np.ndarray, p: FleetParams) ->
     n = np.asarray(active, dtype=np.float64)
     load = np.asarray(load_tpm, dtype=np.float64)
     mu_m, sd_m = p.capacity_tpm_per_machine, p.capacity_sigma_tpm
-    thresh = np.ceil(p.downtime_served_share * load - 1e-9)
+    p_down = downtime_probability(n, load, mu_m, sd_m, p.downtime_served_share)
     with np.errstate(divide="ignore", invalid="ignore"):
-        safe_n = np.maximum(n, 1e-12)
         if sd_m > 0:
-            z_down = (thresh / safe_n - mu_m) / sd_m
-            p_down = np.where(n > 0, ndtr(z_down), 1.0)
             mu = n * mu_m - 0.5
             s = np.maximum(n * sd_m, 1e-12)
             z = (load - mu) / s
             shortfall = (load - mu) * ndtr(z) + s * np.exp(-0.5 * z * z) / np.sqrt(2 * np.pi)
             served = np.where(n > 0, load - shortfall, 0.0)
         else:
-            cap = np.floor(n * mu_m)
-            p_down = (cap < thresh).astype(np.float64)
-            served = np.minimum(load, cap)
-    p_down = np.where(load > 0, p_down, 0.0)
+            served = np.minimum(load, np.floor(n * mu_m))
     served = np.clip(served, 0.0, load)
     return served * p.revenue_usd_per_1k_transactions / 1000.0, p_down
 
