@@ -262,9 +262,46 @@ def _train_config(path: str | None, args):
     try:
         cfg = PPOConfig(**data)
         fleet = FleetParams(**fleet_data)
+        _check_start(cfg)
     except (TypeError, ValueError) as exc:
         raise CliError(f"--config {path}: {str(exc).splitlines()[0]}") from None
     return cfg, fleet
+
+
+def _check_start(cfg) -> None:
+    """ValueError naming the field when the starting rule's actions or the imitation's smoothing are unusable
+    (before any load is drawn)."""
+    from fleetpilot.policies.actions import ActionMapping
+    from fleetpilot.training.ppo import action_index
+
+    mapping = ActionMapping.from_json(cfg.mapping)
+    for name in ("init_action", "init_jump_action"):
+        text = getattr(cfg, name)
+        if text != "auto":
+            try:
+                action_index(mapping, text)
+            except ValueError as exc:
+                raise ValueError(
+                    f"{name}: {exc}" if str(exc).startswith(text) else f"{name}: {text!r} is not auto, U,C or risk=R"
+                ) from None
+    if not 0.0 <= cfg.imitation_smoothing < 1.0:
+        raise ValueError(f"imitation_smoothing: {cfg.imitation_smoothing} is not in [0, 1)")
+    if cfg.method not in ("ppo", "rollout-pi"):
+        raise ValueError(f"method: {cfg.method!r} is not ppo or rollout-pi")
+    for name in ("pi_iterations", "pi_loads", "pi_hold_minutes", "pi_period_minutes", "pi_epochs"):
+        if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) < 1:
+            raise ValueError(f"{name}: {getattr(cfg, name)!r} is not a whole number >= 1")
+    if cfg.pi_hold_minutes > cfg.pi_period_minutes:
+        raise ValueError(
+            f"pi_hold_minutes: {cfg.pi_hold_minutes} is longer than pi_period_minutes {cfg.pi_period_minutes}"
+        )
+    if cfg.method == "rollout-pi" and cfg.pi_skip_minutes + cfg.pi_period_minutes > cfg.episode_minutes:
+        raise ValueError(
+            f"pi_skip_minutes: {cfg.pi_skip_minutes} + a period of {cfg.pi_period_minutes} leave no period in "
+            f"episode_minutes {cfg.episode_minutes}"
+        )
+    if not cfg.pi_learning_rate > 0:
+        raise ValueError(f"pi_learning_rate: {cfg.pi_learning_rate} is not > 0")
 
 
 def parse_split(text: str) -> tuple[float, float, float]:

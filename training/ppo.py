@@ -4,6 +4,9 @@ The agent sees the features of the one observation builder and picks a discrete 
 `ActionMapping` (a utilization target and a cushion); the mapping turns it into a desired capacity, and the
 env applies the step limits. Training runs on the numpy vector env (`WebFleetVectorEnv`).
 
+`PPOConfig.method = "rollout-pi"` replaces the PPO updates by rollout policy iteration
+(`training.policy_iteration`): the same start, validation, keep-best, checkpoint and export.
+
 `train` reads top to bottom: seeding (one `torch.Generator`; numpy draws from generators seeded from the
 config, never the global RNG), a start (`resume_run` from a `Checkpoint`, or `start_from_rule`: choose a
 rule and imitate it), then per update `collect_rollout`, `compute_gae`, `ppo_update`, validation with
@@ -77,7 +80,8 @@ class PPOConfig:
     """units in each of the two hidden layers"""
     init_action: str = "auto"
     """the starting rule's main action: "auto" = the grid action that earns most as a fixed rule on training
-    loads (`choose_start_rule`), or "U,C" (utilization, cushion)"""
+    loads (`choose_start_rule`), "U,C" (utilization, cushion) or "risk=R" (the mapping's newsvendor action of
+    risk R: the `newsvendor` rule, priced with R x the downtime penalty)"""
     init_jump_window_minutes: int = 95
     """the starting rule takes its jump action for this many minutes after a detected load jump (observation
     feature `jump_age`); 0: no jump action"""
@@ -94,6 +98,9 @@ class PPOConfig:
     from a network that already acts as that rule"""
     imitation_lr: float = 3e-3
     """Adam learning rate of the imitation"""
+    imitation_smoothing: float = 0.0
+    """label smoothing of the imitation: the imitated actor puts this share of its probability evenly on all
+    actions, so PPO's sampled rollouts try the others from the start (its argmax is still the rule's)"""
     keep_best: bool = True
     """export the actor with the best validation score seen, the imitated starting rule (update 0) included,
     instead of the last one: PPO may also make the policy worse"""
@@ -110,6 +117,23 @@ class PPOConfig:
     reductions may round differently from run to run (about 1 run in 30 on 2 cores), and the model drifts"""
     mapping: dict = field(default_factory=lambda: ActionMapping().to_json())
     """the action mapping (see policies.actions)"""
+    method: str = "ppo"
+    """after imitating the starting rule: "ppo", or "rollout-pi" (rollout policy iteration,
+    `training.policy_iteration`: each action's advantage measured by replaying the same load with it)"""
+    pi_iterations: int = 3
+    """rollout-pi: rounds of roll out, fit, validate"""
+    pi_loads: int = 48
+    """rollout-pi: training loads per round, each `episode_minutes` long"""
+    pi_hold_minutes: int = 30
+    """rollout-pi: minutes an action is held at the start of each period"""
+    pi_period_minutes: int = 60
+    """rollout-pi: minutes over which a held action's advantage is counted (the hold, then the fleets converge)"""
+    pi_skip_minutes: int = 1440
+    """rollout-pi: minutes of each load observed before the first period is kept (the history fills)"""
+    pi_epochs: int = 20
+    """rollout-pi: passes of the actor over each round's periods"""
+    pi_learning_rate: float = 1e-3
+    """rollout-pi: Adam learning rate of the fit"""
 
 
 def _layer(i: int, o: int, std: float, generator: torch.Generator | None) -> nn.Linear:
@@ -204,6 +228,18 @@ def best_fixed_action(
     return _best_of_grid(mapping, fleet, loads, starts, None, 0)
 
 
+def action_index(mapping: ActionMapping, text: str) -> int:
+    """The action `text` names: "U,C" (the grid's nearest utilization and cushion) or "risk=R" (the newsvendor
+    action of risk R, which the mapping must have)."""
+    if text.startswith("risk="):
+        r = float(text.removeprefix("risk="))
+        if r not in mapping.newsvendor_risk:
+            raise ValueError(f"{text}: the action mapping has no newsvendor action of risk {r:g}")
+        return mapping.n_grid + mapping.newsvendor_risk.index(r)
+    u, c = (float(x) for x in text.split(","))
+    return mapping.index(u, c)
+
+
 def choose_start_rule(
     cfg: PPOConfig, mapping: ActionMapping, fleet: FleetParams, loads: np.ndarray, starts: np.ndarray
 ) -> RuleActions:
@@ -213,8 +249,7 @@ def choose_start_rule(
     def pick(text: str, main: int | None) -> int:
         if text == "auto":
             return _best_of_grid(mapping, fleet, loads, starts, main, window, quiet)
-        u, c = (float(x) for x in text.split(","))
-        return mapping.index(u, c)
+        return action_index(mapping, text)
 
     k0 = pick(cfg.init_action, None)
     k1 = pick(cfg.init_jump_action, k0) if window > 0 else k0
@@ -258,7 +293,7 @@ def imitate(
         perm = torch.randperm(x.shape[0], generator=gen)
         for s in range(0, x.shape[0], mb):
             i = perm[s : s + mb]
-            loss = nn.functional.cross_entropy(agent.actor(x[i]), y[i])
+            loss = nn.functional.cross_entropy(agent.actor(x[i]), y[i], label_smoothing=cfg.imitation_smoothing)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -281,9 +316,12 @@ def _plot_curve(log_rows: list[dict], path: Path) -> None:
         return
     ev = [r for r in log_rows if "val_pct_of_oracle" in r]
     fig, ax = plt.subplots(1, 2, figsize=(11, 3.5))
-    ax[0].plot([r["step"] for r in log_rows], [r["reward_per_minute"] for r in log_rows], lw=0.8)
+    key, label = ("reward_per_minute", "mean reward $/minute")
+    if log_rows and key not in log_rows[0]:  # rollout-pi: each round's regret on the loads it held out
+        key, label = ("holdout_regret", "held-out regret (shares of a period's revenue)")
+    ax[0].plot([r["step"] for r in log_rows], [r[key] for r in log_rows], lw=0.8)
     ax[0].set_xlabel("fleet-minutes")
-    ax[0].set_ylabel("mean reward $/minute")
+    ax[0].set_ylabel(label)
     if ev:
         ax[1].plot([r["step"] for r in ev], [r["val_pct_of_oracle"] for r in ev], "o-")
     ax[1].set_xlabel("fleet-minutes")
@@ -658,9 +696,12 @@ def train(
             run.best.offer(0, validator(agent), agent)
     log = TrainLog(out / LOG_FILE, keep=resuming)
     total = max(cfg.total_steps // (cfg.num_envs * cfg.num_steps), 1) * cfg.num_envs * cfg.num_steps
+    if cfg.method == "rollout-pi":
+        total = cfg.pi_iterations * cfg.pi_loads * (mapping.n + 1) * cfg.episode_minutes
     bar = Progress(total, "train", "steps", initial=run.global_step, unit_scale=True) if progress else None
+    loop = _pi_loop if cfg.method == "rollout-pi" else _ppo_loop
     try:
-        last_val = _ppo_loop(cfg, out, agent, opt, gen, run, log, validator, sampler, fleet, budget_seconds, bar)
+        last_val = loop(cfg, out, agent, opt, gen, run, log, validator, sampler, fleet, budget_seconds, bar)
     finally:
         if bar is not None:
             bar.close()
@@ -739,6 +780,70 @@ def _ppo_loop(
             )
         if update % CHECKPOINT_EVERY_UPDATES == 0 or final:
             run.checkpoint(cfg, agent, opt, gen).save(out / CHECKPOINT_FILE)
+        if final:
+            break
+    return last_val
+
+
+def _pi_loop(
+    cfg: PPOConfig,
+    out: Path,
+    agent: Agent,
+    opt: torch.optim.Optimizer,
+    gen: torch.Generator,
+    run: RunState,
+    log: TrainLog,
+    validator: Validator,
+    sampler: LoadSampler | None,
+    fleet: FleetParams,
+    budget_seconds: float | None,
+    bar: Progress | None,
+) -> dict:
+    """`method: rollout-pi`: rounds from `run.update + 1` of roll out (under the current actor), fit,
+    validate with keep-best, log, checkpoint (`training.policy_iteration`); returns the last validation."""
+    from fleetpilot.training.policy_iteration import fit_actor, segment_rollouts
+
+    mapping = validator.mapping
+    train_fleet = training_fleet(cfg, fleet)
+    t_start, last_val = time.perf_counter(), {}
+
+    def actions(obs: Observation) -> np.ndarray:
+        with torch.no_grad():
+            return agent(torch.from_numpy(obs.features)).numpy()
+
+    for update in range(run.update + 1, cfg.pi_iterations + 1):
+        loads, starts = _draw_loads(train_fleet, sampler, cfg.seed * 1009 + update, cfg.pi_loads, cfg.episode_minutes)
+        keys = np.random.default_rng([cfg.seed, update, 31337]).integers(0, 2**63, cfg.pi_loads, dtype=np.uint64)
+        seg = segment_rollouts(
+            actions, mapping, loads, starts, keys, train_fleet,
+            cfg.pi_hold_minutes, cfg.pi_period_minutes, cfg.pi_skip_minutes,
+        )  # fmt: skip
+        fit = fit_actor(agent.actor, seg, cfg.pi_epochs, cfg.pi_learning_rate, gen)
+        run.update = update
+        run.global_step += cfg.pi_loads * (mapping.n + 1) * cfg.episode_minutes
+        elapsed = time.perf_counter() - t_start
+        final = update == cfg.pi_iterations or (budget_seconds is not None and elapsed >= budget_seconds)
+        row = {
+            "update": update,
+            "step": run.global_step,
+            "steps_per_s": round(run.global_step / max(elapsed, 1e-9)),
+            "periods": int(seg.features.shape[0]),
+            "fit_regret": fit.regret,
+            "holdout_regret": fit.holdout_regret,
+            "holdout_regret_before": fit.holdout_regret_before,
+            "fit_epoch": fit.epoch,
+        }
+        if validator.runs:
+            last_val = validator(agent)
+            if cfg.keep_best:
+                run.best.offer(update, last_val, agent)
+            row["val_pct_of_oracle"] = last_val["pct_of_oracle"]
+            row["val_downtime_minutes"] = last_val["downtime_minutes"]
+        log.append(row)
+        if bar is not None:
+            pct = f" val {last_val['pct_of_oracle']:.1f}% of oracle" if last_val else ""
+            bar.update(run.global_step - bar.n, postfix=f"round {update}{pct}")
+        run.checkpoint(cfg, agent, opt, gen).save(out / CHECKPOINT_FILE)
         if final:
             break
     return last_val

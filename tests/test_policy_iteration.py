@@ -1,0 +1,185 @@
+"""Rollout policy iteration (`training.policy_iteration`, `method: rollout-pi`): the measured advantages, the
+fit, and a smoke training through the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fleetpilot.policies.actions import ActionMapping
+from fleetpilot.policies.cushion import RuleActions
+from fleetpilot.sim.fleet import expected_reward
+from fleetpilot.sim.load import synthetic_load
+from fleetpilot.sim.params import FleetParams
+from fleetpilot.training.backtest import simulate
+from fleetpilot.training.policy_iteration import Segments, fit_actor, segment_rollouts
+from fleetpilot.training.ppo import Agent
+
+FLEETPILOT = [sys.executable, "-m", "fleetpilot.controller.cli"]
+MAPPING = ActionMapping((0.5, 0.8), (0.0, 0.2), 3, 1.1, (0.25, 1.0, 4.0))
+
+
+def _loads(n: int, minutes: int, seed: int = 5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    loads = np.stack([synthetic_load(rng, minutes + 1) for _ in range(n)])
+    return loads, np.full(n, 28_000_000), np.arange(1, n + 1, dtype=np.uint64)
+
+
+def test_an_action_the_policy_takes_anyway_has_no_advantage_and_others_do():
+    loads, starts, keys = _loads(3, 400)
+    base = MAPPING.n_grid + 1  # newsvendor, risk 1
+    seg = segment_rollouts(lambda obs: np.full(obs.n, base), MAPPING, loads, starts, keys, FleetParams(), 10, 40, 120)
+    assert seg.features.shape == (3 * 7, 33)  # periods starting at 120, 160, ..., 360
+    assert seg.advantage.shape == (3 * 7, MAPPING.n)
+    assert np.all(seg.advantage[:, base] == 0.0)  # holding the policy's own action changes nothing
+    assert np.abs(seg.advantage).max(axis=0)[np.arange(MAPPING.n) != base].min() > 0
+
+
+def test_an_advantage_is_the_reward_of_holding_the_action_minus_the_policy_in_that_period():
+    """Replayed independently with `simulate`: the fleet that holds action 0 for the first 10 minutes of each
+    40 and runs action 5 otherwise, against the fleet that always runs action 5."""
+    loads, starts, keys = _loads(1, 400, seed=11)
+    fleet = FleetParams()
+    seg = segment_rollouts(lambda obs: np.full(obs.n, 5), MAPPING, loads, starts, keys, fleet, 10, 40, 120)
+
+    class Hold(RuleActions):
+        t = 0
+
+        def decide(self, obs):
+            self.t += 1
+            self.main = np.array(0 if (self.t - 1) % 40 < 10 else 5)
+            return super().decide(obs)
+
+    held = simulate(Hold(MAPPING, np.array(0)), loads, starts, keys, fleet)
+    own = simulate(RuleActions(MAPPING, np.array(5)), loads, starts, keys, fleet)
+    r_held = expected_reward(held.active, loads[:, 1:], fleet)[0]
+    r_own = expected_reward(own.active, loads[:, 1:], fleet)[0]
+    periods = [(s, s + 40) for s in range(120, 400 - 39, 40)]
+    served = np.array(
+        [loads[0, a + 1 : b + 1].sum() * fleet.revenue_usd_per_1k_transactions / 1000 for a, b in periods]
+    )
+    expect = np.array([(r_held[a:b] - r_own[a:b]).sum() for a, b in periods]) / served.mean()
+    np.testing.assert_allclose(seg.advantage[:, 0], expect, rtol=1e-9, atol=1e-12)
+
+
+def test_the_fit_learns_a_choice_that_depends_on_the_state():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4000, 33)).astype(np.float32)
+    adv = np.zeros((4000, MAPPING.n))
+    adv[x[:, 0] > 0, 1] = 0.5  # action 1 earns half a period's revenue more when feature 0 is positive
+    adv[x[:, 0] <= 0, 6] = 0.2  # action 6 earns more otherwise
+    gen = torch.Generator().manual_seed(1)
+    agent = Agent(MAPPING.n, 32, generator=gen)
+    before = adv.max(axis=1).mean()  # regret of a policy that never picks the better one (about 0.35)
+    fit = fit_actor(agent.actor, Segments(x, adv, np.arange(4000) // 50), epochs=30, lr=3e-3, gen=gen)
+    assert before > 0.3
+    assert fit.epoch > 0 and fit.holdout_regret_before > 0.3
+    assert fit.regret < 0.05 * before and fit.holdout_regret < 0.05 * before
+
+
+def test_rollout_pi_training_runs_validates_and_records_its_method(tmp_path: Path):
+    cfg = tmp_path / "pi.yaml"
+    cfg.write_text(
+        "method: rollout-pi\nepisode_minutes: 400\neval_seeds: [500]\neval_minutes: 300\ninit_loads: 2\n"
+        "init_action: risk=1\ninit_jump_window_minutes: 0\npi_iterations: 2\npi_loads: 3\npi_hold_minutes: 10\n"
+        "pi_period_minutes: 40\npi_skip_minutes: 120\npi_epochs: 5\n"
+        "mapping: {kind: utilization-cushion-grid, utilization: [0.5, 0.8], cushion_day_max_share: [0.0, 0.2],\n"
+        "          base_minutes: 3, surge_ratio: 1.1, newsvendor_risk: [0.25, 1.0, 4.0]}\n"
+    )
+    runs = []
+    for name in ("m", "again"):
+        out = tmp_path / name
+        r = subprocess.run(
+            FLEETPILOT + ["train", "--config", str(cfg), "--seed", "2", "--test-seeds", "3000", "--out", str(out)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert r.returncode == 0, r.stderr[-2000:]
+        runs.append((out / "policy.onnx").read_bytes())
+    assert runs[0] == runs[1]  # deterministic for a seed
+    out = tmp_path / "m"
+    assert "starting from the rule newsvendor risk=1" in r.stderr
+    assert "newsvendor" in r.stdout  # the starting rule is in the report
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["training"]["ppo"]["method"] == "rollout-pi"
+    assert manifest["training"]["selected_update"] in (0, 1, 2)
+    rows = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [row["update"] for row in rows] == [1, 2]
+    assert all(row["periods"] == 3 * 7 and "val_pct_of_oracle" in row for row in rows)
+
+
+def test_bad_rollout_pi_settings_are_one_line_naming_the_field(tmp_path: Path):
+    for text, field in (
+        ("method: sarsa\n", "method"),
+        ("init_action: risk=3\n", "init_action"),
+        ("method: rollout-pi\npi_hold_minutes: 90\npi_period_minutes: 60\n", "pi_hold_minutes"),
+        ("method: rollout-pi\npi_loads: 0\n", "pi_loads"),
+        ("imitation_smoothing: 1.5\n", "imitation_smoothing"),
+    ):
+        cfg = tmp_path / "bad.yaml"
+        cfg.write_text(text)
+        r = subprocess.run(
+            FLEETPILOT + ["train", "--config", str(cfg), "--out", str(tmp_path / "x")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert r.returncode == 2, (text, r.stderr)
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert str(cfg) in r.stderr and field in r.stderr, r.stderr
+
+
+def test_own_history_benchmark_trains_on_the_first_two_thirds_and_scores_the_last(tmp_path: Path):
+    """benchmarks/own_history.py, tiny: a 6,000-minute synthetic history, two rounds on a few loads."""
+    from fleetpilot.sim.load import Load, write_trace
+
+    rng = np.random.default_rng(3)
+    trace = tmp_path / "history.csv"
+    write_trace(trace, Load("history", synthetic_load(rng, 6001)))
+    cfg = tmp_path / "pi.yaml"
+    cfg.write_text(
+        "method: rollout-pi\nepisode_minutes: 600\ninit_loads: 2\ninit_action: risk=1\ninit_jump_window_minutes: 0\n"
+        "imitation_smoothing: 0.5\npi_iterations: 2\npi_loads: 3\npi_hold_minutes: 10\npi_period_minutes: 40\n"
+        "pi_skip_minutes: 200\npi_epochs: 5\n"
+        "mapping: {kind: utilization-cushion-grid, utilization: [0.45], cushion_day_max_share: [0.3],\n"
+        "          base_minutes: 3, surge_ratio: 1.1, newsvendor_risk: [0.25, 1.0, 4.0]}\n"
+    )
+    out = tmp_path / "own.json"
+    r = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve().parents[1] / "benchmarks" / "own_history.py"),
+         "--trace", str(trace), "--config", str(cfg), "--small-grid", "--out", str(tmp_path / "m"), "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    fig = json.loads(out.read_text())
+    assert all(isinstance(v, int | float | str | bool) for v in fig.values())  # flat
+    assert fig["test_minutes"] == 6001 - int(6001 * 0.67) - 1  # the last third (6,001 minutes), first one observed
+    manifest = json.loads((tmp_path / "m" / "model" / "manifest.json").read_text())
+    split = manifest["training"]["loads"][0]["data_split"]
+    assert split["shares"] == [0.5, 0.17, 0.33]
+    for k in ("learned", "newsvendor", "tt_hindsight"):
+        assert fig[f"{k}_pct_of_oracle"] <= 100.0 and isinstance(fig[f"{k}_downtime_minutes"], int)
+    assert fig["learned_beats_tt_hindsight"] == (fig["learned_pct_of_oracle"] > fig["tt_hindsight_pct_of_oracle"])
+
+
+def test_the_recorded_rollout_pi_recipe_is_a_valid_training_config():
+    """docs/experiments/rollout-pi-broad.yaml (README; the leave-one-trace-out and own-history runs) loads as the
+    train command reads it: rollout policy iteration from the newsvendor rule over its risk actions."""
+    import argparse
+
+    from fleetpilot.training.cli import _train_config
+    from fleetpilot.training.ppo import action_index
+
+    path = Path(__file__).resolve().parents[1] / "docs" / "experiments" / "rollout-pi-broad.yaml"
+    cfg, _ = _train_config(str(path), argparse.Namespace(steps=None, seed=None))
+    mapping = ActionMapping.from_json(cfg.mapping)
+    assert cfg.method == "rollout-pi" and cfg.init_action == "risk=1"
+    assert mapping.describe(action_index(mapping, cfg.init_action)) == "newsvendor risk=1"

@@ -1,0 +1,167 @@
+"""Rollout policy iteration: the training method `PPOConfig.method = "rollout-pi"` (classification-based
+approximate policy iteration, after Lagoudakis & Parr 2003 and Lazaric et al. 2010).
+
+PPO learns the value of an action from one sampled trajectory per state: with a $200 downtime minute against
+$0.05 machine-minutes and a 5-minute warm-up between a decision and its effect, the advantage of one of a few
+sane actions drowns in the load's noise, and PPO never moved off its starting rule. The simulator is cheap
+and, with the expected reward, deterministic given the load, so each action's value can be measured instead:
+
+1. **Roll out.** Each training load is replayed by K + 1 fleets side by side (`segment_rollouts`): one runs the
+   current policy throughout; fleet k holds action k for the first `pi_hold_minutes` of every
+   `pi_period_minutes` and runs the current policy otherwise. Every fleet sees the same load and capacity
+   noise, so the difference of fleet k's expected reward over a period and the policy's own is that action's
+   advantage in the state the period started from, without sampling noise (common random numbers). The rest
+   of the period lets the fleets converge again, so the next period starts from (nearly) the same state.
+2. **Improve.** The actor is fit to those advantages (`fit_actor`): it minimizes its expected regret, the
+   probability it gives each action times how much less that action earned than the best one, in shares of
+   the period's revenue at full service (scale-free: a small group counts as much as a big one).
+3. **Validate** the new actor on the validation runs and keep the best (update 0: the starting rule), then
+   roll out again under the new policy.
+
+Every step is the business objective measured in the simulator; nothing here is tuned to a load. The action
+set is the policy's `ActionMapping` (for the shipped recipe: the `newsvendor` rule at several prices of risk).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from fleetpilot.policies.actions import ActionMapping
+from fleetpilot.policies.observation import Observation, ObservationBuilder
+from fleetpilot.sim.fleet import FleetCore, expected_reward
+from fleetpilot.sim.params import FleetParams
+
+
+@dataclass
+class Segments:
+    """What one round of rollouts measured: per period, the state it started from and each action's advantage."""
+
+    features: np.ndarray
+    """(M, OBS_DIM) float32: the policy's observation at the start of each period"""
+    advantage: np.ndarray
+    """(M, K) each action's expected reward over the period minus the policy's own, as a share of the load's
+    mean revenue per period at full service"""
+    load: np.ndarray
+    """(M,) which training load each period comes from"""
+
+
+def segment_rollouts(
+    actions,
+    mapping: ActionMapping,
+    loads: np.ndarray,
+    starts: np.ndarray,
+    keys: np.ndarray,
+    fleet: FleetParams,
+    hold: int,
+    period: int,
+    skip: int,
+) -> Segments:
+    """Step 1 of the module docstring on `loads` (N, T + 1). `actions(obs)` is the current policy ((R,) action
+    indices for the R fleets of `obs`). Periods starting before minute `skip` (the observation's history is
+    still filling) are not kept."""
+    n, t_len = loads.shape[0], loads.shape[1] - 1
+    k_n = mapping.n
+    width = k_n + 1  # row 0 of each load: the policy itself; row 1 + k: holds action k
+    rows = n * width
+    load = np.repeat(np.asarray(loads, dtype=np.float64), width, axis=0)
+    start = np.repeat(np.asarray(starts, dtype=np.int64), width)
+    held = np.tile(np.arange(-1, k_n), n)
+    core = FleetCore(rows, fleet)
+    core.reset(slice(None), np.repeat(np.asarray(keys, dtype=np.uint64), width))
+    builder = ObservationBuilder(rows, fleet.capacity_tpm_per_machine, fleet.warmup_minutes)
+    builder.update(load[:, 0], core.active, core.warming, start)
+    lo, hi = -fleet.max_scale_in_per_minute, fleet.max_scale_out_per_minute
+    periods = t_len // period
+    first = -(-skip // period)
+    kept = max(periods - first, 0)
+    feats = np.zeros((n, kept, 0), dtype=np.float32)
+    reward = np.zeros((rows, kept))
+    served = np.zeros((n, kept))
+    for t in range(1, periods * period + 1):
+        obs: Observation = builder.observation()
+        s, phase = divmod(t - 1, period)
+        j = s - first
+        if phase == 0 and j >= 0:
+            f = obs.features[::width]
+            if feats.shape[2] == 0:
+                feats = np.zeros((n, kept, f.shape[1]), dtype=np.float32)
+            feats[:, j] = f
+        k = np.asarray(actions(obs), dtype=np.int64)
+        if phase < hold:
+            k = np.where(held >= 0, held, k)
+        delta = np.clip(mapping.desired(k, obs) - (core.active + core.warming), lo, hi)
+        out = core.step(delta, load[:, t])
+        builder.update(out.load_tpm, out.active, core.warming, start + t)
+        if j >= 0:
+            reward[:, j] += expected_reward(out.active, load[:, t], fleet)
+            served[:, j] += load[::width, t] * fleet.revenue_usd_per_1k_transactions / 1000.0
+    r = reward.reshape(n, width, kept)
+    # in shares of the load's mean revenue per period at full service: scale-free, and a quiet period's
+    # advantage stays in dollars of its load (a period with no load would otherwise divide by zero)
+    scale = np.maximum(served.mean(axis=1), 1e-6)[:, None, None]
+    adv = (r[:, 1:, :] - r[:, :1, :]) / scale  # (n, K, kept)
+    return Segments(
+        feats.reshape(n * kept, -1), adv.transpose(0, 2, 1).reshape(n * kept, k_n), np.repeat(np.arange(n), kept)
+    )
+
+
+@dataclass
+class Fit:
+    """What `fit_actor` did: its argmax's mean regret (shares of a period's revenue) on the periods it learned
+    from and on the held-out loads', the same for the actor it started from, and the pass it kept."""
+
+    regret: float
+    holdout_regret: float
+    holdout_regret_before: float
+    epoch: int
+    """the pass whose actor was kept (0: the actor it started from)"""
+
+
+def fit_actor(
+    actor: nn.Module,
+    seg: Segments,
+    epochs: int,
+    lr: float,
+    gen: torch.Generator,
+    minibatch: int = 256,
+    weight_decay: float = 0.0,
+    holdout_every: int = 4,
+) -> Fit:
+    """Step 2: minimize the actor's expected regret (Adam, `epochs` passes) on the periods of all loads but
+    every `holdout_every`-th; keep the actor of the pass whose argmax has the least regret on those held-out
+    loads, the starting actor included (a fit that does not generalize to loads it did not see changes nothing)."""
+    x = torch.from_numpy(seg.features)
+    adv = torch.from_numpy(seg.advantage).float()
+    regret = adv.max(dim=1, keepdim=True).values - adv  # >= 0; 0 for the best action of each period
+    held = torch.from_numpy(seg.load % holdout_every == holdout_every - 1)
+    if not held.any() or held.all():  # too few loads to hold any out: judge on all of them
+        held = torch.ones_like(held)
+    learn = torch.nonzero(~held if not held.all() else held).squeeze(1)
+    check = torch.nonzero(held).squeeze(1)
+
+    def argmax_regret(rows: torch.Tensor) -> float:
+        with torch.no_grad():
+            pick = torch.argmax(actor(x[rows]), dim=-1)
+        return float(regret[rows].gather(1, pick[:, None]).mean())
+
+    before = argmax_regret(check)
+    best = (before, 0, copy.deepcopy(actor.state_dict()))
+    opt = torch.optim.Adam(actor.parameters(), lr=lr, weight_decay=weight_decay)
+    for epoch in range(1, epochs + 1):
+        perm = learn[torch.randperm(learn.shape[0], generator=gen)]
+        for s in range(0, perm.shape[0], minibatch):
+            i = perm[s : s + minibatch]
+            loss = (torch.softmax(actor(x[i]), dim=-1) * regret[i]).sum(dim=-1).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        h = argmax_regret(check)
+        if h < best[0]:
+            best = (h, epoch, copy.deepcopy(actor.state_dict()))
+    actor.load_state_dict(best[2])
+    return Fit(argmax_regret(learn), best[0], before, best[1])
