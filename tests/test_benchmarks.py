@@ -76,7 +76,10 @@ CASES = {
 
 
 #: benchmarks whose tiny run needs more than a few seconds, each tested (with --json) in its own test module
-COVERED_ELSEWHERE = {"generalization.py": "tests/test_generalization.py"}
+COVERED_ELSEWHERE = {
+    "generalization.py": "tests/test_generalization.py",
+    "own_history.py": "tests/test_policy_iteration.py",
+}
 
 
 def test_every_benchmark_is_covered():
