@@ -34,7 +34,7 @@ RULE_NAMES: tuple[str, ...] = tuple(RULES)
 #: the learned policy's starting rule, which `fleetpilot train` compares with its model).
 BACKTEST_BASELINES = ("static", "target-tracking", "step", "predictive")
 #: The rules `fleetpilot train` compares its model with on the validation loads.
-TRAIN_BASELINES = ("target-tracking", "predictive", "step", "cushion")
+TRAIN_BASELINES = ("target-tracking", "predictive", "step", "cushion", "newsvendor")
 
 
 class PolicyError(UserError):
