@@ -121,6 +121,8 @@ def test_bad_rollout_pi_settings_are_one_line_naming_the_field(tmp_path: Path):
         ("method: rollout-pi\npi_hold_minutes: 90\npi_period_minutes: 60\n", "pi_hold_minutes"),
         ("method: rollout-pi\npi_loads: 0\n", "pi_loads"),
         ("imitation_smoothing: 1.5\n", "imitation_smoothing"),
+        ("imitation_smoothing: lots\n", "imitation_smoothing"),
+        ("init_action: risk=abc\n", "init_action"),
     ):
         cfg = tmp_path / "bad.yaml"
         cfg.write_text(text)
@@ -183,3 +185,25 @@ def test_the_recorded_rollout_pi_recipe_is_a_valid_training_config():
     mapping = ActionMapping.from_json(cfg.mapping)
     assert cfg.method == "rollout-pi" and cfg.init_action == "risk=1"
     assert mapping.describe(action_index(mapping, cfg.init_action)) == "newsvendor risk=1"
+
+
+def test_a_trace_too_short_for_a_rollout_period_is_one_line_naming_it(tmp_path: Path):
+    """`train --trace` shortens episodes to the training part: a part that leaves no period after the skipped
+    history is refused in one line (exit 2), not trained on nothing."""
+    from fleetpilot.sim.load import Load, write_trace
+
+    trace = tmp_path / "short.csv"
+    write_trace(trace, Load("short", synthetic_load(np.random.default_rng(1), 2501)))  # 1,500 to train on
+    cfg = tmp_path / "pi.yaml"
+    cfg.write_text("method: rollout-pi\ninit_action: risk=1\ninit_jump_window_minutes: 0\ninit_loads: 1\n"
+                   "mapping: {kind: utilization-cushion-grid, utilization: [0.45], cushion_day_max_share: [0.3],\n"
+                   "          newsvendor_risk: [1.0]}\n")  # fmt: skip
+    r = subprocess.run(
+        FLEETPILOT + ["train", "--trace", str(trace), "--config", str(cfg), "--out", str(tmp_path / "m")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "pi_skip_minutes" in r.stderr

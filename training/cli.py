@@ -284,6 +284,11 @@ def _check_start(cfg) -> None:
                 raise ValueError(
                     f"{name}: {exc}" if str(exc).startswith(text) else f"{name}: {text!r} is not auto, U,C or risk=R"
                 ) from None
+    for name in ("imitation_smoothing", "pi_learning_rate"):
+        if isinstance(getattr(cfg, name), bool) or not isinstance(getattr(cfg, name), int | float):
+            raise ValueError(f"{name}: {getattr(cfg, name)!r} is not a number")
+    if not isinstance(cfg.pi_skip_minutes, int) or cfg.pi_skip_minutes < 0:
+        raise ValueError(f"pi_skip_minutes: {cfg.pi_skip_minutes!r} is not a whole number >= 0")
     if not 0.0 <= cfg.imitation_smoothing < 1.0:
         raise ValueError(f"imitation_smoothing: {cfg.imitation_smoothing} is not in [0, 1)")
     if cfg.method not in ("ppo", "rollout-pi"):

@@ -677,6 +677,11 @@ def train(
     Before PPO, the actor imitates a starting rule chosen on training loads (`start_from_rule`); a run with a
     checkpoint in `out` goes on from it instead (unless `resume` is False). Under keep-best the returned agent
     carries the best validated actor."""
+    if cfg.method == "rollout-pi" and cfg.pi_skip_minutes + cfg.pi_period_minutes > cfg.episode_minutes:
+        raise UserError(  # `train --trace` shortens episodes to the shortest training part
+            f"rollout-pi: episodes of {cfg.episode_minutes} minutes (the shortest training part) leave no period "
+            f"after pi_skip_minutes {cfg.pi_skip_minutes}; give a longer history or a smaller pi_skip_minutes"
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
