@@ -6,8 +6,9 @@ next to
   (a) target tracking and the `forecast` rule, each tuned (`training.tune` grids) on the training loads: the
       first --tune-windows windows of every other trace;
   (b) target tracking tuned in hindsight on each evaluation window itself;
-  (c) the best fixed action of the policy's family (its action mapping's grid of utilization and cushion, as a
-      fixed rule with no jump window), chosen in hindsight on each evaluation window;
+  (c) the best fixed action of the policy's family (every action of its action mapping: each (utilization,
+      cushion) of the grid and each newsvendor risk, as a fixed rule with no jump window), chosen in hindsight
+      on each evaluation window;
   (d) the hindsight oracle,
 and the `newsvendor` rule with its default parameters (the seed's prices; nothing tuned on any load).
 Figures: % of the oracle's expected profit (expected profits summed over the trace's windows) and downtime
@@ -136,10 +137,17 @@ def fold_models(held: list[str], args, out_root: Path) -> dict[str, Path]:
     from fleetpilot.training.fanout import map_tasks, values
     from fleetpilot.training.progress import Progress
 
-    with Progress(len(held), "leave-one-trace-out training", "folds") as bar:
+    done = {
+        f: out_root / f"without-{f}"
+        for f in held
+        if args.reuse and (out_root / f"without-{f}" / "manifest.json").is_file()
+    }
+    todo = [f for f in held if f not in done]
+    with Progress(len(todo), "leave-one-trace-out training", "folds") as bar:
         task = functools.partial(_train_fold_task, list(TRACES), args, out_root)
-        dirs = values(map_tasks(task, held, args.ray, lambda _i, _o: bar.update(1)), "train")
-    return dict(zip(held, dirs, strict=True))
+        dirs = values(map_tasks(task, todo, args.ray, lambda _i, _o: bar.update(1)), "train") if todo else []
+    trained = dict(zip(todo, dirs, strict=True))
+    return {f: done.get(f) or trained[f] for f in held}
 
 
 def _train_fold_task(names: list[str], args, out_root: Path, held_out: str) -> Path:
@@ -182,11 +190,18 @@ def _trained_on(model_dir: Path) -> dict:
     """A fold model's training mixture as its manifest records it: the weights and the left-out traces."""
     from fleetpilot.policies.onnx_policy import read_manifest
 
-    loads = read_manifest(model_dir)["training"]["loads"]
+    training = read_manifest(model_dir)["training"]
+    loads = training["loads"]
     broad = next((x["broad"] for x in loads if "broad" in x), None)
+    learned = {
+        "method": training["ppo"].get("method", "ppo"),
+        "start_rule": training.get("start_rule"),
+        "selected_update": training.get("selected_update"),
+        "seconds": training.get("seconds"),
+    }
     if broad is None:
-        return {"loads": loads}
-    return {"weights": broad["weights"], "excluded": broad["excluded"], "left_out": broad["left_out"]}
+        return {"loads": loads, **learned}
+    return {"weights": broad["weights"], "excluded": broad["excluded"], "left_out": broad["left_out"], **learned}
 
 
 def rule_grids(small: bool) -> dict[str, dict]:
@@ -237,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peak-tpm", type=float, default=10_000.0, help="each window's peak (10000)")
     ap.add_argument("--small-grids", action="store_true", help="two values of each rule parameter (smoke runs)")
     ap.add_argument("--out", help="where the folds' models go (default: a temporary directory)")
+    ap.add_argument("--reuse", action="store_true", help="score the fold models already in --out instead of retraining")
     ap.add_argument("--json", metavar="PATH", help="write the figures as one flat JSON object (TRACE_COLUMN_FIGURE)")
     ap.add_argument("--details", metavar="PATH", help="write every choice and per-window figure as JSON")
     add_ray_option(ap)  # the folds' trainings as Ray tasks
