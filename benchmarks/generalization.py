@@ -252,7 +252,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peak-tpm", type=float, default=10_000.0, help="each window's peak (10000)")
     ap.add_argument("--small-grids", action="store_true", help="two values of each rule parameter (smoke runs)")
     ap.add_argument("--out", help="where the folds' models go (default: a temporary directory)")
-    ap.add_argument("--reuse", action="store_true", help="score the fold models already in --out instead of retraining")
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="score the fold models already in --out instead of retraining (their settings are not checked)",
+    )
     ap.add_argument("--json", metavar="PATH", help="write the figures as one flat JSON object (TRACE_COLUMN_FIGURE)")
     ap.add_argument("--details", metavar="PATH", help="write every choice and per-window figure as JSON")
     add_ray_option(ap)  # the folds' trainings as Ray tasks

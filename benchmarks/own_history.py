@@ -7,7 +7,7 @@ target tracking tuned in hindsight on that last third itself (the grid of `bench
 utilization down to 0.3: the best rule an operator could have set had they known the load), the `newsvendor`
 rule and the oracle. Figures: % of the oracle's expected profit and downtime minutes; the training's wall time.
 
-    .venv/bin/python benchmarks/own_history.py --config docs/experiments/rollout-pi-own-history.yaml \
+    .venv/bin/python benchmarks/own_history.py --config docs/experiments/rollout-pi-broad.yaml \
         --trace ../shared/data/traces/worldcup98_pre_tournament_minute.csv --budget-minutes 8 --json own.json
 """
 
@@ -58,9 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True)
     train_s = time.perf_counter() - t0
-    if r.returncode != 0:
+    if r.returncode != 0:  # the train command's own error (2: bad input, named in its one line)
         print(r.stderr[-3000:], file=sys.stderr)
-        return 1
+        return r.returncode
     load = read_trace(args.trace).rescaled(args.peak_tpm)
     _, _, test_run, _ = split_history(load, parse_split(SPLIT), args.trace, SPLIT)
 

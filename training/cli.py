@@ -274,9 +274,14 @@ def _check_start(cfg) -> None:
     from fleetpilot.policies.actions import ActionMapping
     from fleetpilot.training.ppo import action_index
 
-    mapping = ActionMapping.from_json(cfg.mapping)
+    try:
+        mapping = ActionMapping.from_json(cfg.mapping)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"mapping: not an action mapping (missing or wrong {exc})") from None
     for name in ("init_action", "init_jump_action"):
         text = getattr(cfg, name)
+        if not isinstance(text, str):
+            raise ValueError(f"{name}: {text!r} is not auto, U,C or risk=R")
         if text != "auto":
             try:
                 action_index(mapping, text)
@@ -287,23 +292,26 @@ def _check_start(cfg) -> None:
     for name in ("imitation_smoothing", "pi_learning_rate"):
         if isinstance(getattr(cfg, name), bool) or not isinstance(getattr(cfg, name), int | float):
             raise ValueError(f"{name}: {getattr(cfg, name)!r} is not a number")
-    if not isinstance(cfg.pi_skip_minutes, int) or cfg.pi_skip_minutes < 0:
+    if isinstance(cfg.pi_skip_minutes, bool) or not isinstance(cfg.pi_skip_minutes, int) or cfg.pi_skip_minutes < 0:
         raise ValueError(f"pi_skip_minutes: {cfg.pi_skip_minutes!r} is not a whole number >= 0")
     if not 0.0 <= cfg.imitation_smoothing < 1.0:
         raise ValueError(f"imitation_smoothing: {cfg.imitation_smoothing} is not in [0, 1)")
     if cfg.method not in ("ppo", "rollout-pi"):
         raise ValueError(f"method: {cfg.method!r} is not ppo or rollout-pi")
     for name in ("pi_iterations", "pi_loads", "pi_hold_minutes", "pi_period_minutes", "pi_epochs"):
-        if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) < 1:
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}: {getattr(cfg, name)!r} is not a whole number >= 1")
     if cfg.pi_hold_minutes > cfg.pi_period_minutes:
         raise ValueError(
             f"pi_hold_minutes: {cfg.pi_hold_minutes} is longer than pi_period_minutes {cfg.pi_period_minutes}"
         )
-    if cfg.method == "rollout-pi" and cfg.pi_skip_minutes + cfg.pi_period_minutes > cfg.episode_minutes:
+    from fleetpilot.training.policy_iteration import periods_kept
+
+    if cfg.method == "rollout-pi" and not periods_kept(cfg.episode_minutes, cfg.pi_skip_minutes, cfg.pi_period_minutes):
         raise ValueError(
-            f"pi_skip_minutes: {cfg.pi_skip_minutes} + a period of {cfg.pi_period_minutes} leave no period in "
-            f"episode_minutes {cfg.episode_minutes}"
+            f"pi_skip_minutes: {cfg.pi_skip_minutes} (rounded up to a whole period of {cfg.pi_period_minutes}) "
+            f"leaves no period in episode_minutes {cfg.episode_minutes}"
         )
     if not cfg.pi_learning_rate > 0:
         raise ValueError(f"pi_learning_rate: {cfg.pi_learning_rate} is not > 0")

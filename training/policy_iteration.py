@@ -37,6 +37,16 @@ from fleetpilot.sim.fleet import FleetCore, expected_reward
 from fleetpilot.sim.params import FleetParams
 
 
+def first_period_minute(skip: int, period: int) -> int:
+    """The minute the first kept period starts: the first period boundary at or after `skip`."""
+    return -(-skip // period) * period
+
+
+def periods_kept(episode: int, skip: int, period: int) -> int:
+    """How many periods `segment_rollouts` keeps of an episode of `episode` minutes."""
+    return max(episode // period - first_period_minute(skip, period) // period, 0)
+
+
 @dataclass
 class Segments:
     """What one round of rollouts measured: per period, the state it started from and each action's advantage."""
@@ -76,9 +86,9 @@ def segment_rollouts(
     builder = ObservationBuilder(rows, fleet.capacity_tpm_per_machine, fleet.warmup_minutes)
     builder.update(load[:, 0], core.active, core.warming, start)
     lo, hi = -fleet.max_scale_in_per_minute, fleet.max_scale_out_per_minute
-    periods = t_len // period
-    first = -(-skip // period)
-    kept = max(periods - first, 0)
+    first = first_period_minute(skip, period) // period
+    kept = periods_kept(t_len, skip, period)
+    periods = first + kept
     feats = np.zeros((n, kept, 0), dtype=np.float32)
     reward = np.zeros((rows, kept))
     served = np.zeros((n, kept))

@@ -677,7 +677,7 @@ def train(
     Before PPO, the actor imitates a starting rule chosen on training loads (`start_from_rule`); a run with a
     checkpoint in `out` goes on from it instead (unless `resume` is False). Under keep-best the returned agent
     carries the best validated actor."""
-    if cfg.method == "rollout-pi" and cfg.pi_skip_minutes + cfg.pi_period_minutes > cfg.episode_minutes:
+    if cfg.method == "rollout-pi" and not _pi_periods(cfg):
         raise UserError(  # `train --trace` shortens episodes to the shortest training part
             f"rollout-pi: episodes of {cfg.episode_minutes} minutes (the shortest training part) leave no period "
             f"after pi_skip_minutes {cfg.pi_skip_minutes}; give a longer history or a smaller pi_skip_minutes"
@@ -790,6 +790,13 @@ def _ppo_loop(
     return last_val
 
 
+def _pi_periods(cfg: PPOConfig) -> int:
+    """rollout-pi: the periods each training load gives (0: the episode ends before the first one does)."""
+    from fleetpilot.training.policy_iteration import periods_kept
+
+    return periods_kept(cfg.episode_minutes, cfg.pi_skip_minutes, cfg.pi_period_minutes)
+
+
 def _pi_loop(
     cfg: PPOConfig,
     out: Path,
@@ -810,7 +817,7 @@ def _pi_loop(
 
     mapping = validator.mapping
     train_fleet = training_fleet(cfg, fleet)
-    t_start, last_val = time.perf_counter(), {}
+    t_start, last_val, steps_at_start = time.perf_counter(), {}, run.global_step
 
     def actions(obs: Observation) -> np.ndarray:
         with torch.no_grad():
@@ -831,7 +838,7 @@ def _pi_loop(
         row = {
             "update": update,
             "step": run.global_step,
-            "steps_per_s": round(run.global_step / max(elapsed, 1e-9)),
+            "steps_per_s": round((run.global_step - steps_at_start) / max(elapsed, 1e-9)),
             "periods": int(seg.features.shape[0]),
             "fit_regret": fit.regret,
             "holdout_regret": fit.holdout_regret,
