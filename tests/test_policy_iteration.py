@@ -38,6 +38,23 @@ def test_an_action_the_policy_takes_anyway_has_no_advantage_and_others_do():
     assert seg.advantage.shape == (3 * 7, MAPPING.n)
     assert np.all(seg.advantage[:, base] == 0.0)  # holding the policy's own action changes nothing
     assert np.abs(seg.advantage).max(axis=0)[np.arange(MAPPING.n) != base].min() > 0
+    assert seg.source is not None and not seg.source.any()  # one source unless told
+
+
+def test_each_round_knows_which_source_each_load_was_drawn_from():
+    from fleetpilot.training.env import MixtureSampler
+    from fleetpilot.training.ppo import _draw_loads
+
+    fleet = FleetParams()
+    sampler = MixtureSampler({"generator": 0.5, "seed": 0.5}, max_load_tpm=fleet.max_load_tpm)
+    sources: list[str] = []
+    loads, starts = _draw_loads(fleet, sampler, 3, 8, 300, sources)
+    assert len(sources) == 8 and set(sources) == {"generator", "seed"}
+    seg = segment_rollouts(
+        lambda obs: np.full(obs.n, 1), MAPPING, loads, starts, np.arange(8, dtype=np.uint64), fleet, 10, 40, 120,
+        np.array(sources),
+    )  # fmt: skip
+    assert [seg.source[seg.load == i][0] for i in range(8)] == sources
 
 
 def test_an_advantage_is_the_reward_of_holding_the_action_minus_the_policy_in_that_period():
@@ -86,6 +103,59 @@ def test_the_fit_learns_a_choice_that_depends_on_the_state():
     assert fit.regret < 0.05 * before and fit.holdout_regret < 0.05 * before
 
 
+def _two_sources(transfer: bool) -> Segments:
+    """Two sources of 2,000 periods each, action 5 the policy's own. Where feature 0 is positive, action 1
+    earns half a period's revenue more in source 0; in source 1 it does too (`transfer`), or action 6 does
+    and each source's favourite costs a period's revenue in the other. Feature 1 tells the sources apart."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(4000, 33)).astype(np.float32)
+    src = np.repeat([0, 1], 2000)
+    x[:, 1] = 2.0 * src - 1.0
+    up = x[:, 0] > 0
+    adv = np.zeros((4000, MAPPING.n))
+    adv[up & (src == 0), 1] = 0.5
+    if transfer:
+        adv[up & (src == 1), 1] = 0.5
+    else:
+        adv[up & (src == 1), 6] = 0.5
+        adv[up & (src == 0), 6] = -1.0
+        adv[up & (src == 1), 1] = -1.0
+    return Segments(x, adv, np.arange(4000) // 50, src)
+
+
+def _starting_actor(gen: torch.Generator) -> torch.nn.Module:
+    actor = Agent(MAPPING.n, 32, generator=gen).actor
+    with torch.no_grad():
+        actor[-1].bias[5] = 3.0  # starts as the policy that takes action 5 everywhere
+    return actor
+
+
+def test_a_fit_judged_by_sources_keeps_what_holds_on_a_source_it_did_not_see():
+    gen = torch.Generator().manual_seed(1)
+    seg = _two_sources(transfer=True)
+    actor = _starting_actor(gen)
+    fit = fit_actor(actor, seg, epochs=30, lr=3e-3, gen=gen, holdout="sources")
+    assert fit.holdout_regret_before > 0.2  # half the periods miss 0.5
+    assert fit.epoch > 0 and fit.worst_source_change <= 0.0
+    assert fit.holdout_regret < 0.6 * fit.holdout_regret_before  # learned from one source, better on the other
+    assert fit.regret < 0.05  # then fit on both
+
+
+def test_a_fit_judged_by_sources_changes_nothing_when_each_source_contradicts_the_other():
+    """What is learned from either source alone makes the other worse: the starting actor is kept, even though
+    a fit on both (holdout "loads") can tell them apart and learns something."""
+    gen = torch.Generator().manual_seed(1)
+    seg = _two_sources(transfer=False)
+    actor = _starting_actor(gen)
+    start = {k: v.clone() for k, v in actor.state_dict().items()}
+    fit = fit_actor(actor, seg, epochs=30, lr=3e-3, gen=gen, holdout="sources")
+    assert fit.epoch == 0 and fit.holdout_regret == fit.holdout_regret_before
+    assert all(torch.equal(v, start[k]) for k, v in actor.state_dict().items())
+    by_loads = fit_actor(_starting_actor(gen), seg, epochs=30, lr=3e-3, gen=gen, holdout="loads")
+    assert by_loads.epoch > 0 and by_loads.holdout_regret < by_loads.holdout_regret_before
+    assert by_loads.worst_source_change is None
+
+
 def test_rollout_pi_training_runs_validates_and_records_its_method(tmp_path: Path):
     cfg = tmp_path / "pi.yaml"
     cfg.write_text(
@@ -129,6 +199,7 @@ def test_bad_rollout_pi_settings_are_one_line_naming_the_field(tmp_path: Path):
         ("init_action: risk=abc\n", "init_action"),
         ("init_action: 1\n", "init_action"),
         ("method: rollout-pi\npi_loads: true\n", "pi_loads"),
+        ("method: rollout-pi\npi_holdout: traces\n", "pi_holdout"),
         ("mapping: {kind: utilization-cushion-grid}\n", "mapping"),
         ("method: rollout-pi\nepisode_minutes: 1501\npi_skip_minutes: 1441\n", "pi_skip_minutes"),
     ):

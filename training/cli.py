@@ -298,6 +298,8 @@ def _check_start(cfg) -> None:
         raise ValueError(f"imitation_smoothing: {cfg.imitation_smoothing} is not in [0, 1)")
     if cfg.method not in ("ppo", "rollout-pi"):
         raise ValueError(f"method: {cfg.method!r} is not ppo or rollout-pi")
+    if cfg.pi_holdout not in ("loads", "sources"):
+        raise ValueError(f"pi_holdout: {cfg.pi_holdout!r} is not loads or sources")
     for name in ("pi_iterations", "pi_loads", "pi_hold_minutes", "pi_period_minutes", "pi_epochs"):
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:

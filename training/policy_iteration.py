@@ -18,6 +18,11 @@ and, with the expected reward, deterministic given the load, so each action's va
 3. **Validate** the new actor on the validation runs and keep the best (update 0: the starting rule), then
    roll out again under the new policy.
 
+Which pass of the fit is kept is judged on data the fit did not learn from (`pi_holdout`): every fourth load
+("loads"), or, for a mixture of sources, each source in turn ("sources": the fit is repeated without it and
+judged on it, and a pass is kept only if it made no source it did not see worse). The second is the question a
+load the policy never saw asks; on the development traces its answer was that no pass transfers (README).
+
 Every step is the business objective measured in the simulator; nothing here is tuned to a load. The action
 set is the policy's `ActionMapping` (for the shipped recipe: the `newsvendor` rule at several prices of risk).
 """
@@ -58,6 +63,8 @@ class Segments:
     mean revenue per period at full service"""
     load: np.ndarray
     """(M,) which training load each period comes from"""
+    source: np.ndarray | None = None
+    """(M,) which source (mixture component: a trace or the generator) each period's load was drawn from"""
 
 
 def segment_rollouts(
@@ -70,10 +77,11 @@ def segment_rollouts(
     hold: int,
     period: int,
     skip: int,
+    sources: np.ndarray | None = None,
 ) -> Segments:
     """Step 1 of the module docstring on `loads` (N, T + 1). `actions(obs)` is the current policy ((R,) action
     indices for the R fleets of `obs`). Periods starting before minute `skip` (the observation's history is
-    still filling) are not kept."""
+    still filling) are not kept. `sources` (N,) names where each load was drawn from (default: one source)."""
     n, t_len = loads.shape[0], loads.shape[1] - 1
     k_n = mapping.n
     width = k_n + 1  # row 0 of each load: the policy itself; row 1 + k: holds action k
@@ -115,8 +123,12 @@ def segment_rollouts(
     # advantage stays in dollars of its load (a period with no load would otherwise divide by zero)
     scale = np.maximum(served.mean(axis=1), 1e-6)[:, None, None]
     adv = (r[:, 1:, :] - r[:, :1, :]) / scale  # (n, K, kept)
+    source = np.zeros(n, dtype=np.int64) if sources is None else np.asarray(sources)
     return Segments(
-        feats.reshape(n * kept, -1), adv.transpose(0, 2, 1).reshape(n * kept, k_n), np.repeat(np.arange(n), kept)
+        feats.reshape(n * kept, -1),
+        adv.transpose(0, 2, 1).reshape(n * kept, k_n),
+        np.repeat(np.arange(n), kept),
+        np.repeat(source, kept),
     )
 
 
@@ -130,6 +142,35 @@ class Fit:
     holdout_regret_before: float
     epoch: int
     """the pass whose actor was kept (0: the actor it started from)"""
+    worst_source_change: float | None = None
+    """holdout "sources": at the kept pass, the largest change of regret on a source the fit did not see
+    (> 0: that source got worse; None with holdout "loads" or a single source)"""
+
+
+def _regret(seg: Segments) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.from_numpy(seg.features)
+    adv = torch.from_numpy(seg.advantage).float()
+    return x, adv.max(dim=1, keepdim=True).values - adv  # >= 0; 0 for the best action of each period
+
+
+def _argmax_regret(actor: nn.Module, x: torch.Tensor, regret: torch.Tensor, rows: torch.Tensor) -> float:
+    with torch.no_grad():
+        pick = torch.argmax(actor(x[rows]), dim=-1)
+    return float(regret[rows].gather(1, pick[:, None]).mean())
+
+
+def _passes(actor, x, regret, learn, epochs, lr, gen, minibatch, weight_decay, after_pass) -> None:
+    """`epochs` passes of Adam on the expected regret of the rows `learn`; `after_pass(epoch)` after each."""
+    opt = torch.optim.Adam(actor.parameters(), lr=lr, weight_decay=weight_decay)
+    for epoch in range(1, epochs + 1):
+        perm = learn[torch.randperm(learn.shape[0], generator=gen)]
+        for s in range(0, perm.shape[0], minibatch):
+            i = perm[s : s + minibatch]
+            loss = (torch.softmax(actor(x[i]), dim=-1) * regret[i]).sum(dim=-1).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        after_pass(epoch)
 
 
 def fit_actor(
@@ -141,37 +182,65 @@ def fit_actor(
     minibatch: int = 256,
     weight_decay: float = 0.0,
     holdout_every: int = 4,
+    holdout: str = "loads",
 ) -> Fit:
-    """Step 2: minimize the actor's expected regret (Adam, `epochs` passes) on the periods of all loads but
-    every `holdout_every`-th; keep the actor of the pass whose argmax has the least regret on those held-out
-    loads, the starting actor included (a fit that does not generalize to loads it did not see changes nothing)."""
-    x = torch.from_numpy(seg.features)
-    adv = torch.from_numpy(seg.advantage).float()
-    regret = adv.max(dim=1, keepdim=True).values - adv  # >= 0; 0 for the best action of each period
+    """Step 2: minimize the actor's expected regret (Adam, up to `epochs` passes). Which pass is kept, the
+    starting actor (pass 0) included, is judged on periods the fit did not learn from (a fit that does not
+    generalize changes nothing):
+    - holdout "loads": the fit learns from all loads but every `holdout_every`-th and keeps the pass whose
+      argmax has the least regret on those;
+    - holdout "sources" (`seg.source` names at least two): for each source, the fit is run from the starting
+      actor on the other sources and its regret on that source recorded pass by pass. The pass count kept is
+      the one with the least mean change of regret over the sources among those that made no source worse
+      (none: 0, the starting actor); the actor is then fit on all periods for that many passes."""
+    x, regret = _regret(seg)
+    source = np.zeros(len(seg.load), dtype=np.int64) if seg.source is None else np.asarray(seg.source)
+    names = list(dict.fromkeys(source.tolist()))
+    if holdout == "sources" and len(names) > 1:
+        return _fit_by_sources(actor, x, regret, source, names, epochs, lr, gen, minibatch, weight_decay)
     held = torch.from_numpy(seg.load % holdout_every == holdout_every - 1)
     if not held.any() or held.all():  # too few loads to hold any out: judge on all of them
         held = torch.ones_like(held)
     learn = torch.nonzero(~held if not held.all() else held).squeeze(1)
     check = torch.nonzero(held).squeeze(1)
+    before = _argmax_regret(actor, x, regret, check)
+    best_regret, best_epoch, best_state = before, 0, copy.deepcopy(actor.state_dict())
 
-    def argmax_regret(rows: torch.Tensor) -> float:
-        with torch.no_grad():
-            pick = torch.argmax(actor(x[rows]), dim=-1)
-        return float(regret[rows].gather(1, pick[:, None]).mean())
+    def keep_best(epoch: int) -> None:
+        nonlocal best_regret, best_epoch, best_state
+        h = _argmax_regret(actor, x, regret, check)
+        if h < best_regret:
+            best_regret, best_epoch, best_state = h, epoch, copy.deepcopy(actor.state_dict())
 
-    before = argmax_regret(check)
-    best = (before, 0, copy.deepcopy(actor.state_dict()))
-    opt = torch.optim.Adam(actor.parameters(), lr=lr, weight_decay=weight_decay)
-    for epoch in range(1, epochs + 1):
-        perm = learn[torch.randperm(learn.shape[0], generator=gen)]
-        for s in range(0, perm.shape[0], minibatch):
-            i = perm[s : s + minibatch]
-            loss = (torch.softmax(actor(x[i]), dim=-1) * regret[i]).sum(dim=-1).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        h = argmax_regret(check)
-        if h < best[0]:
-            best = (h, epoch, copy.deepcopy(actor.state_dict()))
-    actor.load_state_dict(best[2])
-    return Fit(argmax_regret(learn), best[0], before, best[1])
+    _passes(actor, x, regret, learn, epochs, lr, gen, minibatch, weight_decay, keep_best)
+    actor.load_state_dict(best_state)
+    return Fit(_argmax_regret(actor, x, regret, learn), best_regret, before, best_epoch)
+
+
+def _fit_by_sources(actor, x, regret, source, names, epochs, lr, gen, minibatch, weight_decay) -> Fit:
+    """holdout "sources" of `fit_actor`."""
+    start = copy.deepcopy(actor.state_dict())
+    curves = np.zeros((len(names), epochs + 1))  # regret on each source, after each pass of a fit without it
+    for j, name in enumerate(names):
+        actor.load_state_dict(start)
+        out = torch.from_numpy(np.nonzero(source == name)[0])
+        learn = torch.from_numpy(np.nonzero(source != name)[0])
+        curves[j, 0] = _argmax_regret(actor, x, regret, out)
+
+        def record(epoch: int, j: int = j, out: torch.Tensor = out) -> None:
+            curves[j, epoch] = _argmax_regret(actor, x, regret, out)
+
+        _passes(actor, x, regret, learn, epochs, lr, gen, minibatch, weight_decay, record)
+    change = curves - curves[:, :1]
+    score = np.where(change.max(axis=0) <= 0.0, change.mean(axis=0), np.inf)
+    score[0] = 0.0
+    kept = int(np.argmin(score))  # the first pass of the least mean change; 0 unless a pass improved
+    actor.load_state_dict(start)
+    _passes(actor, x, regret, torch.arange(x.shape[0]), kept, lr, gen, minibatch, weight_decay, lambda e: None)
+    return Fit(
+        _argmax_regret(actor, x, regret, torch.arange(x.shape[0])),
+        float(curves[:, kept].mean()),
+        float(curves[:, 0].mean()),
+        kept,
+        float(change[:, kept].max()),
+    )

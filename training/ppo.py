@@ -134,6 +134,10 @@ class PPOConfig:
     """rollout-pi: passes of the actor over each round's periods"""
     pi_learning_rate: float = 1e-3
     """rollout-pi: Adam learning rate of the fit"""
+    pi_holdout: str = "loads"
+    """rollout-pi: what the fit's kept pass is judged on (`policy_iteration.fit_actor`): "loads" (every fourth
+    training load) or "sources" (each mixture source in turn, left out of the fit: a pass is kept only if it
+    made no source it did not see worse)"""
 
 
 def _layer(i: int, o: int, std: float, generator: torch.Generator | None) -> nn.Linear:
@@ -185,12 +189,22 @@ class TorchPolicy:
 
 
 def _draw_loads(
-    fleet: FleetParams, sampler: LoadSampler | None, seed: int, n_loads: int, minutes: int
+    fleet: FleetParams,
+    sampler: LoadSampler | None,
+    seed: int,
+    n_loads: int,
+    minutes: int,
+    sources: list[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(n_loads, minutes + 1) training loads and their start minutes, drawn from `seed` alone."""
+    """(n_loads, minutes + 1) training loads and their start minutes, drawn from `seed` alone. `sources`, if
+    given, is extended with each load's mixture component (a plain sampler: one source, "")."""
     sampler = sampler or LoadSampler(max_load_tpm=fleet.max_load_tpm)
     rng = np.random.default_rng([seed, 7919])
-    drawn = [sampler.sample(rng, minutes + 1) for _ in range(n_loads)]
+    drawn = []
+    for _ in range(n_loads):
+        drawn.append(sampler.sample(rng, minutes + 1))
+        if sources is not None:
+            sources.append(str(getattr(sampler, "last", {}).get("component", "")))
     return np.stack([d[0] for d in drawn]), np.array([d[1] for d in drawn])
 
 
@@ -824,13 +838,16 @@ def _pi_loop(
             return agent(torch.from_numpy(obs.features)).numpy()
 
     for update in range(run.update + 1, cfg.pi_iterations + 1):
-        loads, starts = _draw_loads(train_fleet, sampler, cfg.seed * 1009 + update, cfg.pi_loads, cfg.episode_minutes)
+        sources: list[str] = []
+        loads, starts = _draw_loads(
+            train_fleet, sampler, cfg.seed * 1009 + update, cfg.pi_loads, cfg.episode_minutes, sources
+        )
         keys = np.random.default_rng([cfg.seed, update, 31337]).integers(0, 2**63, cfg.pi_loads, dtype=np.uint64)
         seg = segment_rollouts(
             actions, mapping, loads, starts, keys, train_fleet,
-            cfg.pi_hold_minutes, cfg.pi_period_minutes, cfg.pi_skip_minutes,
+            cfg.pi_hold_minutes, cfg.pi_period_minutes, cfg.pi_skip_minutes, np.array(sources),
         )  # fmt: skip
-        fit = fit_actor(agent.actor, seg, cfg.pi_epochs, cfg.pi_learning_rate, gen)
+        fit = fit_actor(agent.actor, seg, cfg.pi_epochs, cfg.pi_learning_rate, gen, holdout=cfg.pi_holdout)
         run.update = update
         run.global_step += cfg.pi_loads * (mapping.n + 1) * cfg.episode_minutes
         elapsed = time.perf_counter() - t_start
@@ -845,6 +862,8 @@ def _pi_loop(
             "holdout_regret_before": fit.holdout_regret_before,
             "fit_epoch": fit.epoch,
         }
+        if fit.worst_source_change is not None:
+            row["fit_worst_source_change"] = fit.worst_source_change
         if validator.runs:
             last_val = validator(agent)
             if cfg.keep_best:
