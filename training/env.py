@@ -62,10 +62,13 @@ class LoadSampler:
         self.synthetic = synthetic or SyntheticLoadParams()
         self.augment = augment
         self.max_load_tpm = max_load_tpm
+        self.last: dict[str, Any] = {}
+        """what the latest draw was: its `component` (the trace's name, or the seed's generator)"""
 
     def sample(self, rng: np.random.Generator, minutes: int) -> tuple[np.ndarray, int]:
         """(load of `minutes` minutes, epoch minute of its first value)."""
         if not self.traces:
+            self.last = {"component": SEED_GENERATOR}
             return (
                 synthetic_load(rng, minutes, self.synthetic, self.max_load_tpm),
                 int(SYNTHETIC_START.timestamp() // 60),
@@ -73,7 +76,9 @@ class LoadSampler:
         fits = [t for t in self.traces if t.minutes >= minutes]
         if not fits:
             raise ValueError(f"no trace has the {minutes} minutes an episode needs")
-        w = sample_window(rng, fits[int(rng.integers(len(fits)))], minutes, self.augment)
+        trace = fits[int(rng.integers(len(fits)))]
+        self.last = {"component": trace.name}
+        w = sample_window(rng, trace, minutes, self.augment)
         return np.minimum(w.load_tpm, self.max_load_tpm), w.start_minute()
 
 

@@ -20,8 +20,8 @@ and, with the expected reward, deterministic given the load, so each action's va
 
 Which pass of the fit is kept is judged on data the fit did not learn from (`pi_holdout`): every fourth load
 ("loads"), or, for a mixture of sources, each source in turn ("sources": the fit is repeated without it and
-judged on it, and a pass is kept only if it made no source it did not see worse). The second is the question a
-load the policy never saw asks; on the development traces its answer was that no pass transfers (README).
+judged on it, and a pass is kept only if it made no source it did not see worse). The second asks the question
+a load the policy never saw asks (README: on the development traces, hardly any pass passed it).
 
 Every step is the business objective measured in the simulator; nothing here is tuned to a load. The action
 set is the policy's `ActionMapping` (for the shipped recipe: the `newsvendor` rule at several prices of risk).
@@ -124,6 +124,8 @@ def segment_rollouts(
     scale = np.maximum(served.mean(axis=1), 1e-6)[:, None, None]
     adv = (r[:, 1:, :] - r[:, :1, :]) / scale  # (n, K, kept)
     source = np.zeros(n, dtype=np.int64) if sources is None else np.asarray(sources)
+    if source.shape != (n,):
+        raise ValueError(f"sources: {source.shape[0] if source.ndim else 0} given for {n} loads")
     return Segments(
         feats.reshape(n * kept, -1),
         adv.transpose(0, 2, 1).reshape(n * kept, k_n),
@@ -134,17 +136,25 @@ def segment_rollouts(
 
 @dataclass
 class Fit:
-    """What `fit_actor` did: its argmax's mean regret (shares of a period's revenue) on the periods it learned
-    from and on the held-out loads', the same for the actor it started from, and the pass it kept."""
+    """What `fit_actor` did, in shares of a period's revenue: `regret`, its argmax's mean regret on the periods
+    it learned from (holdout "sources": all periods, the final fit); `holdout_regret`, at the kept pass, on
+    periods it did not learn from: the held-out loads (holdout "loads"), or the mean over sources of what a fit
+    without each source left on that source (holdout "sources"); `holdout_regret_before`, the same for the
+    actor it started from."""
 
     regret: float
     holdout_regret: float
     holdout_regret_before: float
     epoch: int
     """the pass whose actor was kept (0: the actor it started from)"""
-    worst_source_change: float | None = None
-    """holdout "sources": at the kept pass, the largest change of regret on a source the fit did not see
-    (> 0: that source got worse; None with holdout "loads" or a single source)"""
+    holdout: str = "loads"
+    """what the kept pass was judged on: "loads" or "sources" ("sources" asked for in a round that drew a single
+    source: "loads")"""
+    source_change: dict[str, float] | None = None
+    """holdout "sources": per source, how a fit without it changed its regret on it (> 0: worse), at the kept
+    pass, or, when none was kept, after the last pass: what stopped it"""
+    source_change_pass: int | None = None
+    """the pass `source_change` is measured at"""
 
 
 def _regret(seg: Segments) -> tuple[torch.Tensor, torch.Tensor]:
@@ -193,6 +203,8 @@ def fit_actor(
       actor on the other sources and its regret on that source recorded pass by pass. The pass count kept is
       the one with the least mean change of regret over the sources among those that made no source worse
       (none: 0, the starting actor); the actor is then fit on all periods for that many passes."""
+    if holdout not in ("loads", "sources"):
+        raise ValueError(f"holdout {holdout!r}: expected loads or sources")
     x, regret = _regret(seg)
     source = np.zeros(len(seg.load), dtype=np.int64) if seg.source is None else np.asarray(seg.source)
     names = list(dict.fromkeys(source.tolist()))
@@ -235,6 +247,7 @@ def _fit_by_sources(actor, x, regret, source, names, epochs, lr, gen, minibatch,
     score = np.where(change.max(axis=0) <= 0.0, change.mean(axis=0), np.inf)
     score[0] = 0.0
     kept = int(np.argmin(score))  # the first pass of the least mean change; 0 unless a pass improved
+    near = kept or epochs  # where the fit ended up, when no pass was kept
     actor.load_state_dict(start)
     _passes(actor, x, regret, torch.arange(x.shape[0]), kept, lr, gen, minibatch, weight_decay, lambda e: None)
     return Fit(
@@ -242,5 +255,7 @@ def _fit_by_sources(actor, x, regret, source, names, epochs, lr, gen, minibatch,
         float(curves[:, kept].mean()),
         float(curves[:, 0].mean()),
         kept,
-        float(change[:, kept].max()),
+        "sources",
+        {str(name): round(float(change[j, near]), 6) for j, name in enumerate(names)},
+        near,
     )

@@ -136,8 +136,9 @@ class PPOConfig:
     """rollout-pi: Adam learning rate of the fit"""
     pi_holdout: str = "loads"
     """rollout-pi: what the fit's kept pass is judged on (`policy_iteration.fit_actor`): "loads" (every fourth
-    training load) or "sources" (each mixture source in turn, left out of the fit: a pass is kept only if it
-    made no source it did not see worse)"""
+    training load) or "sources" (each source, a trace or the generator, left out of the fit in turn: a pass is
+    kept only if it made no source it did not see worse; a round that drew a single source falls back to
+    "loads", and its log row says so)"""
 
 
 def _layer(i: int, o: int, std: float, generator: torch.Generator | None) -> nn.Linear:
@@ -487,7 +488,9 @@ class RunState:
 def resume_run(path: Path, cfg: PPOConfig, agent: Agent, opt: torch.optim.Optimizer, gen: torch.Generator) -> RunState:
     """Load the checkpoint at `path` into the agent, the optimizer and the generator."""
     ckpt = Checkpoint.load(path)
-    if ckpt.config != asdict(cfg):
+    # a setting added since the checkpoint was written counts as its default
+    saved = {**asdict(PPOConfig()), **ckpt.config} if isinstance(ckpt.config, dict) else ckpt.config
+    if saved != asdict(cfg):
         raise CheckpointError(f"{path} was written with another configuration; use a new --out or --no-resume")
     try:
         agent.load_state_dict(ckpt.agent)
@@ -738,6 +741,16 @@ def train(
     return TrainResult(agent, mapping, last_val, run.global_step, run.start, selected)
 
 
+def _validate(cfg: PPOConfig, validator: Validator, run: RunState, update: int, agent: Agent, row: dict) -> dict:
+    """Validate the agent after `update`, offer it to keep-best and note the figures in the log row."""
+    val = validator(agent)
+    if cfg.keep_best:
+        run.best.offer(update, val, agent)
+    row["val_pct_of_oracle"] = val["pct_of_oracle"]
+    row["val_downtime_minutes"] = val["downtime_minutes"]
+    return val
+
+
 def _ppo_loop(
     cfg: PPOConfig,
     out: Path,
@@ -786,11 +799,7 @@ def _ppo_loop(
         row.update(losses)
         final = update == num_updates or (budget_seconds is not None and elapsed >= budget_seconds)
         if validator.runs and (update % cfg.eval_every_updates == 0 or final):
-            last_val = validator(agent)
-            if cfg.keep_best:
-                run.best.offer(update, last_val, agent)
-            row["val_pct_of_oracle"] = last_val["pct_of_oracle"]
-            row["val_downtime_minutes"] = last_val["downtime_minutes"]
+            last_val = _validate(cfg, validator, run, update, agent, row)
         log.append(row)
         if bar is not None:
             pct = f" val {last_val['pct_of_oracle']:.1f}% of oracle" if last_val else ""
@@ -862,14 +871,11 @@ def _pi_loop(
             "holdout_regret_before": fit.holdout_regret_before,
             "fit_epoch": fit.epoch,
         }
-        if fit.worst_source_change is not None:
-            row["fit_worst_source_change"] = fit.worst_source_change
+        row["fit_holdout"] = fit.holdout
+        if fit.source_change is not None:
+            row["fit_source_change"], row["fit_source_change_pass"] = fit.source_change, fit.source_change_pass
         if validator.runs:
-            last_val = validator(agent)
-            if cfg.keep_best:
-                run.best.offer(update, last_val, agent)
-            row["val_pct_of_oracle"] = last_val["pct_of_oracle"]
-            row["val_downtime_minutes"] = last_val["downtime_minutes"]
+            last_val = _validate(cfg, validator, run, update, agent, row)
         log.append(row)
         if bar is not None:
             pct = f" val {last_val['pct_of_oracle']:.1f}% of oracle" if last_val else ""
