@@ -187,6 +187,30 @@ def test_a_checkpoint_written_before_a_setting_existed_resumes_with_its_default(
     assert (run.update, run.global_step) == (3, 99)
     with pytest.raises(CheckpointError, match="another configuration"):
         resume_run(path, PPOConfig(mapping=MAPPING.to_json(), hidden=8, pi_holdout="sources"), agent, opt, gen)
+    for config in ({**old, "init_bias": 0.5}, [old]):  # a setting this version does not know; not a config
+        Checkpoint(agent.state_dict(), opt.state_dict(), 3, 99, config, gen.get_state()).save(path)  # type: ignore[arg-type]
+        with pytest.raises(CheckpointError, match="another configuration"):
+            resume_run(path, PPOConfig(mapping=MAPPING.to_json(), hidden=8), agent, opt, gen)
+
+
+def test_a_trace_sampler_records_which_trace_it_drew_without_changing_the_draw():
+    from fleetpilot.sim.load import Load, sample_window
+    from fleetpilot.training.env import LoadSampler
+
+    rng = np.random.default_rng(9)
+    traces = [Load(name, synthetic_load(rng, 3000)) for name in ("a", "b")]
+    sampler = LoadSampler(traces)
+    draw, twin = np.random.default_rng(1), np.random.default_rng(1)
+    seen = set()
+    for _ in range(8):
+        load, start = sampler.sample(draw, 500)
+        trace = traces[int(twin.integers(2))]  # what the sampler did before it recorded anything
+        window = sample_window(twin, trace, 500, None)
+        assert sampler.last == {"component": trace.name}
+        np.testing.assert_array_equal(load, np.minimum(window.load_tpm, sampler.max_load_tpm))
+        assert start == window.start_minute()
+        seen.add(trace.name)
+    assert seen == {"a", "b"}
 
 
 def test_rollout_pi_training_runs_validates_and_records_its_method(tmp_path: Path):
@@ -251,7 +275,7 @@ def test_rollout_pi_on_a_mixture_judges_each_round_by_sources(tmp_path: Path):
     assert judged, rows  # six loads from two sources: a round that drew both is judged by sources
     for row in judged:
         assert set(row["fit_source_change"]) == {"generator", "history"}
-        assert 0 <= row["fit_source_change_pass"] <= 5
+        assert row["fit_source_change_pass"] == (row["fit_epoch"] or 5)  # the kept pass, else the last
 
 
 def test_bad_rollout_pi_settings_are_one_line_naming_the_field(tmp_path: Path):

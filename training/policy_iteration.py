@@ -83,6 +83,9 @@ def segment_rollouts(
     indices for the R fleets of `obs`). Periods starting before minute `skip` (the observation's history is
     still filling) are not kept. `sources` (N,) names where each load was drawn from (default: one source)."""
     n, t_len = loads.shape[0], loads.shape[1] - 1
+    source = np.zeros(n, dtype=np.int64) if sources is None else np.asarray(sources)
+    if source.shape != (n,):
+        raise ValueError(f"sources: {source.shape[0] if source.ndim else 0} given for {n} loads")
     k_n = mapping.n
     width = k_n + 1  # row 0 of each load: the policy itself; row 1 + k: holds action k
     rows = n * width
@@ -123,9 +126,6 @@ def segment_rollouts(
     # advantage stays in dollars of its load (a period with no load would otherwise divide by zero)
     scale = np.maximum(served.mean(axis=1), 1e-6)[:, None, None]
     adv = (r[:, 1:, :] - r[:, :1, :]) / scale  # (n, K, kept)
-    source = np.zeros(n, dtype=np.int64) if sources is None else np.asarray(sources)
-    if source.shape != (n,):
-        raise ValueError(f"sources: {source.shape[0] if source.ndim else 0} given for {n} loads")
     return Segments(
         feats.reshape(n * kept, -1),
         adv.transpose(0, 2, 1).reshape(n * kept, k_n),

@@ -198,7 +198,8 @@ def _draw_loads(
     sources: list[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(n_loads, minutes + 1) training loads and their start minutes, drawn from `seed` alone. `sources`, if
-    given, is extended with each load's mixture component (a plain sampler: one source, "")."""
+    given, is extended with where each load was drawn from (`sampler.last["component"]`: a trace's name, the
+    generator or the seed's generator; "" for a sampler that does not say)."""
     sampler = sampler or LoadSampler(max_load_tpm=fleet.max_load_tpm)
     rng = np.random.default_rng([seed, 7919])
     drawn = []
@@ -488,7 +489,9 @@ class RunState:
 def resume_run(path: Path, cfg: PPOConfig, agent: Agent, opt: torch.optim.Optimizer, gen: torch.Generator) -> RunState:
     """Load the checkpoint at `path` into the agent, the optimizer and the generator."""
     ckpt = Checkpoint.load(path)
-    # a setting added since the checkpoint was written counts as its default
+    # a setting added since the checkpoint was written counts as its default: a new setting's default must
+    # reproduce what training did before it existed (a setting the checkpoint has and this version does not
+    # know, or any other difference, still refuses)
     saved = {**asdict(PPOConfig()), **ckpt.config} if isinstance(ckpt.config, dict) else ckpt.config
     if saved != asdict(cfg):
         raise CheckpointError(f"{path} was written with another configuration; use a new --out or --no-resume")
