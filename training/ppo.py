@@ -199,14 +199,14 @@ def _draw_loads(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(n_loads, minutes + 1) training loads and their start minutes, drawn from `seed` alone. `sources`, if
     given, is extended with where each load was drawn from (`sampler.last["component"]`: a trace's name, the
-    generator or the seed's generator; "" for a sampler that does not say)."""
+    generator or the seed's generator)."""
     sampler = sampler or LoadSampler(max_load_tpm=fleet.max_load_tpm)
     rng = np.random.default_rng([seed, 7919])
     drawn = []
     for _ in range(n_loads):
         drawn.append(sampler.sample(rng, minutes + 1))
         if sources is not None:
-            sources.append(str(getattr(sampler, "last", {}).get("component", "")))
+            sources.append(str(sampler.last.get("component", "")))
     return np.stack([d[0] for d in drawn]), np.array([d[1] for d in drawn])
 
 
@@ -697,7 +697,9 @@ def train(
     Before PPO, the actor imitates a starting rule chosen on training loads (`start_from_rule`); a run with a
     checkpoint in `out` goes on from it instead (unless `resume` is False). Under keep-best the returned agent
     carries the best validated actor."""
-    if cfg.method == "rollout-pi" and not _pi_periods(cfg):
+    from fleetpilot.training.policy_iteration import periods_kept
+
+    if cfg.method == "rollout-pi" and not periods_kept(cfg.episode_minutes, cfg.pi_skip_minutes, cfg.pi_period_minutes):
         raise UserError(  # `train --trace` shortens episodes to the shortest training part
             f"rollout-pi: episodes of {cfg.episode_minutes} minutes (the shortest training part) leave no period "
             f"after pi_skip_minutes {cfg.pi_skip_minutes}; give a longer history or a smaller pi_skip_minutes"
@@ -816,13 +818,6 @@ def _ppo_loop(
     return last_val
 
 
-def _pi_periods(cfg: PPOConfig) -> int:
-    """rollout-pi: the periods each training load gives (0: the episode ends before the first one does)."""
-    from fleetpilot.training.policy_iteration import periods_kept
-
-    return periods_kept(cfg.episode_minutes, cfg.pi_skip_minutes, cfg.pi_period_minutes)
-
-
 def _pi_loop(
     cfg: PPOConfig,
     out: Path,
@@ -873,8 +868,8 @@ def _pi_loop(
             "holdout_regret": fit.holdout_regret,
             "holdout_regret_before": fit.holdout_regret_before,
             "fit_epoch": fit.epoch,
+            "fit_holdout": fit.holdout,
         }
-        row["fit_holdout"] = fit.holdout
         if fit.source_change is not None:
             row["fit_source_change"], row["fit_source_change_pass"] = fit.source_change, fit.source_change_pass
         if validator.runs:
