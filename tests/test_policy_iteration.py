@@ -379,3 +379,33 @@ def test_a_trace_too_short_for_a_rollout_period_is_one_line_naming_it(tmp_path: 
     assert r.returncode == 2, r.stderr[-2000:]
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "pi_skip_minutes" in r.stderr
+
+
+def test_the_budget_stops_before_a_round_that_would_end_past_it(tmp_path: Path, monkeypatch):
+    """`--budget-minutes` counts from the start of training, and a round is not begun when the longest round so
+    far says it would end past the budget (each round here takes 100 s of a fake clock; the budget is 250 s:
+    after two rounds, 200 s, a third would end at 300 s). Checking only whether the budget is already spent
+    would have begun the third round at 200 s and ended at 300 s."""
+    import fleetpilot.training.policy_iteration as pi
+    import fleetpilot.training.ppo as ppo
+
+    now = [1000.0]
+    monkeypatch.setattr(ppo, "_clock", lambda: now[0])
+    real_fit = pi.fit_actor
+
+    def fit_taking_100_s(*args, **kwargs):
+        now[0] += 100.0
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(pi, "fit_actor", fit_taking_100_s)
+    cfg = ppo.PPOConfig(
+        method="rollout-pi", mapping=MAPPING.to_json(), hidden=8, episode_minutes=400, eval_seeds=[500],
+        eval_minutes=300, init_loads=2, init_action="risk=1", init_jump_window_minutes=0, pi_iterations=5,
+        pi_loads=3, pi_hold_minutes=10, pi_period_minutes=40, pi_skip_minutes=120, pi_epochs=3,
+    )  # fmt: skip
+    for budget, rounds in ((250.0, [1, 2]), (99.0, [1]), (None, [1, 2, 3, 4, 5])):
+        out = tmp_path / f"run-{budget}"
+        ppo.train(cfg, out, budget_seconds=budget, progress=False)
+        rows = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+        # the first round of a run always runs (a checkpoint to resume from), even past a budget already spent
+        assert [row["update"] for row in rows] == rounds, budget

@@ -451,6 +451,37 @@ class Validator:
         }
 
 
+_clock = time.perf_counter  #: the wall clock the training budget reads
+
+
+class Budget:
+    """`--budget-minutes`: the wall time of one training, counted from the start of `train` (choosing and
+    imitating the starting rule count). The loop stops before an update (a rollout-PI round) that the longest
+    one so far says would end past the budget, so it is not overrun by the update in progress; the first update
+    of a run always runs, so every run makes progress and leaves a checkpoint to resume from."""
+
+    def __init__(self, seconds: float | None):
+        self.deadline = None if seconds is None else _clock() + seconds
+        self.longest = 0.0
+        self._began: float | None = None
+
+    def begin(self) -> None:
+        """An update starts; the one before it (validation, log and checkpoint included) has ended."""
+        now = _clock()
+        if self._began is not None:
+            self.longest = max(self.longest, now - self._began)
+        self._began = now
+
+    def next_would_overrun(self) -> bool:
+        """Whether another update, as long as the longest so far (this one's time until now included), would end
+        past the budget."""
+        if self.deadline is None:
+            return False
+        now = _clock()
+        began = now if self._began is None else self._began
+        return now + max(self.longest, now - began) > self.deadline
+
+
 class KeepBest:
     """The actor with the best validation score seen (`PPOConfig.keep_best`), as stored in a checkpoint."""
 
@@ -699,6 +730,7 @@ def train(
     carries the best validated actor."""
     from fleetpilot.training.policy_iteration import periods_kept
 
+    budget = Budget(budget_seconds)
     if cfg.method == "rollout-pi" and not periods_kept(cfg.episode_minutes, cfg.pi_skip_minutes, cfg.pi_period_minutes):
         raise UserError(  # `train --trace` shortens episodes to the shortest training part
             f"rollout-pi: episodes of {cfg.episode_minutes} minutes (the shortest training part) leave no period "
@@ -728,7 +760,7 @@ def train(
     bar = Progress(total, "train", "steps", initial=run.global_step, unit_scale=True) if progress else None
     loop = _pi_loop if cfg.method == "rollout-pi" else _ppo_loop
     try:
-        last_val = loop(cfg, out, agent, opt, gen, run, log, validator, sampler, fleet, budget_seconds, bar)
+        last_val = loop(cfg, out, agent, opt, gen, run, log, validator, sampler, fleet, budget, bar)
     finally:
         if bar is not None:
             bar.close()
@@ -767,10 +799,10 @@ def _ppo_loop(
     validator: Validator,
     sampler: LoadSampler | None,
     fleet: FleetParams,
-    budget_seconds: float | None,
+    budget: Budget,
     bar: Progress | None,
 ) -> dict:
-    """The PPO updates from `run.update + 1` to the last (or the budget), each: collect, GAE, update, validate,
+    """The PPO updates from `run.update + 1` to the last (or the `budget`'s), each: collect, GAE, update, validate,
     log, progress (`bar`), checkpoint; returns the last validation."""
     env = WebFleetVectorEnv(
         cfg.num_envs, training_fleet(cfg, fleet), sampler, cfg.episode_minutes, expected_reward=cfg.expected_reward
@@ -785,6 +817,7 @@ def _ppo_loop(
     t_start, steps_at_start = time.perf_counter(), run.global_step
     last_val: dict = {}
     for update in range(run.update + 1, num_updates + 1):
+        budget.begin()
         for g in opt.param_groups:  # the learning rate anneals linearly to 0
             g["lr"] = (1.0 - (update - 1.0) / num_updates) * cfg.learning_rate
         next_obs, means = collect_rollout(agent, env, mapping, fleet, rollout, next_obs, gen, cfg.reward_scale)
@@ -802,7 +835,7 @@ def _ppo_loop(
             "reward_per_minute": reward.add(means),
         }
         row.update(losses)
-        final = update == num_updates or (budget_seconds is not None and elapsed >= budget_seconds)
+        final = update == num_updates or budget.next_would_overrun()
         if validator.runs and (update % cfg.eval_every_updates == 0 or final):
             last_val = _validate(cfg, validator, run, update, agent, row)
         log.append(row)
@@ -829,11 +862,12 @@ def _pi_loop(
     validator: Validator,
     sampler: LoadSampler | None,
     fleet: FleetParams,
-    budget_seconds: float | None,
+    budget: Budget,
     bar: Progress | None,
 ) -> dict:
-    """`method: rollout-pi`: rounds from `run.update + 1` of roll out (under the current actor), fit,
-    validate with keep-best, log, checkpoint (`training.policy_iteration`); returns the last validation."""
+    """`method: rollout-pi`: rounds from `run.update + 1` to the last (or the `budget`'s) of roll out (under the
+    current actor), fit, validate with keep-best, log, checkpoint (`training.policy_iteration`); returns the last
+    validation."""
     from fleetpilot.training.policy_iteration import fit_actor, segment_rollouts
 
     mapping = validator.mapping
@@ -845,6 +879,7 @@ def _pi_loop(
             return agent(torch.from_numpy(obs.features)).numpy()
 
     for update in range(run.update + 1, cfg.pi_iterations + 1):
+        budget.begin()
         sources: list[str] = []
         loads, starts = _draw_loads(
             train_fleet, sampler, cfg.seed * 1009 + update, cfg.pi_loads, cfg.episode_minutes, sources
@@ -858,7 +893,7 @@ def _pi_loop(
         run.update = update
         run.global_step += cfg.pi_loads * (mapping.n + 1) * cfg.episode_minutes
         elapsed = time.perf_counter() - t_start
-        final = update == cfg.pi_iterations or (budget_seconds is not None and elapsed >= budget_seconds)
+        final = update == cfg.pi_iterations or budget.next_would_overrun()
         row = {
             "update": update,
             "step": run.global_step,
