@@ -22,8 +22,6 @@ Safety of the record:
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import logging
 import os
@@ -36,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from fleetpilot.policies.errors import UserError
+from fleetpilot.policies.files import LockHeld, hold_lock
 
 log = logging.getLogger("fleetpilot.journal")
 
@@ -321,24 +320,14 @@ def _lock(path: Path) -> int:
     """An exclusive flock on `<journal>.lock`, held until closed; JournalError naming the holder's pid."""
     lock_path = path.with_name(path.name + ".lock")
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except OSError as exc:
-        raise JournalError(f"journal_path: {path}: cannot create its lock file {lock_path}: {exc.strerror}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            os.close(fd)
-            raise JournalError(f"journal_path: {path}: cannot lock {lock_path}: {exc.strerror}") from None
-        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
-        os.close(fd)
+        return hold_lock(lock_path)
+    except LockHeld as held:
         raise JournalError(
-            f"journal_path: {path}: in use by another fleetpilot daemon (pid {holder}); "
+            f"journal_path: {path}: in use by another fleetpilot daemon (pid {held.pid}); "
             "one daemon per journal: stop it or give this one its own journal_path"
         ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
+    except OSError as exc:
+        raise JournalError(f"journal_path: {path}: cannot lock {lock_path}: {exc.strerror}") from None
 
 
 def read_decisions(path: str | Path, group: str | None = None, last: int = 20) -> list[dict[str, Any]]:

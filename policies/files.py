@@ -7,6 +7,8 @@ Shared by the daemon and the training tools, so it lives here (both import `poli
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import stat
 from pathlib import Path
@@ -111,3 +113,29 @@ def load_yaml(text: str) -> Any:
     import yaml
 
     return yaml.load(text, Loader=_strict_loader())  # noqa: S506 - a SafeLoader subclass
+
+
+class LockHeld(Exception):
+    """`hold_lock`: another process holds the lock; `pid` is what it wrote there ("?" if nothing)."""
+
+    def __init__(self, pid: str):
+        super().__init__(pid)
+        self.pid = pid
+
+
+def hold_lock(lock_path: Path) -> int:
+    """Take an exclusive `flock` on `lock_path` (created if missing) and write this process's pid into it; the
+    returned descriptor holds the lock until it is closed (or the process dies). LockHeld when another process
+    holds it; OSError (its `strerror` says why) when the file cannot be created or locked."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise LockHeld(holder) from None
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd

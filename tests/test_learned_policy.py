@@ -197,6 +197,39 @@ def test_an_interrupted_training_resumes_from_its_checkpoint(tmp_path: Path):
     assert start["main"] and start["imitated_share"] > 0.5
 
 
+def test_a_second_training_into_the_same_out_is_refused_while_the_first_runs(tmp_path: Path):
+    """Two trainings into one --out would interleave their checkpoints, logs and models: while one holds the
+    directory (its lock held by another process here), another is one line naming it and the holder, exit 2,
+    and nothing of the first is touched; once the holder is gone the directory is usable again."""
+    cfg = tmp_path / "ppo.yaml"
+    cfg.write_text(SMOKE)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "train_log.jsonl").write_text("the first training's log\n")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from fleetpilot.policies.files import "
+         "hold_lock; hold_lock(Path(sys.argv[1])); print('held', flush=True); time.sleep(600)",
+         str(out / ".train.lock")],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        base = FLEETPILOT + ["train", "--config", str(cfg), "--steps", "2048", "--seed", "3", "--out", str(out)]
+        r = subprocess.run(base, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.strip() == (
+            f"fleetpilot train: error: --out {out}: another training is writing there (pid {holder.pid}); "
+            "wait for it or use another --out"
+        )
+        assert (out / "train_log.jsonl").read_text() == "the first training's log\n"
+    finally:
+        holder.kill()
+        holder.wait()
+    r = subprocess.run(base + ["--no-resume"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (out / "policy.onnx").is_file()
+
+
 def test_a_damaged_checkpoint_is_one_line_naming_it_and_exit_2(tmp_path: Path):
     cfg = tmp_path / "ppo.yaml"
     cfg.write_text(SMOKE)

@@ -304,6 +304,16 @@ def test_bad_rollout_pi_settings_are_one_line_naming_the_field(tmp_path: Path):
         assert r.returncode == 2, (text, r.stderr)
         assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert str(cfg) in r.stderr and field in r.stderr, r.stderr
+    cfg.write_text("method: rollout-pi\n")  # --steps would be ignored: rollout-pi counts rounds, not steps
+    r = subprocess.run(
+        FLEETPILOT + ["train", "--config", str(cfg), "--steps", "4096", "--out", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "--steps" in r.stderr and "pi_iterations" in r.stderr and str(cfg) in r.stderr, r.stderr
+    assert not (tmp_path / "x").exists()  # refused before anything was written
 
 
 def test_own_history_benchmark_trains_on_the_first_two_thirds_and_scores_the_last(tmp_path: Path):

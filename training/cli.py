@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
@@ -265,6 +266,11 @@ def _train_config(path: str | None, args):
         _check_start(cfg)
     except (TypeError, ValueError) as exc:
         raise CliError(f"--config {path}: {str(exc).splitlines()[0]}") from None
+    if args.steps is not None and cfg.method == "rollout-pi":  # it would be silently ignored
+        raise CliError(
+            f"--steps sets PPO's experience; --config {path} trains by rollout-pi, whose experience is "
+            "pi_iterations rounds of pi_loads loads (set those in the config)"
+        )
     return cfg, fleet
 
 
@@ -464,22 +470,42 @@ def cmd_train(args) -> int:
         data = _broad_data(args, cfg, fleet, split)
     else:
         data = _trace_data(args, cfg, fleet, split) if args.trace else _synthetic_data(args, cfg)
-    t0 = time.perf_counter()
-    budget = args.budget_minutes * 60 if args.budget_minutes else None
+    lock = _lock_out(out)
     try:
-        result = train(
-            data.cfg,
-            out,
-            sampler=data.sampler,
-            fleet=fleet,
-            val_runs=data.val_runs,
-            budget_seconds=budget,
-            resume=not args.no_resume,
-        )
-    except CheckpointError as exc:
-        raise CliError(str(exc)) from None
-    _report_and_write(args, data, fleet, result, out, split, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        budget = args.budget_minutes * 60 if args.budget_minutes else None
+        try:
+            result = train(
+                data.cfg,
+                out,
+                sampler=data.sampler,
+                fleet=fleet,
+                val_runs=data.val_runs,
+                budget_seconds=budget,
+                resume=not args.no_resume,
+            )
+        except CheckpointError as exc:
+            raise CliError(str(exc)) from None
+        _report_and_write(args, data, fleet, result, out, split, time.perf_counter() - t0)
+    finally:
+        os.close(lock)
     return 0
+
+
+def _lock_out(out: Path) -> int:
+    """Create `--out` and hold `--out/.train.lock` for the training: a second training into the same directory
+    would interleave its checkpoint, log and model with this one's, so it is refused, naming the holder."""
+    from fleetpilot.policies.files import LockHeld, hold_lock
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        return hold_lock(out / ".train.lock")
+    except LockHeld as held:
+        raise CliError(
+            f"--out {out}: another training is writing there (pid {held.pid}); wait for it or use another --out"
+        ) from None
+    except OSError as exc:
+        raise CliError(f"--out {out}: cannot create or lock it: {exc.strerror}") from None
 
 
 def _loads_mode(args) -> str:
