@@ -105,11 +105,61 @@ def _strict_loader():
                     seen[key] = line
             return super().construct_mapping(node, deep=deep)
 
+        def get_single_data(self):
+            node = self.get_single_node()
+            if node is None:
+                return None
+            _check_expansion(node)
+            return self.construct_document(node)
+
     return StrictLoader
 
 
+#: The most values a YAML document may stand for once its aliases are followed. Anchors and aliases (`&d`,
+#: `<<: *d`) are welcome; a few lines of nested aliases that stand for billions of values ("billion laughs")
+#: would take the config's validation minutes and gigabytes, and a recursive one forever.
+MAX_YAML_VALUES = 2_000_000
+
+
+def _check_expansion(root) -> None:
+    """yaml.MarkedYAMLError, marked at the innermost node that is too large or at the recursive alias, when the
+    document stands for more than MAX_YAML_VALUES values or for an endless one."""
+    import yaml
+
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            raise yaml.MarkedYAMLError(
+                problem="an alias refers to a node that contains it", problem_mark=node.start_mark
+            )
+        open_nodes.add(key)
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [child for pair in node.value for child in pair]
+        else:
+            children = []
+        total = 1 + sum(size(child) for child in children)
+        if total > MAX_YAML_VALUES:
+            raise yaml.MarkedYAMLError(
+                problem=f"its aliases make it stand for more than {MAX_YAML_VALUES:,} values",
+                problem_mark=node.start_mark,
+            )
+        open_nodes.discard(key)
+        sizes[key] = total
+        return total
+
+    size(root)
+
+
 def load_yaml(text: str) -> Any:
-    """`yaml.safe_load` that refuses a mapping with a duplicate key (DuplicateKeyError naming key and line)."""
+    """`yaml.safe_load` that refuses a mapping with a duplicate key (DuplicateKeyError naming key and line) and
+    a document whose aliases make it endless or larger than MAX_YAML_VALUES (a yaml.MarkedYAMLError)."""
     import yaml
 
     return yaml.load(text, Loader=_strict_loader())  # noqa: S506 - a SafeLoader subclass

@@ -542,6 +542,37 @@ def test_duplicate_yaml_keys_are_refused_naming_key_and_line(tmp_path):
         load_config(p)
 
 
+def _alias_bomb(levels: int) -> str:
+    """YAML of a few lines whose nested aliases stand for 10 ** (levels + 1) values."""
+    names = [f"l{i}" for i in range(levels + 1)]
+    text = f"{names[0]}: &{names[0]} [{', '.join(['x'] * 10)}]\n"
+    for prev, name in zip(names[:-1], names[1:], strict=True):
+        text += f"{name}: &{name} [{', '.join([f'*{prev}'] * 10)}]\n"
+    return text
+
+
+def test_yaml_anchors_are_welcome_but_an_alias_bomb_or_a_recursive_alias_is_refused(tmp_path, capsys):
+    p = tmp_path / "c.yaml"
+    data = sim_config(tmp_path)
+    text = yaml.safe_dump(data)
+    # an anchor and a merge key: the group's settings written once and reused
+    p.write_text("x-defaults: &defaults\n  dry_run: true\n" + text)
+    with pytest.raises(ConfigError, match="x-defaults"):  # an unknown field, but it parsed
+        load_config(p)
+    p.write_text(text + _alias_bomb(8))  # 10^9 values in 9 lines
+    first = text.count("\n") + 7  # named at l6, the first line standing for more than 2 million (11 million)
+    with pytest.raises(ConfigError, match=rf"c\.yaml:{first}: not valid YAML: its aliases make it stand for more"):
+        load_config(p)
+    p.write_text(text + "loop: &loop [1, *loop]\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml:\d+: not valid YAML: an alias refers to a node that contains it"):
+        load_config(p)
+    t = tmp_path / "ppo.yaml"
+    t.write_text(_alias_bomb(8))
+    rc, err = _main("train", "--config", str(t), "--out", str(tmp_path / "m"), capsys=capsys)
+    assert rc == 2 and err.count("\n") == 1 and "ppo.yaml: not valid YAML (its aliases make it stand" in err, err
+    assert not (tmp_path / "m").exists()
+
+
 def test_a_trace_with_a_utf8_bom_is_accepted(tmp_path):
     from fleetpilot.sim.load import read_trace
 
