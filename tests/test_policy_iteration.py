@@ -348,7 +348,13 @@ def test_own_history_benchmark_trains_on_the_first_two_thirds_and_scores_the_las
     assert split["shares"] == [0.5, 0.17, 0.33]
     for k in ("learned", "newsvendor", "tt_hindsight"):
         assert fig[f"{k}_pct_of_oracle"] <= 100.0 and isinstance(fig[f"{k}_downtime_minutes"], int)
-    assert fig["selected_update"] in (0, 1, 2) and fig["train_seconds"] > 0
+        usd = fig[f"{k}_expected_profit_usd"]
+        assert fig[f"{k}_pct_of_oracle"] == round(100 * usd / fig["oracle_expected_profit_usd"], 2)
+    # the comparisons are in dollars (a % of an oracle that loses money would flip them)
+    assert fig["learned_beats_tt_hindsight"] == (
+        fig["learned_expected_profit_usd"] > fig["tt_hindsight_expected_profit_usd"]
+    )
+    assert fig["selected_update"] in (0, 1, 2) and fig["train_seconds"] >= fig["training_seconds"] > 0
 
 
 @pytest.mark.parametrize("recipe", ["rollout-pi-broad.yaml", "rollout-pi-sources.yaml"])
