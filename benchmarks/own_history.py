@@ -33,7 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget-minutes", type=float, default=8.0, help="training wall-time budget (8)")
     ap.add_argument("--peak-tpm", type=float, default=10_000.0, help="rescale the trace to this peak (10000)")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--steps", type=int, default=None, help="fleet-minutes of training (smoke runs)")
+    ap.add_argument(
+        "--steps", type=int, default=None, help="fleet-minutes of PPO training (smoke runs; refused with rollout-pi)"
+    )
     ap.add_argument("--small-grid", action="store_true", help="two target-tracking values per parameter (smoke)")
     ap.add_argument("--out", help="the model directory (default: a temporary one)")
     ap.add_argument("--json", metavar="PATH", help="write the figures as one flat JSON object")

@@ -327,7 +327,8 @@ def _lock(path: Path) -> int:
             "one daemon per journal: stop it or give this one its own journal_path"
         ) from None
     except OSError as exc:
-        raise JournalError(f"journal_path: {path}: cannot lock {lock_path}: {exc.strerror}") from None
+        what = f"cannot create its lock file {lock_path}" if exc.filename else f"cannot lock {lock_path}"
+        raise JournalError(f"journal_path: {path}: {what}: {exc.strerror}") from None
 
 
 def read_decisions(path: str | Path, group: str | None = None, last: int = 20) -> list[dict[str, Any]]:

@@ -122,8 +122,8 @@ MAX_YAML_VALUES = 2_000_000
 
 
 def _check_expansion(root) -> None:
-    """yaml.MarkedYAMLError, marked at the innermost node that is too large or at the recursive alias, when the
-    document stands for more than MAX_YAML_VALUES values or for an endless one."""
+    """yaml.MarkedYAMLError when the document stands for more than MAX_YAML_VALUES values (marked at the
+    innermost node that does) or for an endless one (marked at the anchored node that contains its own alias)."""
     import yaml
 
     sizes: dict[int, int] = {}
@@ -174,18 +174,21 @@ class LockHeld(Exception):
 
 
 def hold_lock(lock_path: Path) -> int:
-    """Take an exclusive `flock` on `lock_path` (created if missing) and write this process's pid into it; the
-    returned descriptor holds the lock until it is closed (or the process dies). LockHeld when another process
-    holds it; OSError (its `strerror` says why) when the file cannot be created or locked."""
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    """Take an exclusive `flock` on `lock_path` (created if missing; a symlink there is refused) and write this
+    process's pid into it; the returned descriptor holds the lock until it is closed (or the process dies).
+    LockHeld when another process holds it. OSError (its `strerror` says why) when the file cannot be opened
+    (`filename` set) or locked or written (`filename` None; ENOLCK or EOPNOTSUPP: a filesystem without locks)."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise LockHeld(os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?") from None
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except BaseException:
         os.close(fd)
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise LockHeld(holder) from None
         raise
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd

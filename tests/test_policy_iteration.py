@@ -349,7 +349,7 @@ def test_own_history_benchmark_trains_on_the_first_two_thirds_and_scores_the_las
     for k in ("learned", "newsvendor", "tt_hindsight"):
         assert fig[f"{k}_pct_of_oracle"] <= 100.0 and isinstance(fig[f"{k}_downtime_minutes"], int)
         usd = fig[f"{k}_expected_profit_usd"]
-        assert fig[f"{k}_pct_of_oracle"] == round(100 * usd / fig["oracle_expected_profit_usd"], 2)
+        assert fig[f"{k}_pct_of_oracle"] == pytest.approx(100 * usd / fig["oracle_expected_profit_usd"], abs=0.011)
     # the comparisons are in dollars (a % of an oracle that loses money would flip them)
     assert fig["learned_beats_tt_hindsight"] == (
         fig["learned_expected_profit_usd"] > fig["tt_hindsight_expected_profit_usd"]
@@ -398,30 +398,45 @@ def test_a_trace_too_short_for_a_rollout_period_is_one_line_naming_it(tmp_path: 
 
 
 def test_the_budget_stops_before_a_round_that_would_end_past_it(tmp_path: Path, monkeypatch):
-    """`--budget-minutes` counts from the start of training, and a round is not begun when the longest round so
-    far says it would end past the budget (each round here takes 100 s of a fake clock; the budget is 250 s:
-    after two rounds, 200 s, a third would end at 300 s). Checking only whether the budget is already spent
-    would have begun the third round at 200 s and ended at 300 s."""
+    """`--budget-minutes` counts from the start of training, and once a round's work is done the loop goes on
+    only if the round's validation and one more round, validated, would end within the budget. On a fake clock
+    each round's fit takes 100 s and each validation 20 s (the starting rule's one too): round 1 ends at 140 s,
+    round 2 at 260 s. A 260 s budget gets two rounds, a 259 s one only one: checking the next round's work alone
+    (120 + 100 <= 259) would have ended round 2 at 260 s, and checking only whether the budget was already
+    spent would have run a third round, to 380 s."""
     import fleetpilot.training.policy_iteration as pi
     import fleetpilot.training.ppo as ppo
 
     now = [1000.0]
     monkeypatch.setattr(ppo, "_clock", lambda: now[0])
-    real_fit = pi.fit_actor
+    real_fit, real_backtest = pi.fit_actor, ppo.backtest
 
     def fit_taking_100_s(*args, **kwargs):
         now[0] += 100.0
         return real_fit(*args, **kwargs)
 
+    def validation_taking_20_s(runs, policies, *args, **kwargs):
+        if "ppo" in policies:
+            now[0] += 20.0
+        return real_backtest(runs, policies, *args, **kwargs)
+
     monkeypatch.setattr(pi, "fit_actor", fit_taking_100_s)
+    monkeypatch.setattr(ppo, "backtest", validation_taking_20_s)
     cfg = ppo.PPOConfig(
         method="rollout-pi", mapping=MAPPING.to_json(), hidden=8, episode_minutes=400, eval_seeds=[500],
         eval_minutes=300, init_loads=2, init_action="risk=1", init_jump_window_minutes=0, pi_iterations=5,
         pi_loads=3, pi_hold_minutes=10, pi_period_minutes=40, pi_skip_minutes=120, pi_epochs=3,
     )  # fmt: skip
-    for budget, rounds in ((250.0, [1, 2]), (99.0, [1]), (None, [1, 2, 3, 4, 5])):
+    for budget, rounds, ended in (
+        (260.0, [1, 2], 260.0),
+        (259.0, [1], 140.0),
+        (99.0, [1], 140.0),
+        (None, [1, 2, 3, 4, 5], 620.0),
+    ):
+        now[0] = 1000.0
         out = tmp_path / f"run-{budget}"
         ppo.train(cfg, out, budget_seconds=budget, progress=False)
         rows = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
         # the first round of a run always runs (a checkpoint to resume from), even past a budget already spent
         assert [row["update"] for row in rows] == rounds, budget
+        assert now[0] - 1000.0 == ended, budget

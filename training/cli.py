@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import re
@@ -244,7 +245,10 @@ def _train_config(path: str | None, args):
         except DuplicateKeyError as exc:
             raise CliError(f"--config {path}:{exc.line}: {exc}") from None
         except yaml.YAMLError as exc:
-            raise CliError(f"--config {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise CliError(f"--config {where}: not valid YAML ({problem})") from None
         if not isinstance(data, dict):
             raise CliError(f"--config {path}: expected a mapping of PPO settings")
     fleet_data = data.pop("fleet", {}) or {}
@@ -488,13 +492,15 @@ def cmd_train(args) -> int:
             raise CliError(str(exc)) from None
         _report_and_write(args, data, fleet, result, out, split, time.perf_counter() - t0)
     finally:
-        os.close(lock)
+        if lock is not None:
+            os.close(lock)
     return 0
 
 
-def _lock_out(out: Path) -> int:
+def _lock_out(out: Path) -> int | None:
     """Create `--out` and hold `--out/.train.lock` for the training: a second training into the same directory
-    would interleave its checkpoint, log and model with this one's, so it is refused, naming the holder."""
+    would interleave its checkpoint, log and model with this one's, so it is refused, naming the holder. On a
+    filesystem without locks (some NFS mounts) the training goes on unlocked, with a warning."""
     from fleetpilot.policies.files import LockHeld, hold_lock
 
     try:
@@ -505,6 +511,9 @@ def _lock_out(out: Path) -> int:
             f"--out {out}: another training is writing there (pid {held.pid}); wait for it or use another --out"
         ) from None
     except OSError as exc:
+        if exc.filename is None and exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+            print(f"warning: --out {out}: cannot lock it ({exc.strerror}); training without the lock", file=sys.stderr)
+            return None
         raise CliError(f"--out {out}: cannot create or lock it: {exc.strerror}") from None
 
 

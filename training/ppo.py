@@ -433,17 +433,24 @@ def training_fleet(cfg: PPOConfig, fleet: FleetParams) -> FleetParams:
     return fleet.model_copy(update={"downtime_cost_usd_per_minute": cfg.downtime_cost_usd_per_minute})
 
 
+_clock = time.perf_counter  #: the wall clock the training budget reads
+
+
 class Validator:
-    """Backtests an actor on the validation runs; the score is % of the hindsight oracle (computed once)."""
+    """Backtests an actor on the validation runs; the score is % of the hindsight oracle (computed once).
+    `seconds`: how long the last validation took (the oracle's once excepted; 0 before any)."""
 
     def __init__(self, runs: list, fleet: FleetParams, mapping: ActionMapping):
         self.runs, self.fleet, self.mapping = runs, fleet, mapping
         self._oracle: float | None = None
+        self.seconds = 0.0
 
     def __call__(self, agent: Agent) -> dict:
         if self._oracle is None:
             self._oracle = backtest(self.runs, {"oracle": None}, self.fleet).summary[0]["expected_profit_usd"]
+        t0 = _clock()
         s = backtest(self.runs, {"ppo": TorchPolicy(agent, self.mapping)}, self.fleet).summary[0]
+        self.seconds = _clock() - t0
         return {
             "expected_profit_usd": s["expected_profit_usd"],
             "downtime_minutes": s["downtime_minutes"],
@@ -451,35 +458,32 @@ class Validator:
         }
 
 
-_clock = time.perf_counter  #: the wall clock the training budget reads
-
-
 class Budget:
     """`--budget-minutes`: the wall time of one training, counted from the start of `train` (choosing and
-    imitating the starting rule count). The loop stops before an update (a rollout-PI round) that the longest
-    one so far says would end past the budget, so it is not overrun by the update in progress; the first update
-    of a run always runs, so every run makes progress and leaves a checkpoint to resume from."""
+    imitating the starting rule count; reading the data and the final report do not). Once an update's work is
+    done, the loop stops unless what is left of it (its validation) and one more update (the longest so far, and
+    its validation, should it be the last) would still end within the budget; the first update of a run always
+    runs, so every run makes progress and leaves a checkpoint to resume from."""
 
     def __init__(self, seconds: float | None):
         self.deadline = None if seconds is None else _clock() + seconds
         self.longest = 0.0
-        self._began: float | None = None
+        self._began = _clock()
 
     def begin(self) -> None:
-        """An update starts; the one before it (validation, log and checkpoint included) has ended."""
-        now = _clock()
-        if self._began is not None:
-            self.longest = max(self.longest, now - self._began)
-        self._began = now
+        """An update's work starts."""
+        self._began = _clock()
 
-    def next_would_overrun(self) -> bool:
-        """Whether another update, as long as the longest so far (this one's time until now included), would end
-        past the budget."""
+    def next_would_overrun(self, validation_seconds: float, validates_now: bool) -> bool:
+        """Called once per update, when its work is done: whether the rest of this update (a validation of
+        `validation_seconds` if `validates_now`) and another update, as long as the longest one's work so far and
+        validated, would end past the budget."""
+        now = _clock()
+        self.longest = max(self.longest, now - self._began)
         if self.deadline is None:
             return False
-        now = _clock()
-        began = now if self._began is None else self._began
-        return now + max(self.longest, now - began) > self.deadline
+        rest = validation_seconds if validates_now else 0.0
+        return now + rest + self.longest + validation_seconds > self.deadline
 
 
 class KeepBest:
@@ -835,8 +839,9 @@ def _ppo_loop(
             "reward_per_minute": reward.add(means),
         }
         row.update(losses)
-        final = update == num_updates or budget.next_would_overrun()
-        if validator.runs and (update % cfg.eval_every_updates == 0 or final):
+        validates = bool(validator.runs) and update % cfg.eval_every_updates == 0
+        final = update == num_updates or budget.next_would_overrun(validator.seconds, validates)
+        if validates or (final and validator.runs):
             last_val = _validate(cfg, validator, run, update, agent, row)
         log.append(row)
         if bar is not None:
@@ -893,7 +898,7 @@ def _pi_loop(
         run.update = update
         run.global_step += cfg.pi_loads * (mapping.n + 1) * cfg.episode_minutes
         elapsed = time.perf_counter() - t_start
-        final = update == cfg.pi_iterations or budget.next_would_overrun()
+        final = update == cfg.pi_iterations or budget.next_would_overrun(validator.seconds, bool(validator.runs))
         row = {
             "update": update,
             "step": run.global_step,
