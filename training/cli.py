@@ -461,6 +461,7 @@ def cmd_train(args) -> int:
             raise CliError("--trace-dir trains one policy per history; --loads broad trains one on the mixture")
         from fleetpilot.training.train_dir import cmd_train_dir
 
+        _train_config(args.config, args)  # a bad config is one line here, not one per history
         return cmd_train_dir(args, cmd_train)
     if getattr(args, "ray", None):
         raise CliError("--ray fans out --trace-dir (one task per history); one training runs in this process")

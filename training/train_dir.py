@@ -63,9 +63,6 @@ def cmd_train_dir(args, cmd_train: Callable[[argparse.Namespace], int]) -> int:
     if args.trace:
         raise CliError("use either --trace or --trace-dir, not both")
     files = trace_files(args.trace_dir)
-    from fleetpilot.training.cli import _train_config
-
-    _train_config(args.config, args)  # a bad config is one line here, not one per history
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CliError(f"--out {out}: exists and is not a directory")
