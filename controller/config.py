@@ -33,6 +33,7 @@ from fleetpilot.policies.files import (
     FileReadError,
     load_yaml,
     read_regular,
+    yaml_problem,
 )
 from fleetpilot.policies.registry import RULE_NAMES
 
@@ -494,10 +495,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except DuplicateKeyError as exc:
         raise ConfigError(f"{path}:{exc.line}: {exc}") from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{where}: not valid YAML: {problem}") from None
+        line, problem = yaml_problem(exc)
+        raise ConfigError(f"{path}{'' if line is None else f':{line}'}: not valid YAML: {problem}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

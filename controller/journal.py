@@ -327,7 +327,7 @@ def _lock(path: Path) -> int:
             "one daemon per journal: stop it or give this one its own journal_path"
         ) from None
     except OSError as exc:
-        what = f"cannot create its lock file {lock_path}" if exc.filename else f"cannot lock {lock_path}"
+        what = f"cannot open or create its lock file {lock_path}" if exc.filename else f"cannot lock {lock_path}"
         raise JournalError(f"journal_path: {path}: {what}: {exc.strerror}") from None
 
 

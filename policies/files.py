@@ -157,6 +157,13 @@ def _check_expansion(root) -> None:
     size(root)
 
 
+def yaml_problem(exc: Exception) -> tuple[int | None, str]:
+    """A yaml.YAMLError's 1-based line (None if it has no mark) and its problem in one line."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
+    return (mark.line + 1 if mark is not None else None), problem
+
+
 def load_yaml(text: str) -> Any:
     """`yaml.safe_load` that refuses a mapping with a duplicate key (DuplicateKeyError naming key and line) and
     a document whose aliases make it endless or larger than MAX_YAML_VALUES (a yaml.MarkedYAMLError)."""

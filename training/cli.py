@@ -234,6 +234,7 @@ def _train_config(path: str | None, args):
             FileReadError,
             load_yaml,
             read_regular,
+            yaml_problem,
         )
 
         try:
@@ -245,10 +246,8 @@ def _train_config(path: str | None, args):
         except DuplicateKeyError as exc:
             raise CliError(f"--config {path}:{exc.line}: {exc}") from None
         except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise CliError(f"--config {where}: not valid YAML ({problem})") from None
+            line, problem = yaml_problem(exc)
+            raise CliError(f"--config {path}{'' if line is None else f':{line}'}: not valid YAML ({problem})") from None
         if not isinstance(data, dict):
             raise CliError(f"--config {path}: expected a mapping of PPO settings")
     fleet_data = data.pop("fleet", {}) or {}
