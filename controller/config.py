@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from fleetpilot.controller.journal import MAX_STABILIZATION_MINUTES
 from fleetpilot.controller.state import StateDirError, default_journal_path
 from fleetpilot.policies.base import MAX_FLEET_MACHINES
 from fleetpilot.policies.errors import UserError
@@ -222,7 +223,7 @@ class GroupConfig(_Strict):
     warmup_minutes: int = Field(5, ge=0, le=120)
     max_scale_out_per_tick: int = Field(10, ge=0, le=MAX_FLEET_MACHINES)
     max_scale_in_per_tick: int = Field(10, ge=0, le=MAX_FLEET_MACHINES)
-    scale_in_stabilization_minutes: int = Field(5, ge=0, le=1440)
+    scale_in_stabilization_minutes: int = Field(5, ge=0, le=MAX_STABILIZATION_MINUTES)
     block_scale_in_while_warming: bool = True
     stale_after_seconds: float = Field(180.0, gt=0)
     bad_data_ticks_before_fallback: int = Field(3, ge=1, le=1_000_000)

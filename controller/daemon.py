@@ -24,6 +24,7 @@ from __future__ import annotations
 import gc
 import logging
 import math
+import sqlite3
 import sys
 import threading
 import time
@@ -233,10 +234,12 @@ class Daemon:
         states = self._read_backends(now, readings)
         proposed = self._propose(readings, states)
         wall = datetime.now(UTC).isoformat(timespec="seconds")
+        decisions = [self._decide(g, now.minute, states[g.index], proposed[g.index]) for g in self.groups]
+        self._intend(now.minute, decisions)
         problems = 0
-        for g in self.groups:
+        for g, d in zip(self.groups, decisions, strict=True):
             i = g.index
-            problems += self._settle(g, now.minute, wall, readings[i], states[i], proposed[i])
+            problems += self._settle(g, now.minute, wall, readings[i], states[i], proposed[i], d)
         self._watch(now.minute, readings, states)
         self.journal.commit()
         self.tick_no += 1
@@ -434,10 +437,59 @@ class Daemon:
             self.streaks.good(key, "policy output good again", policy=b.spec)
 
     # 4. decisions, writes, journal
+    def _decide(
+        self, g: GroupRuntime, now_minute: int, state: GroupState | None, p: Proposed
+    ) -> tuple[guards.GroupNow, guards.Decision] | None:
+        """The guarded decision of one group (its stabilization memory moves on); None without a group state."""
+        if state is None:
+            return None
+        now = guards.GroupNow(
+            active=state.active,
+            warming=state.warming,
+            desired=state.desired,
+            min_size=state.min_size,
+            max_size=state.max_size,
+        )
+        decision, g.memory = guards.decide(g.memory, now, p.proposal, g.limits, now_minute)
+        return now, decision
+
+    def _intend(self, now_minute: int, decided: list[tuple[guards.GroupNow, guards.Decision] | None]) -> None:
+        """Before any write: commit this tick's recommendations of the groups with scale-in stabilization (a
+        write-ahead), so that a daemon killed between here and the journal commit leaves the restarted one the
+        stabilization window an uninterrupted run would have. When that commit fails the writes still go ahead
+        (capacity before bookkeeping): logged and counted."""
+        if self.cfg.dry_run:
+            return
+        rows = [
+            (g.name, now_minute, d[1].recommendation)
+            for g, d in zip(self.groups, decided, strict=True)
+            if d is not None and d[1].recommendation is not None and g.limits.scale_in_stabilization_minutes > 0
+        ]
+        try:
+            self.journal.intend(rows)
+        except (sqlite3.Error, OSError) as exc:
+            self.streaks.bad(
+                ("journal", "intend"),
+                type(exc).__name__,
+                "journal write-ahead failed; writing anyway (a restart before the next commit forgets this tick)",
+                logging.ERROR,
+                groups=len(rows),
+                error=str(exc),
+            )
+        else:
+            self.streaks.good(("journal", "intend"), "journal write-ahead works again")
+
     def _settle(
-        self, g: GroupRuntime, now_minute: int, wall: str, reading: Reading, state: GroupState | None, p: Proposed
+        self,
+        g: GroupRuntime,
+        now_minute: int,
+        wall: str,
+        reading: Reading,
+        state: GroupState | None,
+        p: Proposed,
+        decided: tuple[guards.GroupNow, guards.Decision] | None,
     ) -> int:
-        """Guards, write, journal, metrics for one group. Returns 1 when the group had a problem."""
+        """Write, journal, metrics for one group. Returns 1 when the group had a problem."""
         load = reading.load_tpm
         row: dict[str, Any] = dict(
             wall_time=wall,
@@ -451,19 +503,12 @@ class Daemon:
         )
         if self._fence is not None:
             row["lease_holder"], row["lease_token"] = self._fence
-        if state is None:
+        if state is None or decided is None:
             self.journal.add(jr := JournalRow(**row, **_NO_STATE, guards=["hold:backend-error"]))
             self._tick_rows.append(jr)
             self._summary(g, reading, None, None, "backend error")  # the journal says Outcome.ERROR
             return 1
-        now = guards.GroupNow(
-            active=state.active,
-            warming=state.warming,
-            desired=state.desired,
-            min_size=state.min_size,
-            max_size=state.max_size,
-        )
-        decision, g.memory = guards.decide(g.memory, now, p.proposal, g.limits, now_minute)
+        now, decision = decided
         outcome = self._apply(g, decision)
         self.journal.add(
             jr := JournalRow(

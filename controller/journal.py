@@ -12,6 +12,9 @@ Safety of the record:
   another process past `busy_timeout_seconds`, the disk is full) the tick fails and its rows are committed
   with the next tick's, so a capacity that was written always gets its row (at most MAX_PENDING_ROWS are
   kept; older ones are dropped, logged and counted);
+- before it writes any group, a tick commits its recommendations (those of groups with scale-in
+  stabilization) to `pending_recommendations`, and its decision rows' commit clears them: a daemon killed
+  between the two leaves them there, and the restarted daemon's stabilization window still counts them;
 - a journal file deleted or replaced while the daemon runs is noticed at the next commit: logged as an
   error, counted (`fleetpilot_journal_errors_total{kind="deleted"}`) and recreated, so rows go on to the
   configured path (the rows before the deletion are gone with the file);
@@ -47,7 +50,8 @@ class JournalError(UserError):
     """A journal that cannot be used (path, contents, another writer): one line, exit code 2."""
 
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+MAX_STABILIZATION_MINUTES = 1440  #: the longest scale-in stabilization window a config may ask for
 OUTCOMES = ("written", "dry-run", "unchanged", "held", "paused", "error", "fenced")
 _COLUMNS = (
     "wall_time",
@@ -95,6 +99,13 @@ CREATE TABLE IF NOT EXISTS decisions (
     lease_token INTEGER               -- and its fencing token
 );
 CREATE INDEX IF NOT EXISTS decisions_group ON decisions (group_name, id);
+-- write-ahead: a tick's recommendations, committed before it writes any group and deleted when its decision
+-- rows commit; a row left here is a decision that was never journaled (the daemon died in between)
+CREATE TABLE IF NOT EXISTS pending_recommendations (
+    group_name TEXT NOT NULL,
+    minute INTEGER NOT NULL,
+    recommendation INTEGER NOT NULL
+);
 """
 
 
@@ -198,8 +209,9 @@ def _check_is_journal(p: Path) -> None:
 
 
 class Journal:
-    """The journal of one daemon. `on_error(kind)` is called on each failed commit ("commit") and each
-    deletion noticed ("deleted"): the daemon counts them in `fleetpilot_journal_errors_total`."""
+    """The journal of one daemon. `on_error(kind)` is called on each failed commit ("commit"), each failed
+    write-ahead of recommendations ("intend") and each deletion noticed ("deleted"): the daemon counts them in
+    `fleetpilot_journal_errors_total`."""
 
     def __init__(self, path: str | Path, busy_timeout_seconds: float = 5.0):
         check_journal_path(path)
@@ -208,6 +220,7 @@ class Journal:
         self.on_error: Callable[[str], None] | None = None
         self.dropped = 0
         self._pending: list[tuple] = []
+        self._intended: set[int] = set()  #: minutes `intend` recorded, whose rows the next `commit` clears
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock_fd = _lock(self.path)
         try:
@@ -264,10 +277,29 @@ class Journal:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._open()
 
+    def intend(self, recommendations: list[tuple[str, int, int]]) -> None:
+        """Commit (group, minute, recommendation) of a tick's decisions before it writes any group, so that a
+        daemon killed before `commit` still leaves the restarted one the scale-in stabilization window it would
+        have had. On failure the error propagates and nothing is recorded."""
+        if not recommendations:
+            return
+        try:
+            self._reopen_if_deleted()
+            with self.db:
+                self.db.executemany(
+                    "INSERT INTO pending_recommendations (group_name, minute, recommendation) VALUES (?, ?, ?)",
+                    recommendations,
+                )
+        except (sqlite3.Error, OSError):
+            self._report("intend")
+            raise
+        self._intended.update(m for _, m, _ in recommendations)
+
     def commit(self) -> None:
-        """Write the pending rows (this tick's, and any a failed commit left) in one transaction. On failure
-        the rows stay pending for the next commit and the error propagates (the tick fails)."""
-        if not self._pending:
+        """Write the pending rows (this tick's, and any a failed commit left) in one transaction, which also
+        clears the write-ahead recommendations they now stand for. On failure the rows stay pending for the
+        next commit and the error propagates (the tick fails)."""
+        if not self._pending and not self._intended:
             return
         try:
             self._reopen_if_deleted()
@@ -276,18 +308,35 @@ class Journal:
                     f"INSERT INTO decisions ({', '.join(_ALL_COLUMNS)}) VALUES ({', '.join('?' * len(_ALL_COLUMNS))})",
                     self._pending,
                 )
+                if self._intended:
+                    # this process's write-ahead rows (their decisions are in this transaction), and any a dead
+                    # process left that are older than the longest stabilization window; newer ones stay, so a
+                    # second restart soon after the first still counts them
+                    newest = max(self._intended)
+                    self.db.executemany(
+                        "DELETE FROM pending_recommendations WHERE minute = ?", [(m,) for m in self._intended]
+                    )
+                    self.db.execute(
+                        "DELETE FROM pending_recommendations WHERE minute < ?", (newest - MAX_STABILIZATION_MINUTES,)
+                    )
         except (sqlite3.Error, OSError):
             self._report("commit")
             raise
         self._pending.clear()
+        self._intended.clear()
 
     def recent_recommendations(self, group: str, since_minute: int) -> list[tuple[int, int]]:
-        """(minute, recommendation) of a group's policy/fallback decisions since `since_minute`, oldest first: used to
-        restore the scale-in stabilization window after a restart."""
+        """(minute, recommendation) of a group's policy/fallback decisions since `since_minute`, and of decisions
+        made but never journaled (`intend` without its `commit`), oldest first: used to restore the scale-in
+        stabilization window after a restart."""
         cur = self.db.execute(
-            "SELECT minute, recommendation FROM decisions WHERE group_name = ? AND minute > ? "
-            "AND recommendation IS NOT NULL ORDER BY id",
-            (group, since_minute),
+            "SELECT minute, recommendation FROM ("
+            " SELECT minute, recommendation, id AS k FROM decisions"
+            "  WHERE group_name = ? AND minute > ? AND recommendation IS NOT NULL"
+            " UNION ALL SELECT minute, recommendation, NULL AS k FROM pending_recommendations"
+            "  WHERE group_name = ? AND minute > ?"
+            ") ORDER BY minute, k",
+            (group, since_minute, group, since_minute),
         )
         return [(int(m), int(f)) for m, f in cur.fetchall()]
 
@@ -307,7 +356,8 @@ class Journal:
 
 def _migrate(db: sqlite3.Connection) -> None:
     """Bring a journal of an older schema up to SCHEMA_VERSION: version 2 adds the nullable lease columns (the
-    older rows keep NULL there, so they read as before)."""
+    older rows keep NULL there, so they read as before); version 3 adds the `pending_recommendations` table
+    (made by the schema script at open)."""
     cols = {r[1] for r in db.execute("PRAGMA table_info(decisions)")}
     with db:
         for name, kind in zip(_LEASE_COLUMNS, ("TEXT", "INTEGER"), strict=True):

@@ -158,6 +158,7 @@ class Metrics:
         self.journal_errors = Counter(
             "fleetpilot_journal_errors",
             "Journal faults by kind: commit (a commit failed; its rows are kept for the next one), "
+            "intend (the write-ahead of a tick's recommendations failed; the writes went ahead), "
             "deleted (the journal file was deleted or replaced while running; recreated)",
             ["kind"],
             registry=r,
@@ -167,7 +168,7 @@ class Metrics:
         )
         for outcome in TICK_OUTCOMES:
             self.ticks.labels(outcome)
-        for kind in ("commit", "deleted"):
+        for kind in ("commit", "intend", "deleted"):
             self.journal_errors.labels(kind)
         for direction in ("forward", "backward"):
             self.clock_jumps.labels(direction)

@@ -215,6 +215,71 @@ def test_rows_of_a_written_decision_survive_a_locked_journal(tmp_path):
     assert [r["tick"] for r in rows] == [0, 1, 2]
     assert rows[1]["desired_before"] == before and rows[1]["final"] == written
     assert d.registry.get_sample_value("fleetpilot_journal_errors_total", {"kind": "commit"}) == 1
+    # the write-ahead of that tick's recommendations failed too, and the tick went on to its decision
+    assert d.registry.get_sample_value("fleetpilot_journal_errors_total", {"kind": "intend"}) == 1
+
+
+def test_recommendations_written_ahead_outlive_a_missing_commit_and_the_commit_clears_them(tmp_path):
+    """`intend` commits a tick's recommendations on its own: a process that dies before `commit` leaves them
+    to the next one's stabilization window; the decision rows' commit removes them in the same transaction."""
+    import sqlite3
+
+    from fleetpilot.controller.journal import Journal, JournalRow
+
+    path = tmp_path / "j.sqlite"
+    # a process that dies (no commit, no close) between its write-ahead and its journal commit
+    code = (
+        "import os, sys; from fleetpilot.controller.journal import Journal; "
+        "Journal(sys.argv[1]).intend([('web', 7, 35), ('api', 7, 4)]); os._exit(0)"
+    )
+    subprocess.run([sys.executable, "-c", code, str(path)], check=True, timeout=60)
+    j = Journal(path)
+    assert j.recent_recommendations("web", 0) == [(7, 35)]
+    assert j.recent_recommendations("web", 7) == []  # the window's lower bound is exclusive, as for decisions
+    assert j.recent_recommendations("api", 0) == [(7, 4)]
+    j.intend([("web", 8, 33)])
+    j.add(
+        JournalRow(
+            wall_time="2026-01-01T00:08:00+00:00",
+            tick=0,
+            minute=8,
+            group_name="web",
+            policy="target-tracking",
+            action="",
+            data_status="ok",
+            load_tpm=1.0,
+            load_minute=8,
+            active=35,
+            warming=0,
+            desired_before=35,
+            raw_action=None,
+            policy_desired=33,
+            fallback_desired=None,
+            recommendation=33,
+            guards=[],
+            final=33,
+            outcome="written",
+        )
+    )
+    j.commit()
+    # minute 8 now stands as a decision row, no longer as a write-ahead one; minute 7 (the dead process's) stays
+    # for a second restart within its window
+    assert j.recent_recommendations("web", 0) == [(7, 35), (8, 33)]
+    j.close()
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT group_name, minute FROM pending_recommendations ORDER BY 1").fetchall() == [
+        ("api", 7),
+        ("web", 7),
+    ]
+    db.close()
+    j = Journal(path)  # a write-ahead row older than the longest stabilization window is cleared at a commit
+    j.intend([("web", 7 + 1441, 30)])
+    j.commit()
+    assert j.recent_recommendations("web", 0) == [(8, 33)]  # the decision row only
+    j.close()
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT COUNT(*) FROM pending_recommendations").fetchone() == (0,)
+    db.close()
 
 
 def test_a_second_writer_is_refused(tmp_path):

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from fleetpilot.controller.cli import main
 from fleetpilot.controller.config import ConfigError, DaemonConfig, LeaderElectionConfig, load_config, summary
 from fleetpilot.controller.daemon import Daemon
-from fleetpilot.controller.journal import Journal, JournalRow, read_decisions
+from fleetpilot.controller.journal import SCHEMA_VERSION, Journal, JournalRow, read_decisions
 from fleetpilot.controller.lease import Lease, LeaseError
 from tests.real_servers import MotoAws
 
@@ -275,7 +275,7 @@ def test_journal_of_schema_1_is_read_and_migrated(tmp_path: Path):
     rows = read_decisions(p)
     assert [(r["minute"], r["lease_holder"], r["lease_token"]) for r in rows] == [(100, None, None), (101, "h:1", 7)]
     db = sqlite3.connect(p)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     db.close()
     Journal(p).close()  # opening a migrated journal again changes nothing
     assert len(read_decisions(p)) == 2

@@ -191,9 +191,9 @@ def _falling_start() -> int:
 
 
 def test_restart_after_kill_decides_as_an_uninterrupted_run(tmp_path, prometheus_server, aws: MotoAws, fault_proxy):
-    """Daemon A is killed at minute S+15 after its write and before its journal commit; daemon B starts on the
-    same journal and group at S+16 (history backfilled from Prometheus, stabilization window from the
-    journal). From then on B decides exactly as daemon U, which never stopped (own group and journal), and
+    """Daemon A is killed at minute S+15 after its decision (and its write, if the decision changed the group)
+    and before its journal commit; daemon B starts on the same journal and group at S+16 (history backfilled
+    from Prometheus, stabilization window from the journal and its write-ahead of recommendations). From then on B decides exactly as daemon U, which never stopped (own group and journal), and
     writes the group exactly as often as U did: no duplicate, no contradicting write."""
     s = _falling_start()
     kw = dict(max_machines=60, scale_in_stabilization_minutes=10, max_scale_in_per_tick=3)
