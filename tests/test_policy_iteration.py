@@ -440,3 +440,13 @@ def test_the_budget_stops_before_a_round_that_would_end_past_it(tmp_path: Path, 
         # the first round of a run always runs (a checkpoint to resume from), even past a budget already spent
         assert [row["update"] for row in rows] == rounds, budget
         assert now[0] - 1000.0 == ended, budget
+        assert all(row["work_seconds"] == 100.0 and row["val_seconds"] == 20.0 for row in rows), rows
+    # A resumed run (from the 259 s run's round 1) with 220 s: round 2 always runs (100 s, validated: 120 s);
+    # a third would end at 240 s. The resumed process has not validated yet, so only the log can tell it what a
+    # validation costs: without it, 120 - 20 + 100 <= 220 would start round 3 and end past the budget.
+    now[0] = 1000.0
+    out = tmp_path / "run-259.0"
+    ppo.train(cfg, out, budget_seconds=220.0, progress=False)
+    rows = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [row["update"] for row in rows] == [1, 2]
+    assert now[0] - 1000.0 == 120.0

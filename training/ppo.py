@@ -468,7 +468,17 @@ class Budget:
     def __init__(self, seconds: float | None):
         self.deadline = None if seconds is None else _clock() + seconds
         self.longest = 0.0
+        self.last = 0.0  #: the work seconds of the last update (logged as `work_seconds`)
         self._began = _clock()
+
+    def resume(self, rows: list[dict], validator: Validator) -> None:
+        """Before the first update of a resumed run: what the train log says the run's updates and
+        validations took (`work_seconds`, `val_seconds`), so that its first budget decision does not take
+        them for free (logs written before these fields: nothing known, as before)."""
+        self.longest = max((float(r.get("work_seconds", 0.0)) for r in rows), default=0.0)
+        validated = [float(r["val_seconds"]) for r in rows if "val_seconds" in r]
+        if validated:
+            validator.seconds = validated[-1]
 
     def begin(self) -> None:
         """An update's work starts."""
@@ -479,7 +489,8 @@ class Budget:
         `validation_seconds` if `validates_now`) and another update, as long as the longest one's work so far and
         validated, would end past the budget."""
         now = _clock()
-        self.longest = max(self.longest, now - self._began)
+        self.last = now - self._began
+        self.longest = max(self.longest, self.last)
         if self.deadline is None:
             return False
         rest = validation_seconds if validates_now else 0.0
@@ -758,6 +769,8 @@ def train(
         if validator.runs and cfg.keep_best:
             run.best.offer(0, validator(agent), agent)
     log = TrainLog(out / LOG_FILE, keep=resuming)
+    if resuming:
+        budget.resume(log.rows, validator)
     total = max(cfg.total_steps // (cfg.num_envs * cfg.num_steps), 1) * cfg.num_envs * cfg.num_steps
     if cfg.method == "rollout-pi":
         total = cfg.pi_iterations * cfg.pi_loads * (mapping.n + 1) * cfg.episode_minutes
@@ -789,6 +802,7 @@ def _validate(cfg: PPOConfig, validator: Validator, run: RunState, update: int, 
         run.best.offer(update, val, agent)
     row["val_pct_of_oracle"] = val["pct_of_oracle"]
     row["val_downtime_minutes"] = val["downtime_minutes"]
+    row["val_seconds"] = round(validator.seconds, 3)
     return val
 
 
@@ -840,7 +854,9 @@ def _ppo_loop(
         }
         row.update(losses)
         validates = bool(validator.runs) and update % cfg.eval_every_updates == 0
-        final = update == num_updates or budget.next_would_overrun(validator.seconds, validates)
+        overrun = budget.next_would_overrun(validator.seconds, validates)  # also times this update's work
+        final = update == num_updates or overrun
+        row["work_seconds"] = round(budget.last, 3)
         if validates or (final and validator.runs):
             last_val = _validate(cfg, validator, run, update, agent, row)
         log.append(row)
@@ -898,7 +914,8 @@ def _pi_loop(
         run.update = update
         run.global_step += cfg.pi_loads * (mapping.n + 1) * cfg.episode_minutes
         elapsed = time.perf_counter() - t_start
-        final = update == cfg.pi_iterations or budget.next_would_overrun(validator.seconds, bool(validator.runs))
+        overrun = budget.next_would_overrun(validator.seconds, bool(validator.runs))  # also times this update's work
+        final = update == cfg.pi_iterations or overrun
         row = {
             "update": update,
             "step": run.global_step,
@@ -909,6 +926,7 @@ def _pi_loop(
             "holdout_regret_before": fit.holdout_regret_before,
             "fit_epoch": fit.epoch,
             "fit_holdout": fit.holdout,
+            "work_seconds": round(budget.last, 3),
         }
         if fit.source_change is not None:
             row["fit_source_change"], row["fit_source_change_pass"] = fit.source_change, fit.source_change_pass
