@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import json
 import subprocess
 import sys
@@ -137,11 +138,7 @@ def fold_models(held: list[str], args, out_root: Path) -> dict[str, Path]:
     from fleetpilot.training.fanout import map_tasks, values
     from fleetpilot.training.progress import Progress
 
-    done = {
-        f: out_root / f"without-{f}"
-        for f in held
-        if args.reuse and (out_root / f"without-{f}" / "manifest.json").is_file()
-    }
+    done = {f: out_root / f"without-{f}" for f in held if args.reuse and reusable(f, args, out_root)}
     todo = [f for f in held if f not in done]
     with Progress(len(todo), "leave-one-trace-out training", "folds") as bar:
         task = functools.partial(_train_fold_task, list(TRACES), args, out_root)
@@ -154,22 +151,17 @@ def _train_fold_task(names: list[str], args, out_root: Path, held_out: str) -> P
     return train_fold(held_out, names, args, out_root)
 
 
-def train_fold(held_out: str, names: list[str], args, out_root: Path) -> Path:
-    """`fleetpilot train --loads broad --exclude-trace HELD_OUT` (the development traces but the held-out one,
-    plus the randomized generator); returns the model directory. `names` are the folds' short names."""
-    from fleetpilot.sim.load import read_trace, write_trace
+FOLD_FILE = "fold.json"  #: in a fold's model directory: the training command and its inputs' digests (--reuse)
 
+
+def fold_command(held_out: str, args, out_root: Path) -> list[str]:
+    """The `fleetpilot train` arguments of one fold (without the interpreter)."""
     out = out_root / f"without-{held_out}"
-    cmd = [sys.executable, "-m", "fleetpilot.controller.cli", "train", "--out", str(out), "--seed", str(args.seed)]
+    cmd = ["train", "--out", str(out), "--seed", str(args.seed)]
     cmd += ["--no-resume", "--peak-tpm", f"{args.peak_tpm:g}", "--loads", "broad", "--test-seeds", "3000..3004"]
     cmd += ["--exclude-trace", Path(TRACES[held_out]).stem]
     if args.train_minutes:  # smoke runs: the first minutes of each trace (the held-out one is excluded as ever)
-        short = out_root / f"without-{held_out}-traces"
-        short.mkdir(parents=True, exist_ok=True)
-        for path in sorted(TRACE_DIR.glob("*.csv")):
-            load = read_trace(path)
-            write_trace(short / path.name, load.window(0, min(args.train_minutes, load.minutes), path.stem))
-        cmd += ["--broad-traces", str(short)]
+        cmd += ["--broad-traces", str(out_root / f"without-{held_out}-traces")]
     else:
         cmd += ["--broad-traces", str(TRACE_DIR)]
     if args.mixture:
@@ -180,9 +172,53 @@ def train_fold(held_out: str, names: list[str], args, out_root: Path) -> Path:
         cmd += ["--config", args.train_config]
     if args.steps:
         cmd += ["--steps", str(args.steps)]
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    return cmd
+
+
+def fold_record(held_out: str, args, out_root: Path) -> dict:
+    """What a fold's model was trained with: the command, and the sha256 of its config file and of every
+    development trace (a reused fold must have seen the same)."""
+    cmd = fold_command(held_out, args, out_root)
+    files = sorted(TRACE_DIR.glob("*.csv")) + ([Path(args.train_config)] if args.train_config else [])
+    digests = {str(f): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+    return {"command": cmd, "train_minutes": args.train_minutes, "sha256": digests}
+
+
+def reusable(held_out: str, args, out_root: Path) -> bool:
+    """--reuse: whether the fold's model directory was trained exactly as this run would train it (else it is
+    trained again, and stderr says why)."""
+    d = out_root / f"without-{held_out}"
+    if not (d / "manifest.json").is_file():
+        return False
+    try:
+        same = json.loads((d / FOLD_FILE).read_text()) == fold_record(held_out, args, out_root)
+    except (OSError, ValueError):
+        same = False
+    if not same:
+        print(f"--reuse: {d} was trained with other settings or inputs (or has no {FOLD_FILE}): training it again",
+              file=sys.stderr)  # fmt: skip
+    return same
+
+
+def train_fold(held_out: str, names: list[str], args, out_root: Path) -> Path:
+    """`fleetpilot train --loads broad --exclude-trace HELD_OUT` (the development traces but the held-out one,
+    plus the randomized generator); returns the model directory, with `fold.json` recording how it was trained.
+    `names` are the folds' short names."""
+    from fleetpilot.sim.load import read_trace, write_trace
+
+    out = out_root / f"without-{held_out}"
+    cmd = fold_command(held_out, args, out_root)
+    if args.train_minutes:  # the short traces the command names
+        short = out_root / f"without-{held_out}-traces"
+        short.mkdir(parents=True, exist_ok=True)
+        for path in sorted(TRACE_DIR.glob("*.csv")):
+            load = read_trace(path)
+            write_trace(short / path.name, load.window(0, min(args.train_minutes, load.minutes), path.stem))
+    record = fold_record(held_out, args, out_root)
+    r = subprocess.run([sys.executable, "-m", "fleetpilot.controller.cli", *cmd], capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit(f"training without {held_out} failed:\n{r.stderr[-3000:]}")
+    (out / FOLD_FILE).write_text(json.dumps(record, indent=1) + "\n")
     return out
 
 
@@ -255,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--reuse",
         action="store_true",
-        help="score the fold models already in --out instead of retraining (their settings are not checked)",
+        help="score the fold models already in --out instead of retraining, those trained with this run's settings "
+        "and inputs (their fold.json: the command, the config's and every trace's sha256); others are trained again",
     )
     ap.add_argument("--json", metavar="PATH", help="write the figures as one flat JSON object (TRACE_COLUMN_FIGURE)")
     ap.add_argument("--details", metavar="PATH", help="write every choice and per-window figure as JSON")

@@ -58,6 +58,47 @@ def test_leave_one_trace_out_smoke(tmp_path):
     assert all(isinstance(v, int | float) for v in figures.values())
     assert figures["azure_functions_oracle_pct_of_oracle"] == 100.0
     assert figures["azure_functions_learned_downtime_minutes"] == s["learned"]["downtime_minutes"]
+    record = json.loads((Path(fold["model"]) / "fold.json").read_text())  # what --reuse compares
+    assert record["command"][-2:] == ["--steps", "1024"] and record["train_minutes"] == 2500
+    assert str(cfg) in record["sha256"] and len(record["sha256"]) == len(list(TRACES.glob("*.csv"))) + 1
+
+
+def _script_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("generalization_script", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.skipif(not TRACES.is_dir(), reason="the development traces (../shared/data/traces) are not here")
+def test_reuse_takes_a_fold_only_if_it_was_trained_with_the_same_settings_and_inputs(tmp_path, capsys):
+    import argparse
+
+    g = _script_module()
+    cfg = tmp_path / "ppo.yaml"
+    cfg.write_text(SMOKE)
+    args = argparse.Namespace(
+        seed=1,
+        peak_tpm=10_000.0,
+        train_minutes=None,
+        mixture=None,
+        budget_minutes=8.0,
+        train_config=str(cfg),
+        steps=None,
+    )
+    fold = tmp_path / "without-nasa"
+    fold.mkdir()
+    (fold / "manifest.json").write_text("{}")
+    assert not g.reusable("nasa", args, tmp_path)  # no record: trained by an older script, or not by this one
+    assert "training it again" in capsys.readouterr().err
+    (fold / "fold.json").write_text(json.dumps(g.fold_record("nasa", args, tmp_path)))
+    assert g.reusable("nasa", args, tmp_path)
+    assert g.reusable("nasa", argparse.Namespace(**{**vars(args), "budget_minutes": 15.0}), tmp_path) is False
+    cfg.write_text(SMOKE + "pi_epochs: 10\n")  # the same command, another config file's contents
+    assert not g.reusable("nasa", args, tmp_path)
+    assert "other settings or inputs" in capsys.readouterr().err
 
 
 def test_an_unknown_trace_is_refused(tmp_path):
