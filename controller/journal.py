@@ -52,6 +52,8 @@ class JournalError(UserError):
 
 SCHEMA_VERSION = 3
 MAX_STABILIZATION_MINUTES = 1440  #: the longest scale-in stabilization window a config may ask for
+#: how long the write-ahead waits for a journal another process holds (the capacity writes wait on it)
+INTEND_BUSY_SECONDS = 0.2
 OUTCOMES = ("written", "dry-run", "unchanged", "held", "paused", "error", "fenced")
 _COLUMNS = (
     "wall_time",
@@ -106,6 +108,7 @@ CREATE TABLE IF NOT EXISTS pending_recommendations (
     minute INTEGER NOT NULL,
     recommendation INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS pending_group ON pending_recommendations (group_name, minute);
 """
 
 
@@ -220,7 +223,9 @@ class Journal:
         self.on_error: Callable[[str], None] | None = None
         self.dropped = 0
         self._pending: list[tuple] = []
-        self._intended: set[int] = set()  #: minutes `intend` recorded, whose rows the next `commit` clears
+        #: rowid ranges of the write-ahead rows this process recorded, which the next `commit` clears
+        self._intended: list[tuple[int, int]] = []
+        self._newest_intended: int | None = None  #: the newest minute `intend` recorded (ages old rows out)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock_fd = _lock(self.path)
         try:
@@ -254,6 +259,7 @@ class Journal:
             n = len(self._pending) - MAX_PENDING_ROWS
             del self._pending[:n]
             self.dropped += n
+            self._intended.clear()  # their write-ahead rows are now the only record left: kept (aged out later)
             log.error("journal rows dropped: commits keep failing", extra={"rows": n, "dropped_total": self.dropped})
 
     @property
@@ -280,26 +286,38 @@ class Journal:
     def intend(self, recommendations: list[tuple[str, int, int]]) -> None:
         """Commit (group, minute, recommendation) of a tick's decisions before it writes any group, so that a
         daemon killed before `commit` still leaves the restarted one the scale-in stabilization window it would
-        have had. On failure the error propagates and nothing is recorded."""
+        have had. It waits at most INTEND_BUSY_SECONDS for a lock (the writes wait on it). On failure the error
+        propagates and nothing is recorded."""
         if not recommendations:
             return
         try:
             self._reopen_if_deleted()
-            with self.db:
-                self.db.executemany(
-                    "INSERT INTO pending_recommendations (group_name, minute, recommendation) VALUES (?, ?, ?)",
-                    recommendations,
-                )
+            self.db.execute(f"PRAGMA busy_timeout = {int(INTEND_BUSY_SECONDS * 1000)}")
+            try:
+                with self.db:
+                    # the journal has one writer (its lock file): the rows get the rowids after the largest
+                    (before,) = self.db.execute(
+                        "SELECT COALESCE(MAX(rowid), 0) FROM pending_recommendations"
+                    ).fetchone()
+                    self.db.executemany(
+                        "INSERT INTO pending_recommendations (group_name, minute, recommendation) VALUES (?, ?, ?)",
+                        recommendations,
+                    )
+                    (after,) = self.db.execute("SELECT MAX(rowid) FROM pending_recommendations").fetchone()
+            finally:
+                self.db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_seconds * 1000)}")
         except (sqlite3.Error, OSError):
             self._report("intend")
             raise
-        self._intended.update(m for _, m, _ in recommendations)
+        self._intended.append((int(before) + 1, int(after)))
+        newest = max(m for _, m, _ in recommendations)
+        self._newest_intended = newest if self._newest_intended is None else max(self._newest_intended, newest)
 
     def commit(self) -> None:
         """Write the pending rows (this tick's, and any a failed commit left) in one transaction, which also
         clears the write-ahead recommendations they now stand for. On failure the rows stay pending for the
         next commit and the error propagates (the tick fails)."""
-        if not self._pending and not self._intended:
+        if not self._pending and self._newest_intended is None:
             return
         try:
             self._reopen_if_deleted()
@@ -308,22 +326,21 @@ class Journal:
                     f"INSERT INTO decisions ({', '.join(_ALL_COLUMNS)}) VALUES ({', '.join('?' * len(_ALL_COLUMNS))})",
                     self._pending,
                 )
-                if self._intended:
-                    # this process's write-ahead rows (their decisions are in this transaction), and any a dead
-                    # process left that are older than the longest stabilization window; newer ones stay, so a
-                    # second restart soon after the first still counts them
-                    newest = max(self._intended)
-                    self.db.executemany(
-                        "DELETE FROM pending_recommendations WHERE minute = ?", [(m,) for m in self._intended]
-                    )
+                # this process's write-ahead rows (their decisions are in this transaction), and any older than
+                # the longest stabilization window; a dead process's newer ones stay, so a second restart soon
+                # after the first (even within the same minute) still counts them
+                self.db.executemany("DELETE FROM pending_recommendations WHERE rowid BETWEEN ? AND ?", self._intended)
+                if self._newest_intended is not None:
                     self.db.execute(
-                        "DELETE FROM pending_recommendations WHERE minute < ?", (newest - MAX_STABILIZATION_MINUTES,)
+                        "DELETE FROM pending_recommendations WHERE minute < ?",
+                        (self._newest_intended - MAX_STABILIZATION_MINUTES,),
                     )
         except (sqlite3.Error, OSError):
             self._report("commit")
             raise
         self._pending.clear()
         self._intended.clear()
+        self._newest_intended = None
 
     def recent_recommendations(self, group: str, since_minute: int) -> list[tuple[int, int]]:
         """(minute, recommendation) of a group's policy/fallback decisions since `since_minute`, and of decisions

@@ -224,7 +224,7 @@ def test_recommendations_written_ahead_outlive_a_missing_commit_and_the_commit_c
     to the next one's stabilization window; the decision rows' commit removes them in the same transaction."""
     import sqlite3
 
-    from fleetpilot.controller.journal import Journal, JournalRow
+    from fleetpilot.controller.journal import Journal
 
     path = tmp_path / "j.sqlite"
     # a process that dies (no commit, no close) between its write-ahead and its journal commit
@@ -237,34 +237,13 @@ def test_recommendations_written_ahead_outlive_a_missing_commit_and_the_commit_c
     assert j.recent_recommendations("web", 0) == [(7, 35)]
     assert j.recent_recommendations("web", 7) == []  # the window's lower bound is exclusive, as for decisions
     assert j.recent_recommendations("api", 0) == [(7, 4)]
-    j.intend([("web", 8, 33)])
-    j.add(
-        JournalRow(
-            wall_time="2026-01-01T00:08:00+00:00",
-            tick=0,
-            minute=8,
-            group_name="web",
-            policy="target-tracking",
-            action="",
-            data_status="ok",
-            load_tpm=1.0,
-            load_minute=8,
-            active=35,
-            warming=0,
-            desired_before=35,
-            raw_action=None,
-            policy_desired=33,
-            fallback_desired=None,
-            recommendation=33,
-            guards=[],
-            final=33,
-            outcome="written",
-        )
-    )
-    j.commit()
-    # minute 8 now stands as a decision row, no longer as a write-ahead one; minute 7 (the dead process's) stays
-    # for a second restart within its window
-    assert j.recent_recommendations("web", 0) == [(7, 35), (8, 33)]
+    for minute, rec in ((7, 36), (8, 33)):  # a restart within the dead process's minute, then the next minute
+        j.intend([("web", minute, rec)])
+        j.add(_decision_row("web", minute, rec))
+        j.commit()
+    # each minute now stands as a decision row, no longer as this process's write-ahead one; the dead process's
+    # rows stay (even of the same minute) for a second restart within their window
+    assert j.recent_recommendations("web", 0) == [(7, 35), (7, 36), (8, 33)]
     j.close()
     db = sqlite3.connect(path)
     assert db.execute("SELECT group_name, minute FROM pending_recommendations ORDER BY 1").fetchall() == [
@@ -275,11 +254,66 @@ def test_recommendations_written_ahead_outlive_a_missing_commit_and_the_commit_c
     j = Journal(path)  # a write-ahead row older than the longest stabilization window is cleared at a commit
     j.intend([("web", 7 + 1441, 30)])
     j.commit()
-    assert j.recent_recommendations("web", 0) == [(8, 33)]  # the decision row only
+    assert j.recent_recommendations("web", 0) == [(7, 36), (8, 33)]  # the decision rows only
     j.close()
     db = sqlite3.connect(path)
     assert db.execute("SELECT COUNT(*) FROM pending_recommendations").fetchone() == (0,)
     db.close()
+
+
+def _decision_row(group: str, minute: int, rec: int):
+    from fleetpilot.controller.journal import JournalRow
+
+    return JournalRow(
+        wall_time="2026-01-01T00:08:00+00:00",
+        tick=minute,
+        minute=minute,
+        group_name=group,
+        policy="target-tracking",
+        action="",
+        data_status="ok",
+        load_tpm=1.0,
+        load_minute=minute,
+        active=rec + 2,
+        warming=0,
+        desired_before=rec + 2,
+        raw_action=None,
+        policy_desired=rec,
+        fallback_desired=None,
+        recommendation=rec,
+        guards=[],
+        final=rec,
+        outcome="written",
+    )
+
+
+def test_the_write_ahead_waits_briefly_for_a_locked_journal_and_outlives_dropped_rows(tmp_path, monkeypatch):
+    """The capacity writes wait on the write-ahead: against a journal another process holds it gives up after
+    INTEND_BUSY_SECONDS, not the commit's busy timeout. When commits keep failing and decision rows are dropped,
+    the write-ahead rows are the only record left of those decisions: the next commit keeps them."""
+    import sqlite3
+    import time
+
+    from fleetpilot.controller import journal
+    from fleetpilot.controller.journal import Journal
+
+    path = tmp_path / "j.sqlite"
+    j = Journal(path, busy_timeout_seconds=30.0)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    t = time.monotonic()
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        j.intend([("web", 1, 5)])
+    assert time.monotonic() - t < 10.0  # 0.2 s asked; far below the 30 s a commit would wait
+    other.execute("ROLLBACK")
+    other.close()
+    monkeypatch.setattr(journal, "MAX_PENDING_ROWS", 2)
+    j.intend([("web", 2, 5)])
+    for m in (2, 3, 4):  # three rows pending (the commits "failed"): the oldest, minute 2's, is dropped
+        j.add(_decision_row("web", m, 5))
+    j.commit()
+    assert j.recent_recommendations("web", 0) == [(2, 5), (3, 5), (4, 5)]  # minute 2 from its write-ahead row
+    j.close()
 
 
 def test_a_second_writer_is_refused(tmp_path):
