@@ -18,27 +18,32 @@ from botocore.config import Config
 _SESSION: boto3.session.Session | None = None
 _SESSION_LOCK = threading.Lock()
 _CLIENTS: dict[tuple, Any] = {}
+#: connections each shared client keeps: the daemon reads with up to 16 threads (botocore's default is 10)
+POOL_CONNECTIONS = 16
 
 
-def _settings(config: Config) -> tuple:
-    """What of a client's `Config` fleetpilot sets: two configs with the same settings share a client."""
-    retries = getattr(config, "retries", None) or {}
-    return (
-        getattr(config, "connect_timeout", None),
-        getattr(config, "read_timeout", None),
-        tuple(sorted(retries.items())),
-        getattr(config, "user_agent_extra", None),
-    )
+def _frozen(value: Any) -> Any:
+    return tuple(sorted((k, _frozen(v)) for k, v in value.items())) if isinstance(value, dict) else value
 
 
-def client(service: str, region: str, endpoint_url: str | None, config: Config) -> Any:
-    """The client of the shared session for these settings, made on first use (boto3 sessions are not
-    thread-safe; their clients are)."""
+def client(service: str, region: str, endpoint_url: str | None, **options: Any) -> Any:
+    """The client of the shared session for these `botocore.config.Config` options, made on first use and
+    shared by every caller asking for the same (boto3 sessions are not thread-safe; their clients are).
+    The options are the whole key: a caller that needs another setting asks for it and gets its own client.
+    Shared clients are never closed by their users; they live as long as the process."""
     global _SESSION
-    key = (service, region, endpoint_url, _settings(config))
+    options.setdefault("max_pool_connections", POOL_CONNECTIONS)
+    key = (service, region, endpoint_url, _frozen(options))
     with _SESSION_LOCK:
         if key not in _CLIENTS:
             if _SESSION is None:
                 _SESSION = boto3.session.Session()
+            config = Config(**options)
             _CLIENTS[key] = _SESSION.client(service, region_name=region, endpoint_url=endpoint_url, config=config)
         return _CLIENTS[key]
+
+
+def forget_clients() -> None:
+    """Drop the shared clients (tests: a fresh client per test, with no event handler another test left)."""
+    with _SESSION_LOCK:
+        _CLIENTS.clear()

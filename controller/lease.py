@@ -73,13 +73,13 @@ def default_holder_id() -> str:
 def dynamodb_client(cfg: LeaderElectionConfig) -> Any:
     """A DynamoDB client with short timeouts and no retries: a renewal that fails is retried by the next one,
     and a hung request must never hold the lease thread past the holder's deadline."""
-    from botocore.config import Config
-
     from fleetpilot.controller.aws_session import client
 
     timeout = max(0.2, min(2.0, cfg.lease_seconds * MARGIN_FRACTION))
-    config = Config(connect_timeout=timeout, read_timeout=timeout, retries={"max_attempts": 1, "mode": "standard"})
-    return client("dynamodb", cfg.region, cfg.endpoint_url, config)
+    retries = {"max_attempts": 1, "mode": "standard"}
+    return client(
+        "dynamodb", cfg.region, cfg.endpoint_url, connect_timeout=timeout, read_timeout=timeout, retries=retries
+    )
 
 
 def _code(exc: Exception) -> str:

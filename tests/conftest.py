@@ -19,3 +19,15 @@ def _isolated_state_dir(tmp_path_factory):
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+@pytest.fixture(autouse=True)
+def _fresh_aws_clients():
+    """boto3 clients are shared per process (controller.aws_session): each test starts with none, so an event
+    handler one test registers on a client never reaches another test's."""
+    import sys
+
+    yield
+    session = sys.modules.get("fleetpilot.controller.aws_session")
+    if session is not None:
+        session.forget_clients()

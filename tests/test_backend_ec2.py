@@ -42,8 +42,10 @@ def test_groups_with_the_same_settings_share_one_client(aws: MotoAws) -> None:
         cloudwatch.CloudWatchSource("ns", "m", {"g": x}, region=aws.region, endpoint_url=aws.endpoint_url) for x in "ab"
     ]
     assert src[0].client is src[1].client and src[0].client is not a.client
-    a.set_desired(4)
-    assert (a.read().desired, b.read().desired) == (4, 3)
+    a.close()  # a group's close leaves the shared client working for the others
+    b.set_desired(4)
+    assert (a.read().desired, b.read().desired) == (2, 4)
+    assert a.client.meta.config.max_pool_connections >= 16  # the daemon's read threads share it
 
 
 def test_read_reports_desired_min_max_and_instances(aws: MotoAws) -> None:

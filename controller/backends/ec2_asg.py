@@ -34,7 +34,6 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
@@ -131,13 +130,15 @@ class Ec2AsgBackend(Backend):
         self.timeout_seconds = float(timeout_seconds)
         self._rng = random.Random()
         self._interrupt = threading.Event()  #: set by interrupt(): no more retries (shutdown)
-        config = Config(
+        self._client = aws_client(
+            "autoscaling",
+            region,
+            endpoint_url,
             connect_timeout=self.timeout_seconds,
             read_timeout=self.timeout_seconds,
             retries={"mode": "standard", "total_max_attempts": 1},  # this class owns the retry policy
             user_agent_extra="fleetpilot",
         )
-        self._client = aws_client("autoscaling", region, endpoint_url, config)
         #: this tick's description from `controller.aws_batch` (the group, or why it cannot be read)
         self._prefetched: dict[str, Any] | BackendError | None = None
 
@@ -187,8 +188,7 @@ class Ec2AsgBackend(Backend):
         self._interrupt.set()
 
     def close(self) -> None:
-        """Close the client's connection pool."""
-        self._client.close()
+        """Nothing to release: the client is shared with the other groups (controller.aws_session)."""
 
     # -- batched reads (controller.aws_batch) ----------------------------------------------------------
 

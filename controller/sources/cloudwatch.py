@@ -25,7 +25,6 @@ import logging
 import math
 from typing import Any
 
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from fleetpilot.controller.aws_session import client as aws_client
@@ -93,13 +92,15 @@ class CloudWatchSource(MetricSource):
         self.endpoint_url = endpoint_url
         self.timeout_seconds = float(timeout_seconds)
         self.lookback_minutes = int(lookback_minutes)
-        config = Config(
+        self._client = aws_client(
+            "cloudwatch",
+            region,
+            endpoint_url,
             connect_timeout=self.timeout_seconds,
             read_timeout=self.timeout_seconds,
             retries={"mode": "standard", "total_max_attempts": TOTAL_MAX_ATTEMPTS},
             user_agent_extra="fleetpilot",
         )
-        self._client = aws_client("cloudwatch", region, endpoint_url, config)
         #: this tick's answer from `controller.aws_batch` (now_minute, Sample | None | SourceError)
         self._prefetched: tuple[int, Sample | None | SourceError] | None = None
 
@@ -130,8 +131,7 @@ class CloudWatchSource(MetricSource):
         return self._fetch(start_minute, end_minute)
 
     def close(self) -> None:
-        """Close the client's connection pool."""
-        self._client.close()
+        """Nothing to release: the client is shared with the other groups (controller.aws_session)."""
 
     # -- batched reads (controller.aws_batch) ----------------------------------------------------------
 
