@@ -215,6 +215,7 @@ def train_fold(held_out: str, names: list[str], args, out_root: Path) -> Path:
             load = read_trace(path)
             write_trace(short / path.name, load.window(0, min(args.train_minutes, load.minutes), path.stem))
     record = fold_record(held_out, args, out_root)
+    (out / FOLD_FILE).unlink(missing_ok=True)  # a training that fails leaves no record a later --reuse could trust
     r = subprocess.run([sys.executable, "-m", "fleetpilot.controller.cli", *cmd], capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit(f"training without {held_out} failed:\n{r.stderr[-3000:]}")

@@ -415,9 +415,13 @@ def test_the_budget_stops_before_a_round_that_would_end_past_it(tmp_path: Path, 
         now[0] += 100.0
         return real_fit(*args, **kwargs)
 
+    oracle_seconds = [0.0]
+
     def validation_taking_20_s(runs, policies, *args, **kwargs):
         if "ppo" in policies:
             now[0] += 20.0
+        if "oracle" in policies:
+            now[0] += oracle_seconds[0]
         return real_backtest(runs, policies, *args, **kwargs)
 
     monkeypatch.setattr(pi, "fit_actor", fit_taking_100_s)
@@ -441,12 +445,14 @@ def test_the_budget_stops_before_a_round_that_would_end_past_it(tmp_path: Path, 
         assert [row["update"] for row in rows] == rounds, budget
         assert now[0] - 1000.0 == ended, budget
         assert all(row["work_seconds"] == 100.0 and row["val_seconds"] == 20.0 for row in rows), rows
-    # A resumed run (from the 259 s run's round 1) with 220 s: round 2 always runs (100 s, validated: 120 s);
-    # a third would end at 240 s. The resumed process has not validated yet, so only the log can tell it what a
-    # validation costs: without it, 120 - 20 + 100 <= 220 would start round 3 and end past the budget.
-    now[0] = 1000.0
+    # A resumed run (from the 259 s run's round 1) with 245 s, where the validation oracle (computed once per
+    # process) takes 50 s: it is computed first (50 s), round 2 always runs (100 s, validated: 170 s), and a third
+    # would end at 290 s. The resumed process has not validated yet, so only the log can tell it what a
+    # validation costs, and the oracle must not be left to the first validation: without either, 100 + 20 + 100
+    # + 20 <= 245 (or 150 + 0 + 100 + 0) would start round 3 and end past the budget.
+    now[0], oracle_seconds[0] = 1000.0, 50.0
     out = tmp_path / "run-259.0"
-    ppo.train(cfg, out, budget_seconds=220.0, progress=False)
+    ppo.train(cfg, out, budget_seconds=245.0, progress=False)
     rows = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
     assert [row["update"] for row in rows] == [1, 2]
-    assert now[0] - 1000.0 == 120.0
+    assert now[0] - 1000.0 == 170.0

@@ -445,9 +445,13 @@ class Validator:
         self._oracle: float | None = None
         self.seconds = 0.0
 
-    def __call__(self, agent: Agent) -> dict:
-        if self._oracle is None:
+    def prepare(self) -> None:
+        """Compute the oracle's score of the validation runs (once; the first validation does it otherwise)."""
+        if self._oracle is None and self.runs:
             self._oracle = backtest(self.runs, {"oracle": None}, self.fleet).summary[0]["expected_profit_usd"]
+
+    def __call__(self, agent: Agent) -> dict:
+        self.prepare()
         t0 = _clock()
         s = backtest(self.runs, {"ppo": TorchPolicy(agent, self.mapping)}, self.fleet).summary[0]
         self.seconds = _clock() - t0
@@ -769,8 +773,9 @@ def train(
         if validator.runs and cfg.keep_best:
             run.best.offer(0, validator(agent), agent)
     log = TrainLog(out / LOG_FILE, keep=resuming)
-    if resuming:
+    if resuming:  # the oracle now, inside the budget, rather than untimed in the first update's validation
         budget.resume(log.rows, validator)
+        validator.prepare()
     total = max(cfg.total_steps // (cfg.num_envs * cfg.num_steps), 1) * cfg.num_envs * cfg.num_steps
     if cfg.method == "rollout-pi":
         total = cfg.pi_iterations * cfg.pi_loads * (mapping.n + 1) * cfg.episode_minutes
