@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,8 @@ import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
-#: script -> (tiny arguments, figures its JSON must hold)
+#: script -> (tiny arguments, figures its JSON must hold: None a positive number, float any finite number, else
+#: that value)
 CASES = {
     "ppo_bench.py": (
         "--steps 256 --num-envs 8 --rollout-minutes 16 --epochs 1 --minibatches 2 --episode-minutes 300 --repeats 1",
@@ -68,6 +70,19 @@ CASES = {
         "--cpus 2 --tasks 5 --seeds 0 --minutes 200 --repeats 1",
         {"per_task_overhead_ms_ray": None, "tune_speedup_p50": None, "tune_identical": True, "ray_start_s": None},
     ),
+    "follow_the_leader.py": (
+        "--traces azure-functions --windows 1 --window-minutes 600 --lead-minutes 300 --trailing-minutes 120 "
+        "--conservative-days 1",
+        {
+            "azure_functions_windows": 1,
+            "azure_functions_oracle_pct_of_oracle": 100.0,
+            "azure_functions_oracle_expected_profit_usd": None,
+            "azure_functions_newsvendor_expected_profit_usd": float,  # any number: a bursty window loses money
+            "azure_functions_best_fixed_pct_of_oracle": float,
+            "azure_functions_trailing_120_pct_of_oracle": float,
+            "azure_functions_cautious_1_days_pct_of_oracle": float,
+        },
+    ),
     "soak.py": (
         "--minutes 200 --warmup 100 --sample-every 100 --policy target-tracking",
         {"minutes": 200, "error_ticks": 0, "journal_rows": 200, "tick_p50_ms": None, "ticks_ok": 200},
@@ -108,5 +123,7 @@ def test_benchmark_writes_flat_json(script: str, tmp_path: Path):
         assert key in figures, (key, sorted(figures))
         if value is None:
             assert isinstance(figures[key], (int, float)) and figures[key] > 0, (key, figures[key])
+        elif value is float:
+            assert isinstance(figures[key], (int, float)) and math.isfinite(figures[key]), (key, figures[key])
         else:
             assert figures[key] == value, (key, figures[key])
