@@ -9,8 +9,10 @@ follow-the-leader rule replays the window: at each hour it takes the action whos
 its own history). `--conservative-days D` is the cautious variant: an action other than the newsvendor rule
 (risk 1) is taken only if its replay earned at least as much as the rule's on each of the last D days.
 
-Printed, per trace: the newsvendor rule (risk 1), the best fixed action chosen in hindsight per window, each
-follow-the-leader variant and the oracle, as % of the oracle's expected profit (windows summed).
+Printed, per trace: the newsvendor rule (risk 1), the best fixed action chosen in hindsight per window and each
+follow-the-leader variant, as % of the oracle's expected profit (windows summed), and the oracle's in dollars.
+Each window has --lead-minutes of history before it (a day, as in generalization.py): a look-back longer than
+the history so far is cut to it (a daemon would have up to a week).
 
     .venv/bin/python benchmarks/follow_the_leader.py --trailing-minutes 360,1440,4320 --conservative-days 2,3,5 \\
         --json ftl.json
@@ -119,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             out[f"{key}_{col}_expected_profit_usd"] = round(v, 2)
             if oracle > 0:  # a share of a loss would flip the order
                 out[f"{key}_{col}_pct_of_oracle"] = round(100 * v / oracle, 2)
-        pct = {k: f"{100 * v / oracle:.1f}" for k, v in row.items() if k != "oracle"}
-        print(f"{name} ({n} windows), % of the oracle's expected profit: {pct}", flush=True)
+        pct = {k: f"{100 * v / oracle:.1f}" if oracle > 0 else f"${v:,.0f}" for k, v in row.items() if k != "oracle"}
+        print(f"{name} ({n} windows; oracle ${oracle:,.0f}), % of the oracle's expected profit: {pct}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
     return 0

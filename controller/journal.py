@@ -280,6 +280,7 @@ class Journal:
         )
         self._report("deleted")
         self.db.close()
+        self._intended.clear()  # those rowids were the old file's
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._open()
 

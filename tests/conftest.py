@@ -23,7 +23,7 @@ def _isolated_state_dir(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def _fresh_aws_clients():
-    """boto3 clients are shared per process (controller.aws_session): each test starts with none, so an event
+    """boto3 clients are shared per process (controller.aws_session): each test leaves none behind, so an event
     handler one test registers on a client never reaches another test's."""
     import sys
 

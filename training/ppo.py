@@ -773,9 +773,9 @@ def train(
         if validator.runs and cfg.keep_best:
             run.best.offer(0, validator(agent), agent)
     log = TrainLog(out / LOG_FILE, keep=resuming)
-    if resuming:  # the oracle now, inside the budget, rather than untimed in the first update's validation
+    if resuming:
         budget.resume(log.rows, validator)
-        validator.prepare()
+    validator.prepare()  # the oracle now, inside the budget, rather than untimed in the first update's validation
     total = max(cfg.total_steps // (cfg.num_envs * cfg.num_steps), 1) * cfg.num_envs * cfg.num_steps
     if cfg.method == "rollout-pi":
         total = cfg.pi_iterations * cfg.pi_loads * (mapping.n + 1) * cfg.episode_minutes
