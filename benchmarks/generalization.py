@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--json", metavar="PATH", help="write the figures as one flat JSON object (TRACE_COLUMN_FIGURE)")
     ap.add_argument("--details", metavar="PATH", help="write every choice and per-window figure as JSON")
-    add_ray_option(ap)  # the folds' trainings as Ray tasks
+    add_ray_option(ap)  # the folds' trainings and the hindsight grids as Ray tasks
     args = ap.parse_args(argv)
 
     from fleetpilot.policies.actions import ActionMapping
@@ -338,10 +338,10 @@ def main(argv: list[str] | None = None) -> int:
     flat_tune = [r for name in TRACES for r in tune_runs[name]]
     tune_owner = [name for name in TRACES for _ in tune_runs[name]]
     grids = rule_grids(args.small_grids)
-    tt_all = grid_scores("target-tracking", eval_runs + flat_tune, grids["target-tracking"])
+    tt_all = grid_scores("target-tracking", eval_runs + flat_tune, grids["target-tracking"], args.ray)
     tt_eval = [(params, rows[: len(eval_runs)]) for params, rows in tt_all]
     tt_tune = [(params, rows[len(eval_runs) :]) for params, rows in tt_all]
-    fc_tune = grid_scores("forecast", flat_tune, grids["forecast"])
+    fc_tune = grid_scores("forecast", flat_tune, grids["forecast"], args.ray)
     print(f"grids scored ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
 
     def tuned_for(table, fold: str) -> dict:

@@ -91,6 +91,24 @@ def test_tune_grid_on_ray_equals_in_process(ray_address):
     assert there == here
 
 
+def test_grid_scores_on_ray_equal_in_process(ray_address):
+    """benchmarks/generalization.py scores its hindsight grids as Ray tasks with --ray: the same rows, in order."""
+    from fleetpilot.training.tune import grid_scores
+
+    runs = [synthetic_run(s, 300) for s in (0, 1)]
+    grid = {"target_utilization": [0.5, 0.7], "scale_in_tolerance": [0.1], "scale_in_cooldown_minutes": [5]}
+    here = grid_scores("target-tracking", runs, grid)
+    there = grid_scores("target-tracking", runs, grid, ray_address)
+    assert [p for p, _ in here] == [p for p, _ in grid_product(grid)] and len(here[0][1]) == 2
+    assert there == here
+
+
+def grid_product(grid: dict) -> list[tuple[dict, None]]:
+    import itertools
+
+    return [(dict(zip(grid, v, strict=True)), None) for v in itertools.product(*grid.values())]
+
+
 def _traces(d: Path, lengths: dict[str, int]) -> list[Path]:
     paths = []
     for i, (name, minutes) in enumerate(lengths.items()):

@@ -52,18 +52,23 @@ GRIDS: dict[str, dict[str, list[Any]]] = {
 
 
 def grid_scores(
-    policy: str, runs: list[Run], grid: dict[str, list[Any]] | None = None
+    policy: str, runs: list[Run], grid: dict[str, list[Any]] | None = None, ray_address: str | None = None
 ) -> list[tuple[dict[str, Any], list[dict]]]:
     """Every point of `policy`'s grid (GRIDS, or `grid`) with its per-run results on `runs` (expected profit,
-    downtime minutes...), for choosing per run or per subset of runs from one pass over the grid."""
+    downtime minutes...), for choosing per run or per subset of runs from one pass over the grid. Each point is
+    one task of `training.fanout.map_tasks` (Ray tasks with `ray_address`), in the grid's order."""
+    from fleetpilot.training.fanout import map_tasks, values
+
     grid = grid or GRIDS[policy]
     keys = list(grid)
-    out = []
-    for values in itertools.product(*(grid[k] for k in keys)):
-        params = dict(zip(keys, values, strict=False))
-        report = backtest(runs, {"p": make_policy(policy, params)})
-        out.append((params, [r["results"][0] for r in report.runs]))
-    return out
+    points = [dict(zip(keys, v, strict=False)) for v in itertools.product(*(grid[k] for k in keys))]
+    return values(map_tasks(functools.partial(point_rows, policy, runs), points, ray_address), f"grid {policy}")
+
+
+def point_rows(policy: str, runs: list[Run], params: dict[str, Any]) -> tuple[dict[str, Any], list[dict]]:
+    """One grid point with its per-run results: one fan-out task of `grid_scores`."""
+    report = backtest(runs, {"p": make_policy(policy, params)})
+    return params, [r["results"][0] for r in report.runs]
 
 
 def score_point(policy: str, runs: list[Run], params: dict[str, Any]) -> tuple[float, int, dict[str, Any]]:
