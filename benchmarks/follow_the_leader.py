@@ -34,35 +34,41 @@ import generalization as gen  # noqa: E402  (the sibling benchmark: its traces a
 RISKS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 10.0)
 
 
-def follow(mapping, runs, rewards: np.ndarray, choose, start_action: int) -> float:
-    """Expected profit (scored minutes, runs summed) of replaying `runs` with the action `choose(cum, t)` picks
-    at each hour, where cum (K, N, T + 1) are the fixed replays' cumulative expected rewards."""
-    from fleetpilot.policies.observation import ObservationBuilder
-    from fleetpilot.sim.fleet import FleetCore, expected_reward
-    from fleetpilot.sim.params import FleetParams
+class Leader:
+    """The follow-the-leader rule as a `Policy` for `training.backtest.simulate` (which asks it once a minute):
+    at each hour, the action `choose(cum, t)` picks from the fixed replays' cumulative expected rewards
+    `cum` (K, N, T + 1) up to minute t; `start_action` until the first hour has passed."""
 
-    p = FleetParams()
-    lead = runs[0].lead
+    name = "follow-the-leader"
+
+    def __init__(self, mapping, rewards: np.ndarray, choose, start_action: int):
+        self.mapping, self.choose, self.start_action = mapping, choose, start_action
+        self.cum = np.concatenate([np.zeros(rewards.shape[:2] + (1,)), np.cumsum(rewards, axis=2)], axis=2)
+
+    def reset(self, n: int) -> None:
+        self.t, self.k = 0, np.full(n, self.start_action)
+
+    def decide(self, obs):
+        from fleetpilot.policies.base import PolicyOutput
+
+        self.t += 1  # the minute about to be served
+        if (self.t - 1) % 60 == 0 and self.t > 60:
+            self.k = self.choose(self.cum, self.t - 1)  # rewards of the minutes served so far only
+        return PolicyOutput(self.mapping.desired(self.k, obs), self.k)
+
+
+def follow(mapping, runs, rewards: np.ndarray, choose, start_action: int) -> float:
+    """Expected profit (scored minutes, runs summed) of replaying `runs` with the `Leader` rule."""
+    from fleetpilot.sim.fleet import expected_reward
+    from fleetpilot.sim.params import FleetParams
+    from fleetpilot.training.backtest import simulate
+
+    p, lead = FleetParams(), runs[0].lead
     loads = np.stack([r.load_tpm for r in runs])
     starts = np.array([r.start_minute for r in runs])
     keys = np.array([r.noise_key for r in runs], dtype=np.uint64)
-    n, t_len = loads.shape[0], loads.shape[1] - 1
-    cum = np.concatenate([np.zeros(rewards.shape[:2] + (1,)), np.cumsum(rewards, axis=2)], axis=2)
-    core = FleetCore(n, p)
-    core.reset(slice(None), keys)
-    builder = ObservationBuilder(n, p.capacity_tpm_per_machine, p.warmup_minutes)
-    builder.update(loads[:, 0], core.active, core.warming, starts)
-    k = np.full(n, start_action)
-    active = np.zeros((n, t_len))
-    lo, hi = -p.max_scale_in_per_minute, p.max_scale_out_per_minute
-    for t in range(1, t_len + 1):
-        if (t - 1) % 60 == 0 and t > 60:
-            k = choose(cum, t - 1)
-        delta = np.clip(mapping.desired(k, builder.observation()) - (core.active + core.warming), lo, hi)
-        out = core.step(delta, loads[:, t])
-        builder.update(out.load_tpm, out.active, core.warming, starts + t)
-        active[:, t - 1] = out.active
-    return float(expected_reward(active[:, lead:], loads[:, lead + 1 :], p).sum())
+    traj = simulate(Leader(mapping, rewards, choose, start_action), loads, starts, keys, p)
+    return float(expected_reward(traj.active[:, lead:], loads[:, lead + 1 :], p).sum())
 
 
 def main(argv: list[str] | None = None) -> int:

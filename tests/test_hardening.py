@@ -29,6 +29,7 @@ from fleetpilot.controller.journal import read_decisions
 from fleetpilot.policies.actions import ActionMapping
 from fleetpilot.policies.observation import ObservationBuilder
 from fleetpilot.policies.registry import make_policy
+from tests.journal_rows import journal_row
 
 FLEETPILOT = str(Path(sys.executable).parent / "fleetpilot")
 INT64_MIN = int(np.iinfo(np.int64).min)
@@ -239,7 +240,7 @@ def test_recommendations_written_ahead_outlive_a_missing_commit_and_the_commit_c
     assert j.recent_recommendations("api", 0) == [(7, 4)]
     for minute, rec in ((7, 36), (8, 33)):  # a restart within the dead process's minute, then the next minute
         j.intend([("web", minute, rec)])
-        j.add(_decision_row("web", minute, rec))
+        j.add(journal_row("web", minute, final=rec))
         j.commit()
     # each minute now stands as a decision row, no longer as this process's write-ahead one; the dead process's
     # rows stay (even of the same minute) for a second restart within their window
@@ -259,32 +260,6 @@ def test_recommendations_written_ahead_outlive_a_missing_commit_and_the_commit_c
     db = sqlite3.connect(path)
     assert db.execute("SELECT COUNT(*) FROM pending_recommendations").fetchone() == (0,)
     db.close()
-
-
-def _decision_row(group: str, minute: int, rec: int):
-    from fleetpilot.controller.journal import JournalRow
-
-    return JournalRow(
-        wall_time="2026-01-01T00:08:00+00:00",
-        tick=minute,
-        minute=minute,
-        group_name=group,
-        policy="target-tracking",
-        action="",
-        data_status="ok",
-        load_tpm=1.0,
-        load_minute=minute,
-        active=rec + 2,
-        warming=0,
-        desired_before=rec + 2,
-        raw_action=None,
-        policy_desired=rec,
-        fallback_desired=None,
-        recommendation=rec,
-        guards=[],
-        final=rec,
-        outcome="written",
-    )
 
 
 def test_the_write_ahead_waits_briefly_for_a_locked_journal_and_outlives_dropped_rows(tmp_path, monkeypatch):
@@ -310,7 +285,7 @@ def test_the_write_ahead_waits_briefly_for_a_locked_journal_and_outlives_dropped
     monkeypatch.setattr(journal, "MAX_PENDING_ROWS", 2)
     j.intend([("web", 2, 5)])
     for m in (2, 3, 4):  # three rows pending (the commits "failed"): the oldest, minute 2's, is dropped
-        j.add(_decision_row("web", m, 5))
+        j.add(journal_row("web", m, final=5))
     j.commit()
     assert j.recent_recommendations("web", 0) == [(2, 5), (3, 5), (4, 5)]  # minute 2 from its write-ahead row
     j.close()

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from fleetpilot.controller.journal import JournalRow
 from fleetpilot.controller.server import StatusServer
 from fleetpilot.controller.status import GroupInfo, StatusBoard
 from fleetpilot.controller.status_page import OVERVIEW_STEP, api_groups, page, pages
 from tests.browser import render
+from tests.journal_rows import journal_row as row
 from tests.test_daemon_e2e import FLEETPILOT, _pump, config, get
 
 EVIL = "<script>alert(1)</script>"
@@ -41,32 +41,6 @@ def info(name: str, **over) -> GroupInfo:
     )
     d.update(over)
     return GroupInfo(**d)
-
-
-def row(name: str, minute: int, load: float | None = 1000.0, final: int | None = 5, **over) -> JournalRow:
-    d = dict(
-        wall_time="2026-01-01T00:00:00+00:00",
-        tick=0,
-        minute=minute,
-        group_name=name,
-        policy="target-tracking",
-        action="policy",
-        data_status="ok" if load is not None else "nan",
-        load_tpm=load,
-        load_minute=minute - 1,
-        active=4,
-        warming=1,
-        desired_before=5,
-        raw_action=final,
-        policy_desired=final,
-        fallback_desired=None,
-        recommendation=final,
-        guards=[],
-        final=final,
-        outcome="unchanged",
-    )
-    d.update(over)
-    return JournalRow(**d)
 
 
 def fill(board: StatusBoard, minutes: range) -> None:

@@ -51,6 +51,12 @@ GRIDS: dict[str, dict[str, list[Any]]] = {
 }
 
 
+def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every combination of the grid's values, as parameter dicts (the first key varies slowest)."""
+    keys = list(grid)
+    return [dict(zip(keys, v, strict=True)) for v in itertools.product(*(grid[k] for k in keys))]
+
+
 def grid_scores(
     policy: str, runs: list[Run], grid: dict[str, list[Any]] | None = None, ray_address: str | None = None
 ) -> list[tuple[dict[str, Any], list[dict]]]:
@@ -59,9 +65,7 @@ def grid_scores(
     one task of `training.fanout.map_tasks` (Ray tasks with `ray_address`), in the grid's order."""
     from fleetpilot.training.fanout import map_tasks, values
 
-    grid = grid or GRIDS[policy]
-    keys = list(grid)
-    points = [dict(zip(keys, v, strict=False)) for v in itertools.product(*(grid[k] for k in keys))]
+    points = grid_points(grid or GRIDS[policy])
     return values(map_tasks(functools.partial(point_rows, policy, runs), points, ray_address), f"grid {policy}")
 
 
@@ -83,9 +87,7 @@ def tune(policy: str, runs: list[Run], ray_address: str | None = None, progress:
     progress bar (a terminal) or lines with an ETA (otherwise) on stderr, one unit per grid point."""
     from fleetpilot.training.fanout import map_tasks, values
 
-    grid = GRIDS[policy]
-    keys = list(grid)
-    points = [dict(zip(keys, v, strict=False)) for v in itertools.product(*(grid[k] for k in keys))]
+    points = grid_points(GRIDS[policy])
     bar = Progress(len(points), f"tune {policy}", "points") if progress else None
     best: list[float] = []
 
