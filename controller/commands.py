@@ -51,11 +51,13 @@ def add_commands(sub) -> None:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    from fleetpilot.controller.config import check_runnable, load_config, summary
+    from fleetpilot.controller.config import advisories, check_runnable, load_config, summary
 
     cfg = load_config(args.file)
     check_runnable(cfg, args.file)
     print(f"OK {args.file}: {summary(cfg)}")
+    for note in advisories(cfg):
+        print(f"note: {note}", file=sys.stderr)
     return 0
 
 
@@ -93,6 +95,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     cfg = cfg.with_dry_run(args.dry_run)
     log_config(cfg)
+    from fleetpilot.controller.config import advisories
+
+    for note in advisories(cfg):
+        log.warning(note)
     try:
         daemon = Daemon(cfg, summary=cfg.simulated_clock and not args.quiet, journal=journal)
     except BaseException:

@@ -643,6 +643,22 @@ def masked_dump(cfg: DaemonConfig) -> dict[str, Any]:
     return mask_secrets(json.loads(json.dumps(cfg.model_dump(mode="json"))))
 
 
+#: Shipped models trained on the built-in simulator's synthetic load only (their manifests say so).
+SYNTHETIC_TRAINED_MODELS = ("default",)
+
+
+def advisories(cfg: DaemonConfig) -> list[str]:
+    """Notes on a valid config that an operator would want before trusting it with capacity: printed by
+    `config check` (stderr), logged as warnings when the daemon starts. Nothing here refuses a config."""
+    return [
+        f"group {g.name}: policy {g.policy} was trained on the simulator's synthetic load only, and its source "
+        f"is {g.source.kind}: on the real development traces it never saw, the newsvendor rule did better on "
+        "every one (README, 'Which policy for a real group')"
+        for g in cfg.groups
+        if g.policy in SYNTHETIC_TRAINED_MODELS and g.source.kind != "simulator"
+    ]
+
+
 def summary(cfg: DaemonConfig) -> str:
     """One line for `fleetpilot config check`."""
     parts = [

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fleetpilot.controller.config import ConfigError, load_config, mask_secrets, masked_dump, summary
+from fleetpilot.controller.config import ConfigError, advisories, load_config, mask_secrets, masked_dump, summary
 from fleetpilot.controller.state import default_journal_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -206,3 +206,24 @@ def test_example_configs_check():
         "simulated",
     )
     assert (cfg.server.host, cfg.server.port) == ("127.0.0.1", 9108) and cfg.interval_seconds < 1
+
+
+def test_config_check_notes_the_synthetic_trained_default_on_a_real_source(tmp_path):
+    """`default` was trained on the simulator's load only: on a real source `config check` says so (exit 0, the
+    config is valid), on the simulator or with a rule it says nothing."""
+    real = mutate("groups.0.source", {"kind": "prometheus", "url": "http://127.0.0.1:9090", "query": "up"})
+    real["groups"][0]["policy"], real["interval_seconds"] = "default", 60
+    cfg = load_config(write(tmp_path, real, "real.yaml"))
+    notes = advisories(cfg)
+    assert len(notes) == 1 and "group web: policy default" in notes[0] and "newsvendor" in notes[0]
+    sim = mutate("groups.0.policy", "default")
+    assert advisories(load_config(write(tmp_path, sim, "sim.yaml"))) == []
+    real["groups"][0]["policy"] = "newsvendor"
+    assert advisories(load_config(write(tmp_path, real, "nv.yaml"))) == []
+    ok = run_cli("config", "check", str(REPO / "examples" / "ec2-cloudwatch.yaml"))
+    assert ok.returncode == 0 and ok.stderr == "", ok.stderr
+    cw = yaml.safe_load((REPO / "examples" / "ec2-cloudwatch.yaml").read_text())
+    cw["groups"][0]["policy"] = "default"
+    noted = run_cli("config", "check", str(write(tmp_path, cw, "cw.yaml")))
+    assert noted.returncode == 0 and noted.stdout.startswith("OK ")
+    assert noted.stderr.startswith("note: group web: policy default") and len(noted.stderr.splitlines()) == 1
