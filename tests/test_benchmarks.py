@@ -83,6 +83,16 @@ CASES = {
             "azure_functions_cautious_1_days_pct_of_oracle": float,
         },
     ),
+    "price_by_source.py": (
+        "--seeds 1 --loads 8 --episode-minutes 1600",
+        {
+            "loads": 8,
+            "seconds": None,
+            "left_out_cases": None,  # one per source drawn (at least two: the generator and a trace)
+            "s1_generator_own_best_advantage": float,
+            "s1_generator_others_pick_advantage": float,
+        },
+    ),
     "soak.py": (
         "--minutes 200 --warmup 100 --sample-every 100 --policy target-tracking",
         {"minutes": 200, "error_ticks": 0, "journal_rows": 200, "tick_p50_ms": None, "ticks_ok": 200},
@@ -127,3 +137,11 @@ def test_benchmark_writes_flat_json(script: str, tmp_path: Path):
             assert isinstance(figures[key], (int, float)) and math.isfinite(figures[key]), (key, figures[key])
         else:
             assert figures[key] == value, (key, figures[key])
+    if script == "price_by_source.py":
+        # the rule's own advantage is 0 and the other sources' pick is one of the actions: neither beats a
+        # left-out source's own best
+        own = [k for k in figures if k.endswith("_own_best_advantage")]
+        assert len(own) == figures["left_out_cases"] >= 2
+        for key in own:
+            other = figures[key.replace("_own_best_", "_others_pick_")]
+            assert figures[key] >= max(0.0, other), (key, figures[key], other)
