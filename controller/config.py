@@ -643,8 +643,21 @@ def masked_dump(cfg: DaemonConfig) -> dict[str, Any]:
     return mask_secrets(json.loads(json.dumps(cfg.model_dump(mode="json"))))
 
 
-#: Shipped models trained on the built-in simulator's synthetic load only (their manifests say so).
+#: Shipped models trained on the built-in simulator's synthetic load only (`training.loads` in their manifests).
 SYNTHETIC_TRAINED_MODELS = ("default",)
+
+
+def _synthetic_trained(policy: str) -> bool:
+    """Whether `policy` names a model of SYNTHETIC_TRAINED_MODELS, by name or by the path of its directory."""
+    from fleetpilot.policies.registry import MODELS_DIR, PolicyError, model_dir
+
+    try:
+        d = model_dir(policy)
+    except PolicyError:
+        return False
+    if d is None:
+        return False
+    return any(d.resolve() == (MODELS_DIR / name).resolve() for name in SYNTHETIC_TRAINED_MODELS)
 
 
 def advisories(cfg: DaemonConfig) -> list[str]:
@@ -655,7 +668,7 @@ def advisories(cfg: DaemonConfig) -> list[str]:
         f"is {g.source.kind}: on the real development traces it never saw, the newsvendor rule did better on "
         "every one (README, 'Which policy for a real group')"
         for g in cfg.groups
-        if g.policy in SYNTHETIC_TRAINED_MODELS and g.source.kind != "simulator"
+        if g.source.kind != "simulator" and _synthetic_trained(g.policy)
     ]
 
 

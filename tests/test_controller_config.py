@@ -12,6 +12,7 @@ import yaml
 
 from fleetpilot.controller.config import ConfigError, advisories, load_config, mask_secrets, masked_dump, summary
 from fleetpilot.controller.state import default_journal_path
+from fleetpilot.policies.registry import MODELS_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 FLEETPILOT = str(Path(sys.executable).parent / "fleetpilot")
@@ -218,12 +219,15 @@ def test_config_check_notes_the_synthetic_trained_default_on_a_real_source(tmp_p
     assert len(notes) == 1 and "group web: policy default" in notes[0] and "newsvendor" in notes[0]
     sim = mutate("groups.0.policy", "default")
     assert advisories(load_config(write(tmp_path, sim, "sim.yaml"))) == []
+    real["groups"][0]["policy"] = str(MODELS_DIR / "default")  # the same model by its directory
+    assert len(advisories(load_config(write(tmp_path, real, "path.yaml")))) == 1
     real["groups"][0]["policy"] = "newsvendor"
     assert advisories(load_config(write(tmp_path, real, "nv.yaml"))) == []
     ok = run_cli("config", "check", str(REPO / "examples" / "ec2-cloudwatch.yaml"))
     assert ok.returncode == 0 and ok.stderr == "", ok.stderr
     cw = yaml.safe_load((REPO / "examples" / "ec2-cloudwatch.yaml").read_text())
     cw["groups"][0]["policy"] = "default"
+    del cw["groups"][0]["policy_params"]  # the example's prices are the rule's
     noted = run_cli("config", "check", str(write(tmp_path, cw, "cw.yaml")))
     assert noted.returncode == 0 and noted.stdout.startswith("OK ")
     assert noted.stderr.startswith("note: group web: policy default") and len(noted.stderr.splitlines()) == 1
