@@ -53,6 +53,11 @@ def measure(seed: int, args: argparse.Namespace) -> dict:
         argv += ["--broad-traces", args.broad_traces]
     targs = parser.parse_args(argv)
     cfg, fleet = _train_config(targs.config, targs)
+    if cfg.method != "rollout-pi" or cfg.init_action == "auto":
+        raise CliError(
+            f"--config {args.config}: needs a rollout-pi recipe with a fixed starting rule (init_action risk=R or "
+            f"U,C), got method {cfg.method}, init_action {cfg.init_action}"
+        )
     cfg = replace(cfg, pi_loads=args.loads, episode_minutes=args.episode_minutes or cfg.episode_minutes)
     data = _broad_data(targs, cfg, fleet, parse_split(targs.split))
     cfg = data.cfg
@@ -75,9 +80,12 @@ def measure(seed: int, args: argparse.Namespace) -> dict:
         cfg.pi_hold_minutes, cfg.pi_period_minutes, cfg.pi_skip_minutes, np.array(sources),
     )  # fmt: skip
     src = np.asarray(seg.source)
-    # which price each hour wanted: log of the risk of its best newsvendor action
+    # which price each hour wanted: log of the risk of its best newsvendor action; an hour where every price
+    # earned the same (e.g. a fleet held at its bounds) wanted none and is left out of the correlations
+    nv = seg.advantage[:, mapping.n_grid :]
     risks = np.log(np.asarray(mapping.newsvendor_risk))
-    wanted = risks[np.argmax(seg.advantage[:, mapping.n_grid :], axis=1)] if risks.size else np.zeros(len(src))
+    wanted = risks[np.argmax(nv, axis=1)] if risks.size else np.zeros(len(src))
+    decided = np.ptp(nv, axis=1) > 1e-9 if risks.size else np.zeros(len(src), dtype=bool)
     return {
         "seed": seed,
         "actions": [mapping.describe(k) for k in range(mapping.n)],
@@ -86,7 +94,10 @@ def measure(seed: int, args: argparse.Namespace) -> dict:
             str(s): {
                 "periods": int((src == s).sum()),
                 "advantage": [round(float(v), 4) for v in seg.advantage[src == s].mean(axis=0)],
-                "wanted_price_correlation": correlations(seg.features[src == s], wanted[src == s]),
+                "hours_with_a_wanted_price": int((decided & (src == s)).sum()),
+                "wanted_price_correlation": correlations(
+                    seg.features[decided & (src == s)], wanted[decided & (src == s)]
+                ),
             }
             for s in sorted(set(src.tolist()))
         },
@@ -178,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         for n in names:
             corr = m["sources"][n]["wanted_price_correlation"]
             f = max(corr, key=lambda k: abs(corr[k]))
-            print(f"{n}: {f} {corr[f]:+.3f}")
+            row = m["sources"][n]
+            print(f"{n}: {f} {corr[f]:+.3f} (over {row['hours_with_a_wanted_price']} of its {row['periods']} hours)")
             flat[f"s{m['seed']}_{n}_wanted_price_max_abs_correlation"] = abs(corr[f])
         m["transfer"] = tr = transfer(m)
         if tr:

@@ -643,28 +643,29 @@ def masked_dump(cfg: DaemonConfig) -> dict[str, Any]:
     return mask_secrets(json.loads(json.dumps(cfg.model_dump(mode="json"))))
 
 
-#: Shipped models trained on the built-in simulator's synthetic load only (`training.loads` in their manifests).
-SYNTHETIC_TRAINED_MODELS = ("default",)
-
-
 def _synthetic_trained(policy: str) -> bool:
-    """Whether `policy` names a model of SYNTHETIC_TRAINED_MODELS, by name or by the path of its directory."""
-    from fleetpilot.policies.registry import MODELS_DIR, PolicyError, model_dir
+    """Whether `policy` is a model trained on the synthetic load only: every entry of its manifest's
+    `training.loads` names the synthetic generator (the shipped `default`, a copy of it, or a model trained with
+    plain `fleetpilot train`). Rules, and models trained on a trace or the broad mixture, are not."""
+    import json
+
+    from fleetpilot.policies.registry import PolicyError, model_dir
 
     try:
         d = model_dir(policy)
-    except PolicyError:
-        return False
-    if d is None:
-        return False
-    return any(d.resolve() == (MODELS_DIR / name).resolve() for name in SYNTHETIC_TRAINED_MODELS)
+        if d is None:
+            return False
+        loads = json.loads((d / "manifest.json").read_text(encoding="utf-8"))["training"]["loads"]
+        return bool(loads) and all(isinstance(x, dict) and "synthetic" in x for x in loads)
+    except (PolicyError, OSError, ValueError, KeyError, TypeError):
+        return False  # not a readable model: check_runnable says what is wrong with it
 
 
 def advisories(cfg: DaemonConfig) -> list[str]:
     """Notes on a valid config that an operator would want before trusting it with capacity: printed by
     `config check` (stderr), logged as warnings when the daemon starts. Nothing here refuses a config."""
     return [
-        f"group {g.name}: policy {g.policy} was trained on the simulator's synthetic load only, and its source "
+        f"group {g.name}: policy {g.policy} was trained on the synthetic load only, and its source "
         f"is {g.source.kind}: on the real development traces it never saw, the newsvendor rule did better on "
         "every one (README, 'Which policy for a real group')"
         for g in cfg.groups

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -221,6 +223,14 @@ def test_config_check_notes_the_synthetic_trained_default_on_a_real_source(tmp_p
     assert advisories(load_config(write(tmp_path, sim, "sim.yaml"))) == []
     real["groups"][0]["policy"] = str(MODELS_DIR / "default")  # the same model by its directory
     assert len(advisories(load_config(write(tmp_path, real, "path.yaml")))) == 1
+    copy_dir = tmp_path / "model"  # a copy: the manifest says what it was trained on
+    shutil.copytree(MODELS_DIR / "default", copy_dir)
+    real["groups"][0]["policy"] = str(copy_dir)
+    assert len(advisories(load_config(write(tmp_path, real, "copy.yaml")))) == 1
+    manifest = json.loads((copy_dir / "manifest.json").read_text())
+    manifest["training"]["loads"] = [{"trace": "history.csv"}]  # as `train --trace` records it
+    (copy_dir / "manifest.json").write_text(json.dumps(manifest))
+    assert advisories(load_config(write(tmp_path, real, "trace.yaml"))) == []
     real["groups"][0]["policy"] = "newsvendor"
     assert advisories(load_config(write(tmp_path, real, "nv.yaml"))) == []
     ok = run_cli("config", "check", str(REPO / "examples" / "ec2-cloudwatch.yaml"))
