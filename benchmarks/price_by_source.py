@@ -18,6 +18,11 @@ on the source left out. A positive figure means the other sources' price would h
 leaving the rule for it makes the left-out load worse. The leave-one-trace-out evaluation asks exactly this of
 a state-dependent policy (README: the NAB tweet folds).
 
+Last, whether the observation could tell the hours apart: per source, the correlation of each observation
+feature with the log price of the hour's best newsvendor action (hours where every price earned the same are
+left out). Bad input (a missing recipe or trace directory, a recipe that is not rollout-pi or starts from
+`auto`, bad seeds, an episode too short to keep a period) is one line on stderr and exit code 2.
+
     .venv/bin/python benchmarks/price_by_source.py --seeds 1,2 --loads 128 --jobs 2 --json price.json
 """
 
