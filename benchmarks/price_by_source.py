@@ -49,7 +49,7 @@ def measure(seed: int, args: argparse.Namespace) -> dict:
     from fleetpilot.policies.errors import CliError
     from fleetpilot.training.cli import _broad_data, _train_config, add_training_commands, parse_split
     from fleetpilot.training.policy_iteration import periods_kept, segment_rollouts
-    from fleetpilot.training.ppo import _draw_loads, action_index, training_fleet
+    from fleetpilot.training.ppo import action_index, pi_round_loads, training_fleet
 
     parser = argparse.ArgumentParser()
     add_training_commands(parser.add_subparsers())
@@ -74,12 +74,7 @@ def measure(seed: int, args: argparse.Namespace) -> dict:
     mapping = ActionMapping.from_json(cfg.mapping)
     start = action_index(mapping, cfg.init_action)
     train_fleet = training_fleet(cfg, fleet)
-    # the draws of `training.ppo._pi_loop`'s first round
-    sources: list[str] = []
-    loads, starts = _draw_loads(
-        train_fleet, data.sampler, cfg.seed * 1009 + 1, cfg.pi_loads, cfg.episode_minutes, sources
-    )
-    keys = np.random.default_rng([cfg.seed, 1, 31337]).integers(0, 2**63, cfg.pi_loads, dtype=np.uint64)
+    loads, starts, keys, sources = pi_round_loads(cfg, train_fleet, data.sampler, 1)  # training's first round
     seg = segment_rollouts(
         lambda obs: np.full(obs.n, start), mapping, loads, starts, keys, train_fleet,
         cfg.pi_hold_minutes, cfg.pi_period_minutes, cfg.pi_skip_minutes, np.array(sources),

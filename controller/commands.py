@@ -62,7 +62,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from fleetpilot.controller.config import ConfigError, check_runnable, load_config
+    from fleetpilot.controller.config import ConfigError, advisories, check_runnable, load_config
     from fleetpilot.controller.journal import Journal, JournalError
     from fleetpilot.policies.errors import CliError
 
@@ -95,8 +95,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     cfg = cfg.with_dry_run(args.dry_run)
     log_config(cfg)
-    from fleetpilot.controller.config import advisories
-
     for note in advisories(cfg):
         log.warning(note)
     try:

@@ -647,18 +647,15 @@ def _synthetic_trained(policy: str) -> bool:
     """Whether `policy` is a model trained on the synthetic load only: every entry of its manifest's
     `training.loads` names the synthetic generator (the shipped `default`, a copy of it, or a model trained with
     plain `fleetpilot train`). Rules, and models trained on a trace or the broad mixture, are not."""
-    import json
-
+    from fleetpilot.policies.onnx_policy import ModelError, read_manifest
     from fleetpilot.policies.registry import PolicyError, model_dir
 
     try:
         d = model_dir(policy)
-        if d is None:
-            return False
-        loads = json.loads((d / "manifest.json").read_text(encoding="utf-8"))["training"]["loads"]
-        return bool(loads) and all(isinstance(x, dict) and "synthetic" in x for x in loads)
-    except (PolicyError, OSError, ValueError, KeyError, TypeError):
+        loads = read_manifest(d)["training"]["loads"] if d is not None else []
+    except (PolicyError, ModelError, KeyError, TypeError):
         return False  # not a readable model: check_runnable says what is wrong with it
+    return bool(loads) and all(isinstance(x, dict) and "synthetic" in x for x in loads)
 
 
 def advisories(cfg: DaemonConfig) -> list[str]:

@@ -210,6 +210,17 @@ def _draw_loads(
     return np.stack([d[0] for d in drawn]), np.array([d[1] for d in drawn])
 
 
+def pi_round_loads(
+    cfg: PPOConfig, fleet: FleetParams, sampler: LoadSampler | None, update: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Round `update` of rollout policy iteration's training loads: (loads, start minutes, capacity-noise keys,
+    the source each was drawn from), `cfg.pi_loads` of `cfg.episode_minutes`, from the seed and the round alone."""
+    sources: list[str] = []
+    loads, starts = _draw_loads(fleet, sampler, cfg.seed * 1009 + update, cfg.pi_loads, cfg.episode_minutes, sources)
+    keys = np.random.default_rng([cfg.seed, update, 31337]).integers(0, 2**63, cfg.pi_loads, dtype=np.uint64)
+    return loads, starts, keys, sources
+
+
 def _best_of_grid(
     mapping: ActionMapping,
     fleet: FleetParams,
@@ -906,11 +917,7 @@ def _pi_loop(
 
     for update in range(run.update + 1, cfg.pi_iterations + 1):
         budget.begin()
-        sources: list[str] = []
-        loads, starts = _draw_loads(
-            train_fleet, sampler, cfg.seed * 1009 + update, cfg.pi_loads, cfg.episode_minutes, sources
-        )
-        keys = np.random.default_rng([cfg.seed, update, 31337]).integers(0, 2**63, cfg.pi_loads, dtype=np.uint64)
+        loads, starts, keys, sources = pi_round_loads(cfg, train_fleet, sampler, update)
         seg = segment_rollouts(
             actions, mapping, loads, starts, keys, train_fleet,
             cfg.pi_hold_minutes, cfg.pi_period_minutes, cfg.pi_skip_minutes, np.array(sources),
