@@ -10,7 +10,8 @@ next to
       cushion) of the grid and each newsvendor risk, as a fixed rule with no jump window), chosen in hindsight
       on each evaluation window;
   (d) the hindsight oracle,
-and the `newsvendor` rule with its default parameters (the seed's prices; nothing tuned on any load).
+and the `newsvendor` rule with its default parameters (the seed's prices; nothing tuned on any load) on the
+rise scale of the model's newsvendor actions (`hour` for a model without any).
 Figures: % of the oracle's expected profit (expected profits summed over the trace's windows) and downtime
 minutes, per trace; the JSON has every window, every choice and its parameters.
 
@@ -366,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         tt_point = next(rows for params, rows in tt_eval if params == tt_params)
         per: dict[str, list[dict]] = {
             "learned": score_policy(learned, runs),
-            "newsvendor": score_policy(make_policy("newsvendor"), runs),
+            "newsvendor": score_policy(make_policy("newsvendor", {"rise_scale": mapping.newsvendor_rise_scale}), runs),
             "tt_tuned": [tt_point[i] for i in idx],
             "forecast_tuned": score_policy(make_policy("forecast", fc_params), runs),
             "tt_hindsight": [],
@@ -382,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
             "model": str(model_dir),
             "trained_on": _trained_on(model_dir) if not args.policy_dir else "given (--policy-dir)",
             "windows": [r.name for r in runs],
+            "newsvendor_rise_scale": mapping.newsvendor_rise_scale,
             "tt_tuned_params": tt_params,
             "tt_tuned_at_grid_edge": at_edge(tt_params, grids["target-tracking"]),
             "forecast_tuned_params": fc_params,

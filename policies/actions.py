@@ -16,6 +16,7 @@ base is simply the last minute's load.
 A mapping may add actions after the grid, one per `newsvendor_risk` value r: the `newsvendor` rule's fleet
 (policies.newsvendor, the seed's prices) with the downtime penalty multiplied by r, so a policy can choose how
 much risk to take as a price instead of a fixed headroom. Manifests without the field have none.
+`newsvendor_rise_scale` is the rule's `rise_scale` for those actions (manifests without it: "hour").
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ KIND = "utilization-cushion-grid"
 MAX_CUSHION_DAY_MAX_SHARE = 10.0
 MAX_SURGE_RATIO = 100.0
 MAX_RISK = 1000.0
+#: What the newsvendor actions' rises scale with (`NewsvendorParams.rise_scale`).
+RISE_SCALES = ("hour", "day", "mixture")
 
 
 @dataclass(frozen=True)
@@ -44,8 +47,10 @@ class ActionMapping:
     base_minutes: int = 3
     surge_ratio: float = 1.1
     newsvendor_risk: tuple[float, ...] = ()
+    newsvendor_rise_scale: str = "hour"
     _u: np.ndarray = field(init=False, repr=False, compare=False)
     _c: np.ndarray = field(init=False, repr=False, compare=False)
+    _nv: NewsvendorParams = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if not self.utilization or not self.cushion_day_max_share:
@@ -60,9 +65,12 @@ class ActionMapping:
             raise ValueError(f"surge_ratio must be in [1, {MAX_SURGE_RATIO:g}], got {self.surge_ratio}")
         if not all(0 < r <= MAX_RISK for r in self.newsvendor_risk):
             raise ValueError(f"every newsvendor_risk must be in (0, {MAX_RISK:g}]")
+        if self.newsvendor_rise_scale not in RISE_SCALES:
+            raise ValueError(f"newsvendor_rise_scale must be one of {', '.join(RISE_SCALES)}")
         u, c = np.meshgrid(np.asarray(self.utilization), np.asarray(self.cushion_day_max_share), indexing="ij")
         object.__setattr__(self, "_u", u.ravel())
         object.__setattr__(self, "_c", c.ravel())
+        object.__setattr__(self, "_nv", NewsvendorParams(rise_scale=self.newsvendor_rise_scale))
 
     @property
     def n_grid(self) -> int:
@@ -78,7 +86,8 @@ class ActionMapping:
 
     def describe(self, k: int) -> str:
         if k >= self.n_grid:
-            return f"newsvendor risk={self.newsvendor_risk[k - self.n_grid]:g}"
+            scale = "" if self.newsvendor_rise_scale == "hour" else f" scale={self.newsvendor_rise_scale}"
+            return f"newsvendor risk={self.newsvendor_risk[k - self.n_grid]:g}{scale}"
         return f"u={self._u[k]:.2f} cushion={self._c[k]:.2f}xdaymax"
 
     def base_load(self, obs: Observation) -> np.ndarray:
@@ -101,7 +110,7 @@ class ActionMapping:
         if nv.size:  # the newsvendor's fleet for the rows that chose it
             risk = np.asarray(self.newsvendor_risk)[k[nv] - self.n_grid]
             need = need.copy()
-            need[nv] = newsvendor_machines(obs, NewsvendorParams(), risk, rows=nv)
+            need[nv] = newsvendor_machines(obs, self._nv, risk, rows=nv)
         return saturated_machines(need)
 
     def desired(self, k: np.ndarray, obs: Observation) -> np.ndarray:
@@ -116,6 +125,7 @@ class ActionMapping:
             "base_minutes": self.base_minutes,
             "surge_ratio": self.surge_ratio,
             **({"newsvendor_risk": list(self.newsvendor_risk)} if self.newsvendor_risk else {}),
+            **({"newsvendor_rise_scale": self.newsvendor_rise_scale} if self.newsvendor_rise_scale != "hour" else {}),
         }
 
     @classmethod
@@ -128,4 +138,5 @@ class ActionMapping:
             int(d.get("base_minutes", 1)),
             float(d.get("surge_ratio", 1.1)),
             tuple(float(x) for x in d.get("newsvendor_risk", ())),
+            str(d.get("newsvendor_rise_scale", "hour")),
         )

@@ -13,11 +13,17 @@ cover each scenario at 0, 1.5 and 3 standard deviations of the capacity noise; t
 prices (a downtime minute costs as much as 4,000 machine-minutes) a rise seen once in a few days is still worth
 covering unless it needs many machines; on a calm load the tail is short and the fleet runs hot.
 
+`rise_scale` says what a rise scales with (`policies.rise_tail`): the hour's largest load ("hour", the default:
+a burst multiplies the recent level), the daily maximum ("day": a burst adds about as much at any hour), or
+"mixture": both hypotheses priced, each with half the probability, which a load of either kind can live with.
+
 `risk` multiplies the downtime penalty (2: twice as averse); the learned policy's `newsvendor` action mapping
 picks it per minute. Before `MIN_MINUTES` minutes of rises the rule holds `cold_utilization`.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -52,6 +58,11 @@ class NewsvendorParams(BaseModel):
     cold_utilization: float = Field(
         0.5, ge=MIN_UTILIZATION, le=1, description="load / capacity held until the group has rises to price"
     )
+    rise_scale: Literal["hour", "day", "mixture"] = Field(
+        "hour",
+        description="what a rise scales with: the hour's largest load, the daily maximum, or both, half each"
+        " (policies.rise_tail)",
+    )
 
 
 def newsvendor_machines(
@@ -72,11 +83,19 @@ def newsvendor_machines(
     if not warm.any():
         return out
     w = idx[warm]
-    probs = obs.rise.probabilities(w)  # (W, B)
-    scale = np.maximum(obs.history.lags(0, SCALE_MINUTES - 1).max(axis=1)[w].astype(np.float64), 1.0)
+    parts = []  # (scenario probabilities, scale) of each hypothesis priced, (W, B) and (W,)
+    if p.rise_scale != "day":
+        hour = np.maximum(obs.history.lags(0, SCALE_MINUTES - 1).max(axis=1)[w].astype(np.float64), 1.0)
+        parts.append((obs.rise.probabilities(w), hour))
+    if p.rise_scale != "hour":
+        day_max = obs.day_max_tpm if obs.day_max_tpm is not None else obs.load_tpm
+        day = np.maximum(np.asarray(day_max, dtype=np.float64)[w], 1.0)
+        parts.append((obs.rise.probabilities(w, day=True), day))
+    probs = np.concatenate([q / len(parts) for q, _ in parts], axis=1)  # (W, B x hypotheses)
+    b0 = base[warm][:, None]
+    loads = np.concatenate([b0 + UPPER[None, :] * sc[:, None] for _, sc in parts], axis=1)  # scenario loads
     c = cap[warm]
     sd = p.capacity_sigma_share * c
-    loads = base[warm][:, None] + UPPER[None, :] * scale[:, None]  # (W, B) scenario loads
     need = p.downtime_served_share * loads  # the capacity each scenario needs to be up
     penalty = p.downtime_cost_usd_per_minute * p.risk * np.broadcast_to(np.asarray(risk, dtype=np.float64), x.shape)
     penalty = penalty[warm]
@@ -84,16 +103,35 @@ def newsvendor_machines(
     # chunk of groups at a time: (chunk, candidates, scenarios) arrays of a few MB
     per_machine = np.maximum(c[:, None] - _Z[None, :] * sd[:, None], 1e-9)  # (W, Z)
     best = np.empty(w.size)
-    for lo in range(0, w.size, _CHUNK):
-        g = slice(lo, lo + _CHUNK)
-        fleet = np.maximum(np.ceil(need[g, :, None] / per_machine[g, None, :]), 1.0).reshape(need[g].shape[0], -1)
+    chunk = _CHUNK // len(parts) ** 2  # candidates and scenarios both grow with the hypotheses
+    for lo in range(0, w.size, chunk):
+        g = slice(lo, lo + chunk)
+        fleet = _distinct(
+            np.maximum(np.ceil(need[g, :, None] / per_machine[g, None, :]), 1.0).reshape(need[g].shape[0], -1)
+        )
         p_down = downtime_probability(
             fleet[:, :, None], loads[g, None, :], c[g, None, None], sd[g, None, None], p.downtime_served_share
         )  # (chunk, candidates, scenarios)
-        cost = p.machine_cost_usd_per_minute * fleet + penalty[g, None] * np.einsum("wkb,wb->wk", p_down, probs[g])
+        cost = p.machine_cost_usd_per_minute * fleet + penalty[g, None] * np.matmul(p_down, probs[g, :, None])[..., 0]
         best[g] = fleet[np.arange(fleet.shape[0]), np.argmin(cost, axis=1)]
     out[warm] = best
     return out
+
+
+def _distinct(fleet: np.ndarray) -> np.ndarray:
+    """(R, K) candidate fleets -> (R, K') the same candidates, sorted, each distinct value once in the first
+    columns; K' is the most distinct values of any row, and a row with fewer repeats its largest value after them
+    (many scenarios round to the same fleet: pricing each distinct fleet once is what costs the time)."""
+    fleet = np.sort(fleet, axis=1)
+    repeat = np.zeros(fleet.shape, dtype=bool)
+    repeat[:, 1:] = fleet[:, 1:] == fleet[:, :-1]
+    k = int((~repeat).sum(axis=1).max(initial=0))
+    order = np.argsort(repeat, axis=1, kind="stable")[:, :k]
+    out = np.take_along_axis(fleet, order, axis=1)
+    # a row's padding (its repeats) becomes its largest value: the same candidate again, priced the same
+    n_distinct = (~repeat).sum(axis=1)
+    pad = np.arange(k)[None, :] >= n_distinct[:, None]
+    return np.where(pad, fleet[:, -1:], out)
 
 
 class NewsvendorPolicy(Policy):

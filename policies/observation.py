@@ -465,7 +465,7 @@ class ObservationBuilder:
         """What follows a stored sample (`rows`: bool mask of the groups that took one, None = all): the jump
         detector, then the tail of rises."""
         self._detect_jumps(rows)
-        self.rise.step(self.history.lags, self.count, rows)
+        self.rise.step(self.history.lags, self.count, rows, self.day_max)
 
     def _detect_jumps(self, rows: np.ndarray | None) -> None:
         """Age every group that took a sample (`rows`: bool mask, None = all) by one minute, then restart the

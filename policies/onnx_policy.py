@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -85,6 +85,7 @@ class ActionMappingSpec(_Spec):
     base_minutes: int = Field(1, ge=1, le=60)
     surge_ratio: float = Field(1.1, ge=1.0, le=MAX_SURGE_RATIO)
     newsvendor_risk: list[Annotated[float, Field(gt=0.0, le=MAX_RISK)]] = Field([], max_length=1_000)
+    newsvendor_rise_scale: Literal["hour", "day", "mixture"] = "hour"
 
     @field_validator("utilization", "cushion_day_max_share", "surge_ratio", "newsvendor_risk", mode="before")
     @classmethod

@@ -8,6 +8,12 @@ counts decay with a time constant of `DECAY_MINUTES`, so the tail follows the lo
 rise, the rarity at which the seed's economics (a downtime minute costs as much as 4,000 machine-minutes) still
 pay for covering it.
 
+A second histogram (`counts_day`) records the same rises as shares of another scale: the leaky daily maximum
+of the load at the origin (the builder's `day_max`). The two are two hypotheses about how the next rise scales:
+with the recent level (a burst multiplies what the load was doing) or with the day's peak (a burst adds about as
+much at night as at the peak, as the seed's synthetic spikes do). The `newsvendor` rule prices either or both
+(`NewsvendorParams.rise_scale`).
+
 Nothing here depends on one load's constants: the shares are scale-free and the bins span three orders of
 magnitude. The builder steps it; a rule or a learned policy's action mapping reads it from the Observation.
 """
@@ -33,38 +39,54 @@ class RiseTail:
 
     def __init__(self, n: int, horizon: int):
         self.horizon = max(int(horizon), 1)
-        self.counts = np.zeros((n, BINS))
+        self.counts = np.zeros((n, BINS))  #: rises as shares of the hour's largest load
+        self.counts_day = np.zeros((n, BINS))  #: the same rises as shares of the daily maximum
         self.mass = np.zeros(n)
+        #: the daily maximum of the last horizon + 1 samples of each group, indexed by sample count
+        self._day_ring = np.zeros((self.horizon + 1, n))
 
     def reset(self, rows: np.ndarray) -> None:
         self.counts[rows] = 0.0
+        self.counts_day[rows] = 0.0
         self.mass[rows] = 0.0
+        self._day_ring[:, rows] = 0.0
 
-    def step(self, lags, count: np.ndarray, rows: np.ndarray | None) -> None:
+    def step(self, lags, count: np.ndarray, rows: np.ndarray | None, day_max: np.ndarray) -> None:
         """Record this minute's rise for every group that took a sample (`rows`: bool mask, None = all).
-        `lags(k_lo, k_hi)` gives the (N, k) loads at those lags (the builder's ring, just after the sample)."""
+        `lags(k_lo, k_hi)` gives the (N, k) loads at those lags (the builder's ring, just after the sample);
+        `day_max` the (N,) leaky daily maximum of the load, just updated with the sample."""
         w = self.horizon
         ready = count > w + SCALE_MINUTES
         if rows is not None:
             ready = ready & rows
         take = rows if rows is not None else slice(None)
-        self.counts[take] *= _DECAY
-        self.mass[take] *= _DECAY
+        for a in (self.counts, self.counts_day, self.mass):
+            a[take] *= _DECAY
+        # the ring holds the daily maximum of the last w + 1 samples: slot count % (w + 1) takes this sample's, and
+        # the origin's (w samples ago) is in the slot the next sample will take
+        if rows is None and count.shape[0] and (count == count[0]).all():  # the usual case: one slot for all
+            self._day_ring[int(count[0]) % (w + 1)] = day_max
+            day = self._day_ring[int(count[0] + 1) % (w + 1)]
+        else:
+            g = np.arange(count.shape[0]) if rows is None else np.nonzero(rows)[0]
+            self._day_ring[count[g] % (w + 1), g] = day_max[g]
+            day = np.zeros(count.shape[0])
+            day[g] = self._day_ring[(count[g] + 1) % (w + 1), g]
         if not ready.any():
             return
         recent = lags(0, w)  # (N, w + 1): lag 0 .. lag w (the origin)
-        origin = recent[:, w].astype(np.float64)
-        peak = recent[:, :w].max(axis=1).astype(np.float64)
-        scale = np.maximum(lags(w, w + SCALE_MINUTES - 1).max(axis=1).astype(np.float64), 1.0)
-        share = np.maximum(peak - origin, 0.0) / scale
-        b = np.clip(np.searchsorted(EDGES, share, side="right") - 1, 0, BINS - 1)
+        rise = np.maximum(recent[:, :w].max(axis=1).astype(np.float64) - recent[:, w].astype(np.float64), 0.0)
+        hour = np.maximum(lags(w, w + SCALE_MINUTES - 1).max(axis=1).astype(np.float64), 1.0)
         r = np.nonzero(ready)[0]
-        self.counts[r, b[r]] += 1.0
+        for counts, scale in ((self.counts, hour), (self.counts_day, np.maximum(day, 1.0))):
+            b = np.clip(np.searchsorted(EDGES, rise / scale, side="right") - 1, 0, BINS - 1)
+            counts[r, b[r]] += 1.0
         self.mass[r] += 1.0
 
-    def probabilities(self, rows: np.ndarray | None = None) -> np.ndarray:
+    def probabilities(self, rows: np.ndarray | None = None, day: bool = False) -> np.ndarray:
         """(N, BINS) the share of recent minutes whose rise fell in each bin (rows without any: all 0); of
-        `rows` only when given."""
+        `rows` only when given; with `day`, of the rises as shares of the daily maximum."""
+        counts = self.counts_day if day else self.counts
         if rows is None:
-            return self.counts / np.maximum(self.mass, 1e-12)[:, None]
-        return self.counts[rows] / np.maximum(self.mass[rows], 1e-12)[:, None]
+            return counts / np.maximum(self.mass, 1e-12)[:, None]
+        return counts[rows] / np.maximum(self.mass[rows], 1e-12)[:, None]

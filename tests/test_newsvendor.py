@@ -118,6 +118,82 @@ def test_the_chosen_fleet_is_near_the_cheapest_of_all_fleets():
         assert costs[-1] <= costs[:-1].min() * 1.02 + 1e-9, trial
 
 
+def test_the_day_tail_records_each_rise_as_a_share_of_the_daily_maximum_at_its_origin():
+    """A reference replay: every rise the hour tail records is also recorded, in the day tail, as a share of the
+    builder's leaky daily maximum as it stood at the rise's origin (`warmup` samples before), with the same decay."""
+    from fleetpilot.policies.rise_tail import _DECAY, BINS
+
+    rng = np.random.default_rng(4)
+    w, minutes = 5, 1500
+    load = (1000 * rng.lognormal(0, 0.1, minutes) + steps(minutes, 170, 1.5, 600)).astype(np.float32)  # as stored
+    b = ObservationBuilder(1, 300.0, w)
+    day_max, expected, mass = [], np.zeros(BINS), 0.0
+    for t in range(minutes):
+        b.update(load[t : t + 1], np.array([20]), np.zeros(1, dtype=np.int64), np.array([T0 + t]))
+        day_max.append(float(b.day_max[0]))
+        expected *= _DECAY
+        mass *= _DECAY
+        if t + 1 > w + SCALE_MINUTES:
+            rise = max(float(load[t - w + 1 : t + 1].max()) - float(load[t - w]), 0.0)
+            k = int(np.clip(np.searchsorted(EDGES, rise / max(day_max[t - w], 1.0), side="right") - 1, 0, BINS - 1))
+            expected[k] += 1.0
+            mass += 1.0
+    assert b.rise.mass[0] == pytest.approx(mass)
+    assert np.allclose(b.rise.counts_day[0], expected)
+    assert not np.allclose(b.rise.counts_day[0], b.rise.counts[0])  # the two scales differ on this load
+    assert np.allclose(b.rise.probabilities(day=True)[0], expected / mass)
+    b.reset(np.array([0]))
+    assert not b.rise.counts_day.any() and not b.rise._day_ring.any()
+
+
+def _day_and_night(days: int = 3, burst: float = 1500.0) -> np.ndarray:
+    """A daily cycle between 1,000 and 5,000 tpm with a burst of `burst` tpm (a step for 20 minutes) every 200
+    minutes, at any hour: the burst adds the same amount at night as at the peak."""
+    t = np.arange(days * 1440)
+    x = 3000.0 - 2000.0 * np.cos(2 * np.pi * t / 1440)
+    for s in range(100, t.size - 120, 200):
+        x[s : s + 20] += burst
+    return x
+
+
+def test_at_the_peak_the_day_scale_covers_a_burst_without_pricing_a_night_share_of_the_peak():
+    """Bursts that add 1,500 tpm at any hour: the hour tail records the night ones as 150% of a quiet hour and
+    prices that share of the peak's hour; the day tail records every one as 30% of the daily maximum. At the
+    peak (about 4,980 tpm, no burst in the last hour) the day scale covers one burst at 3 standard deviations of
+    the capacity noise and buys far less than the hour scale; the mixture prices both and lies between. At
+    night all three cover a burst."""
+    x = _day_and_night(4)
+    peak = _obs(x[: 3 * 1440 + 690])
+    hour, day, mix = (newsvendor_machines(peak, NewsvendorParams(rise_scale=s))[0] for s in ("hour", "day", "mixture"))
+    assert 0.995 * (float(peak.load_tpm[0]) + 1500) / (300 - 3 * 30) <= day
+    assert day + 10 <= hour and day <= mix <= hour
+    night = _obs(x)
+    for s in ("hour", "day", "mixture"):
+        assert newsvendor_machines(night, NewsvendorParams(rise_scale=s))[0] >= 0.995 * (1000 + 1500) / 300, s
+
+
+@pytest.mark.parametrize("rise_scale", ["day", "mixture"])
+def test_the_chosen_fleet_is_near_the_cheapest_of_all_fleets_on_either_scale(rise_scale):
+    """As above, for the day scale and for the mixture: scenarios of both tails, each with half the weight."""
+    rng = np.random.default_rng(5)
+    p = NewsvendorParams(rise_scale=rise_scale)
+    for trial in range(3):
+        load = _day_and_night(burst=float(rng.uniform(500, 3000))) * rng.lognormal(0, 0.05, 3 * 1440)
+        obs = _obs(load[: int(rng.integers(3000, 4320))])
+        chosen = newsvendor_machines(obs, p)[0]
+        x, cap = max(float(obs.load_tpm[0]), float(obs.history.window_mean(0, 2)[0])), 300.0
+        hour = max(float(obs.history.lags(0, SCALE_MINUTES - 1).max()), 1.0)
+        day = max(float(obs.day_max_tpm[0]), 1.0)
+        if rise_scale == "day":
+            loads, probs = x + UPPER * day, obs.rise.probabilities(day=True)[0]
+        else:
+            loads = np.concatenate([x + UPPER * hour, x + UPPER * day])
+            probs = np.concatenate([obs.rise.probabilities()[0], obs.rise.probabilities(day=True)[0]]) / 2
+        fleets = np.arange(1, 400, dtype=np.float64)
+        costs = _cost(np.append(fleets, chosen), loads, probs, cap)
+        assert costs[-1] <= costs[:-1].min() * 1.02 + 1e-9, trial
+
+
 def test_a_group_without_rises_holds_the_cold_utilization():
     obs = _obs(np.full(MIN_MINUTES, 900.0))  # too short to have priced anything
     assert newsvendor_machines(obs, NewsvendorParams(cold_utilization=0.5))[0] == pytest.approx(900 / 300 / 0.5)
@@ -131,6 +207,9 @@ def test_registry_makes_it_and_refuses_a_bad_parameter():
         make_policy("newsvendor", {"risk": -1})
     with pytest.raises(PolicyError, match="newsvendor.*surge"):
         make_policy("newsvendor", {"surge": 1})
+    assert make_policy("newsvendor", {"rise_scale": "mixture"}).params.rise_scale == "mixture"
+    with pytest.raises(PolicyError, match="newsvendor.*rise_scale"):
+        make_policy("newsvendor", {"rise_scale": "week"})
 
 
 def test_backtest_command_runs_it_next_to_target_tracking(tmp_path):
@@ -169,6 +248,32 @@ def test_a_mapping_with_newsvendor_actions_prices_risk_after_the_grid():
     assert got[0] <= got[1] <= got[2]
     with pytest.raises(ValueError, match="newsvendor_risk"):
         ActionMapping(newsvendor_risk=(0.0,))
+
+
+def test_a_mapping_prices_its_newsvendor_actions_on_its_rise_scale():
+    from fleetpilot.policies.actions import ActionMapping
+    from fleetpilot.policies.onnx_policy import ActionMappingSpec
+
+    m = ActionMapping(utilization=(0.45,), cushion_day_max_share=(0.3,), newsvendor_risk=(1.0,),
+                      newsvendor_rise_scale="mixture")  # fmt: skip
+    assert m.to_json()["newsvendor_rise_scale"] == "mixture" and ActionMapping.from_json(m.to_json()) == m
+    assert "newsvendor_rise_scale" not in ActionMapping(newsvendor_risk=(1.0,)).to_json()  # hour: as before
+    assert ActionMapping.from_json(ActionMapping(newsvendor_risk=(1.0,)).to_json()).newsvendor_rise_scale == "hour"
+    assert m.describe(1) == "newsvendor risk=1 scale=mixture"
+    obs = _obs(_day_and_night())
+    rule = NewsvendorPolicy(NewsvendorParams(rise_scale="mixture")).decide(obs).desired
+    assert m.desired(np.array([1]), obs)[0] == rule[0]
+    assert (
+        m.desired(np.array([1]), obs)[0]
+        != ActionMapping(utilization=(0.45,), cushion_day_max_share=(0.3,), newsvendor_risk=(1.0,)).desired(
+            np.array([1]), obs
+        )[0]
+    )
+    with pytest.raises(ValueError, match="newsvendor_rise_scale"):
+        ActionMapping(newsvendor_risk=(1.0,), newsvendor_rise_scale="week")
+    spec = dict(m.to_json(), newsvendor_rise_scale="week")
+    with pytest.raises(ValueError, match="newsvendor_rise_scale"):
+        ActionMappingSpec.model_validate(spec)
 
 
 def test_training_with_newsvendor_actions_exports_a_model_that_uses_them(tmp_path):
