@@ -42,6 +42,8 @@ BASE_MINUTES = 3
 _CHUNK = 256
 #: Standard deviations of the capacity noise each scenario is covered at, as candidates.
 _Z = np.array([0.0, 1.5, 3.0])
+#: Beyond this many standard deviations of the capacity noise, P(down) is taken as exactly 0 or 1.
+_Z_BAND = 8.5
 
 
 class NewsvendorParams(BaseModel):
@@ -103,15 +105,29 @@ def newsvendor_machines(
     # chunk of groups at a time: (chunk, candidates, scenarios) arrays of a few MB
     per_machine = np.maximum(c[:, None] - _Z[None, :] * sd[:, None], 1e-9)  # (W, Z)
     best = np.empty(w.size)
+    noisy = bool((sd > 0).all())
+    if noisy:
+        from scipy.special import ndtr  # here, not at module level: a daemon of other policies never needs it
+
+        thresh = np.ceil(p.downtime_served_share * loads - 1e-9)  # down below this many transactions served
     chunk = _CHUNK // len(parts) ** 2  # candidates and scenarios both grow with the hypotheses
     for lo in range(0, w.size, chunk):
         g = slice(lo, lo + chunk)
         fleet = _distinct(
             np.maximum(np.ceil(need[g, :, None] / per_machine[g, None, :]), 1.0).reshape(need[g].shape[0], -1)
         )
-        p_down = downtime_probability(
-            fleet[:, :, None], loads[g, None, :], c[g, None, None], sd[g, None, None], p.downtime_served_share
-        )  # (chunk, candidates, scenarios)
+        if noisy:  # downtime_probability's formula, fused: every fleet >= 1 machine, every scenario load > 0
+            z = np.matmul((1.0 / (fleet * sd[g, None]))[:, :, None], thresh[g, None, :])
+            z -= (c[g] / sd[g])[:, None, None]
+            # only where the capacity noise decides: beyond 8.5 standard deviations P(down) is 0 or 1 to within
+            # 1e-17, and most (fleet, scenario) pairs are that far apart
+            band = np.abs(z) < _Z_BAND
+            p_down = (z > 0).astype(np.float64)
+            p_down[band] = ndtr(z[band])  # (chunk, candidates, scenarios)
+        else:
+            p_down = downtime_probability(
+                fleet[:, :, None], loads[g, None, :], c[g, None, None], sd[g, None, None], p.downtime_served_share
+            )
         cost = p.machine_cost_usd_per_minute * fleet + penalty[g, None] * np.matmul(p_down, probs[g, :, None])[..., 0]
         best[g] = fleet[np.arange(fleet.shape[0]), np.argmin(cost, axis=1)]
     out[warm] = best
