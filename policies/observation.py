@@ -350,6 +350,7 @@ class ObservationBuilder:
             self.buf[idx, r] = self.load[r]
             self.store.release()
             self.pos[r] = (self.pos[r] + k) % self.h
+            self.rise.hold(r, int(self.count[r]), k, float(self.day_max[r]))
             self.count[r] += k
             self.jump_age[r] += k
             self.rerise_age[r] += k

@@ -83,6 +83,14 @@ class RiseTail:
             counts[r, b[r]] += 1.0
         self.mass[r] += 1.0
 
+    def hold(self, row: int, count: int, k: int, day_max: float) -> None:
+        """`k` minutes of group `row` were missed after its sample number `count` (the builder holds the last load
+        through them and takes no rise): their slots of the daily-maximum ring take the daily maximum held then,
+        so that no rise after the gap is scaled by a value from before it, or by the ring's empty zero."""
+        w1 = self.horizon + 1
+        slots = (count + 1 + np.arange(min(k, w1))) % w1
+        self._day_ring[slots, row] = day_max
+
     def probabilities(self, rows: np.ndarray | None = None, day: bool = False) -> np.ndarray:
         """(N, BINS) the share of recent minutes whose rise fell in each bin (rows without any: all 0); of
         `rows` only when given; with `day`, of the rises as shares of the daily maximum."""
