@@ -245,6 +245,50 @@ def test_rollout_pi_training_runs_validates_and_records_its_method(tmp_path: Pat
     assert all(row["periods"] == 3 * 7 and "val_pct_of_oracle" in row for row in rows)
 
 
+def test_zero_rounds_export_the_imitated_rule_on_its_rise_scale(tmp_path: Path):
+    """`pi_iterations: 0` (the shipped default's recipe): no round, the imitated starting rule is exported, and
+    its newsvendor actions price the mapping's rise scale; a negative count is still refused with one line."""
+    from fleetpilot.policies.newsvendor import NewsvendorParams, NewsvendorPolicy
+    from fleetpilot.policies.onnx_policy import OnnxPolicy
+    from fleetpilot.training.backtest import backtest, synthetic_run
+
+    cfg = tmp_path / "pi.yaml"
+    text = (
+        "method: rollout-pi\nepisode_minutes: 400\neval_seeds: [500]\neval_minutes: 300\ninit_loads: 2\n"
+        "init_action: risk=1\ninit_jump_window_minutes: 0\npi_iterations: 0\npi_skip_minutes: 120\npi_period_minutes: 40\n"
+        "mapping: {kind: utilization-cushion-grid, utilization: [0.45], cushion_day_max_share: [0.3],\n"
+        "          base_minutes: 3, surge_ratio: 1.1, newsvendor_risk: [0.25, 1.0, 4.0],\n"
+        "          newsvendor_rise_scale: mixture}\n"
+    )
+    cfg.write_text(text)
+    out = tmp_path / "m"
+    r = subprocess.run(
+        FLEETPILOT + ["train", "--config", str(cfg), "--seed", "2", "--test-seeds", "3000", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["training"]["selected_update"] == 0
+    assert manifest["action_mapping"]["newsvendor_rise_scale"] == "mixture"
+    runs = [synthetic_run(3000, 1500)]
+    report = backtest(
+        runs, {"model": OnnxPolicy.load(out), "rule": NewsvendorPolicy(NewsvendorParams(rise_scale="mixture"))}
+    )
+    model, rule = report.summary
+    assert model["expected_profit_usd"] == rule["expected_profit_usd"], (model, rule)
+    cfg.write_text(text.replace("pi_iterations: 0", "pi_iterations: -1"))
+    r = subprocess.run(
+        FLEETPILOT + ["train", "--config", str(cfg), "--out", str(tmp_path / "bad")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "pi_iterations: -1 is not a whole number >= 0" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_rollout_pi_on_a_mixture_judges_each_round_by_sources(tmp_path: Path):
     """`pi_holdout: sources` through the CLI on a mixture of one trace and the generator: each round's log row
     says what its fit was judged on and, per source, what a fit without it did to it."""

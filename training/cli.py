@@ -310,9 +310,9 @@ def _check_start(cfg) -> None:
     if cfg.pi_holdout not in ("loads", "sources"):
         raise ValueError(f"pi_holdout: {cfg.pi_holdout!r} is not loads or sources")
     for name in ("pi_iterations", "pi_loads", "pi_hold_minutes", "pi_period_minutes", "pi_epochs"):
-        value = getattr(cfg, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}: {getattr(cfg, name)!r} is not a whole number >= 1")
+        value, least = getattr(cfg, name), 0 if name == "pi_iterations" else 1  # 0 rounds: the imitated rule
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{name}: {getattr(cfg, name)!r} is not a whole number >= {least}")
     if cfg.pi_hold_minutes > cfg.pi_period_minutes:
         raise ValueError(
             f"pi_hold_minutes: {cfg.pi_hold_minutes} is longer than pi_period_minutes {cfg.pi_period_minutes}"

@@ -121,7 +121,7 @@ class PPOConfig:
     """after imitating the starting rule: "ppo", or "rollout-pi" (rollout policy iteration,
     `training.policy_iteration`: each action's advantage measured by replaying the same load with it)"""
     pi_iterations: int = 3
-    """rollout-pi: rounds of roll out, fit, validate"""
+    """rollout-pi: rounds of roll out, fit, validate (0: the imitated starting rule is exported)"""
     pi_loads: int = 48
     """rollout-pi: training loads per round, each `episode_minutes` long"""
     pi_hold_minutes: int = 30
