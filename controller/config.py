@@ -645,7 +645,7 @@ def masked_dump(cfg: DaemonConfig) -> dict[str, Any]:
 
 def _synthetic_trained(policy: str) -> bool:
     """Whether `policy` is a model trained on the synthetic load only: every entry of its manifest's
-    `training.loads` names the synthetic generator (the shipped `default`, a copy of it, or a model trained with
+    `training.loads` names the synthetic generator (the shipped `synthetic`, a copy of it, or a model trained with
     plain `fleetpilot train`). Rules, and models trained on a trace or the broad mixture, are not."""
     from fleetpilot.policies.onnx_policy import ModelError, read_manifest
     from fleetpilot.policies.registry import PolicyError, model_dir

@@ -211,33 +211,35 @@ def test_example_configs_check():
     assert (cfg.server.host, cfg.server.port) == ("127.0.0.1", 9108) and cfg.interval_seconds < 1
 
 
-def test_config_check_notes_the_synthetic_trained_default_on_a_real_source(tmp_path):
-    """`default` was trained on the simulator's load only: on a real source `config check` says so (exit 0, the
-    config is valid), on the simulator or with a rule it says nothing."""
+def test_config_check_notes_a_synthetic_trained_model_on_a_real_source(tmp_path):
+    """The shipped `synthetic` model was trained on the simulator's load only: on a real source `config check`
+    says so (exit 0, the config is valid); on the simulator, with a rule, or with the shipped `default` (trained
+    on the broad mixture, real traces included) it says nothing."""
     real = mutate("groups.0.source", {"kind": "prometheus", "url": "http://127.0.0.1:9090", "query": "up"})
-    real["groups"][0]["policy"], real["interval_seconds"] = "default", 60
+    real["groups"][0]["policy"], real["interval_seconds"] = "synthetic", 60
     cfg = load_config(write(tmp_path, real, "real.yaml"))
     notes = advisories(cfg)
-    assert len(notes) == 1 and "group web: policy default" in notes[0] and "newsvendor" in notes[0]
-    sim = mutate("groups.0.policy", "default")
+    assert len(notes) == 1 and "group web: policy synthetic" in notes[0] and "newsvendor" in notes[0]
+    sim = mutate("groups.0.policy", "synthetic")
     assert advisories(load_config(write(tmp_path, sim, "sim.yaml"))) == []
-    real["groups"][0]["policy"] = str(MODELS_DIR / "default")  # the same model by its directory
+    real["groups"][0]["policy"] = str(MODELS_DIR / "synthetic")  # the same model by its directory
     assert len(advisories(load_config(write(tmp_path, real, "path.yaml")))) == 1
     copy_dir = tmp_path / "model"  # a copy: the manifest says what it was trained on
-    shutil.copytree(MODELS_DIR / "default", copy_dir)
+    shutil.copytree(MODELS_DIR / "synthetic", copy_dir)
     real["groups"][0]["policy"] = str(copy_dir)
     assert len(advisories(load_config(write(tmp_path, real, "copy.yaml")))) == 1
     manifest = json.loads((copy_dir / "manifest.json").read_text())
     manifest["training"]["loads"] = [{"trace": "history.csv"}]  # as `train --trace` records it
     (copy_dir / "manifest.json").write_text(json.dumps(manifest))
     assert advisories(load_config(write(tmp_path, real, "trace.yaml"))) == []
-    real["groups"][0]["policy"] = "newsvendor"
-    assert advisories(load_config(write(tmp_path, real, "nv.yaml"))) == []
+    for quiet in ("newsvendor", "default"):
+        real["groups"][0]["policy"] = quiet
+        assert advisories(load_config(write(tmp_path, real, f"{quiet}.yaml"))) == [], quiet
     ok = run_cli("config", "check", str(REPO / "examples" / "ec2-cloudwatch.yaml"))
     assert ok.returncode == 0 and ok.stderr == "", ok.stderr
     cw = yaml.safe_load((REPO / "examples" / "ec2-cloudwatch.yaml").read_text())
-    cw["groups"][0]["policy"] = "default"
+    cw["groups"][0]["policy"] = "synthetic"
     del cw["groups"][0]["policy_params"]  # the example's prices are the rule's
     noted = run_cli("config", "check", str(write(tmp_path, cw, "cw.yaml")))
     assert noted.returncode == 0 and noted.stdout.startswith("OK ")
-    assert noted.stderr.startswith("note: group web: policy default") and len(noted.stderr.splitlines()) == 1
+    assert noted.stderr.startswith("note: group web: policy synthetic") and len(noted.stderr.splitlines()) == 1

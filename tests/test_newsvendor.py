@@ -146,6 +146,95 @@ def test_the_day_tail_records_each_rise_as_a_share_of_the_daily_maximum_at_its_o
     assert not b.rise.counts_day.any() and not b.rise._day_ring.any()
 
 
+def test_a_gap_holds_the_daily_maximum_and_uneven_rows_record_as_alone():
+    """Missed minutes fill the daily-maximum ring with the maximum held then: a group with a 99-minute hole after
+    its first sample records its rises as one fed every minute does (no rise scaled by the empty ring), and
+    groups sampled unevenly (`update_where`) record each its own tail, as when fed alone."""
+    rng = np.random.default_rng(6)
+    load = 1000 * rng.lognormal(0, 0.02, 1000)
+    gap = ObservationBuilder(1, 300.0, 5)
+    for t in (0, *range(100, 1000)):
+        gap.update(load[t : t + 1], np.array([20]), np.zeros(1, dtype=np.int64), np.array([T0 + t]))
+    top = int(np.searchsorted(EDGES, 0.5))  # rises of half the daily maximum and more: none on this load
+    assert not gap.rise.counts_day[0, top:].any()
+    whole = feed(load[None, :])
+    p = NewsvendorParams(rise_scale="mixture")
+    assert abs(newsvendor_machines(gap.observation(), p)[0] - newsvendor_machines(whole.observation(), p)[0]) <= 1
+    loads = np.stack([steps(1500, 170, 1.5), 1000 * rng.lognormal(0, 0.2, 1500)])
+    take = rng.random((1500, 2)) < 0.9
+    take[:10] = True
+    both = ObservationBuilder(2, 300.0, 5)
+    for t in range(1500):
+        both.update_where(take[t], loads[:, t], np.full(2, 20), np.zeros(2, dtype=np.int64), np.full(2, T0 + t))
+    for i in range(2):
+        alone = ObservationBuilder(1, 300.0, 5)
+        for t in np.nonzero(take[:, i])[0]:
+            alone.update(loads[i, t : t + 1], np.array([20]), np.zeros(1, dtype=np.int64), np.array([T0 + t]))
+        assert np.allclose(alone.rise.counts_day[0], both.rise.counts_day[i])
+        assert np.allclose(alone.rise.counts[0], both.rise.counts[i])
+
+
+def _reference_machines(obs, p: NewsvendorParams, risk, rows) -> np.ndarray:
+    """The rule as its docstring says, one group at a time: every scenario of the priced tails, every candidate
+    fleet (each scenario covered at 0, 1.5 and 3 standard deviations), P(down) from `policies.downtime`."""
+    from fleetpilot.policies.downtime import downtime_probability
+    from fleetpilot.policies.newsvendor import _Z
+
+    out = []
+    risk = np.broadcast_to(np.asarray(risk, dtype=np.float64), (len(rows),))
+    for j, g in enumerate(rows):
+        base = max(float(obs.load_tpm[g]), float(obs.history.window_mean(0, 2)[g]))
+        cap = float(np.broadcast_to(obs.capacity_tpm_per_machine, (obs.n,))[g])
+        if obs.rise.mass[g] < MIN_MINUTES:
+            out.append(base / (cap * p.cold_utilization))
+            continue
+        hyps = []
+        if p.rise_scale != "day":
+            hyps.append((obs.rise.probabilities()[g], max(float(obs.history.lags(0, SCALE_MINUTES - 1)[g].max()), 1)))
+        if p.rise_scale != "hour":
+            hyps.append((obs.rise.probabilities(day=True)[g], max(float(obs.day_max_tpm[g]), 1.0)))
+        probs = np.concatenate([q / len(hyps) for q, _ in hyps])
+        loads = np.concatenate([base + UPPER * sc for _, sc in hyps])
+        sd = p.capacity_sigma_share * cap
+        fleets = np.maximum(np.ceil(p.downtime_served_share * loads[:, None] / np.maximum(cap - _Z * sd, 1e-9)), 1)
+        fleets = fleets.ravel()
+        p_down = downtime_probability(fleets[:, None], loads[None, :], cap, sd, p.downtime_served_share)
+        cost = p.machine_cost_usd_per_minute * fleets + p.downtime_cost_usd_per_minute * p.risk * risk[j] * (
+            p_down @ probs
+        )
+        out.append(float(fleets[np.argmin(cost)]))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("rise_scale", ["hour", "day", "mixture"])
+def test_the_rule_chooses_exactly_what_its_docstring_prices(rise_scale):
+    """Pricing each distinct fleet once and the normal CDF only within 8.5 standard deviations change nothing:
+    the same fleets as the plain formula over every candidate, for a risk per group, a subset of groups, groups
+    still cold, a zero load and a noiseless capacity."""
+    rng = np.random.default_rng(8)
+    n = 24
+    loads = np.stack(
+        [
+            (_day_and_night(2, burst=float(rng.uniform(100, 3000))) * rng.lognormal(0, rng.uniform(0.01, 0.3), 2880)
+             + steps(2880, int(rng.integers(100, 900)), float(rng.uniform(0.1, 2)))) * rng.uniform(0.01, 20)
+            for _ in range(n)
+        ]
+    )  # fmt: skip
+    loads[3, -1] = 0.0  # a zero reading now
+    b = feed(loads)
+    b.reset(np.array([5]))  # a group starting over: cold
+    b.update(loads[:, -1], np.full(n, 20), np.zeros(n, dtype=np.int64), b.minute + 1)
+    obs = b.observation()
+    rows = np.array([0, 3, 5, 7, 11, 12, 20, 23])
+    risk = rng.choice([0.1, 1.0, 10.0], size=rows.size)
+    for sigma in (0.1, 0.0):
+        p = NewsvendorParams(rise_scale=rise_scale, capacity_sigma_share=sigma)
+        got = newsvendor_machines(obs, p, risk, rows=rows)
+        assert np.array_equal(got, _reference_machines(obs, p, risk, rows)), sigma
+    p = NewsvendorParams(rise_scale=rise_scale)
+    assert np.array_equal(newsvendor_machines(obs, p), _reference_machines(obs, p, 1.0, np.arange(n)))
+
+
 def _day_and_night(days: int = 3, burst: float = 1500.0) -> np.ndarray:
     """A daily cycle between 1,000 and 5,000 tpm with a burst of `burst` tpm (a step for 20 minutes) every 200
     minutes, at any hour: the burst adds the same amount at night as at the peak."""
@@ -362,7 +451,7 @@ def test_a_model_whose_outputs_disagree_with_its_action_mapping_is_refused(tmp_p
     from fleetpilot.policies.registry import MODELS_DIR
 
     d = tmp_path / "m"
-    shutil.copytree(MODELS_DIR / "default", d)
+    shutil.copytree(MODELS_DIR / "synthetic", d)
     manifest = json.loads((d / "manifest.json").read_text())
     manifest["action_mapping"]["newsvendor_risk"] = [1.0]
     (d / "manifest.json").write_text(json.dumps(manifest))

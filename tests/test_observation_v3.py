@@ -1,6 +1,6 @@
 """Observation version 3 (issue 12): the features that tell loads apart mean what the module docstring says on
 constructed loads, they stream the same whether groups move in lockstep or not, and a model reads the features
-its manifest names: the shipped v2 `default` decides on the v3 builder exactly as before, a model naming an
+its manifest names: the shipped v2 `synthetic` model decides on the v3 builder exactly as before, a model naming an
 unknown feature or one whose meaning changed is refused with one line (exit 2)."""
 
 from __future__ import annotations
@@ -201,18 +201,18 @@ def test_a_model_whose_graph_disagrees_with_its_manifest_is_refused(tmp_path):
         OnnxPolicy.load(d)
 
 
-def test_the_shipped_v2_default_reads_its_26_features_by_name_and_decides_as_before():
-    """The shipped default (observation v2) is served by the v3 builder without retraining: it reads the first
+def test_the_shipped_v2_synthetic_model_reads_its_26_features_by_name_and_decides_as_before():
+    """The shipped `synthetic` model (the `default` until the newsvendor-family one; observation v2) is served by the v3 builder without retraining: it reads the first
     26 columns by name, and its backtest on the shipped-model check case is what the v2 build measured before
     the version-3 features were added (`fleetpilot backtest --synthetic --seeds 3000..3001 --minutes 2000
-    --policy default --json`, profit $9,954.89, E[profit] $9,856.89, no downtime minute)."""
+    --policy synthetic --json`, profit $9,954.89, E[profit] $9,856.89, no downtime minute)."""
     from fleetpilot.training.backtest import backtest, synthetic_run
 
-    manifest = json.loads((MODELS_DIR / "default" / "manifest.json").read_text())
+    manifest = json.loads((MODELS_DIR / "synthetic" / "manifest.json").read_text())
     assert manifest["observation"]["version"] == 2 and manifest["observation"]["features"] == list(FEATURE_NAMES[:26])
-    policy = OnnxPolicy.load(MODELS_DIR / "default")
+    policy = OnnxPolicy.load(MODELS_DIR / "synthetic")
     assert policy.columns is not None and list(policy.columns) == list(range(26))
-    report = backtest([synthetic_run(s, 2000) for s in (3000, 3001)], {"default": policy})
+    report = backtest([synthetic_run(s, 2000) for s in (3000, 3001)], {"synthetic": policy})
     (s,) = report.summary
     assert s["profit_usd"] == pytest.approx(9954.89, abs=0.02), s
     assert s["expected_profit_usd"] == pytest.approx(9856.89, abs=0.02), s
@@ -220,7 +220,7 @@ def test_the_shipped_v2_default_reads_its_26_features_by_name_and_decides_as_bef
 
 
 def test_policies_inspect_names_what_a_model_reads_and_refuses_an_unknown_feature(tmp_path):
-    p = subprocess.run([FLEETPILOT, "policies", "inspect", "default"], capture_output=True, text=True, timeout=60)
+    p = subprocess.run([FLEETPILOT, "policies", "inspect", "synthetic"], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert "reads 26 of this build's 33 features" in json.loads(p.stdout)["verified"]
     d, _ = write_linear_model(tmp_path / "m", [*FEATURE_NAMES[:5], "queue_depth"], 3)

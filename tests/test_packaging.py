@@ -62,4 +62,5 @@ def test_the_wheel_holds_only_fleetpilot_with_its_models(tmp_path):
     assert {n.split("/")[0] for n in names} == {"fleetpilot", wheel.name.split("-py")[0] + ".dist-info"}
     assert "fleetpilot/policies/models/default/policy.onnx" in names
     assert "fleetpilot/policies/models/default/manifest.json" in names
+    assert "fleetpilot/policies/models/synthetic/policy.onnx" in names
     assert "fleetpilot = fleetpilot.controller.cli:main" in entry_points
