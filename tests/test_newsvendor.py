@@ -235,6 +235,36 @@ def test_the_rule_chooses_exactly_what_its_docstring_prices(rise_scale):
     assert np.array_equal(newsvendor_machines(obs, p), _reference_machines(obs, p, 1.0, np.arange(n)))
 
 
+def test_the_bound_still_finds_the_cheapest_candidate_and_the_smallest_on_a_tie():
+    """`_cheapest` against a plain argmin over every candidate, for expected P(down) curves that fall with the
+    fleet (a smooth fall, and flat stretches that make exact ties between fleets), penalties from none to
+    extreme and a free machine: the same fleet always, the smallest of tied ones (the speed is measured by
+    benchmarks/daemon_bench.py)."""
+    from fleetpilot.policies.newsvendor import _cheapest, _distinct
+
+    rng = np.random.default_rng(5)
+    r, k = 300, 90
+    fleet = _distinct(rng.integers(1, 400, size=(r, k)).astype(np.float64))
+    knee = rng.uniform(1, 400, size=(r, 1))
+    width = rng.uniform(0.5, 60, size=(r, 1))
+
+    def share(f: np.ndarray) -> np.ndarray:
+        rows = f.shape[0]
+        smooth = ndtr((knee[:rows] - f) / width[:rows])
+        # flat stretches: the share only falls every 16 machines on every third row, so whole runs of fleets tie
+        # on downtime and the smallest of them is strictly the cheapest unless the machine cost is zero
+        stepped = ndtr((knee[:rows] - 16 * np.floor(f / 16)) / width[:rows])
+        return np.where((np.arange(rows) % 3 == 0)[:, None], stepped, smooth)
+
+    for machine_cost in (0.05, 0.0):
+        penalty = rng.choice([0.0, 20.0, 200.0, 20_000.0], size=r)
+        got = _cheapest(fleet, share, penalty, machine_cost)
+        cost = machine_cost * fleet + penalty[:, None] * share(fleet)
+        least = cost.min(axis=1, keepdims=True)
+        want = np.where(cost == least, fleet, np.inf).min(axis=1)  # the smallest of the cheapest
+        assert np.array_equal(got, want), machine_cost
+
+
 def _day_and_night(days: int = 3, burst: float = 1500.0) -> np.ndarray:
     """A daily cycle between 1,000 and 5,000 tpm with a burst of `burst` tpm (a step for 20 minutes) every 200
     minutes, at any hour: the burst adds the same amount at night as at the peak."""
