@@ -3,7 +3,9 @@
 (a) `fleetpilot run --once` for one simulated group in a fresh process: start-to-first-decision time (from
     spawning the process until its "first decision" log line), resident memory after the decision (VmRSS and
     its peak VmHWM), and whether torch was imported or libtorch mapped;
-(b) ticks of N simulated groups sharing one policy (one batched decide) for each N of `--groups`, each N in a
+(b) ticks of N simulated groups sharing one policy (one batched decide) for each N of `--groups`, each group
+    first fed `--history-minutes` of its load (default a day: the steady state, where the shipped `default`'s
+    `newsvendor` rise tails are priced; with 0 nothing is), each N in a
     fresh process (so its resident memory is its own): p50 / p99 / max tick seconds, setup seconds, resident
     memory after the ticks (VmRSS) and its peak over the whole process, imports, setup and ticks included
     (VmHWM), side by side, and the size of the files the daemon keeps its history and status rings in (in the
@@ -15,10 +17,11 @@
     the tick and the shadows' own time inside it, against the bar of issue 14 (shadows add < 20%).
 
     .venv/bin/python benchmarks/daemon_bench.py [--policy default] [--groups 1,1000,10000] [--ticks 20]
-        [--shadow default,target-tracking] [--json PATH] [--skip-once]
+        [--history-minutes 1440] [--shadow default,target-tracking] [--json PATH] [--skip-once]
 
 `--json PATH` writes one flat object: the (a) figures, and per N `g<N>_tick_seconds_p50` (p99, max),
-`g<N>_rss_mb`, `g<N>_hwm_mb`, `g<N>_files_mb`, `g<N>_setup_seconds` and, with shadows, `g<N>_shadow_tick_seconds_p50` and
+`g<N>_rss_mb`, `g<N>_hwm_mb`, `g<N>_files_mb`, `g<N>_setup_seconds`, `g<N>_history_minutes`,
+`g<N>_priced_share` (the share of groups whose rise tail was priced) and, with shadows, `g<N>_shadow_tick_seconds_p50` and
 `g<N>_shadow_own_seconds_p50`.
 """
 
@@ -34,6 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,9 +108,12 @@ def one_group_once(tmp: Path, policy: str, repeats: int) -> dict:
     }
 
 
-def many_groups_tick(tmp: Path, policy: str, groups: int, ticks: int, shadows: list[str] | None = None) -> dict:
+def many_groups_tick(
+    tmp: Path, policy: str, groups: int, ticks: int, shadows: list[str] | None = None, history: int = 0
+) -> dict:
     """In this process: `ticks` ticks (after a warm-up tick) of `groups` simulated groups (each shadowed by
-    `shadows`, whose own time inside each tick is measured too)."""
+    `shadows`, whose own time inside each tick is measured too), each group with `history` minutes of its load
+    fed first (`feed_history`)."""
     from prometheus_client import CollectorRegistry
 
     from fleetpilot.controller.config import DaemonConfig
@@ -130,6 +137,7 @@ def many_groups_tick(tmp: Path, policy: str, groups: int, ticks: int, shadows: l
     d = Daemon(cfg, CollectorRegistry())
     d.backfill()
     setup = time.perf_counter() - t0
+    feed_history(d, history)
     assert len(d.batches) == 1, "the groups should share one batch"
     in_shadows: list[float] = []
     if shadows:
@@ -185,19 +193,53 @@ def many_groups_tick(tmp: Path, policy: str, groups: int, ticks: int, shadows: l
         "scrape_s": scrape_s,
         "metrics_mb": len(body) / 2**20,
         "shadows_p50_s": statistics.median(in_shadows[-ticks:]) if in_shadows else None,
+        "history_minutes": history,
+        "priced_share": priced_share(d),
         "policy": type(d.batches[0].policy).__name__
         if d.batches[0].policy is not None
         else f"fallback ({d.batches[0].policy_error})",
     }
 
 
+def feed_history(d, minutes: int) -> None:
+    """Feed every batch the `minutes` minutes of its groups' simulated load before the daemon's first tick, as a
+    backfill from a source with history would: the simulator's clock starts where its load starts, so without
+    this every group is ticked with no past (and a `newsvendor` rise tail is still cold: nothing is priced).
+    Fed a block of minutes at a time, from the arrays the sources replay (no per-minute Python objects)."""
+    if minutes <= 0:
+        return
+    now = int(d.clock.now_seconds() // 60)
+    for b in d.batches:
+        loads = [g.source.load_tpm for g in b.groups]
+        starts = np.array([g.source.start_minute for g in b.groups])
+        n = len(b.groups)
+        zeros = np.zeros(n, dtype=np.int64)
+        every = np.ones(n, dtype=bool)
+        for lo in range(now - 1 - minutes, now - 1, 60):
+            block = np.arange(lo, min(lo + 60, now - 1))
+            mat = np.stack([x[(block - s) % x.size] for x, s in zip(loads, starts, strict=True)]).astype(np.float64)
+            for j, m in enumerate(block):
+                b.builder.update_where(every, mat[:, j], zeros, zeros, np.full(n, m))
+
+
+def priced_share(d) -> float:
+    """The share of groups whose `newsvendor` rise tail is warm enough to be priced (0 when none has one)."""
+    from fleetpilot.policies.newsvendor import MIN_MINUTES
+
+    warm = [b.builder.rise.mass >= MIN_MINUTES for b in d.batches if b.builder.rise is not None]
+    return float(np.concatenate(warm).sum()) / sum(len(b.groups) for b in d.batches)
+
+
 def _proc_status() -> dict[str, str]:
     return dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
 
 
-def many_groups_in_child(policy: str, groups: int, ticks: int, shadows: list[str] | None = None) -> dict:
+def many_groups_in_child(
+    policy: str, groups: int, ticks: int, shadows: list[str] | None = None, history: int = 0
+) -> dict:
     """`many_groups_tick` in a fresh process: its memory figures are its own."""
     extra = ["--shadow", ",".join(shadows)] if shadows else []
+    extra += ["--history-minutes", str(history)]
     p = subprocess.run(
         [sys.executable, __file__, "--child", str(groups), "--policy", policy, "--ticks", str(ticks), *extra],
         capture_output=True,
@@ -233,6 +275,8 @@ def flat_figures(policy: str, a: dict | None, runs: list[dict], shadowed: list[d
                 f"g{n}_files_mb": b["files_mb"],
                 f"g{n}_scrape_peak_mb": b["scrape_peak_mb"],
                 f"g{n}_scrape_seconds": b["scrape_s"],
+                f"g{n}_history_minutes": b["history_minutes"],
+                f"g{n}_priced_share": b["priced_share"],
             }
         )
     for c in shadowed:
@@ -268,19 +312,31 @@ def main(argv: list[str] | None = None) -> int:
         help="also time (b) with these shadow policies on every group (comma-separated; "
         "default default,target-tracking)",
     )
+    ap.add_argument(
+        "--history-minutes",
+        type=int,
+        default=1440,
+        help="minutes of each group's load fed before the first tick, as a backfill would (default 1440: a day, "
+        "so the ticks are of groups in their steady state; 0: groups with no past)",
+    )
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     shadows = [s for s in (args.shadow or "").split(",") if s]
     if args.child is not None:
         with tempfile.TemporaryDirectory() as td:
-            print(json.dumps(many_groups_tick(Path(td), args.policy, args.child, args.ticks, shadows)))
+            print(
+                json.dumps(
+                    many_groups_tick(Path(td), args.policy, args.child, args.ticks, shadows, args.history_minutes)
+                )
+            )
         return 0
     a = None
     if not args.skip_once:
         with tempfile.TemporaryDirectory() as td:
             a = one_group_once(Path(td), args.policy, args.repeats)
-    runs = [many_groups_in_child(args.policy, n, args.ticks) for n in args.groups]
-    shadowed = [many_groups_in_child(args.policy, n, args.ticks, shadows) for n in args.groups] if shadows else []
+    h = args.history_minutes
+    runs = [many_groups_in_child(args.policy, n, args.ticks, history=h) for n in args.groups]
+    shadowed = [many_groups_in_child(args.policy, n, args.ticks, shadows, h) for n in args.groups] if shadows else []
     rows = []
     if a is not None:
         rows += [
@@ -337,7 +393,11 @@ def main(argv: list[str] | None = None) -> int:
             ]
     if a is not None:
         print(f"policy {args.policy}; onnxruntime loaded in (a): {a['onnxruntime']}")
-    print(f"(b) {args.ticks} ticks per N after a warm-up tick, policy {runs[0]['policy']}, each N in its own process")
+    priced = ", ".join(f"{b['priced_share']:.2f}" for b in runs)
+    print(
+        f"(b) {args.ticks} ticks per N after a warm-up tick, policy {runs[0]['policy']}, each N in its own process,"
+        f" {h} minutes of history fed first (share of groups priced by a rise tail: {priced})"
+    )
     head = (
         "groups",
         "p50 ms",

@@ -51,6 +51,8 @@ CASES = {
             "g3_rss_mb": None,
             "g3_shadow_tick_seconds_p50": None,
             "g3_shadow_own_seconds_p50": None,
+            "g3_history_minutes": 1440,
+            "g3_priced_share": 1.0,  # a day of history fed first: every group's rise tail is priced
         },
     ),
     "sim_bench.py": (
