@@ -123,3 +123,25 @@ def test_a_recorded_check_is_compared_within_its_tolerance(tmp_path):
     (d / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(AssertionError):
         check_model(d)
+
+
+def test_every_shipped_model_is_listed_with_its_own_validation_figure():
+    """`fleetpilot policies list` finds each model's validation row by the manifest's name: a manifest whose
+    rows name the model as it was called when trained (the `synthetic` model was trained as `default`) would be
+    listed without a figure."""
+    import subprocess
+    import sys
+
+    from fleetpilot.policies.registry import shipped_models
+
+    out = subprocess.run(
+        [sys.executable, "-m", "fleetpilot.controller.cli", "policies", "list"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    lines = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+    for name in shipped_models():
+        manifest = json.loads((MODELS_DIR / name / "manifest.json").read_text())
+        assert name in [x["policy"] for x in manifest["validation"]["summary"]], name
+        assert "validation" in lines[name] and "% of oracle" in lines[name], lines[name]
