@@ -46,8 +46,10 @@ from fleetpilot.controller.lease import Lease, keep_warm
 from fleetpilot.controller.logs import Streaks
 from fleetpilot.controller.metrics import Metrics
 from fleetpilot.controller.runtime import (
+    NO_HISTORY,
     Batch,
     GroupRuntime,
+    History,
     Outcome,
     PolicyRun,
     Proposed,
@@ -153,19 +155,19 @@ class Daemon:
         start, end = now_minute - HISTORY_MINUTES, now_minute - 1
         total = 0
         for b in self.batches:
-            series: list[dict[int, float]] = []
+            series: list[History] = []
             for g in b.groups:
                 try:
                     got = read_history(g.source, start, end, g.limits)
                 except SourceError as exc:
-                    got = {}
+                    got = NO_HISTORY
                     log.warning(
                         "history backfill failed; the group starts without history",
                         extra={"group": g.name, "error": str(exc)},
                     )
                     self.metrics.source_errors.labels(g.name, DataStatus.ERROR).inc()
                 series.append(got)
-                total += len(got)
+                total += got.samples
             b.feed_history(series)
         for g in self.groups:
             w = g.cfg.scale_in_stabilization_minutes
@@ -396,9 +398,9 @@ class Daemon:
     def _fill_gaps(self, b: Batch, readings: list[Reading]) -> None:
         """Minutes missed since a group's last sample (missed ticks, a forward clock jump) are read from the
         source's history rather than filled by holding the last value."""
-        series: list[dict[int, float]] = []
+        series: list[History] = []
         for g, r in zip(b.groups, readings, strict=True):
-            got: dict[int, float] = {}
+            got = NO_HISTORY
             start = b.gap_start(g.row, r.sample.minute) if r.ok and r.sample is not None else None
             if start is not None and r.sample is not None:
                 try:

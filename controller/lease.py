@@ -46,7 +46,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from fleetpilot.controller.config import LeaderElectionConfig
-from fleetpilot.controller.runtime import Batch, Reading
+from fleetpilot.controller.runtime import NO_HISTORY, Batch, History, Reading
 from fleetpilot.policies.errors import UserError
 
 log = logging.getLogger("fleetpilot.lease")
@@ -396,7 +396,11 @@ def keep_warm(batches: list[Batch], readings: list[Reading]) -> None:
         series = []
         for g in b.groups:
             r = readings[g.index]
-            series.append({int(r.sample.minute): float(r.sample.load_tpm)} if r.ok and r.sample is not None else {})
+            series.append(
+                History.of({int(r.sample.minute): float(r.sample.load_tpm)})
+                if r.ok and r.sample is not None
+                else NO_HISTORY
+            )
         b.feed_history(series)
 
 

@@ -100,14 +100,42 @@ class PolicyRun:
     non_finite: tuple[str, ...] = ()  #: groups whose answer was not finite or negative
 
 
-def read_history(source: MetricSource, start: int, end: int, limits: guards.Limits) -> dict[int, float]:
-    """The source's good samples in [start, end) as minute -> load (loads the decision may not use, see
-    `guards.usable_load`, left out). Raises SourceError."""
+class History(NamedTuple):
+    """A group's samples for the builder: the loads (float64) of the minutes from `start` on, NaN where there is
+    no sample (a load the decision may use is never NaN): 8 bytes a minute, a week of one group 80 kB (as a
+    dict of Python numbers it was about 1 MB)."""
+
+    start: int
+    loads: np.ndarray
+
+    @classmethod
+    def of(cls, samples: dict[int, float]) -> History:
+        if not samples:
+            return NO_HISTORY
+        minutes = np.fromiter(samples.keys(), np.int64, len(samples))
+        start = int(minutes.min())
+        loads = np.full(int(minutes.max()) - start + 1, np.nan)
+        loads[minutes - start] = np.fromiter(samples.values(), np.float64, len(samples))
+        return cls(start, loads)
+
+    @property
+    def samples(self) -> int:
+        return int(np.count_nonzero(~np.isnan(self.loads)))
+
+
+NO_HISTORY = History(0, np.zeros(0))
+#: Minutes of every group's history turned into one (groups x minutes) matrix at a time by `feed_history`.
+FEED_BLOCK_MINUTES = 1440
+
+
+def read_history(source: MetricSource, start: int, end: int, limits: guards.Limits) -> History:
+    """The source's good samples in [start, end) (loads the decision may not use, see `guards.usable_load`, left
+    out; a minute given twice: the later sample). Raises SourceError."""
     got: dict[int, float] = {}
     for s in source.history(start, end):
         if guards.usable_load(s.load_tpm, limits) and start <= s.minute < end:
             got[int(s.minute)] = float(s.load_tpm)
-    return got
+    return History.of(got)
 
 
 def params_key(params: dict[str, Any]) -> str:
@@ -163,24 +191,29 @@ class Batch:
             return None
         return max(self.last_minute(row) + 1, minute - HISTORY_MINUTES)
 
-    def feed_history(self, series: list[dict[int, float]]) -> None:
-        """Feed (minute -> load) series, one per group, minute by minute, oldest first. A group without a sample
-        at a minute is left alone (its gap is later held by the builder)."""
-        if not any(series):
+    def feed_history(self, series: list[History]) -> None:
+        """Feed one History per group, minute by minute, oldest first. A group without a sample at a minute is
+        left alone (its gap is later held by the builder). The (groups x minutes) matrix is built a day at a
+        time (`FEED_BLOCK_MINUTES`), so a week of 10,000 groups never stands in memory as one matrix."""
+        given = [h for h in series if h.loads.size]
+        if not given:
             return
-        lo = min(min(s) for s in series if s)
-        hi = max(max(s) for s in series if s)
+        lo = min(h.start for h in given)
+        hi = max(h.start + h.loads.size for h in given)
         n = len(self.groups)
-        mat = np.full((n, hi - lo + 1), np.nan)
-        for i, s in enumerate(series):
-            if s:
-                mat[i, np.fromiter(s.keys(), np.int64, len(s)) - lo] = np.fromiter(s.values(), np.float64, len(s))
         zeros = np.zeros(n, dtype=np.int64)
-        present = ~np.isnan(mat)
-        for j in range(mat.shape[1]):
-            has = present[:, j]
-            if has.any():
-                self.builder.update_where(has, mat[:, j], zeros, zeros, np.full(n, lo + j))
+        for start in range(lo, hi, FEED_BLOCK_MINUTES):
+            end = min(start + FEED_BLOCK_MINUTES, hi)
+            mat = np.full((n, end - start), np.nan)
+            for i, h in enumerate(series):
+                a, z = max(start, h.start), min(end, h.start + h.loads.size)
+                if z > a:
+                    mat[i, a - start : z - start] = h.loads[a - h.start : z - h.start]
+            present = ~np.isnan(mat)
+            for j in range(end - start):
+                has = present[:, j]
+                if has.any():
+                    self.builder.update_where(has, mat[:, j], zeros, zeros, np.full(n, start + j))
 
     # --- one tick ------------------------------------------------------------------------------------------
     def observe(self, readings: list[Reading], states: list[GroupState | None]) -> Observation:

@@ -363,3 +363,46 @@ def test_journal_rows_explain_each_decision(tmp_path):
     assert r["minute"] == START and r["load_minute"] == START - 1 and r["group_name"] == "web"
     assert (r["active"], r["warming"], r["desired_before"]) == (50, 0, 50)
     assert r["raw_action"] == r["policy_desired"] and r["outcome"] == "written"
+
+
+def test_history_is_fed_a_day_at_a_time_as_it_would_be_minute_by_minute(tmp_path):
+    """`Batch.feed_history` builds its (groups x minutes) matrix a day at a time: over several days, with holes,
+    a group whose history starts late and ends early, a minute given twice (the later sample wins) and a group
+    without any, the builder ends as one fed minute by minute."""
+    from fleetpilot.controller.runtime import FEED_BLOCK_MINUTES, NO_HISTORY, Batch, History, read_history
+    from fleetpilot.policies.observation import ObservationBuilder
+
+    d = make(tmp_path, groups=[group("a"), group("b"), group("c")])
+    live = d.batches[0]
+    b = Batch(live.spec, live.params, live.warmup_minutes, live.groups, live.fallbacks)
+    rng = np.random.default_rng(3)
+    t0, span = START, 3 * FEED_BLOCK_MINUTES + 77
+    ma = np.arange(t0, t0 + span)
+    ma = ma[rng.random(ma.size) > 0.1]  # holes
+    mb = np.arange(t0 + FEED_BLOCK_MINUTES - 5, t0 + 2 * FEED_BLOCK_MINUTES + 9)
+    la, lb = rng.uniform(100, 900, ma.size), rng.uniform(100, 900, mb.size)
+
+    class Twice(MetricSource):  # group b's source gives its first minute twice: the later value counts
+        def latest(self, now_minute):
+            return None
+
+        def history(self, start, end):
+            return [Sample(int(mb[0]), 1.0)] + [Sample(int(m), float(x)) for m, x in zip(mb, lb, strict=True)]
+
+    hb = read_history(Twice(), int(mb[0]), int(mb[-1]) + 1, live.groups[1].limits)
+    assert hb.start == mb[0] and hb.loads.tolist() == lb.tolist()
+    ha = History.of(dict(zip(ma.tolist(), la, strict=True)))
+    assert ha.samples == ma.size and np.isnan(ha.loads).sum() == ma[-1] - ma[0] + 1 - ma.size  # the holes
+    b.feed_history([ha, hb, NO_HISTORY])
+
+    ref = ObservationBuilder(3, b.builder.cap, live.warmup_minutes)
+    at_a, at_b = dict(zip(ma.tolist(), la, strict=True)), dict(zip(mb.tolist(), lb, strict=True))
+    zeros = np.zeros(3, dtype=np.int64)
+    for m in range(t0, t0 + span):
+        has = np.array([m in at_a, m in at_b, False])
+        if has.any():
+            load = np.array([at_a.get(m, np.nan), at_b.get(m, np.nan), np.nan])
+            ref.update_where(has, load, zeros, zeros, np.full(3, m))
+    assert b.builder.count.tolist() == ref.count.tolist() and ref.count[0] > ref.count[1] > 0 == ref.count[2]
+    np.testing.assert_array_equal(b.builder.observation().features, ref.observation().features)
+    np.testing.assert_array_equal(b.builder.rise.counts, ref.rise.counts)
