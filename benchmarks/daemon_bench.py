@@ -14,15 +14,18 @@
     the exposition of 10,000 groups is about 12 MB of text). Targets (issue 13): 10,000 groups in <= 1 s a tick (p50) and
     <= 300 MB resident, after the ticks and at the peak;
 (c) with `--shadow default,target-tracking`: (b) again for each N with every group shadowed by those policies,
-    the tick and the shadows' own time inside it, against the bar of issue 14 (shadows add < 20%).
+    the tick and the shadows' own time inside it, against the bar of issue 14 (shadows add < 20%);
+(d) with `--backfill N`: the daemon's start-up backfill of a week of history (`HISTORY_MINUTES`) for N simulated
+    groups, on a clock two weeks after their load starts, in a fresh process: seconds and the peak resident memory
+    it reaches, against the same 300 MB bar.
 
     .venv/bin/python benchmarks/daemon_bench.py [--policy default] [--groups 1,1000,10000] [--ticks 20]
-        [--history-minutes 1440] [--shadow default,target-tracking] [--json PATH] [--skip-once]
+        [--history-minutes 1440] [--shadow default,target-tracking] [--backfill N] [--json PATH] [--skip-once]
 
 `--json PATH` writes one flat object: the (a) figures, and per N `g<N>_tick_seconds_p50` (p99, max),
 `g<N>_rss_mb`, `g<N>_hwm_mb`, `g<N>_files_mb`, `g<N>_setup_seconds`, `g<N>_history_minutes`,
 `g<N>_priced_share` (the share of groups whose rise tail was priced) and, with shadows, `g<N>_shadow_tick_seconds_p50` and
-`g<N>_shadow_own_seconds_p50`.
+`g<N>_shadow_own_seconds_p50`; with `--backfill N`, `backfill_groups`, `backfill_seconds`, `backfill_hwm_mb`.
 """
 
 from __future__ import annotations
@@ -201,6 +204,38 @@ def many_groups_tick(
     }
 
 
+def backfill(tmp: Path, policy: str, groups: int) -> dict:
+    """In this process: a daemon of `groups` simulated groups whose clock is two weeks after their load starts
+    backfills a week of history from them at start (`Daemon.backfill`, as from any source with history)."""
+    from prometheus_client import CollectorRegistry
+
+    from fleetpilot.controller.clock import SimulatedClock
+    from fleetpilot.controller.config import DaemonConfig
+    from fleetpilot.controller.daemon import Daemon
+    from fleetpilot.controller.sources.simulator import SYNTHETIC_START_MINUTE
+
+    cfg = DaemonConfig(
+        interval_seconds=0.05,
+        journal_path=tmp / "backfill.sqlite",
+        groups=[
+            {
+                "name": f"g{i}",
+                "policy": policy,
+                "source": {"kind": "simulator", "seed": i, "minutes": 1440},
+                "backend": {"kind": "simulated", "seed": i},
+            }
+            for i in range(groups)
+        ],
+    )
+    d = Daemon(cfg, CollectorRegistry(), clock=SimulatedClock(SYNTHETIC_START_MINUTE + 2 * 10_080))
+    t = time.perf_counter()
+    d.backfill()
+    seconds = time.perf_counter() - t
+    fed = int(sum(int(b.builder.count.sum()) for b in d.batches))
+    d.close()
+    return {"groups": groups, "seconds": seconds, "hwm_mb": int(_proc_status()["VmHWM"].split()[0]) / 1024, "fed": fed}
+
+
 def feed_history(d, minutes: int) -> None:
     """Feed every batch the `minutes` minutes of its groups' simulated load before the daemon's first tick, as a
     backfill from a source with history would: the simulator's clock starts where its load starts, so without
@@ -249,6 +284,22 @@ def many_groups_in_child(
     if p.returncode != 0:
         raise SystemExit(f"the {groups}-group run failed (exit {p.returncode}): {p.stderr.strip()[-2000:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def backfill_in_child(policy: str, groups: int) -> dict:
+    """`backfill` in a fresh process: its peak memory is its own."""
+    p = subprocess.run(
+        [sys.executable, __file__, "--backfill-child", str(groups), "--policy", policy],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    if p.returncode != 0:
+        raise SystemExit(f"the {groups}-group backfill failed (exit {p.returncode}): {p.stderr.strip()[-2000:]}")
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    if out["fed"] <= 0:
+        raise SystemExit(f"the {groups}-group backfill fed no history")
+    return out
 
 
 def flat_figures(policy: str, a: dict | None, runs: list[dict], shadowed: list[dict], rows: list) -> dict:
@@ -319,9 +370,15 @@ def main(argv: list[str] | None = None) -> int:
         help="minutes of each group's load fed before the first tick, as a backfill would (default 1440: a day, "
         "so the ticks are of groups in their steady state; 0: groups with no past)",
     )
+    ap.add_argument("--backfill", type=int, default=0, metavar="N", help="(d): time the start-up backfill of N groups")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--backfill-child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     shadows = [s for s in (args.shadow or "").split(",") if s]
+    if args.backfill_child is not None:
+        with tempfile.TemporaryDirectory() as td:
+            print(json.dumps(backfill(Path(td), args.policy, args.backfill_child)))
+        return 0
     if args.child is not None:
         with tempfile.TemporaryDirectory() as td:
             print(
@@ -337,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     h = args.history_minutes
     runs = [many_groups_in_child(args.policy, n, args.ticks, history=h) for n in args.groups]
     shadowed = [many_groups_in_child(args.policy, n, args.ticks, shadows, h) for n in args.groups] if shadows else []
+    filled = backfill_in_child(args.policy, args.backfill) if args.backfill > 0 else None
     rows = []
     if a is not None:
         rows += [
@@ -436,13 +494,28 @@ def main(argv: list[str] | None = None) -> int:
                 own < TARGET_SHADOW_OVERHEAD,
             )
         )
+    if filled is not None:
+        rows.append(
+            (
+                f"(d) start-up backfill of a week, {filled['groups']} groups: peak resident memory"
+                f" ({filled['seconds']:.1f} s)",
+                f"{filled['hwm_mb']:.0f} MB",
+                f"<= {TARGET_RSS_10000_MB:.0f} MB",
+                filled["hwm_mb"] <= TARGET_RSS_10000_MB,
+            )
+        )
     if rows:
         w = max(len(r[0]) for r in rows)
         print(f"{'measure'.ljust(w)}  {'measured':>22}  {'target':>10}  ok")
         for name, got, target, ok in rows:
             print(f"{name.ljust(w)}  {got:>22}  {target:>10}  {'yes' if ok else 'NO'}")
     if args.json is not None:
-        args.json.write_text(json.dumps(flat_figures(args.policy, a, runs, shadowed, rows), indent=2) + "\n")
+        figures = flat_figures(args.policy, a, runs, shadowed, rows)
+        if filled is not None:
+            figures.update(
+                backfill_groups=filled["groups"], backfill_seconds=filled["seconds"], backfill_hwm_mb=filled["hwm_mb"]
+            )
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
     return 0 if all(r[3] for r in rows) else 1
 
 

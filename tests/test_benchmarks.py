@@ -40,7 +40,7 @@ CASES = {
         },
     ),
     "daemon_bench.py": (
-        "--groups 2,3 --ticks 2 --repeats 1 --shadow target-tracking",
+        "--groups 2,3 --ticks 2 --repeats 1 --shadow target-tracking --backfill 2",
         {
             "groups": "2,3",
             "first_decision_seconds_p50": None,
@@ -53,6 +53,9 @@ CASES = {
             "g3_shadow_own_seconds_p50": None,
             "g3_history_minutes": 1440,
             "g3_priced_share": 1.0,  # a day of history fed first: every group's rise tail is priced
+            "backfill_groups": 2,
+            "backfill_seconds": None,
+            "backfill_hwm_mb": None,
         },
     ),
     "sim_bench.py": (
