@@ -12,7 +12,8 @@ is down when the fleet's capacity is below `downtime_served_share` of the load. 
 cover each scenario at 0, 1.5 and 3 standard deviations of the capacity noise; the cheapest wins. With the seed's
 prices (a downtime minute costs as much as 4,000 machine-minutes) a rise seen once in a few days is still worth
 covering unless it needs many machines; on a calm load the tail is short and the fleet runs hot. Most candidates
-are never priced: a bound (`_cheapest`) rules them out, and the fleet chosen is exactly the cheapest of all.
+are never priced: a bound (`_cheapest`) rules them out, and the fleet chosen is the cheapest of all (up to the
+last bit of rounding in the sums: on 10,000 groups the choices were identical to pricing every candidate).
 
 `rise_scale` says what a rise scales with (`policies.rise_tail`): the hour's largest load ("hour", the default:
 a burst multiplies the recent level), the daily maximum ("day": a burst adds about as much at any hour), or
@@ -170,13 +171,14 @@ def _cheapest(
     fleet: np.ndarray, share: Callable[[np.ndarray], np.ndarray], penalty: np.ndarray, machine_cost: float
 ) -> np.ndarray:
     """(R, K) sorted distinct candidate fleets (`_distinct`) -> (R,) the one of least machine cost plus penalty x
-    expected P(down), the smallest on a tie: exactly the minimum over all of them, with most never priced.
+    expected P(down), the smallest on a tie: the minimum over all of them, with most never priced (a cost priced
+    in a smaller array may differ from the same cost priced with all candidates in the last bit: matmul's rounding).
 
     Every `_COARSE`-th candidate and the largest are priced first; the cheapest of them bounds the answer from
     above. The expected P(down) only falls as the fleet grows, so a candidate's machine cost plus the penalty of
     the next larger priced candidate bounds its own cost from below; only the candidates whose bound does not
-    exceed the best so far are priced (about a quarter of all, padding included, on varied synthetic loads priced
-    on both rise scales)."""
+    exceed the best so far are priced (on the seed's loads, 13 to 19 of about 39 distinct candidates a group at
+    risk 0.1 to 10, both rise scales)."""
     k = fleet.shape[1]
     cols = np.unique(np.r_[np.arange(0, k, _COARSE), k - 1])
     coarse = fleet[:, cols]

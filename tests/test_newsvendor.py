@@ -256,13 +256,18 @@ def test_the_bound_still_finds_the_cheapest_candidate_and_the_smallest_on_a_tie(
         stepped = ndtr((knee[:rows] - 16 * np.floor(f / 16)) / width[:rows])
         return np.where((np.arange(rows) % 3 == 0)[:, None], stepped, smooth)
 
+    # every candidate, and the first k distinct ones of each row (k below, at and just above the coarse step, and
+    # rows whose few distinct values are padded with repeats of their largest)
+    few = _distinct(np.minimum(fleet[:, :9], rng.integers(1, 40, size=(r, 1)).astype(np.float64)))
+    cases = [fleet, *(fleet[:, :k] for k in (1, 2, 7, 8, 9, 17)), few]
     for machine_cost in (0.05, 0.0):
         penalty = rng.choice([0.0, 20.0, 200.0, 20_000.0], size=r)
-        got = _cheapest(fleet, share, penalty, machine_cost)
-        cost = machine_cost * fleet + penalty[:, None] * share(fleet)
-        least = cost.min(axis=1, keepdims=True)
-        want = np.where(cost == least, fleet, np.inf).min(axis=1)  # the smallest of the cheapest
-        assert np.array_equal(got, want), machine_cost
+        for f in cases:
+            got = _cheapest(f, share, penalty, machine_cost)
+            cost = machine_cost * f + penalty[:, None] * share(f)
+            least = cost.min(axis=1, keepdims=True)
+            want = np.where(cost == least, f, np.inf).min(axis=1)  # the smallest of the cheapest
+            assert np.array_equal(got, want), (machine_cost, f.shape)
 
 
 def _day_and_night(days: int = 3, burst: float = 1500.0) -> np.ndarray:
