@@ -5,7 +5,7 @@
     its peak VmHWM), and whether torch was imported or libtorch mapped;
 (b) ticks of N simulated groups sharing one policy (one batched decide) for each N of `--groups`, each group
     first fed `--history-minutes` of its load (default a day: the steady state, where the shipped `default`'s
-    `newsvendor` rise tails are priced; with 0 nothing is), each N in a
+    `newsvendor` rise tails are warm and priced; with 0 none is), each N in a
     fresh process (so its resident memory is its own): p50 / p99 / max tick seconds, setup seconds, resident
     memory after the ticks (VmRSS) and its peak over the whole process, imports, setup and ticks included
     (VmHWM), side by side, and the size of the files the daemon keeps its history and status rings in (in the
@@ -24,7 +24,7 @@
 
 `--json PATH` writes one flat object: the (a) figures, and per N `g<N>_tick_seconds_p50` (p99, max),
 `g<N>_rss_mb`, `g<N>_hwm_mb`, `g<N>_files_mb`, `g<N>_setup_seconds`, `g<N>_history_minutes`,
-`g<N>_priced_share` (the share of groups whose rise tail was priced) and, with shadows, `g<N>_shadow_tick_seconds_p50` and
+`g<N>_warm_tail_share` (the share of groups whose rise tail is warm enough to price) and, with shadows, `g<N>_shadow_tick_seconds_p50` and
 `g<N>_shadow_own_seconds_p50`; with `--backfill N`, `backfill_groups`, `backfill_seconds`, `backfill_hwm_mb`.
 """
 
@@ -197,7 +197,7 @@ def many_groups_tick(
         "metrics_mb": len(body) / 2**20,
         "shadows_p50_s": statistics.median(in_shadows[-ticks:]) if in_shadows else None,
         "history_minutes": history,
-        "priced_share": priced_share(d),
+        "warm_tail_share": warm_tail_share(d),
         "policy": type(d.batches[0].policy).__name__
         if d.batches[0].policy is not None
         else f"fallback ({d.batches[0].policy_error})",
@@ -237,10 +237,12 @@ def backfill(tmp: Path, policy: str, groups: int) -> dict:
 
 
 def feed_history(d, minutes: int) -> None:
-    """Feed every batch the `minutes` minutes of its groups' simulated load before the daemon's first tick, as a
-    backfill from a source with history would: the simulator's clock starts where its load starts, so without
-    this every group is ticked with no past (and a `newsvendor` rise tail is still cold: nothing is priced).
-    Fed a block of minutes at a time, from the arrays the sources replay (no per-minute Python objects)."""
+    """Feed every batch the `minutes` minutes of its groups' simulated load before the daemon's first tick (the
+    minutes now - 1 - `minutes` .. now - 2; the first tick reads now - 1): the simulator's clock starts where its
+    load starts, so without this every group is ticked with no past (and a `newsvendor` rise tail is still cold:
+    nothing is priced). Not the daemon's backfill path (`--backfill` times that): the loads come straight from
+    the arrays the sources replay, wrapped around their loop (the source itself has nothing before its start),
+    a block of minutes at a time into the builder, with no per-minute Python objects."""
     if minutes <= 0:
         return
     now = int(d.clock.now_seconds() // 60)
@@ -257,8 +259,9 @@ def feed_history(d, minutes: int) -> None:
                 b.builder.update_where(every, mat[:, j], zeros, zeros, np.full(n, m))
 
 
-def priced_share(d) -> float:
-    """The share of groups whose `newsvendor` rise tail is warm enough to be priced (0 when none has one)."""
+def warm_tail_share(d) -> float:
+    """The share of groups whose `newsvendor` rise tail is warm enough to be priced (0 when none has one). The
+    shipped `default` prices the warm rows whose action is a `newsvendor` one; a rule that reads no tail none."""
     from fleetpilot.policies.newsvendor import MIN_MINUTES
 
     warm = [b.builder.rise.mass >= MIN_MINUTES for b in d.batches if b.builder.rise is not None]
@@ -327,7 +330,7 @@ def flat_figures(policy: str, a: dict | None, runs: list[dict], shadowed: list[d
                 f"g{n}_scrape_peak_mb": b["scrape_peak_mb"],
                 f"g{n}_scrape_seconds": b["scrape_s"],
                 f"g{n}_history_minutes": b["history_minutes"],
-                f"g{n}_priced_share": b["priced_share"],
+                f"g{n}_warm_tail_share": b["warm_tail_share"],
             }
         )
     for c in shadowed:
@@ -451,10 +454,10 @@ def main(argv: list[str] | None = None) -> int:
             ]
     if a is not None:
         print(f"policy {args.policy}; onnxruntime loaded in (a): {a['onnxruntime']}")
-    priced = ", ".join(f"{b['priced_share']:.2f}" for b in runs)
+    warm = ", ".join(f"{b['warm_tail_share']:.2f}" for b in runs)
     print(
         f"(b) {args.ticks} ticks per N after a warm-up tick, policy {runs[0]['policy']}, each N in its own process,"
-        f" {h} minutes of history fed first (share of groups priced by a rise tail: {priced})"
+        f" {h} minutes of history fed first (share of groups with a warm rise tail: {warm})"
     )
     head = (
         "groups",

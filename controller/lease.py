@@ -43,6 +43,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from fleetpilot.controller.config import LeaderElectionConfig
@@ -396,11 +397,10 @@ def keep_warm(batches: list[Batch], readings: list[Reading]) -> None:
         series = []
         for g in b.groups:
             r = readings[g.index]
-            series.append(
-                History.of({int(r.sample.minute): float(r.sample.load_tpm)})
-                if r.ok and r.sample is not None
-                else NO_HISTORY
-            )
+            if r.ok and r.sample is not None:
+                series.append(History(int(r.sample.minute), np.array([float(r.sample.load_tpm)])))
+            else:
+                series.append(NO_HISTORY)
         b.feed_history(series)
 
 

@@ -52,7 +52,7 @@ CASES = {
             "g3_shadow_tick_seconds_p50": None,
             "g3_shadow_own_seconds_p50": None,
             "g3_history_minutes": 1440,
-            "g3_priced_share": 1.0,  # a day of history fed first: every group's rise tail is priced
+            "g3_warm_tail_share": 1.0,  # a day of history fed first: every group's rise tail is warm
             "backfill_groups": 2,
             "backfill_seconds": None,
             "backfill_hwm_mb": None,

@@ -382,12 +382,13 @@ def test_history_is_fed_a_day_at_a_time_as_it_would_be_minute_by_minute(tmp_path
     mb = np.arange(t0 + FEED_BLOCK_MINUTES - 5, t0 + 2 * FEED_BLOCK_MINUTES + 9)
     la, lb = rng.uniform(100, 900, ma.size), rng.uniform(100, 900, mb.size)
 
-    class Twice(MetricSource):  # group b's source gives its first minute twice: the later value counts
+    class Twice(MetricSource):  # b's source: its first minute twice (the later value counts), out of order
         def latest(self, now_minute):
             return None
 
         def history(self, start, end):
-            return [Sample(int(mb[0]), 1.0)] + [Sample(int(m), float(x)) for m, x in zip(mb, lb, strict=True)]
+            samples = [Sample(int(m), float(x)) for m, x in zip(mb, lb, strict=True)]
+            return [Sample(int(mb[0]), 1.0)] + samples[5:] + samples[:5]
 
     hb = read_history(Twice(), int(mb[0]), int(mb[-1]) + 1, live.groups[1].limits)
     assert hb.start == mb[0] and hb.loads.tolist() == lb.tolist()
