@@ -50,6 +50,8 @@ _Z = np.array([0.0, 1.5, 3.0])
 _Z_BAND = 8.5
 #: Every this many sorted candidates is priced first, to bound the cheapest (`_cheapest`).
 _COARSE = 8
+#: Fewer groups than this in a chunk are priced on every candidate (the bound's extra calls cost more).
+_BOUND_ROWS = 16
 
 
 class NewsvendorParams(BaseModel):
@@ -180,6 +182,9 @@ def _cheapest(
     exceed the best so far are priced (on the seed's loads, 13 to 19 of about 39 distinct candidates a group at
     risk 0.1 to 10, both rise scales)."""
     k = fleet.shape[1]
+    if fleet.shape[0] < _BOUND_ROWS:  # a few groups (a backtest, a small daemon): one pricing call is cheaper
+        costs = machine_cost * fleet + penalty[:, None] * share(fleet)
+        return np.where(costs == costs.min(axis=1)[:, None], fleet, np.inf).min(axis=1)
     cols = np.unique(np.r_[np.arange(0, k, _COARSE), k - 1])
     coarse = fleet[:, cols]
     coarse_share = share(coarse)

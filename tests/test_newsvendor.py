@@ -259,12 +259,12 @@ def test_the_bound_still_finds_the_cheapest_candidate_and_the_smallest_on_a_tie(
     # every candidate, and the first k distinct ones of each row (k below, at and just above the coarse step, and
     # rows whose few distinct values are padded with repeats of their largest)
     few = _distinct(np.minimum(fleet[:, :9], rng.integers(1, 40, size=(r, 1)).astype(np.float64)))
-    cases = [fleet, *(fleet[:, :k] for k in (1, 2, 7, 8, 9, 17)), few]
+    cases = [fleet, *(fleet[:, :k] for k in (1, 2, 7, 8, 9, 17)), few, fleet[:5]]  # 5 rows: no bound
     for machine_cost in (0.05, 0.0):
         penalty = rng.choice([0.0, 20.0, 200.0, 20_000.0], size=r)
         for f in cases:
-            got = _cheapest(f, share, penalty, machine_cost)
-            cost = machine_cost * f + penalty[:, None] * share(f)
+            got = _cheapest(f, share, penalty[: f.shape[0]], machine_cost)
+            cost = machine_cost * f + penalty[: f.shape[0], None] * share(f)
             least = cost.min(axis=1, keepdims=True)
             want = np.where(cost == least, f, np.inf).min(axis=1)  # the smallest of the cheapest
             assert np.array_equal(got, want), (machine_cost, f.shape)
