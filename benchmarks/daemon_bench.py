@@ -111,20 +111,13 @@ def one_group_once(tmp: Path, policy: str, repeats: int) -> dict:
     }
 
 
-def many_groups_tick(
-    tmp: Path, policy: str, groups: int, ticks: int, shadows: list[str] | None = None, history: int = 0
-) -> dict:
-    """In this process: `ticks` ticks (after a warm-up tick) of `groups` simulated groups (each shadowed by
-    `shadows`, whose own time inside each tick is measured too), each group with `history` minutes of its load
-    fed first (`feed_history`)."""
-    from prometheus_client import CollectorRegistry
-
+def simulated_config(journal: Path, policy: str, groups: int, shadows: list[str] | None = None):
+    """The daemon config of (b) and (d): `groups` simulated groups of `policy`, each shadowed by `shadows`."""
     from fleetpilot.controller.config import DaemonConfig
-    from fleetpilot.controller.daemon import Daemon
 
-    cfg = DaemonConfig(
+    return DaemonConfig(
         interval_seconds=0.05,
-        journal_path=tmp / "many.sqlite",
+        journal_path=journal,
         groups=[
             {
                 "name": f"g{i}",
@@ -136,6 +129,19 @@ def many_groups_tick(
             for i in range(groups)
         ],
     )
+
+
+def many_groups_tick(
+    tmp: Path, policy: str, groups: int, ticks: int, shadows: list[str] | None = None, history: int = 0
+) -> dict:
+    """In this process: `ticks` ticks (after a warm-up tick) of `groups` simulated groups (each shadowed by
+    `shadows`, whose own time inside each tick is measured too), each group with `history` minutes of its load
+    fed first (`feed_history`)."""
+    from prometheus_client import CollectorRegistry
+
+    from fleetpilot.controller.daemon import Daemon
+
+    cfg = simulated_config(tmp / "many.sqlite", policy, groups, shadows)
     t0 = time.perf_counter()
     d = Daemon(cfg, CollectorRegistry())
     d.backfill()
@@ -210,23 +216,10 @@ def backfill(tmp: Path, policy: str, groups: int) -> dict:
     from prometheus_client import CollectorRegistry
 
     from fleetpilot.controller.clock import SimulatedClock
-    from fleetpilot.controller.config import DaemonConfig
     from fleetpilot.controller.daemon import Daemon
     from fleetpilot.controller.sources.simulator import SYNTHETIC_START_MINUTE
 
-    cfg = DaemonConfig(
-        interval_seconds=0.05,
-        journal_path=tmp / "backfill.sqlite",
-        groups=[
-            {
-                "name": f"g{i}",
-                "policy": policy,
-                "source": {"kind": "simulator", "seed": i, "minutes": 1440},
-                "backend": {"kind": "simulated", "seed": i},
-            }
-            for i in range(groups)
-        ],
-    )
+    cfg = simulated_config(tmp / "backfill.sqlite", policy, groups)
     d = Daemon(cfg, CollectorRegistry(), clock=SimulatedClock(SYNTHETIC_START_MINUTE + 2 * 10_080))
     t = time.perf_counter()
     d.backfill()

@@ -43,7 +43,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from fleetpilot.controller.config import LeaderElectionConfig
@@ -398,7 +397,7 @@ def keep_warm(batches: list[Batch], readings: list[Reading]) -> None:
         for g in b.groups:
             r = readings[g.index]
             if r.ok and r.sample is not None:
-                series.append(History(int(r.sample.minute), np.array([float(r.sample.load_tpm)])))
+                series.append(History.one(r.sample.minute, r.sample.load_tpm))
             else:
                 series.append(NO_HISTORY)
         b.feed_history(series)

@@ -118,6 +118,11 @@ class History(NamedTuple):
         loads[minutes - start] = np.fromiter(samples.values(), np.float64, len(samples))
         return cls(start, loads)
 
+    @classmethod
+    def one(cls, minute: int, load: float) -> History:
+        """A single sample (a standby's minute: `controller.lease.keep_warm`)."""
+        return cls(int(minute), np.array([float(load)]))
+
     @property
     def samples(self) -> int:
         return int(np.count_nonzero(~np.isnan(self.loads)))

@@ -181,10 +181,19 @@ def _cheapest(
     the next larger priced candidate bounds its own cost from below; only the candidates whose bound does not
     exceed the best so far are priced (on the seed's loads, 13 to 19 of about 39 distinct candidates a group at
     risk 0.1 to 10, both rise scales)."""
-    k = fleet.shape[1]
     if fleet.shape[0] < _BOUND_ROWS:  # a few groups (a backtest, a small daemon): one pricing call is cheaper
-        costs = machine_cost * fleet + penalty[:, None] * share(fleet)
-        return np.where(costs == costs.min(axis=1)[:, None], fleet, np.inf).min(axis=1)
+        fleets, costs = fleet, machine_cost * fleet + penalty[:, None] * share(fleet)
+    else:
+        fleets, costs = _bounded(fleet, share, penalty, machine_cost)
+    least = costs.min(axis=1)
+    return np.where(costs == least[:, None], fleets, np.inf).min(axis=1)
+
+
+def _bounded(
+    fleet: np.ndarray, share: Callable[[np.ndarray], np.ndarray], penalty: np.ndarray, machine_cost: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """`_cheapest`'s bound: (R, K') the candidates it priced and (R, K') their costs, the cheapest among them."""
+    k = fleet.shape[1]
     cols = np.unique(np.r_[np.arange(0, k, _COARSE), k - 1])
     coarse = fleet[:, cols]
     coarse_share = share(coarse)
@@ -198,16 +207,13 @@ def _cheapest(
     keep[:, 1:] &= fleet[:, 1:] != fleet[:, :-1]  # _distinct's padding repeats the largest
     n_keep = keep.sum(axis=1)
     k2 = int(n_keep.max(initial=0))
-    fleets, costs = coarse, coarse_cost
-    if k2:
-        order = np.argsort(~keep, axis=1, kind="stable")[:, :k2]
-        rest = np.take_along_axis(fleet, order, axis=1)
-        rest = np.where(np.arange(k2)[None, :] >= n_keep[:, None], coarse[:, -1:], rest)  # pad: priced already
-        rest_cost = machine_cost * rest + penalty[:, None] * share(rest)
-        fleets = np.concatenate([coarse, rest], axis=1)
-        costs = np.concatenate([coarse_cost, rest_cost], axis=1)
-    least = costs.min(axis=1)
-    return np.where(costs == least[:, None], fleets, np.inf).min(axis=1)
+    if not k2:
+        return coarse, coarse_cost
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :k2]
+    rest = np.take_along_axis(fleet, order, axis=1)
+    rest = np.where(np.arange(k2)[None, :] >= n_keep[:, None], coarse[:, -1:], rest)  # pad: priced already
+    rest_cost = machine_cost * rest + penalty[:, None] * share(rest)
+    return np.concatenate([coarse, rest], axis=1), np.concatenate([coarse_cost, rest_cost], axis=1)
 
 
 def _distinct(fleet: np.ndarray) -> np.ndarray:
