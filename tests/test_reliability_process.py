@@ -24,7 +24,7 @@ from fleetpilot.controller.config import DaemonConfig
 from fleetpilot.controller.daemon import Daemon
 from fleetpilot.controller.journal import read_decisions
 from tests.real_servers import Fault, MotoAws, PromProxy, now_minute
-from tests.test_reliability_faults import StepClock, group, load_at, prom_source
+from tests.test_reliability_faults import TT_PARAMS, StepClock, group, load_at, prom_source
 
 FLEETPILOT = str(Path(sys.executable).parent / "fleetpilot")
 
@@ -196,7 +196,15 @@ def test_restart_after_kill_decides_as_an_uninterrupted_run(tmp_path, prometheus
     from Prometheus, stabilization window from the journal and its write-ahead of recommendations). From then on B decides exactly as daemon U, which never stopped (own group and journal), and
     writes the group exactly as often as U did: no duplicate, no contradicting write."""
     s = _falling_start()
-    kw = dict(max_machines=60, scale_in_stabilization_minutes=10, max_scale_in_per_tick=3)
+    # no scale-in tolerance: target tracking then steps down a machine every <= 13 minutes on this stretch
+    # (195 tpm a machine), and each step is held by the window for 10, so it binds among B's 14 ticks whatever
+    # the wall clock's phase; with the 0.1 tolerance the first step could come after s + 29 (about 1 phase in 130)
+    kw = dict(
+        max_machines=60,
+        scale_in_stabilization_minutes=10,
+        max_scale_in_per_tick=3,
+        policy_params={**TT_PARAMS, "scale_in_tolerance": 0.0},
+    )
 
     def make(journal: str, name: str, proxy_url: str, minute: int) -> Daemon:
         backend = {
