@@ -248,26 +248,38 @@ def test_the_bound_still_finds_the_cheapest_candidate_and_the_smallest_on_a_tie(
     knee = rng.uniform(1, 400, size=(r, 1))
     width = rng.uniform(0.5, 60, size=(r, 1))
 
-    def share(f: np.ndarray) -> np.ndarray:
-        rows = f.shape[0]
-        smooth = ndtr((knee[:rows] - f) / width[:rows])
+    def curve(rows: np.ndarray, f: np.ndarray) -> np.ndarray:
+        smooth = ndtr((knee[rows, 0] - f) / width[rows, 0])
         # flat stretches: the share only falls every 16 machines on every third row, so whole runs of fleets tie
         # on downtime and the smallest of them is strictly the cheapest unless the machine cost is zero
-        stepped = ndtr((knee[:rows] - 16 * np.floor(f / 16)) / width[:rows])
-        return np.where((np.arange(rows) % 3 == 0)[:, None], stepped, smooth)
+        stepped = ndtr((knee[rows, 0] - 16 * np.floor(f / 16)) / width[rows, 0])
+        return np.where(rows % 3 == 0, stepped, smooth)
+
+    priced: list[int] = []
+
+    def share(rows: np.ndarray, f: np.ndarray) -> np.ndarray:  # as _cheapest asks: one price per (group, fleet)
+        priced.append(rows.size)
+        return curve(rows, f)
 
     # every candidate, and the first k distinct ones of each row (k below, at and just above the coarse step, and
     # rows whose few distinct values are padded with repeats of their largest)
     few = _distinct(np.minimum(fleet[:, :9], rng.integers(1, 40, size=(r, 1)).astype(np.float64)))
-    cases = [fleet, *(fleet[:, :k] for k in (1, 2, 7, 8, 9, 17)), few, fleet[:5]]  # 5 rows: no bound
+    cases = [fleet, *(fleet[:, :k] for k in (1, 2, 4, 5, 15, 16, 17, 33)), few, fleet[:5]]  # 5 rows: no bound
     for machine_cost in (0.05, 0.0):
         penalty = rng.choice([0.0, 20.0, 200.0, 20_000.0], size=r)
         for f in cases:
+            priced.clear()
             got = _cheapest(f, share, penalty[: f.shape[0]], machine_cost)
-            cost = machine_cost * f + penalty[: f.shape[0], None] * share(f)
+            rows = np.repeat(np.arange(f.shape[0])[:, None], f.shape[1], axis=1)
+            cost = machine_cost * f + penalty[: f.shape[0], None] * curve(rows, f)
             least = cost.min(axis=1, keepdims=True)
             want = np.where(cost == least, f, np.inf).min(axis=1)  # the smallest of the cheapest
             assert np.array_equal(got, want), (machine_cost, f.shape)
+            # each distinct candidate priced at most once, never a row's padding
+            distinct = int((f[:, 1:] != f[:, :-1]).sum()) + f.shape[0]
+            assert sum(priced) <= distinct
+            if f is fleet and machine_cost > 0:
+                assert sum(priced) < distinct / 2  # the bound rules most out
 
 
 def _day_and_night(days: int = 3, burst: float = 1500.0) -> np.ndarray:
