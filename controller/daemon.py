@@ -55,6 +55,7 @@ from fleetpilot.controller.runtime import (
     Proposed,
     Reading,
     TickOutcome,
+    backfill_span_minutes,
     read_history,
 )
 from fleetpilot.controller.shadow import ShadowBook
@@ -148,27 +149,35 @@ class Daemon:
 
     # --- start -------------------------------------------------------------------------------------------
     def backfill(self) -> None:
-        """Feed each batch the last HISTORY_MINUTES of load from the sources, oldest first; then restore the
-        scale-in stabilization windows from the journal."""
+        """Feed each batch the last HISTORY_MINUTES of load from the sources, oldest first, a span of minutes at a
+        time (`backfill_span_minutes`: a week at once for a few hundred groups, less for more, so the histories
+        read never hold more than `BACKFILL_VALUES` values); then restore the scale-in stabilization windows
+        from the journal. A source that fails is not read again: its group keeps what was read before."""
         now_minute = int(self.clock.now_seconds() // 60)
         # the last complete minute (now - 1) is left to the first tick, which reads it with the machines
         start, end = now_minute - HISTORY_MINUTES, now_minute - 1
         total = 0
         for b in self.batches:
-            series: list[History] = []
-            for g in b.groups:
-                try:
-                    got = read_history(g.source, start, end, g.limits)
-                except SourceError as exc:
+            span = backfill_span_minutes(len(b.groups))
+            failed: set[int] = set()
+            for lo in range(start, end, span):
+                hi = min(lo + span, end)
+                series: list[History] = []
+                for g in b.groups:
                     got = NO_HISTORY
-                    log.warning(
-                        "history backfill failed; the group starts without history",
-                        extra={"group": g.name, "error": str(exc)},
-                    )
-                    self.metrics.source_errors.labels(g.name, DataStatus.ERROR).inc()
-                series.append(got)
-                total += got.samples
-            b.feed_history(series)
+                    if g.index not in failed:
+                        try:
+                            got = read_history(g.source, lo, hi, g.limits)
+                        except SourceError as exc:
+                            failed.add(g.index)
+                            log.warning(
+                                "history backfill failed; the group starts without the rest of its history",
+                                extra={"group": g.name, "from_minute": lo, "error": str(exc)},
+                            )
+                            self.metrics.source_errors.labels(g.name, DataStatus.ERROR).inc()
+                    series.append(got)
+                    total += got.samples
+                b.feed_history(series)
         for g in self.groups:
             w = g.cfg.scale_in_stabilization_minutes
             if w > 0:

@@ -131,6 +131,16 @@ class History(NamedTuple):
 NO_HISTORY = History(0, np.zeros(0))
 #: Minutes of every group's history turned into one (groups x minutes) matrix at a time by `feed_history`.
 FEED_BLOCK_MINUTES = 1440
+#: The start-up backfill reads a batch's sources a span of minutes at a time, so that the span's histories hold
+#: at most this many (groups x minutes) values (64 MB of float64; `backfill_span_minutes`).
+BACKFILL_VALUES = 8_000_000
+
+
+def backfill_span_minutes(groups: int) -> int:
+    """Minutes of history the start-up backfill reads from each of a batch's `groups` sources at once: the whole
+    `HISTORY_MINUTES` up to 793 groups (one read a group), fewer beyond (10,000 groups: 800 minutes, 13 reads
+    a group), never under an hour."""
+    return max(60, min(HISTORY_MINUTES, BACKFILL_VALUES // max(groups, 1)))
 
 
 def read_history(source: MetricSource, start: int, end: int, limits: guards.Limits) -> History:

@@ -365,6 +365,48 @@ def test_journal_rows_explain_each_decision(tmp_path):
     assert r["raw_action"] == r["policy_desired"] and r["outcome"] == "written"
 
 
+class SpanSource(FakeSource):
+    """A FakeSource that keeps all its history, records each history read, and fails from read `fail_at` on."""
+
+    def __init__(self, fail_at: int | None = None):
+        super().__init__(history_minutes=None)
+        self.reads: list[tuple[int, int]] = []
+        self.fail_at = fail_at
+
+    def history(self, start: int, end: int):
+        self.reads.append((start, end))
+        if self.fail_at is not None and len(self.reads) >= self.fail_at:
+            raise SourceError("connection refused")
+        return super().history(start, end)
+
+
+def test_a_backfill_of_many_groups_reads_spans_and_feeds_what_one_read_would(tmp_path, monkeypatch, caplog):
+    """The start-up backfill reads a batch's sources a span at a time when groups x week is over
+    BACKFILL_VALUES (here forced with 3 groups): contiguous spans over the week, the same builder state as one
+    read of the week, and a source that fails on its second span is logged once, not read again, and keeps its
+    first span."""
+    from fleetpilot.controller import runtime
+    from fleetpilot.policies.observation import HISTORY_MINUTES
+
+    names = [group("a"), group("b"), group("c")]
+    whole = make(tmp_path / "whole", groups=names, sources=[SpanSource(), SpanSource(), SpanSource()])
+    assert [len(s.reads) for s in (g.source for g in whole.groups)] == [1, 1, 1]  # a week at once
+    monkeypatch.setattr(runtime, "BACKFILL_VALUES", 3 * 3000)
+    sources = [SpanSource(), SpanSource(), SpanSource(fail_at=2)]
+    with caplog.at_level(logging.WARNING):
+        spans = make(tmp_path / "spans", groups=names, sources=sources)
+    start, end = START - HISTORY_MINUTES, START - 1
+    assert sources[0].reads == [(m, min(m + 3000, end)) for m in range(start, end, 3000)] == sources[1].reads
+    assert len(sources[0].reads) == 4 and sources[2].reads == sources[0].reads[:2]  # not read after it failed
+    failed = [r for r in caplog.records if r.getMessage().startswith("history backfill failed")]
+    assert [(r.group, r.from_minute) for r in failed] == [("c", start + 3000)]
+    assert metric(spans, "fleetpilot_source_errors_total", group="c", kind="error") == 1
+    a, b = whole.batches[0].builder, spans.batches[0].builder
+    assert b.count.tolist() == [a.count[0], a.count[1], 3000] and a.count[0] == HISTORY_MINUTES - 1
+    np.testing.assert_array_equal(b.observation().features[:2], a.observation().features[:2])
+    np.testing.assert_array_equal(b.rise.counts[:2], a.rise.counts[:2])
+
+
 def test_history_is_fed_a_day_at_a_time_as_it_would_be_minute_by_minute(tmp_path):
     """`Batch.feed_history` builds its (groups x minutes) matrix a day at a time: over several days, with holes,
     a group whose history starts late and ends early, a minute given twice (the later sample wins) and a group
