@@ -82,7 +82,25 @@ def newsvendor_machines(
     """(R,) float machines: the cheapest candidate fleet of each group of `rows` (all when None; module
     docstring); `risk` (scalar or (R,)) multiplies the downtime penalty on top of `p.risk`. Groups without enough
     rises: the cold utilization. The load it sizes from is the larger of the last minute's and the mean of the
-    last `BASE_MINUTES`, so one low (or zero) reading does not shrink the fleet."""
+    last `BASE_MINUTES`, so one low (or zero) reading does not shrink the fleet. Nothing here reads the machines:
+    asked again with the same parameters, risk and rows on an observation that shares this one's `memo` (a
+    shadow's), it answers from there."""
+    key = None
+    if obs.memo is not None:
+        risk_a, rows_a = np.asarray(risk, dtype=np.float64), None if rows is None else np.asarray(rows, np.int64)
+        params = tuple(vars(p).items())  # the field values (another policy's equal parameters match)
+        key = ("newsvendor", params, risk_a.shape, risk_a.tobytes(), None if rows_a is None else rows_a.tobytes())
+        hit = obs.memo.get(key)
+        if hit is not None:
+            return hit.copy()
+    out = _machines(obs, p, risk, rows)
+    if key is not None:
+        obs.memo[key] = out.copy()
+    return out
+
+
+def _machines(obs: Observation, p: NewsvendorParams, risk: np.ndarray | float, rows: np.ndarray | None) -> np.ndarray:
+    """`newsvendor_machines` without the memo."""
     idx = np.arange(obs.n) if rows is None else np.asarray(rows, dtype=np.int64)
     x = np.asarray(obs.load_tpm, dtype=np.float64)[idx]
     cap = np.broadcast_to(np.asarray(obs.capacity_tpm_per_machine, dtype=np.float64), (obs.n,))[idx]

@@ -58,7 +58,7 @@ minutes after a jump are safe is for a policy to learn from both features.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
@@ -268,6 +268,10 @@ class Observation:
     forecast_tpm: np.ndarray | None = None  #: (N,) load forecast warm-up minutes ahead (feature 26 x R)
     forecast_error_tpm: np.ndarray | None = None  #: (N,) recent mean absolute error of that forecast (27 x R)
     forecast_error_max_tpm: np.ndarray | None = None  #: (N,) leaky maximum of that error (28 x R)
+    #: results that do not depend on the machines, kept for this minute's other decisions (a shadow's observation
+    #: is this one with other machines, `dataclasses.replace`, and shares the dict): the builder gives each
+    #: observation a fresh one; None: nothing kept
+    memo: dict | None = field(default=None, repr=False, compare=False)
 
     @property
     def n(self) -> int:
@@ -750,4 +754,5 @@ class ObservationBuilder:
             forecast_tpm=self.fc_now.copy(),
             forecast_error_tpm=self.fc_err.copy(),
             forecast_error_max_tpm=self.fc_err_max.copy(),
+            memo={},
         )

@@ -504,3 +504,36 @@ def test_a_model_whose_outputs_disagree_with_its_action_mapping_is_refused(tmp_p
     (d / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelError, match="108 actions.*109"):
         OnnxPolicy.load(d)
+
+
+def test_a_shadow_observation_reuses_the_minutes_pricing_and_a_new_minute_does_not(monkeypatch):
+    """The pricing does not read the machines: asked again this minute with the same parameters, risk and rows
+    on an observation that is this one with other machines (a shadow's), it is not computed again; another
+    risk, other rows or the next minute's observation are. Each answer is the caller's own copy."""
+    from fleetpilot.controller.shadow import with_machines
+    from fleetpilot.policies import newsvendor
+
+    calls: list[int] = []
+    inner = newsvendor._machines
+
+    def counted(obs, p, risk, rows):
+        calls.append(obs.n)
+        return inner(obs, p, risk, rows)
+
+    monkeypatch.setattr(newsvendor, "_machines", counted)
+    loads = np.stack([steps(3000, 200, r) for r in (0.5, 1.0, 2.0)])
+    b = feed(loads)
+    obs, p = b.observation(), NewsvendorParams(rise_scale="mixture")
+    first = newsvendor_machines(obs, p, np.array([1.0, 2.0, 1.0]))
+    first[:] = -1  # the caller's copy
+    shadow = with_machines(obs, np.array([3, 40, 7]), np.array([1, 0, 0]))
+    again = newsvendor_machines(shadow, NewsvendorParams(rise_scale="mixture"), np.array([1.0, 2.0, 1.0]))
+    assert len(calls) == 1 and np.array_equal(again, inner(obs, p, np.array([1.0, 2.0, 1.0]), None))
+    newsvendor_machines(shadow, p, np.array([1.0, 1.0, 1.0]))  # another risk
+    newsvendor_machines(shadow, p, np.array([1.0, 2.0]), rows=np.array([0, 1]))  # other rows
+    newsvendor_machines(shadow, NewsvendorParams(rise_scale="hour"), np.array([1.0, 2.0, 1.0]))  # other params
+    assert len(calls) == 4
+    b.update(loads[:, -1] * 3, np.full(3, 20), np.zeros(3, dtype=np.int64), np.full(3, T0 + 3000))
+    later = b.observation()
+    assert not np.array_equal(newsvendor_machines(later, p, np.array([1.0, 2.0, 1.0])), again)  # priced anew
+    assert len(calls) == 5
