@@ -2,8 +2,10 @@
 own recent rises. A rule: it is derived from the business objective, nothing in it was learned or tuned on a load.
 
 Each minute, for each group, the scenarios are the load now plus each bin of the group's tail of rises over the
-warm-up horizon (`policies.rise_tail`: the rises of the last days as shares of the hour's largest load), weighted
-by how often such a rise came. A fleet of C machines then costs
+warm-up horizon (`policies.rise_tail`: the rises of the last days, in each warm-up minute after their origin, as
+shares of the hour's largest load), weighted by how often such a rise came: the expected P(down) is the share of
+the minutes a fleet decided now must serve, before it can grow, that would be down. A fleet of C machines then
+costs
 
     machine cost x C  +  downtime penalty x sum over scenarios of P(scenario) x P(down | scenario load, C)
 

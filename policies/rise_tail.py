@@ -1,8 +1,12 @@
 """The tail of a group's own load rises over the warm-up horizon: what the `newsvendor` rule prices headroom with.
 
-Each minute, for each group, the builder records how far the load rose above where it stood `warmup` minutes
-before (the most it reached in between), as a share of the scale then: the largest load of the hour before that
-origin. The shares go into a leaky histogram (`BINS` bins on a log scale from 0.2% to 400% of the scale), whose
+Each minute, for each group, the builder takes the origin `warmup` minutes before and records how far the load
+rose above the origin's load in each of the `warmup` minutes after it, each with weight 1 / `warmup`, as shares
+of the scale then: the largest load of the hour before that origin. A fleet decided at the origin cannot grow
+before those minutes are over, so P(down) priced against this tail is the expected share of them that are down:
+the downtime rate the objective charges. (The most the load reached in between, recorded once, would charge a
+one-minute burst as `warmup` minutes of downtime: it bought insurance against load noise that the objective does
+not charge for.) The shares go into a leaky histogram (`BINS` bins on a log scale from 0.2% to 400% of the scale), whose
 counts decay with a time constant of `DECAY_MINUTES`, so the tail follows the load's character over the last days
 (a news-driven burst raises it, quiet days lower it again). Three days is long enough to see a 1-in-4,000-minute
 rise, the rarity at which the seed's economics (a downtime minute costs as much as 4,000 machine-minutes) still
@@ -74,13 +78,15 @@ class RiseTail:
             day[g] = self._day_ring[(count[g] + 1) % (w + 1), g]
         if not ready.any():
             return
-        recent = lags(0, w)  # (N, w + 1): lag 0 .. lag w (the origin)
-        rise = np.maximum(recent[:, :w].max(axis=1).astype(np.float64) - recent[:, w].astype(np.float64), 0.0)
-        hour = np.maximum(lags(w, w + SCALE_MINUTES - 1).max(axis=1).astype(np.float64), 1.0)
         r = np.nonzero(ready)[0]
-        for counts, scale in ((self.counts, hour), (self.counts_day, np.maximum(day, 1.0))):
-            b = np.clip(np.searchsorted(EDGES, rise / scale, side="right") - 1, 0, BINS - 1)
-            counts[r, b[r]] += 1.0
+        recent = lags(0, w)[r].astype(np.float64)  # (R, w + 1): lag 0 .. lag w (the origin)
+        rises = np.maximum(recent[:, :w] - recent[:, w:], 0.0)  # (R, w): each minute after the origin
+        hour = np.maximum(lags(w, w + SCALE_MINUTES - 1)[r].max(axis=1).astype(np.float64), 1.0)
+        for counts, scale in ((self.counts, hour), (self.counts_day, np.maximum(day[r], 1.0))):
+            b = np.clip(np.searchsorted(EDGES, rises / scale[:, None], side="right") - 1, 0, BINS - 1)
+            # each of the w minutes weighs 1 / w: one origin adds 1 to the mass, spread over its minutes' bins
+            flat = np.bincount((r[:, None] * BINS + b).ravel(), minlength=counts.size)
+            counts += flat.reshape(counts.shape) * (1.0 / w)
         self.mass[r] += 1.0
 
     def hold(self, row: int, count: int, k: int, day_max: float) -> None:
