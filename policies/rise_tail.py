@@ -84,9 +84,14 @@ class RiseTail:
         hour = np.maximum(lags(w, w + SCALE_MINUTES - 1)[r].max(axis=1).astype(np.float64), 1.0)
         for counts, scale in ((self.counts, hour), (self.counts_day, np.maximum(day[r], 1.0))):
             b = np.clip(np.searchsorted(EDGES, rises / scale[:, None], side="right") - 1, 0, BINS - 1)
-            # each of the w minutes weighs 1 / w: one origin adds 1 to the mass, spread over its minutes' bins
-            flat = np.bincount((r[:, None] * BINS + b).ravel(), minlength=counts.size)
-            counts += flat.reshape(counts.shape) * (1.0 / w)
+            # each of the w minutes weighs 1 / w: one origin adds 1 to the mass, spread over its minutes' bins.
+            # r ascends and each row's bins are sorted, so equal (row, bin) keys are runs: add each run's length
+            # / w to its cell only (the same sums as counting every cell, without touching the (N, BINS) array)
+            keys = (r[:, None] * BINS + np.sort(b, axis=1)).ravel()
+            start = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
+            runs = np.diff(np.append(start, keys.size))
+            cells = keys[start]
+            counts[cells // BINS, cells % BINS] += runs * (1.0 / w)
         self.mass[r] += 1.0
 
     def hold(self, row: int, count: int, k: int, day_max: float) -> None:
