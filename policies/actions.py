@@ -16,7 +16,10 @@ base is simply the last minute's load.
 A mapping may add actions after the grid, one per `newsvendor_risk` value r: the `newsvendor` rule's fleet
 (policies.newsvendor, the seed's prices) with the downtime penalty multiplied by r, so a policy can choose how
 much risk to take as a price instead of a fixed headroom. Manifests without the field have none.
-`newsvendor_rise_scale` is the rule's `rise_scale` for those actions (manifests without it: "hour").
+`newsvendor_rise_scale` is the rule's `rise_scale` for those actions (manifests without it: "hour"). A mapping
+with newsvendor actions also records `newsvendor_tail`, the version of the rise tail they price
+(`policies.rise_tail.TAIL_VERSION`): a model is trained on what that tail meant then (`policies.onnx_policy`
+refuses another).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import numpy as np
 from fleetpilot.policies.base import MIN_UTILIZATION, saturated_machines, toward
 from fleetpilot.policies.newsvendor import NewsvendorParams, newsvendor_machines
 from fleetpilot.policies.observation import Observation
+from fleetpilot.policies.rise_tail import TAIL_VERSION
 
 KIND = "utilization-cushion-grid"
 #: Bounds of a mapping's values (also what a model manifest may hold): a cushion of 10 daily maxima or a surge
@@ -125,6 +129,7 @@ class ActionMapping:
             "base_minutes": self.base_minutes,
             "surge_ratio": self.surge_ratio,
             **({"newsvendor_risk": list(self.newsvendor_risk)} if self.newsvendor_risk else {}),
+            **({"newsvendor_tail": TAIL_VERSION} if self.newsvendor_risk else {}),
             **({"newsvendor_rise_scale": self.newsvendor_rise_scale} if self.newsvendor_rise_scale != "hour" else {}),
         }
 

@@ -12,7 +12,8 @@ A model reads the features its manifest names (`observation.features`), by name:
 observation version (at least `MIN_OBS_VERSION`) keeps working on this builder when every feature it names still
 has the meaning it was trained on (`FEATURE_SINCE[name] <= its version`). A name this build does not compute, a
 feature whose meaning changed since, a version newer than this build's, or a list that disagrees with `dim`
-is refused. The shipped `default` (version 2, the first 26 features) runs unchanged on version 3.
+is refused (a version-2 model, the first 26 features, runs unchanged on version 3). So is a model
+whose newsvendor actions were trained on another version of the rise tail (`action_mapping.newsvendor_tail`).
 
 Input `features` (N, len(manifest features)) float32, the builder's columns of those names in the manifest's
 order -> outputs `action` (N,) int64 (argmax) and `logits` (N, A) float32. `OnnxPolicy.actions` takes the
@@ -30,6 +31,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fleetpilot.policies.actions import MAX_CUSHION_DAY_MAX_SHARE, MAX_RISK, MAX_SURGE_RATIO, ActionMapping
+from fleetpilot.policies.rise_tail import TAIL_VERSION
 from fleetpilot.policies.base import MIN_UTILIZATION, Policy, PolicyOutput
 from fleetpilot.policies.errors import UserError
 from fleetpilot.policies.files import (
@@ -86,6 +88,7 @@ class ActionMappingSpec(_Spec):
     surge_ratio: float = Field(1.1, ge=1.0, le=MAX_SURGE_RATIO)
     newsvendor_risk: list[Annotated[float, Field(gt=0.0, le=MAX_RISK)]] = Field([], max_length=1_000)
     newsvendor_rise_scale: Literal["hour", "day", "mixture"] = "hour"
+    newsvendor_tail: int = Field(1, ge=1, le=1_000_000)  # manifests without it: the first tail (rise_tail.py)
 
     @field_validator("utilization", "cushion_day_max_share", "surge_ratio", "newsvendor_risk", mode="before")
     @classmethod
@@ -220,6 +223,12 @@ def verified_model(model_dir: str | Path) -> tuple[dict, Path, bytes]:
         ActionMapping.from_json(m["action_mapping"])
     except (ValueError, KeyError, TypeError) as exc:
         raise ModelError(f"{d}: action mapping: {exc}") from None
+    tail = m["action_mapping"].get("newsvendor_tail", 1)
+    if m["action_mapping"].get("newsvendor_risk") and tail != TAIL_VERSION:
+        raise ModelError(
+            f"{d}: action_mapping.newsvendor_tail: {tail}: its newsvendor actions were trained on rise tail v{tail}; "
+            f"this build's tail is v{TAIL_VERSION} (policies/rise_tail.py), so they would price other risks: retrain"
+        )
     return m, model, data
 
 

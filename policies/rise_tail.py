@@ -26,6 +26,10 @@ from __future__ import annotations
 
 import numpy as np
 
+#: What the tail records, versioned so that a model whose actions price it says which meaning it was trained on
+#: (its manifest's `action_mapping.newsvendor_tail`; `policies.onnx_policy` refuses another): 1, the most the load
+#: reached over the warm-up, once per origin (manifests without the field); 2, each warm-up minute, weight 1 / w.
+TAIL_VERSION = 2
 #: Histogram bins: bin 0 holds no rise (share < 0.2%); the others are log-spaced up to 400% of the scale.
 BINS = 32
 EDGES = np.concatenate([[0.0], np.geomspace(0.002, 4.0, BINS - 1)])

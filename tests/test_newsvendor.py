@@ -13,7 +13,7 @@ from scipy.special import ndtr
 from fleetpilot.policies.newsvendor import MIN_MINUTES, NewsvendorParams, NewsvendorPolicy, newsvendor_machines
 from fleetpilot.policies.observation import ObservationBuilder
 from fleetpilot.policies.registry import PolicyError, make_policy
-from fleetpilot.policies.rise_tail import EDGES, SCALE_MINUTES, UPPER
+from fleetpilot.policies.rise_tail import EDGES, SCALE_MINUTES, TAIL_VERSION, UPPER
 
 T0 = 28_000_000  # an epoch minute
 FLEETPILOT = [sys.executable, "-m", "fleetpilot.controller.cli"]
@@ -450,6 +450,7 @@ def test_training_with_newsvendor_actions_exports_a_model_that_uses_them(tmp_pat
     assert r.returncode == 0, r.stderr[-2000:]
     manifest, _ = verify(out)
     assert manifest["action_mapping"]["newsvendor_risk"] == [0.5, 1.0, 2.0]
+    assert manifest["action_mapping"]["newsvendor_tail"] == TAIL_VERSION  # the tail it was trained on
     pol = OnnxPolicy.load(out)
     assert pol.mapping.n == 4 + 3
     obs = feed(np.stack([steps(3000, 250, 0.7)])).observation()
@@ -506,10 +507,40 @@ def test_a_model_whose_outputs_disagree_with_its_action_mapping_is_refused(tmp_p
     d = tmp_path / "m"
     shutil.copytree(MODELS_DIR / "synthetic", d)
     manifest = json.loads((d / "manifest.json").read_text())
-    manifest["action_mapping"]["newsvendor_risk"] = [1.0]
+    manifest["action_mapping"].update(newsvendor_risk=[1.0], newsvendor_tail=TAIL_VERSION)
     (d / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelError, match="108 actions.*109"):
         OnnxPolicy.load(d)
+
+
+@pytest.mark.parametrize("tail", [None, 1, TAIL_VERSION + 1])
+def test_a_model_trained_on_another_rise_tail_is_refused_by_name(tmp_path, tail):
+    """Newsvendor actions price the rise tail; a model trained when the tail meant something else (no field: the
+    first tail) would take other risks than it learned, so it is refused at load, naming the field and what to
+    do, and the CLI says so in one line with exit 2."""
+    import shutil
+
+    from fleetpilot.policies.onnx_policy import ModelError, OnnxPolicy
+    from fleetpilot.policies.registry import MODELS_DIR
+
+    d = tmp_path / "m"
+    shutil.copytree(MODELS_DIR / "default", d)
+    manifest = json.loads((d / "manifest.json").read_text())
+    assert manifest["action_mapping"]["newsvendor_tail"] == TAIL_VERSION  # the shipped one is current
+    OnnxPolicy.load(d)
+    if tail is None:
+        del manifest["action_mapping"]["newsvendor_tail"]
+    else:
+        manifest["action_mapping"]["newsvendor_tail"] = tail
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match=rf"newsvendor_tail: {tail or 1}:.*tail is v{TAIL_VERSION}.*retrain"):
+        OnnxPolicy.load(d)
+    r = subprocess.run(
+        FLEETPILOT + ["backtest", "--synthetic", "--seeds", "1..1", "--minutes", "100", "--policy", str(d)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "newsvendor_tail" in r.stderr and str(d) in r.stderr
 
 
 def test_a_shadow_observation_reuses_the_minutes_pricing_and_a_new_minute_does_not(monkeypatch):
