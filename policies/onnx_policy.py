@@ -31,7 +31,6 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fleetpilot.policies.actions import MAX_CUSHION_DAY_MAX_SHARE, MAX_RISK, MAX_SURGE_RATIO, ActionMapping
-from fleetpilot.policies.rise_tail import TAIL_VERSION
 from fleetpilot.policies.base import MIN_UTILIZATION, Policy, PolicyOutput
 from fleetpilot.policies.errors import UserError
 from fleetpilot.policies.files import (
@@ -49,6 +48,7 @@ from fleetpilot.policies.observation import (
     OBS_VERSION,
     Observation,
 )
+from fleetpilot.policies.rise_tail import TAIL_VERSION
 
 MANIFEST_FORMAT = 1
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
