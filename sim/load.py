@@ -74,6 +74,30 @@ def synthetic_load(
     Fixed seed defects: randomness from `rng`, not the global RNG; the last minute of a spike no longer adds a
     negative amount.
     """
+    return synthetic_parts(rng, minutes, params, max_load_tpm).load()
+
+
+@dataclass(frozen=True)
+class SyntheticParts:
+    """What `synthetic_load` draws, kept apart: the cyclic mean (daily sine x low-frequency factor), the
+    per-minute multiplicative noise factors (Normal(1, `noise_share`)) and the spikes, all (minutes,)."""
+
+    cyclic_mean: np.ndarray
+    noise_share: float
+    noise: np.ndarray
+    spikes: np.ndarray
+    max_load_tpm: float
+
+    def load(self, noise: np.ndarray | float | None = None) -> np.ndarray:
+        """The load with these noise factors (default: the drawn ones), as the generator rounds it."""
+        factor = self.noise if noise is None else noise
+        return np.floor(np.clip(self.cyclic_mean * factor + self.spikes, 0.0, self.max_load_tpm))
+
+
+def synthetic_parts(
+    rng: np.random.Generator, minutes: int, params: SyntheticLoadParams | None = None, max_load_tpm: float = 100_000.0
+) -> SyntheticParts:
+    """`synthetic_load`'s draws, in its order, with the parts kept apart (`SyntheticParts`)."""
     p = params or SyntheticLoadParams()
     lo = rng.uniform(*p.daily_min_tpm)
     hi = lo + rng.uniform(*p.daily_span_tpm)
@@ -87,7 +111,7 @@ def synthetic_load(
     phase = t / (p.day_minutes / 2.0) * np.pi + phase0
     cyclic = (lo + hi) / 2.0 + (hi - lo) / 2.0 * np.sin(phase)
     cyclic *= 1.0 + np.sin(phase / lf_period + lf_phase) * lf_amp
-    cyclic *= rng.normal(1.0, noise, size=minutes)
+    factors = rng.normal(1.0, noise, size=minutes)
 
     spikes = np.zeros(minutes)
     start = 0.0  # minutes elapsed before the current spike's countdown began
@@ -107,8 +131,7 @@ def synthetic_load(
         if not ends.size:
             break
         start = float(last + 1)  # the countdown restarts the minute after the spike ended
-    load = np.floor(np.clip(cyclic + spikes, 0.0, max_load_tpm))
-    return load
+    return SyntheticParts(cyclic, float(noise), factors, spikes, float(max_load_tpm))
 
 
 def _parse_time(text: str) -> datetime:

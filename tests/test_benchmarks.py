@@ -88,6 +88,10 @@ CASES = {
             "azure_functions_cautious_1_days_pct_of_oracle": float,
         },
     ),
+    "noise_bound.py": (
+        "--seeds 2000..2001 --minutes 600 --nodes 5",
+        {"minutes": 600, "oracle_usd": None, "noise_blind_usd": None, "noise_blind_pct_oracle": None},
+    ),
     "price_by_source.py": (
         "--seeds 1 --loads 8 --episode-minutes 1600",
         {

@@ -289,3 +289,38 @@ def test_the_cushion_rule_takes_its_jump_pair_inside_the_jump_window_only():
             assert age[2] < 60 and not quiet[2] and want[2] == m.index(0.76, 0.18)
         if minute == 199:
             assert age[0] >= 60
+
+
+def test_the_generators_parts_rebuild_its_load_and_a_noise_blind_program_stays_below_the_oracle():
+    """benchmarks/noise_bound.py: the parts `synthetic_parts` keeps apart rebuild `synthetic_load` bit for bit; the
+    oracle's program given a reward by hand is the oracle when that reward is its own, and given the reward averaged
+    over the noise it earns less than the oracle on the drawn load, but more than the rules (it knows the spikes)."""
+    import importlib.util
+
+    from fleetpilot.sim.load import synthetic_load, synthetic_parts
+
+    parts = synthetic_parts(np.random.default_rng(7), 3000)
+    assert np.array_equal(parts.load(), synthetic_load(np.random.default_rng(7), 3000))
+    assert not np.array_equal(parts.load(1.0), parts.load())  # the noise is a part of its own
+    p = FleetParams()
+    loads = parts.load()[None, 1:600]
+    same = oracle_fleet(loads, p, reward=lambda s: expected_reward(s[None, None, :], loads.T[:, :, None], p))
+    assert np.array_equal(same, oracle_fleet(loads, p))
+    with pytest.raises(ValueError, match="shape"):
+        oracle_fleet(loads, p, reward=lambda s: np.zeros((3, 1, s.size)))
+
+    spec = importlib.util.spec_from_file_location(
+        "noise_bound", Path(__file__).parents[1] / "benchmarks/noise_bound.py"
+    )
+    nb = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(nb)
+    row = nb.bound_of_seed(2000, 1500, 5, p)
+    assert 0.9 * row["oracle_usd"] < row["noise_blind_usd"] < row["oracle_usd"]
+    rows = backtest(
+        [synthetic_run(2000, 1500)], {"target-tracking": make_policy("target-tracking"), ORACLE: None}
+    ).summary
+    tt_usd = next(r["expected_profit_usd"] for r in rows if r["policy"] == "target-tracking")
+    assert (
+        abs(next(r["expected_profit_usd"] for r in rows if r["policy"] == ORACLE) - row["oracle_usd"]) < 0.01
+    )  # cents
+    assert row["noise_blind_usd"] > tt_usd

@@ -11,6 +11,7 @@ evaluated on the same load.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -26,12 +27,18 @@ def _size_bound(loads: np.ndarray, p: FleetParams) -> int:
 
 
 def oracle_fleet(
-    loads: np.ndarray, p: FleetParams, initial: np.ndarray | int | None = None, first_increase: int | None = None
+    loads: np.ndarray,
+    p: FleetParams,
+    initial: np.ndarray | int | None = None,
+    first_increase: int | None = None,
+    reward: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> np.ndarray:
     """Best active fleet size per minute, (N, T) int64, for loads (N, T) of the minutes to be served.
 
     `initial`: active machines before the first minute (default p.initial_machines); `first_increase`: the
-    first minute index at which the fleet may grow (default p.warmup_minutes).
+    first minute index at which the fleet may grow (default p.warmup_minutes). `reward(sizes)`: the (T, N,
+    len(sizes)) reward of each fleet size in each minute, instead of `expected_reward` at the known loads (e.g.
+    averaged over a load noise the program is not told; `loads` then only bound the sizes considered).
     """
     loads = np.atleast_2d(np.asarray(loads, dtype=np.float64))
     n_runs, t_len = loads.shape
@@ -45,7 +52,12 @@ def oracle_fleet(
     # value[t] = best expected reward from minute t on, given n_t; stored for the forward pass.
     value = np.empty((t_len, n_runs, hi + 1))
     nxt = np.zeros((n_runs, hi + 1))
-    rewards = expected_reward(sizes[None, None, :], loads.T[:, :, None], p)  # (T, N, sizes)
+    if reward is None:
+        rewards = expected_reward(sizes[None, None, :], loads.T[:, :, None], p)  # (T, N, sizes)
+    else:
+        rewards = reward(sizes)
+        if rewards.shape != (t_len, n_runs, hi + 1):
+            raise ValueError(f"reward(sizes) has shape {rewards.shape}, expected {(t_len, n_runs, hi + 1)}")
     for t in range(t_len - 1, -1, -1):
         r = rewards[t]
         if t == t_len - 1:
