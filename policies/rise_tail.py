@@ -47,15 +47,16 @@ class RiseTail:
 
     def __init__(self, n: int, horizon: int):
         self.horizon = max(int(horizon), 1)
-        self.counts = np.zeros((n, BINS))  #: rises as shares of the hour's largest load
-        self.counts_day = np.zeros((n, BINS))  #: the same rises as shares of the daily maximum
+        self._both = np.zeros((2, n, BINS))  # both histograms in one array: one decay, one add per minute
+        self._cells = self._both.reshape(-1)  # a view: (histogram, group, bin) flat
+        self.counts = self._both[0]  #: rises as shares of the hour's largest load
+        self.counts_day = self._both[1]  #: the same rises as shares of the daily maximum
         self.mass = np.zeros(n)
         #: the daily maximum of the last horizon + 1 samples of each group, indexed by sample count
         self._day_ring = np.zeros((self.horizon + 1, n))
 
     def reset(self, rows: np.ndarray) -> None:
-        self.counts[rows] = 0.0
-        self.counts_day[rows] = 0.0
+        self._both[:, rows] = 0.0
         self.mass[rows] = 0.0
         self._day_ring[:, rows] = 0.0
 
@@ -67,9 +68,12 @@ class RiseTail:
         ready = count > w + SCALE_MINUTES
         if rows is not None:
             ready = ready & rows
-        take = rows if rows is not None else slice(None)
-        for a in (self.counts, self.counts_day, self.mass):
-            a[take] *= _DECAY
+        if rows is None:
+            self._both *= _DECAY
+            self.mass *= _DECAY
+        else:
+            self._both[:, rows] *= _DECAY
+            self.mass[rows] *= _DECAY
         # the ring holds the daily maximum of the last w + 1 samples: slot count % (w + 1) takes this sample's, and
         # the origin's (w samples ago) is in the slot the next sample will take
         if rows is None and count.shape[0] and (count == count[0]).all():  # the usual case: one slot for all
@@ -86,16 +90,22 @@ class RiseTail:
         recent = lags(0, w)[r].astype(np.float64)  # (R, w + 1): lag 0 .. lag w (the origin)
         rises = np.maximum(recent[:, :w] - recent[:, w:], 0.0)  # (R, w): each minute after the origin
         hour = np.maximum(lags(w, w + SCALE_MINUTES - 1)[r].max(axis=1).astype(np.float64), 1.0)
-        for counts, scale in ((self.counts, hour), (self.counts_day, np.maximum(day[r], 1.0))):
-            b = np.clip(np.searchsorted(EDGES, rises / scale[:, None], side="right") - 1, 0, BINS - 1)
-            # each of the w minutes weighs 1 / w: one origin adds 1 to the mass, spread over its minutes' bins.
-            # r ascends and each row's bins are sorted, so equal (row, bin) keys are runs: add each run's length
-            # / w to its cell only (the same sums as counting every cell, without touching the (N, BINS) array)
-            keys = (r[:, None] * BINS + np.sort(b, axis=1)).ravel()
-            start = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
-            runs = np.diff(np.append(start, keys.size))
-            cells = keys[start]
-            counts[cells // BINS, cells % BINS] += runs * (1.0 / w)
+        # the rises as shares of both scales, (2R, w): the hour's rows, then the day's
+        scale = np.concatenate((hour, np.maximum(day[r], 1.0)))
+        # rises are >= 0 = EDGES[0], so the bin is >= 0 without a clip from below
+        b = np.minimum(
+            np.searchsorted(EDGES, np.concatenate((rises, rises)) / scale[:, None], side="right") - 1, BINS - 1
+        )
+        # each of the w minutes weighs 1 / w: one origin adds 1 to the mass, spread over its minutes' bins. The
+        # rows' cells of `_both` (flat: histogram, group, bin) ascend with the rows and each row's bins are sorted,
+        # so equal cells are runs: add each run's length / w to its cell only (the same sums as counting every
+        # cell, without touching the whole (2, N, BINS) array)
+        n = self.mass.shape[0]
+        first = np.concatenate((r, r + n)) * BINS
+        keys = (first[:, None] + np.sort(b, axis=1)).ravel()
+        bounds = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1], [True])))
+        start, runs = bounds[:-1], bounds[1:] - bounds[:-1]
+        self._cells[keys[start]] += runs * (1.0 / w)
         self.mass[r] += 1.0
 
     def hold(self, row: int, count: int, k: int, day_max: float) -> None:
