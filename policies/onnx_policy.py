@@ -223,11 +223,13 @@ def verified_model(model_dir: str | Path) -> tuple[dict, Path, bytes]:
         ActionMapping.from_json(m["action_mapping"])
     except (ValueError, KeyError, TypeError) as exc:
         raise ModelError(f"{d}: action mapping: {exc}") from None
-    tail = m["action_mapping"].get("newsvendor_tail", 1)
+    tail = m["action_mapping"].get("newsvendor_tail")
     if m["action_mapping"].get("newsvendor_risk") and tail != TAIL_VERSION:
+        said = "absent (a model from before the field: rise tail v1)" if tail is None else f"{tail}"
         raise ModelError(
-            f"{d}: action_mapping.newsvendor_tail: {tail}: its newsvendor actions were trained on rise tail v{tail}; "
-            f"this build's tail is v{TAIL_VERSION} (policies/rise_tail.py), so they would price other risks: retrain"
+            f"{d / 'manifest.json'}: action_mapping.newsvendor_tail: {said}: its newsvendor actions were trained on "
+            f"rise tail v{tail or 1}; this build's tail is v{TAIL_VERSION} (policies/rise_tail.py), so they would "
+            "price other risks: retrain"
         )
     return m, model, data
 

@@ -48,12 +48,19 @@ class RiseTail:
     def __init__(self, n: int, horizon: int):
         self.horizon = max(int(horizon), 1)
         self._both = np.zeros((2, n, BINS))  # both histograms in one array: one decay, one add per minute
-        self._cells = self._both.reshape(-1)  # a view: (histogram, group, bin) flat
-        self.counts = self._both[0]  #: rises as shares of the hour's largest load
-        self.counts_day = self._both[1]  #: the same rises as shares of the daily maximum
         self.mass = np.zeros(n)
         #: the daily maximum of the last horizon + 1 samples of each group, indexed by sample count
         self._day_ring = np.zeros((self.horizon + 1, n))
+
+    @property
+    def counts(self) -> np.ndarray:
+        """(N, BINS) the rises as shares of the hour's largest load (a view of the histograms)."""
+        return self._both[0]
+
+    @property
+    def counts_day(self) -> np.ndarray:
+        """(N, BINS) the same rises as shares of the daily maximum (a view of the histograms)."""
+        return self._both[1]
 
     def reset(self, rows: np.ndarray) -> None:
         self._both[:, rows] = 0.0
@@ -105,7 +112,8 @@ class RiseTail:
         keys = (first[:, None] + np.sort(b, axis=1)).ravel()
         bounds = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1], [True])))
         start, runs = bounds[:-1], bounds[1:] - bounds[:-1]
-        self._cells[keys[start]] += runs * (1.0 / w)
+        cells = self._both.reshape(-1)  # a view: _both is only ever changed in place
+        cells[keys[start]] += runs * (1.0 / w)
         self.mass[r] += 1.0
 
     def hold(self, row: int, count: int, k: int, day_max: float) -> None:

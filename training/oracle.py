@@ -55,9 +55,11 @@ def oracle_fleet(
     if reward is None:
         rewards = expected_reward(sizes[None, None, :], loads.T[:, :, None], p)  # (T, N, sizes)
     else:
-        rewards = reward(sizes)
+        rewards = np.asarray(reward(sizes), dtype=np.float64)
         if rewards.shape != (t_len, n_runs, hi + 1):
             raise ValueError(f"reward(sizes) has shape {rewards.shape}, expected {(t_len, n_runs, hi + 1)}")
+        if not np.isfinite(rewards).all():
+            raise ValueError("reward(sizes) is not finite everywhere")
     for t in range(t_len - 1, -1, -1):
         r = rewards[t]
         if t == t_len - 1:
