@@ -3,6 +3,7 @@ fit, and a smoke training through the CLI."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -417,6 +418,21 @@ def test_the_recorded_rollout_pi_recipes_are_valid_training_configs(recipe: str)
     assert cfg.method == "rollout-pi" and cfg.init_action == "risk=1"
     assert mapping.describe(action_index(mapping, cfg.init_action)) == "newsvendor risk=1"
     assert cfg.pi_holdout == ("sources" if "sources" in recipe else "loads")
+
+
+def test_the_recorded_recipe_with_rounds_is_the_shipped_one_with_three_rounds():
+    """docs/experiments/default-rounds.yaml (README: the shipped recipe with its rounds on, leave-one-trace-out) is
+    docs/experiments/default.yaml, setting for setting, but for its three rounds of policy iteration."""
+    import argparse
+
+    from fleetpilot.training.cli import _train_config
+
+    exp = Path(__file__).resolve().parents[1] / "docs" / "experiments"
+    rounds, _ = _train_config(str(exp / "default-rounds.yaml"), argparse.Namespace(steps=None, seed=None))
+    shipped, _ = _train_config(str(exp / "default.yaml"), argparse.Namespace(steps=None, seed=None))
+    assert shipped.pi_iterations == 0 and rounds.pi_iterations == 3
+    assert dataclasses.replace(rounds, pi_iterations=0) == shipped
+    assert ActionMapping.from_json(rounds.mapping).newsvendor_rise_scale == "mixture"
 
 
 def test_a_trace_too_short_for_a_rollout_period_is_one_line_naming_it(tmp_path: Path):
