@@ -31,24 +31,14 @@ from numpy.polynomial.hermite_e import hermegauss
 from fleetpilot.sim.fleet import expected_reward
 from fleetpilot.sim.load import synthetic_parts
 from fleetpilot.sim.params import FleetParams
+from fleetpilot.training.backtest import synthetic_streams
+from fleetpilot.training.cli import parse_seeds
 from fleetpilot.training.oracle import oracle_fleet
-
-
-def parse_seeds(text: str) -> list[int]:
-    a, sep, b = text.partition("..")
-    try:
-        lo, hi = (int(a), int(b)) if sep else (int(a), int(a))
-    except ValueError:
-        raise ValueError(f"--seeds: {text!r} is not A..B (integers)") from None
-    if lo < 0 or hi < lo or hi - lo >= 10_000:
-        raise ValueError(f"--seeds: {text!r}: need 0 <= A <= B, at most 10,000 seeds")
-    return list(range(lo, hi + 1))
 
 
 def bound_of_seed(seed: int, minutes: int, nodes: int, p: FleetParams) -> dict:
     """The oracle's and the noise-blind program's expected profit on `synthetic_run(seed, minutes)`'s load."""
-    load_ss, _ = np.random.SeedSequence(seed).spawn(2)  # synthetic_run's load stream
-    parts = synthetic_parts(np.random.default_rng(load_ss), minutes + 1)
+    parts = synthetic_parts(synthetic_streams(seed)[0], minutes + 1)  # synthetic_run's load, parts kept apart
     served = slice(1, None)  # the harness observes minute 0 and scores the minutes after it
     drawn = parts.load()[served]
     x, w = hermegauss(nodes)
@@ -86,7 +76,9 @@ def bound_of_seed(seed: int, minutes: int, nodes: int, p: FleetParams) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", default="3000..3019", help="synthetic seeds A..B (or one seed)")
+    ap.add_argument(
+        "--seeds", default="3000..3019", help="synthetic seeds: A..B, A,B,C or A (as `fleetpilot backtest`)"
+    )
     ap.add_argument("--minutes", type=int, default=10_000, help="scored minutes per seed (10000)")
     ap.add_argument("--nodes", type=int, default=15, help="quadrature points over the noise factor (15)")
     ap.add_argument("--json", metavar="PATH", help="write the figures as one flat JSON object")

@@ -80,13 +80,18 @@ class Report:
         return out
 
 
+def synthetic_streams(seed: int) -> tuple[np.random.Generator, int]:
+    """Seed s: the load's generator from child 0 of SeedSequence(s), the capacity-noise key from child 1."""
+    load_ss, noise_ss = np.random.SeedSequence(seed).spawn(2)
+    return np.random.default_rng(load_ss), int(noise_ss.generate_state(1, dtype=np.uint64)[0])
+
+
 def synthetic_run(
     seed: int, minutes: int, params: SyntheticLoadParams | None = None, max_load_tpm: float = 100_000.0
 ) -> Run:
-    """Seed s: the load from child 0 of SeedSequence(s), the capacity-noise key from child 1."""
-    load_ss, noise_ss = np.random.SeedSequence(seed).spawn(2)
-    load = synthetic_load(np.random.default_rng(load_ss), minutes + 1, params, max_load_tpm)
-    key = int(noise_ss.generate_state(1, dtype=np.uint64)[0])
+    """Seed s's load (`minutes` + 1 values, `synthetic_streams`) with its capacity-noise key."""
+    rng, key = synthetic_streams(seed)
+    load = synthetic_load(rng, minutes + 1, params, max_load_tpm)
     return Run(f"synthetic-{seed}", load, int(SYNTHETIC_START.timestamp() // 60), key)
 
 
