@@ -175,6 +175,7 @@ def test_an_unknown_holdout_or_a_miscounted_source_list_is_refused():
 def test_a_checkpoint_written_before_a_setting_existed_resumes_with_its_default(tmp_path: Path):
     from dataclasses import asdict
 
+    from fleetpilot.policies.rise_tail import TAIL_VERSION
     from fleetpilot.training.ppo import Checkpoint, CheckpointError, PPOConfig, resume_run
 
     gen = torch.Generator().manual_seed(1)
@@ -183,15 +184,58 @@ def test_a_checkpoint_written_before_a_setting_existed_resumes_with_its_default(
     old = asdict(PPOConfig(mapping=MAPPING.to_json(), hidden=8))
     del old["pi_holdout"]  # a checkpoint of a version without the setting
     path = tmp_path / "checkpoint.pt"
-    Checkpoint(agent.state_dict(), opt.state_dict(), 3, 99, old, gen.get_state()).save(path)
+    Checkpoint(agent.state_dict(), opt.state_dict(), 3, 99, old, gen.get_state(), newsvendor_tail=TAIL_VERSION).save(
+        path
+    )
     run = resume_run(path, PPOConfig(mapping=MAPPING.to_json(), hidden=8), agent, opt, gen)
     assert (run.update, run.global_step) == (3, 99)
     with pytest.raises(CheckpointError, match="another configuration"):
         resume_run(path, PPOConfig(mapping=MAPPING.to_json(), hidden=8, pi_holdout="sources"), agent, opt, gen)
     for config in ({**old, "init_bias": 0.5}, [old]):  # a setting this version does not know; not a config
-        Checkpoint(agent.state_dict(), opt.state_dict(), 3, 99, config, gen.get_state()).save(path)  # type: ignore[arg-type]
+        tail = TAIL_VERSION
+        Checkpoint(agent.state_dict(), opt.state_dict(), 3, 99, config, gen.get_state(), {}, {}, tail).save(path)  # type: ignore[arg-type]
         with pytest.raises(CheckpointError, match="another configuration"):
             resume_run(path, PPOConfig(mapping=MAPPING.to_json(), hidden=8), agent, opt, gen)
+
+
+def test_a_checkpoint_of_another_rise_tail_is_refused_and_a_grid_only_one_resumes(tmp_path: Path):
+    """A checkpoint's actor learned what its newsvendor actions did under the rise tail of its day: resuming it
+    under another (or one it did not record, an older one) would export a policy trained partly on another
+    meaning of its actions, stamped with this version. A mapping without newsvendor actions prices no tail."""
+    from dataclasses import asdict
+
+    from fleetpilot.policies.rise_tail import TAIL_VERSION
+    from fleetpilot.training.ppo import Checkpoint, CheckpointError, PPOConfig, resume_run
+
+    gen = torch.Generator().manual_seed(1)
+    agent = Agent(MAPPING.n, 8, generator=gen)
+    opt = torch.optim.Adam(agent.parameters())
+    cfg = PPOConfig(mapping=MAPPING.to_json(), hidden=8)
+    path = tmp_path / "checkpoint.pt"
+    for tail in (0, 1, TAIL_VERSION + 1):
+        Checkpoint(
+            agent.state_dict(), opt.state_dict(), 3, 99, asdict(cfg), gen.get_state(), newsvendor_tail=tail
+        ).save(path)
+        with pytest.raises(CheckpointError) as err:
+            resume_run(path, cfg, agent, opt, gen)
+        msg = str(err.value)
+        assert msg.startswith(f"{path} records ") and "\n" not in msg and "--no-resume" in msg
+        assert (f"rise tail {tail};" if tail else "no rise tail version") in msg
+    # what this version writes resumes; Checkpoint.load of a file without the field reads 0 (unknown)
+    Checkpoint(
+        agent.state_dict(), opt.state_dict(), 3, 99, asdict(cfg), gen.get_state(), newsvendor_tail=TAIL_VERSION
+    ).save(path)
+    assert resume_run(path, cfg, agent, opt, gen).update == 3
+    state = torch.load(path, weights_only=True)
+    del state["newsvendor_tail"]
+    torch.save(state, path)
+    assert Checkpoint.load(path).newsvendor_tail == 0
+    grid = ActionMapping((0.5, 0.8), (0.0, 0.2), 3, 1.1)
+    g_agent = Agent(grid.n, 8, generator=gen)
+    g_opt = torch.optim.Adam(g_agent.parameters())
+    g_cfg = PPOConfig(mapping=grid.to_json(), hidden=8)
+    Checkpoint(g_agent.state_dict(), g_opt.state_dict(), 2, 9, asdict(g_cfg), gen.get_state()).save(path)
+    assert resume_run(path, g_cfg, g_agent, g_opt, gen).update == 2
 
 
 def test_a_trace_sampler_records_which_trace_it_drew_without_changing_the_draw():

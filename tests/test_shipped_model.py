@@ -145,3 +145,27 @@ def test_every_shipped_model_is_listed_with_its_own_validation_figure():
         manifest = json.loads((MODELS_DIR / name / "manifest.json").read_text())
         assert name in [x["policy"] for x in manifest["validation"]["summary"]], name
         assert "validation" in lines[name] and "% of oracle" in lines[name], lines[name]
+
+
+def test_policies_list_marks_a_model_that_would_be_refused_at_load(tmp_path, monkeypatch, capsys):
+    """`policies list` makes the checks a load makes: a model trained on another rise tail (or with a corrupt
+    file) is listed as unusable with the reason, not as a model the daemon would then refuse."""
+    import shutil
+
+    from fleetpilot.policies import registry
+    from fleetpilot.training.cli import cmd_policies_list
+
+    models = tmp_path / "models"
+    for name in ("default", "old-tail", "corrupt"):
+        shutil.copytree(MODELS_DIR / "default", models / name)
+    manifest = json.loads((models / "old-tail" / "manifest.json").read_text())
+    del manifest["action_mapping"]["newsvendor_tail"]
+    (models / "old-tail" / "manifest.json").write_text(json.dumps(manifest))
+    onnx = models / "corrupt" / manifest["model_file"]
+    onnx.write_bytes(onnx.read_bytes()[:-1] + b"\0")
+    monkeypatch.setattr(registry, "MODELS_DIR", models)
+    assert cmd_policies_list(None) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert "unusable" not in lines["default"] and "% of oracle" in lines["default"]
+    assert "unusable" in lines["old-tail"] and "newsvendor_tail" in lines["old-tail"], lines["old-tail"]
+    assert "unusable" in lines["corrupt"] and "sha256" in lines["corrupt"], lines["corrupt"]

@@ -775,14 +775,16 @@ def _report_and_write(args, data: TrainData, fleet, result, out: Path, split, se
 
 
 def cmd_policies_list(args) -> int:
-    from fleetpilot.policies.onnx_policy import ModelError, read_manifest
+    from fleetpilot.policies.onnx_policy import ModelError, verified_model
     from fleetpilot.policies.registry import MODELS_DIR, RULES, shipped_models
 
     for name in RULES:
         print(f"{name:<18} rule")
     for name in shipped_models():
         try:
-            m = read_manifest(MODELS_DIR / name)
+            # every check a load makes (manifest, features, sha256, action mapping, rise tail): what is listed as
+            # a model loads
+            m = verified_model(MODELS_DIR / name)[0]
             pct = next(
                 (
                     s.get("pct_of_oracle")

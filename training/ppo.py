@@ -32,6 +32,7 @@ from fleetpilot.policies.base import PolicyOutput
 from fleetpilot.policies.cushion import RuleActions
 from fleetpilot.policies.errors import UserError
 from fleetpilot.policies.observation import OBS_DIM, Observation
+from fleetpilot.policies.rise_tail import TAIL_VERSION
 from fleetpilot.sim.params import FleetParams
 from fleetpilot.training.backtest import backtest, synthetic_run
 from fleetpilot.training.env import LoadSampler, WebFleetVectorEnv
@@ -389,6 +390,9 @@ class Checkpoint:
     """the starting rule (`TrainResult.start_rule`)"""
     best: dict = field(default_factory=dict)
     """the best validated actor so far, {"update", "validation", "actor"}; empty without keep-best"""
+    newsvendor_tail: int = 0
+    """the version of the rise tail the actor's newsvendor actions priced (`policies.rise_tail.TAIL_VERSION`);
+    0: written before checkpoints recorded it, so unknown"""
 
     def save(self, path: Path) -> None:
         torch.save({f.name: getattr(self, f.name) for f in fields(self)}, path)
@@ -543,7 +547,7 @@ class RunState:
     def checkpoint(self, cfg: PPOConfig, agent: Agent, opt: torch.optim.Optimizer, gen: torch.Generator) -> Checkpoint:
         return Checkpoint(
             agent.state_dict(), opt.state_dict(), self.update, self.global_step, asdict(cfg), gen.get_state(),
-            self.start, self.best.best,
+            self.start, self.best.best, TAIL_VERSION,
         )  # fmt: skip
 
 
@@ -556,6 +560,13 @@ def resume_run(path: Path, cfg: PPOConfig, agent: Agent, opt: torch.optim.Optimi
     saved = {**asdict(PPOConfig()), **ckpt.config} if isinstance(ckpt.config, dict) else ckpt.config
     if saved != asdict(cfg):
         raise CheckpointError(f"{path} was written with another configuration; use a new --out or --no-resume")
+    if ActionMapping.from_json(cfg.mapping).newsvendor_risk and ckpt.newsvendor_tail != TAIL_VERSION:
+        # its actor learned what the newsvendor actions did under that tail: going on would export, stamped with
+        # this version, a policy trained partly on another meaning of its actions
+        had = f"rise tail {ckpt.newsvendor_tail}" if ckpt.newsvendor_tail else "no rise tail version (an older one)"
+        raise CheckpointError(
+            f"{path} records {had}; this version prices rise tail {TAIL_VERSION}: use a new --out or --no-resume"
+        )
     try:
         agent.load_state_dict(ckpt.agent)
         opt.load_state_dict(ckpt.optimizer)
