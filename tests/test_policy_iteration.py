@@ -560,3 +560,57 @@ def test_the_budget_stops_before_a_round_that_would_end_past_it(tmp_path: Path, 
     rows = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
     assert [row["update"] for row in rows] == [1, 2]
     assert now[0] - 1000.0 == 170.0
+
+
+def test_an_actor_that_reads_some_features_ignores_the_others_through_the_fit_and_the_export(tmp_path: Path):
+    """`actor_features`: the other features' first-layer weights start at zero and stay zero through a fit, so
+    the exported ONNX network's action does not move when they do; the features it reads still drive it; and
+    the rest of the network is drawn as without the setting (the same seed gives the same weights)."""
+    import onnxruntime as ort
+
+    from fleetpilot.policies.observation import FEATURE_NAMES
+    from fleetpilot.training.export import actor_to_onnx
+
+    reads = ["lag1", "periodicity"]
+    cols = [FEATURE_NAMES.index(n) for n in reads]
+    agent = Agent(MAPPING.n, 32, generator=torch.Generator().manual_seed(4), reads=reads)
+    full = Agent(MAPPING.n, 32, generator=torch.Generator().manual_seed(4))
+    assert agent.masked() and not torch.equal(agent.actor[0].weight, full.actor[0].weight)
+    assert torch.equal(agent.actor[0].weight[:, cols], full.actor[0].weight[:, cols])
+    assert all(
+        torch.equal(a, b) for a, b in zip(agent.actor[2:].parameters(), full.actor[2:].parameters(), strict=True)
+    )
+    assert all(torch.equal(a, b) for a, b in zip(agent.critic.parameters(), full.critic.parameters(), strict=True))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4000, len(FEATURE_NAMES))).astype(np.float32)
+    adv = np.zeros((4000, MAPPING.n))
+    adv[x[:, cols[0]] > 0, 1] = 0.5  # what it reads decides
+    adv[x[:, 0] > 0, 6] = 0.8  # and a feature it does not read would decide more
+    fit = fit_actor(agent.actor, Segments(x, adv, np.arange(4000) // 50), epochs=30, lr=3e-3, gen=torch.Generator())
+    assert fit.epoch > 0 and agent.masked()
+    actor_to_onnx(agent, tmp_path / "a.onnx")
+    sess = ort.InferenceSession(str(tmp_path / "a.onnx"), providers=["CPUExecutionProvider"])
+    act = sess.run(["action"], {"features": x[:500]})[0]
+    other = rng.normal(size=(500, len(FEATURE_NAMES))).astype(np.float32)
+    other[:, cols] = x[:500, cols]  # every feature it does not read changed
+    np.testing.assert_array_equal(sess.run(["action"], {"features": other})[0], act)
+    assert set(act[x[:500, cols[0]] > 0.5].tolist()) == {1}  # it learned what it can see
+    flipped = x[:500].copy()
+    flipped[:, cols[0]] *= -1.0
+    assert (sess.run(["action"], {"features": flipped})[0] != act).mean() > 0.3
+
+
+def test_actor_features_in_a_config_must_be_observation_features(tmp_path: Path):
+    for text, said in (
+        ("actor_features: [load, periodcity]\n", "actor_features: 'periodcity' not an observation feature"),
+        ("actor_features: periodicity\n", "actor_features: 'periodicity' is not a list of feature names"),
+        ("actor_features: [load, load]\n", "actor_features: a feature is named twice"),
+    ):
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(text)
+        r = subprocess.run(
+            FLEETPILOT + ["train", "--config", str(cfg), "--out", str(tmp_path / "o")], capture_output=True, text=True
+        )
+        assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
+        assert str(cfg) in r.stderr and said in r.stderr, r.stderr
+        assert not (tmp_path / "o").exists()

@@ -309,6 +309,17 @@ def _check_start(cfg) -> None:
         raise ValueError(f"method: {cfg.method!r} is not ppo or rollout-pi")
     if cfg.pi_holdout not in ("loads", "sources"):
         raise ValueError(f"pi_holdout: {cfg.pi_holdout!r} is not loads or sources")
+    if not isinstance(cfg.actor_features, list) or not all(isinstance(x, str) for x in cfg.actor_features):
+        raise ValueError(f"actor_features: {cfg.actor_features!r} is not a list of feature names")
+    from fleetpilot.policies.observation import FEATURE_NAMES
+
+    unknown = [x for x in cfg.actor_features if x not in FEATURE_NAMES]
+    if unknown:
+        raise ValueError(
+            f"actor_features: {', '.join(map(repr, unknown))} not an observation feature (policies/observation.py)"
+        )
+    if len(set(cfg.actor_features)) != len(cfg.actor_features):
+        raise ValueError("actor_features: a feature is named twice")
     for name in ("pi_iterations", "pi_loads", "pi_hold_minutes", "pi_period_minutes", "pi_epochs"):
         value, least = getattr(cfg, name), 0 if name == "pi_iterations" else 1  # 0 rounds: the imitated rule
         if isinstance(value, bool) or not isinstance(value, int) or value < least:

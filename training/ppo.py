@@ -31,7 +31,7 @@ from fleetpilot.policies.actions import ActionMapping
 from fleetpilot.policies.base import PolicyOutput
 from fleetpilot.policies.cushion import RuleActions
 from fleetpilot.policies.errors import UserError
-from fleetpilot.policies.observation import OBS_DIM, Observation
+from fleetpilot.policies.observation import FEATURE_NAMES, OBS_DIM, Observation
 from fleetpilot.policies.rise_tail import TAIL_VERSION
 from fleetpilot.sim.params import FleetParams
 from fleetpilot.training.backtest import backtest, synthetic_run
@@ -140,6 +140,10 @@ class PPOConfig:
     training load) or "sources" (each source, a trace or the generator, left out of the fit in turn: a pass is
     kept only if it made no source it did not see worse; a round that drew a single source falls back to
     "loads", and its log row says so)"""
+    actor_features: list[str] = field(default_factory=list)
+    """the observation features the actor reads, by name (`policies.observation.FEATURE_NAMES`; empty: all).
+    The others' first-layer weights are zero and stay zero (their gradient is masked), so the exported network
+    takes the whole observation and ignores them; the critic reads everything"""
 
 
 def _layer(i: int, o: int, std: float, generator: torch.Generator | None) -> nn.Linear:
@@ -157,7 +161,14 @@ def _layer(i: int, o: int, std: float, generator: torch.Generator | None) -> nn.
 
 
 class Agent(nn.Module):
-    def __init__(self, n_actions: int, hidden: int = 64, generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        n_actions: int,
+        hidden: int = 64,
+        generator: torch.Generator | None = None,
+        reads: list[str] | tuple[str, ...] = (),
+    ):
+        """`reads`: the features the actor reads (`PPOConfig.actor_features`; empty: all)."""
         super().__init__()
 
         def layer(i: int, o: int, std: float = SQRT2) -> nn.Linear:
@@ -169,6 +180,28 @@ class Agent(nn.Module):
         self.critic = nn.Sequential(
             layer(OBS_DIM, hidden), nn.Tanh(), layer(hidden, hidden), nn.Tanh(), layer(hidden, 1, 1.0)
         )
+        if reads:
+            mask = torch.zeros(OBS_DIM)
+            mask[[FEATURE_NAMES.index(name) for name in reads]] = 1.0
+            first = self._first().weight
+            with torch.no_grad():
+                first.mul_(mask)
+            # a zero gradient leaves Adam's moments, and so the weight, at zero: the columns stay zero through
+            # imitation, PPO and every fit (a state loaded into this agent must have them zero too: `masked`)
+            first.register_hook(lambda grad: grad * mask)
+        self.reads = tuple(reads)
+
+    def masked(self) -> bool:
+        """Whether the actor's first layer ignores every feature it does not read (True when it reads all)."""
+        if not self.reads:
+            return True
+        ignored = [i for i, name in enumerate(FEATURE_NAMES) if name not in self.reads]
+        return bool((self._first().weight[:, ignored] == 0).all())
+
+    def _first(self) -> nn.Linear:
+        first = self.actor[0]
+        assert isinstance(first, nn.Linear)
+        return first
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Deterministic action (argmax of the logits): what is exported to ONNX."""
@@ -783,7 +816,7 @@ def train(
     gen = seeded_generator(cfg.seed)
     fleet = fleet or FleetParams()
     mapping = ActionMapping.from_json(cfg.mapping)
-    agent = Agent(mapping.n, cfg.hidden, generator=gen)
+    agent = Agent(mapping.n, cfg.hidden, generator=gen, reads=cfg.actor_features)
     opt = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=1e-5)
     validator = Validator(val_runs if val_runs is not None else validation_runs(cfg), fleet, mapping)
     resuming = resume and (out / CHECKPOINT_FILE).is_file()
