@@ -26,6 +26,9 @@ the shipped `policies/models/default`) on every fold.
 
 Each window starts after --lead-minutes (default a day) of the trace's history, which the policies read but
 which is not scored; windows follow each other without overlap.
+
+`--no-rule-grids` leaves out (a) and (b), whose grids take about 40% of a full run and do not depend on the
+recipe: to compare training recipes on the learned policy, its starting rule and (c).
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ TRACES = {
     "nab-ko": "nab_tweets_ko_minute.csv",
 }
 COLUMNS = ("learned", "newsvendor", "tt_tuned", "forecast_tuned", "tt_hindsight", "fixed_hindsight", "oracle")
+#: the columns of the target-tracking and forecast grids, which --no-rule-grids skips
+RULE_GRID_COLUMNS = ("tt_tuned", "forecast_tuned", "tt_hindsight")
 LABELS = {
     "learned": "learned",
     "newsvendor": "newsvendor rule",
@@ -289,6 +294,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tune-windows", type=int, default=2, help="windows of each training trace the rules tune on")
     ap.add_argument("--peak-tpm", type=float, default=10_000.0, help="each window's peak (10000)")
     ap.add_argument("--small-grids", action="store_true", help="two values of each rule parameter (smoke runs)")
+    ap.add_argument(
+        "--no-rule-grids",
+        action="store_true",
+        help="skip the target-tracking and forecast grids, columns (a) and (b) (about 40%% of a full run): the "
+        "learned policy, its starting rule, (c) and the oracle only, to compare training recipes",
+    )
     ap.add_argument("--out", help="where the folds' models go (default: a temporary directory)")
     ap.add_argument(
         "--reuse",
@@ -339,11 +350,15 @@ def main(argv: list[str] | None = None) -> int:
     flat_tune = [r for name in TRACES for r in tune_runs[name]]
     tune_owner = [name for name in TRACES for _ in tune_runs[name]]
     grids = rule_grids(args.small_grids)
-    tt_all = grid_scores("target-tracking", eval_runs + flat_tune, grids["target-tracking"], args.ray)
+    if args.no_rule_grids:
+        tt_all, fc_tune = [], []
+    else:
+        tt_all = grid_scores("target-tracking", eval_runs + flat_tune, grids["target-tracking"], args.ray)
+        fc_tune = grid_scores("forecast", flat_tune, grids["forecast"], args.ray)
+        print(f"grids scored ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     tt_eval = [(params, rows[: len(eval_runs)]) for params, rows in tt_all]
     tt_tune = [(params, rows[len(eval_runs) :]) for params, rows in tt_all]
-    fc_tune = grid_scores("forecast", flat_tune, grids["forecast"], args.ray)
-    print(f"grids scored ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+    columns = [c for c in COLUMNS if not (args.no_rule_grids and c in RULE_GRID_COLUMNS)]
 
     def tuned_for(table, fold: str) -> dict:
         """The grid point with the most expected profit on the windows of every trace but `fold`."""
@@ -363,34 +378,37 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = model_dirs[fold]
         learned = OnnxPolicy.load(model_dir)
         mapping = ActionMapping.from_json(read_manifest(model_dir)["action_mapping"])
-        tt_params, fc_params = tuned_for(tt_tune, fold), tuned_for(fc_tune, fold)
-        tt_point = next(rows for params, rows in tt_eval if params == tt_params)
         per: dict[str, list[dict]] = {
             "learned": score_policy(learned, runs),
             "newsvendor": score_policy(make_policy("newsvendor", {"rise_scale": mapping.newsvendor_rise_scale}), runs),
-            "tt_tuned": [tt_point[i] for i in idx],
-            "forecast_tuned": score_policy(make_policy("forecast", fc_params), runs),
-            "tt_hindsight": [],
             "fixed_hindsight": best_fixed_action(mapping, runs),
             "oracle": [oracle[i] for i in idx],
         }
-        for i in idx:
-            params, rows = max(tt_eval, key=lambda pt, i=i: pt[1][i]["expected_profit_usd"])
-            per["tt_hindsight"].append(
-                dict(rows[i], params=params, at_grid_edge=at_edge(params, grids["target-tracking"]))
-            )
         results[fold] = {
             "model": str(model_dir),
             "trained_on": _trained_on(model_dir) if not args.policy_dir else "given (--policy-dir)",
             "windows": [r.name for r in runs],
             "newsvendor_rise_scale": mapping.newsvendor_rise_scale,
-            "tt_tuned_params": tt_params,
-            "tt_tuned_at_grid_edge": at_edge(tt_params, grids["target-tracking"]),
-            "forecast_tuned_params": fc_params,
-            "forecast_tuned_at_grid_edge": at_edge(fc_params, grids["forecast"]),
-            "summary": {c: summarize(per[c], per["oracle"]) for c in COLUMNS},
-            "per_window": {c: per[c] for c in COLUMNS},
         }
+        if not args.no_rule_grids:
+            tt_params, fc_params = tuned_for(tt_tune, fold), tuned_for(fc_tune, fold)
+            tt_point = next(rows for params, rows in tt_eval if params == tt_params)
+            per["tt_tuned"] = [tt_point[i] for i in idx]
+            per["forecast_tuned"] = score_policy(make_policy("forecast", fc_params), runs)
+            per["tt_hindsight"] = []
+            for i in idx:
+                params, rows = max(tt_eval, key=lambda pt, i=i: pt[1][i]["expected_profit_usd"])
+                per["tt_hindsight"].append(
+                    dict(rows[i], params=params, at_grid_edge=at_edge(params, grids["target-tracking"]))
+                )
+            results[fold].update(
+                tt_tuned_params=tt_params,
+                tt_tuned_at_grid_edge=at_edge(tt_params, grids["target-tracking"]),
+                forecast_tuned_params=fc_params,
+                forecast_tuned_at_grid_edge=at_edge(fc_params, grids["forecast"]),
+            )
+        results[fold]["summary"] = {c: summarize(per[c], per["oracle"]) for c in columns}
+        results[fold]["per_window"] = {c: per[c] for c in columns}
         print(f"{fold} done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
 
     print(format_table(results))
@@ -403,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
             "lead_minutes": args.lead_minutes,
             "peak_tpm": args.peak_tpm,
             "tune_windows": args.tune_windows,
-            "grids": grids,
+            "grids": None if args.no_rule_grids else grids,
             "action_family": "the model's action mapping, each action as a fixed rule without jump window",
             "policy_dir": args.policy_dir,
             "seconds": round(time.perf_counter() - t0, 1),
@@ -424,12 +442,13 @@ def flat_figures(results: dict[str, dict], seconds: float) -> dict[str, float | 
 
 
 def format_table(results: dict[str, dict]) -> str:
-    """% of the oracle / downtime minutes, one row per held-out trace."""
-    head = f"{'held-out trace':<16}" + "".join(f"{LABELS[c]:>24}" for c in COLUMNS)
+    """% of the oracle / downtime minutes, one row per held-out trace (the columns that were scored)."""
+    columns = [c for c in COLUMNS if all(c in r["summary"] for r in results.values())]
+    head = f"{'held-out trace':<16}" + "".join(f"{LABELS[c]:>24}" for c in columns)
     lines = ["% of oracle / downtime minutes (each trace's windows summed)", head]
     for fold, r in results.items():
         cells = []
-        for c in COLUMNS:
+        for c in columns:
             s = r["summary"][c]
             pct = "-" if s["pct_of_oracle"] is None else f"{s['pct_of_oracle']:.1f}"
             cells.append(f"{pct + ' / ' + str(s['downtime_minutes']):>24}")

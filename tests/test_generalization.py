@@ -104,3 +104,28 @@ def test_reuse_takes_a_fold_only_if_it_was_trained_with_the_same_settings_and_in
 def test_an_unknown_trace_is_refused(tmp_path):
     r = subprocess.run([sys.executable, str(SCRIPT), "--traces", "bogus"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "unknown bogus" in r.stderr
+
+
+@pytest.mark.skipif(not TRACES.is_dir(), reason="the development traces (../shared/data/traces) are not here")
+def test_without_the_rule_grids_the_other_columns_are_scored_and_the_grids_are_not(tmp_path):
+    """--no-rule-grids (to compare recipes): the learned policy, its starting rule, (c) and the oracle, as a full
+    run scores them; no target-tracking or forecast column, in the table, the details or the flat JSON."""
+    out, flat = tmp_path / "gen.json", tmp_path / "flat.json"
+    args = ["--traces", "azure-functions", "--windows", "1", "--window-minutes", "600", "--lead-minutes", "300"]
+    args += ["--policy-dir", str(REPO / "policies" / "models" / "default"), "--no-rule-grids"]
+    args += ["--details", str(out), "--json", str(flat)]
+    r = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "grids scored" not in r.stderr and "TT" not in r.stdout and "(c) best fixed action" in r.stdout
+    doc = json.loads(out.read_text())
+    fold = doc["results"]["azure-functions"]
+    assert doc["grids"] is None and "tt_tuned_params" not in fold
+    assert set(fold["summary"]) == {"learned", "newsvendor", "fixed_hindsight", "oracle"}
+    s = fold["summary"]
+    assert s["oracle"]["pct_of_oracle"] == 100.0
+    # the shipped default makes its rule's decisions, and the best fixed action of its family is at least as good
+    assert s["learned"]["expected_profit_usd"] == pytest.approx(s["newsvendor"]["expected_profit_usd"], rel=1e-9)
+    assert s["fixed_hindsight"]["expected_profit_usd"] >= s["newsvendor"]["expected_profit_usd"] - 1e-6
+    figures = json.loads(flat.read_text())
+    assert not any("tt_" in k or "forecast" in k for k in figures)
+    assert figures["azure_functions_learned_pct_of_oracle"] == s["learned"]["pct_of_oracle"]
