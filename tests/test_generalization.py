@@ -119,7 +119,8 @@ def test_without_the_rule_grids_the_other_columns_are_scored_and_the_grids_are_n
     assert "grids scored" not in r.stderr and "TT" not in r.stdout and "(c) best fixed action" in r.stdout
     doc = json.loads(out.read_text())
     fold = doc["results"]["azure-functions"]
-    assert doc["grids"] is None and "tt_tuned_params" not in fold
+    assert doc["grids"] is None and doc["no_rule_grids"] is True and "tt_tuned_params" not in fold
+    assert "tuning on" not in r.stderr
     assert set(fold["summary"]) == {"learned", "newsvendor", "fixed_hindsight", "oracle"}
     s = fold["summary"]
     assert s["oracle"]["pct_of_oracle"] == 100.0

@@ -192,8 +192,8 @@ def test_a_checkpoint_written_before_a_setting_existed_resumes_with_its_default(
     with pytest.raises(CheckpointError, match="another configuration"):
         resume_run(path, PPOConfig(mapping=MAPPING.to_json(), hidden=8, pi_holdout="sources"), agent, opt, gen)
     for config in ({**old, "init_bias": 0.5}, [old]):  # a setting this version does not know; not a config
-        tail = TAIL_VERSION
-        Checkpoint(agent.state_dict(), opt.state_dict(), 3, 99, config, gen.get_state(), {}, {}, tail).save(path)  # type: ignore[arg-type]
+        state = (agent.state_dict(), opt.state_dict(), 3, 99, config, gen.get_state())
+        Checkpoint(*state, newsvendor_tail=TAIL_VERSION).save(path)  # type: ignore[arg-type]
         with pytest.raises(CheckpointError, match="another configuration"):
             resume_run(path, PPOConfig(mapping=MAPPING.to_json(), hidden=8), agent, opt, gen)
 
@@ -220,7 +220,7 @@ def test_a_checkpoint_of_another_rise_tail_is_refused_and_a_grid_only_one_resume
             resume_run(path, cfg, agent, opt, gen)
         msg = str(err.value)
         assert msg.startswith(f"{path} records ") and "\n" not in msg and "--no-resume" in msg
-        assert (f"rise tail {tail};" if tail else "no rise tail version") in msg
+        assert (f"rise tail v{tail};" if tail else "no rise tail version") in msg and f"tail is v{TAIL_VERSION}" in msg
     # what this version writes resumes; Checkpoint.load of a file without the field reads 0 (unknown)
     Checkpoint(
         agent.state_dict(), opt.state_dict(), 3, 99, asdict(cfg), gen.get_state(), newsvendor_tail=TAIL_VERSION
@@ -477,6 +477,9 @@ def test_the_recorded_recipe_with_rounds_is_the_shipped_one_with_three_rounds():
     assert shipped.pi_iterations == 0 and rounds.pi_iterations == 3
     assert dataclasses.replace(rounds, pi_iterations=0) == shipped
     assert ActionMapping.from_json(rounds.mapping).newsvendor_rise_scale == "mixture"
+    # and default-rounds-kind.yaml is that recipe with an actor that reads only the load-kind features
+    kind, _ = _train_config(str(exp / "default-rounds-kind.yaml"), argparse.Namespace(steps=None, seed=None))
+    assert kind.actor_features and dataclasses.replace(kind, actor_features=[]) == rounds
 
 
 def test_a_trace_too_short_for_a_rollout_period_is_one_line_naming_it(tmp_path: Path):
@@ -595,6 +598,32 @@ def test_an_actor_that_reads_some_features_ignores_the_others_through_the_fit_an
     other[:, cols] = x[:500, cols]  # every feature it does not read changed
     np.testing.assert_array_equal(sess.run(["action"], {"features": other})[0], act)
     assert set(act[x[:500, cols[0]] > 0.5].tolist()) == {1}  # it learned what it can see
+    # a checkpoint of it resumes into a masked agent; one whose actor reads a left-out feature is refused, and
+    # such an actor is not exported
+    from dataclasses import asdict
+
+    from fleetpilot.policies.rise_tail import TAIL_VERSION
+    from fleetpilot.training.export import write_model
+    from fleetpilot.training.ppo import Checkpoint, CheckpointError, PPOConfig, resume_run
+
+    cfg = PPOConfig(mapping=MAPPING.to_json(), hidden=32, actor_features=reads)
+    opt = torch.optim.Adam(agent.parameters())
+    gen = torch.Generator()
+    path = tmp_path / "checkpoint.pt"
+    Checkpoint(
+        agent.state_dict(), opt.state_dict(), 1, 9, asdict(cfg), gen.get_state(), newsvendor_tail=TAIL_VERSION
+    ).save(path)
+    again = Agent(MAPPING.n, 32, generator=torch.Generator().manual_seed(5), reads=reads)
+    assert resume_run(path, cfg, again, torch.optim.Adam(again.parameters()), gen).update == 1
+    assert torch.equal(again.actor[0].weight, agent.actor[0].weight)
+    Checkpoint(
+        full.state_dict(), opt.state_dict(), 1, 9, asdict(cfg), gen.get_state(), newsvendor_tail=TAIL_VERSION
+    ).save(path)
+    with pytest.raises(CheckpointError, match="reads features that actor_features leaves out"):
+        resume_run(path, cfg, again, torch.optim.Adam(again.parameters()), gen)
+    with pytest.raises(RuntimeError, match="not exported"):
+        write_model(again, MAPPING, tmp_path / "m", "x", {}, {}, {})
+    assert not (tmp_path / "m").exists()
     flipped = x[:500].copy()
     flipped[:, cols[0]] *= -1.0
     assert (sess.run(["action"], {"features": flipped})[0] != act).mean() > 0.3
@@ -604,7 +633,7 @@ def test_actor_features_in_a_config_must_be_observation_features(tmp_path: Path)
     for text, said in (
         ("actor_features: [load, periodcity]\n", "actor_features: 'periodcity' not an observation feature"),
         ("actor_features: periodicity\n", "actor_features: 'periodicity' is not a list of feature names"),
-        ("actor_features: [load, load]\n", "actor_features: a feature is named twice"),
+        ("actor_features: [load, lag1, load]\n", "actor_features: 'load' named twice"),
     ):
         cfg = tmp_path / "c.yaml"
         cfg.write_text(text)

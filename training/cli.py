@@ -318,8 +318,9 @@ def _check_start(cfg) -> None:
         raise ValueError(
             f"actor_features: {', '.join(map(repr, unknown))} not an observation feature (policies/observation.py)"
         )
-    if len(set(cfg.actor_features)) != len(cfg.actor_features):
-        raise ValueError("actor_features: a feature is named twice")
+    twice = sorted({x for x in cfg.actor_features if cfg.actor_features.count(x) > 1})
+    if twice:
+        raise ValueError(f"actor_features: {', '.join(map(repr, twice))} named twice")
     for name in ("pi_iterations", "pi_loads", "pi_hold_minutes", "pi_period_minutes", "pi_epochs"):
         value, least = getattr(cfg, name), 0 if name == "pi_iterations" else 1  # 0 rounds: the imitated rule
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
@@ -786,16 +787,16 @@ def _report_and_write(args, data: TrainData, fleet, result, out: Path, split, se
 
 
 def cmd_policies_list(args) -> int:
-    from fleetpilot.policies.onnx_policy import ModelError, verified_model
+    from fleetpilot.policies.onnx_policy import ModelError, OnnxPolicy
     from fleetpilot.policies.registry import MODELS_DIR, RULES, shipped_models
 
     for name in RULES:
         print(f"{name:<18} rule")
     for name in shipped_models():
         try:
-            # every check a load makes (manifest, features, sha256, action mapping, rise tail): what is listed as
-            # a model loads
-            m = verified_model(MODELS_DIR / name)[0]
+            # the load the daemon makes (manifest, features, sha256, action mapping, rise tail, the onnxruntime
+            # session and its input and output widths): what is listed as a model loads
+            m = OnnxPolicy.load(MODELS_DIR / name, providers=["CPUExecutionProvider"], threads=1).manifest
             pct = next(
                 (
                     s.get("pct_of_oracle")

@@ -55,6 +55,8 @@ def actor_to_onnx(agent, path: Path) -> None:
 
 def write_model(agent, mapping, out_dir: Path, name: str, simulator: dict, training: dict, validation: dict) -> Path:
     """policy.onnx + manifest.json in out_dir; returns the manifest path."""
+    if not agent.masked():  # a bug, not bad input: the actor was trained to ignore these features
+        raise RuntimeError("the actor's first layer reads features its actor_features leave out; not exported")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = out_dir / "policy.onnx"

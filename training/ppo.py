@@ -187,8 +187,10 @@ class Agent(nn.Module):
             with torch.no_grad():
                 first.mul_(mask)
             # a zero gradient leaves Adam's moments, and so the weight, at zero: the columns stay zero through
-            # imitation, PPO and every fit (a state loaded into this agent must have them zero too: `masked`)
-            first.register_hook(lambda grad: grad * mask)
+            # imitation, PPO and every fit (where, not a product: a non-finite gradient stays out of them too).
+            # A copy of the module does not keep the hook: `masked` is checked at resume and at export
+            keep = mask.bool()
+            first.register_hook(lambda grad: torch.where(keep, grad, torch.zeros_like(grad)))
         self.reads = tuple(reads)
 
     def masked(self) -> bool:
@@ -596,9 +598,9 @@ def resume_run(path: Path, cfg: PPOConfig, agent: Agent, opt: torch.optim.Optimi
     if ActionMapping.from_json(cfg.mapping).newsvendor_risk and ckpt.newsvendor_tail != TAIL_VERSION:
         # its actor learned what the newsvendor actions did under that tail: going on would export, stamped with
         # this version, a policy trained partly on another meaning of its actions
-        had = f"rise tail {ckpt.newsvendor_tail}" if ckpt.newsvendor_tail else "no rise tail version (an older one)"
+        had = f"rise tail v{ckpt.newsvendor_tail}" if ckpt.newsvendor_tail else "no rise tail version (an older one)"
         raise CheckpointError(
-            f"{path} records {had}; this version prices rise tail {TAIL_VERSION}: use a new --out or --no-resume"
+            f"{path} records {had}; this build's tail is v{TAIL_VERSION}: use a new --out or --no-resume"
         )
     try:
         agent.load_state_dict(ckpt.agent)
@@ -607,6 +609,10 @@ def resume_run(path: Path, cfg: PPOConfig, agent: Agent, opt: torch.optim.Optimi
     except (RuntimeError, ValueError, KeyError, TypeError) as exc:
         reason = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise CheckpointError(f"{path}: does not fit this network ({reason}); use a new --out or --no-resume") from None
+    if not agent.masked():
+        raise CheckpointError(
+            f"{path}: its actor reads features that actor_features leaves out; use a new --out or --no-resume"
+        )
     return RunState(ckpt.update, ckpt.global_step, ckpt.start, KeepBest(ckpt.best))
 
 
