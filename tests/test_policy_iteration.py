@@ -464,7 +464,7 @@ def test_the_recorded_rollout_pi_recipes_are_valid_training_configs(recipe: str)
     assert cfg.pi_holdout == ("sources" if "sources" in recipe else "loads")
 
 
-def test_the_recorded_recipe_with_rounds_is_the_shipped_one_with_three_rounds():
+def test_the_recorded_recipe_with_rounds_is_the_shipped_one_with_three_rounds(tmp_path: Path):
     """docs/experiments/default-rounds.yaml (README: the shipped recipe with its rounds on, leave-one-trace-out) is
     docs/experiments/default.yaml, setting for setting, but for its three rounds of policy iteration."""
     import argparse
@@ -480,6 +480,16 @@ def test_the_recorded_recipe_with_rounds_is_the_shipped_one_with_three_rounds():
     # and default-rounds-kind.yaml is that recipe with an actor that reads only the load-kind features
     kind, _ = _train_config(str(exp / "default-rounds-kind.yaml"), argparse.Namespace(steps=None, seed=None))
     assert kind.actor_features and dataclasses.replace(kind, actor_features=[]) == rounds
+    # read in the observation's order, whatever order the file names them in
+    from fleetpilot.policies.observation import FEATURE_NAMES
+
+    assert kind.actor_features == sorted(kind.actor_features, key=FEATURE_NAMES.index)
+    text = (exp / "default-rounds-kind.yaml").read_text()
+    assert "[noise, granularity," in text
+    swapped = tmp_path / "swapped.yaml"
+    swapped.write_text(text.replace("[noise, granularity,", "[granularity, noise,"))
+    again, _ = _train_config(str(swapped), argparse.Namespace(steps=None, seed=None))
+    assert again == kind
 
 
 def test_a_trace_too_short_for_a_rollout_period_is_one_line_naming_it(tmp_path: Path):

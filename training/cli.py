@@ -321,6 +321,8 @@ def _check_start(cfg) -> None:
     twice = sorted({x for x in cfg.actor_features if cfg.actor_features.count(x) > 1})
     if twice:
         raise ValueError(f"actor_features: {', '.join(map(repr, twice))} named twice")
+    # in the observation's order: the same features in another order are the same network (and resume it)
+    cfg.actor_features = sorted(cfg.actor_features, key=FEATURE_NAMES.index)
     for name in ("pi_iterations", "pi_loads", "pi_hold_minutes", "pi_period_minutes", "pi_epochs"):
         value, least = getattr(cfg, name), 0 if name == "pi_iterations" else 1  # 0 rounds: the imitated rule
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
