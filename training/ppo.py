@@ -180,30 +180,24 @@ class Agent(nn.Module):
         self.critic = nn.Sequential(
             layer(OBS_DIM, hidden), nn.Tanh(), layer(hidden, hidden), nn.Tanh(), layer(hidden, 1, 1.0)
         )
+        #: (OBS_DIM,) bool, the features the actor reads
+        self.keep = torch.tensor([not reads or name in reads for name in FEATURE_NAMES])
         if reads:
-            mask = torch.zeros(OBS_DIM)
-            mask[[FEATURE_NAMES.index(name) for name in reads]] = 1.0
-            first = self._first().weight
+            first = self.actor[0].weight
+            assert isinstance(first, torch.Tensor)
             with torch.no_grad():
-                first.mul_(mask)
+                first.mul_(self.keep)
             # a zero gradient leaves Adam's moments, and so the weight, at zero: the columns stay zero through
             # imitation, PPO and every fit (where, not a product: a non-finite gradient stays out of them too).
             # A copy of the module does not keep the hook: `masked` is checked at resume and at export
-            keep = mask.bool()
+            keep = self.keep
             first.register_hook(lambda grad: torch.where(keep, grad, torch.zeros_like(grad)))
-        self.reads = tuple(reads)
 
     def masked(self) -> bool:
         """Whether the actor's first layer ignores every feature it does not read (True when it reads all)."""
-        if not self.reads:
-            return True
-        ignored = [i for i, name in enumerate(FEATURE_NAMES) if name not in self.reads]
-        return bool((self._first().weight[:, ignored] == 0).all())
-
-    def _first(self) -> nn.Linear:
-        first = self.actor[0]
-        assert isinstance(first, nn.Linear)
-        return first
+        first = self.actor[0].weight
+        assert isinstance(first, torch.Tensor)
+        return bool((first[:, ~self.keep] == 0).all())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Deterministic action (argmax of the logits): what is exported to ONNX."""
