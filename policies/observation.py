@@ -57,8 +57,8 @@ minutes after a jump are safe is for a policy to learn from both features.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 
@@ -118,6 +118,7 @@ FEATURE_SINCE: Mapping[str, int] = MappingProxyType(
 FEATURE_INDEX: Mapping[str, int] = MappingProxyType({name: i for i, name in enumerate(FEATURE_NAMES)})
 _F = FEATURE_INDEX
 _LAGS = slice(_F["lag1"], _F["lag5"] + 1)
+_MACHINE_COLS = (_F["active"], _F["warming"], _F["util"])  #: the features that read the machines
 assert _LAGS.stop - _LAGS.start == 5  # lag1..lag5 are consecutive
 DAY_MINUTES = 1440
 WEEK_MINUTES = 7 * DAY_MINUTES
@@ -685,6 +686,13 @@ class ObservationBuilder:
         return LoadHistory(self.buf, self.pos, self.count)
 
     def observation(self) -> Observation:
+        """This minute's observation of every group, with the machines of the last `update` / `set_machines`."""
+        return self.observations([(self.active, self.warming)])[0]
+
+    def observations(self, fleets: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[Observation]:
+        """This minute's observation once per fleet of (active, warming) machines on the same loads (a backtest's
+        policies, each on its own fleet). The load's features are computed once; each fleet's observation has the
+        bytes `observation()` would give after `set_machines(active, warming)`. They share one `memo`."""
         self.store.release()  # what the last observation's readers mapped in
         cap = self.cap
         r_m = np.maximum(self.ema_mid / cap, 1.0)  # R in machine units
@@ -701,12 +709,6 @@ class ObservationBuilder:
             ("noise", self.noise),
         ):
             np.multiply(v, inv, out=g[_F[name]])
-        np.divide(self.active, r_m, out=g[_F["active"]])
-        np.divide(self.warming, r_m, out=g[_F["warming"]])
-        u = g[_F["util"]]
-        np.divide(self.load, cap, out=u)
-        u /= np.maximum(self.active, 1)
-        np.minimum(u, 5.0, out=u)
         tod = self.minute % DAY_MINUTES
         dow = (self.minute // DAY_MINUTES + _EPOCH_DOW) % 7
         np.take(_TOD_SIN, tod, out=g[_F["tod_sin"]], mode="clip")
@@ -737,12 +739,15 @@ class ObservationBuilder:
         np.minimum(self.rerise_age, _J_RERISE_CLIP, out=g[_F["rerise_age"]], casting="unsafe")
         g[_F["rerise_age"]] /= _J_RERISE_SCALE
         self._load_kind_features(g, inv)
+        for col in _MACHINE_COLS:
+            g[col] = 0.0  # each fleet's own below
         np.clip(g, -_CLIP, _CLIP, out=g)
-        return Observation(
-            features=f.astype(np.float32),
+        per_machine = np.divide(self.load, cap)
+        shared = Observation(
+            features=f,  # each fleet's below
             load_tpm=self.load.copy(),
-            active=self.active.copy(),
-            warming=self.warming.copy(),
+            active=self.active,
+            warming=self.warming,
             capacity_tpm_per_machine=cap,
             warmup_minutes=self.warmup,
             minute=self.minute.copy(),
@@ -756,3 +761,18 @@ class ObservationBuilder:
             forecast_error_max_tpm=self.fc_err_max.copy(),
             memo={},
         )
+        out = []
+        for active, warming in fleets:
+            act = np.array(active, dtype=np.int64)
+            warm = np.array(warming, dtype=np.int64)
+            fa = f if len(fleets) == 1 else f.copy()
+            h = fa.T
+            np.divide(act, r_m, out=h[_F["active"]])
+            np.divide(warm, r_m, out=h[_F["warming"]])
+            u = h[_F["util"]]
+            np.divide(per_machine, np.maximum(act, 1), out=u)
+            np.minimum(u, 5.0, out=u)
+            for col in _MACHINE_COLS:
+                np.clip(h[col], -_CLIP, _CLIP, out=h[col])
+            out.append(replace(shared, features=fa.astype(np.float32), active=act, warming=warm))
+        return out

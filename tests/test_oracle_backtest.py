@@ -11,11 +11,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fleetpilot.policies.observation import ObservationBuilder
 from fleetpilot.policies.registry import make_policy
 from fleetpilot.sim.fleet import FleetCore, expected_reward, standard_normal_at
 from fleetpilot.sim.load import read_trace
 from fleetpilot.sim.params import FleetParams
-from fleetpilot.training.backtest import ORACLE, backtest, simulate, synthetic_run, trace_run, write_json
+from fleetpilot.training.backtest import (
+    ORACLE,
+    backtest,
+    simulate,
+    simulate_many,
+    synthetic_run,
+    trace_run,
+    write_json,
+)
 from fleetpilot.training.oracle import oracle_fleet
 
 RULES = ("static", "target-tracking", "step", "predictive", "cushion")
@@ -193,6 +202,44 @@ def test_common_random_numbers_make_runs_repeatable():
     # a different seed is a different load and different noise
     other = backtest([synthetic_run(13, 1500)], {"a": make_policy("target-tracking")})
     assert other.runs[0]["results"][0] != report.runs[0]["results"][0]
+
+
+def test_policies_replayed_together_decide_as_each_does_alone():
+    """A backtest replays its policies together (one observation builder, one fleet core of P x N fleets): each
+    policy's trajectory equals its replay alone, array for array, also for policies that share the newsvendor
+    memo (the rule and the shipped model's newsvendor actions) and with a lead-in."""
+    p = FleetParams()
+    load = read_trace(TRACES / "nasa_http_jul95_minute.csv").rescaled(8000.0)
+    runs = [trace_run(load, 3000 + 1500 * i, 1200, lead=400) for i in range(3)]
+    loads = np.stack([r.load_tpm for r in runs])
+    keys = np.array([r.noise_key for r in runs], dtype=np.uint64)
+    starts = np.array([r.start_minute for r in runs], dtype=np.int64)
+    names = ["newsvendor", "target-tracking", "default", "cushion", "step"]  # the model reads features: not first
+    together = simulate_many([make_policy(n) for n in names], loads, starts, keys, p)
+    for name, traj in zip(names, together, strict=True):
+        alone = simulate(make_policy(name), loads, starts, keys, p)
+        for f in ("active", "delta", "capacity", "down", "desired"):
+            np.testing.assert_array_equal(getattr(traj, f), getattr(alone, f), err_msg=f"{name}: {f}")
+    assert len({traj.active.tobytes() for traj in together}) == len(names)  # five different fleets
+
+
+def test_one_minutes_observations_of_several_fleets_are_each_fleets_own():
+    """`ObservationBuilder.observations`: each fleet's observation has the bytes of the builder's own observation
+    with that fleet's machines (`set_machines`), the machine features included."""
+    rng = np.random.default_rng(3)
+    b = ObservationBuilder(4, 1000.0, 5)
+    for t in range(300):
+        b.update(rng.gamma(2.0, 3000.0, 4), rng.integers(0, 40, 4), rng.integers(0, 5, 4), np.full(4, 10_000 + t))
+    fleets = [(rng.integers(0, 90, 4), rng.integers(0, 9, 4)) for _ in range(3)]
+    many = b.observations(fleets)
+    for (active, warming), obs in zip(fleets, many, strict=True):
+        b.set_machines(active, warming)
+        own = b.observation()
+        np.testing.assert_array_equal(obs.features, own.features)
+        np.testing.assert_array_equal(obs.active, active)
+        np.testing.assert_array_equal(obs.warming, warming)
+    assert len({obs.features.tobytes() for obs in many}) == 3
+    assert many[0].memo is many[1].memo  # what does not read the machines is computed once a minute
 
 
 def test_every_policy_sees_the_same_capacity_per_machine():

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -118,27 +118,44 @@ def simulate(
     Per minute: observe, decide a desired capacity, apply delta = clip(desired - (active + warming)) to the
     fleet, serve the load. This loop is the reference the daemon's decisions are tested against.
     """
+    return simulate_many([policy], loads, start_minutes, noise_keys, params)[0]
+
+
+def simulate_many(
+    policies: Sequence[Policy],
+    loads: np.ndarray,
+    start_minutes: np.ndarray,
+    noise_keys: np.ndarray,
+    params: FleetParams,
+) -> list[Trajectory]:
+    """`simulate` for each of P policies on the same N loads, each on its own fleets (the same capacity noise):
+    one observation builder for the loads, one fleet core of P x N fleets. Each trajectory equals `simulate`'s
+    for that policy alone (`ObservationBuilder.observations`)."""
     loads = np.atleast_2d(np.asarray(loads, dtype=np.float64))
-    n, t_len = loads.shape[0], loads.shape[1] - 1
+    n, t_len, k = loads.shape[0], loads.shape[1] - 1, len(policies)
     starts = np.broadcast_to(np.asarray(start_minutes, dtype=np.int64), (n,))
-    core = FleetCore(n, params)
-    core.reset(slice(None), np.asarray(noise_keys, dtype=np.uint64))
+    core = FleetCore(k * n, params)
+    core.reset(slice(None), np.tile(np.broadcast_to(np.asarray(noise_keys, dtype=np.uint64), (n,)), k))
     builder = ObservationBuilder(n, params.capacity_tpm_per_machine, params.warmup_minutes)
-    builder.update(loads[:, 0], core.active, core.warming, starts)
-    policy.reset(n)
-    traj = Trajectory(*(np.zeros((n, t_len), dtype=dt) for dt in (np.int64, np.int64, np.float64, bool, np.int64)))
+    builder.update(loads[:, 0], core.active[:n], core.warming[:n], starts)
+    for policy in policies:
+        policy.reset(n)
+    traj = Trajectory(*(np.zeros((k * n, t_len), dtype=dt) for dt in (np.int64, np.int64, np.float64, bool, np.int64)))
     lo, hi = -params.max_scale_in_per_minute, params.max_scale_out_per_minute
+    parts = [slice(i * n, (i + 1) * n) for i in range(k)]
     for t in range(1, t_len + 1):
-        desired = policy.decide(builder.observation()).desired
-        delta = np.clip(desired - (core.active + core.warming), lo, hi)
-        out = core.step(delta, loads[:, t])
-        builder.update(out.load_tpm, out.active, core.warming, starts + t)
+        warming = core.warming
+        obs = builder.observations([(core.active[part], warming[part]) for part in parts])
+        desired = np.concatenate([np.asarray(pol.decide(o).desired) for pol, o in zip(policies, obs, strict=True)])
+        delta = np.clip(desired - (core.active + warming), lo, hi)
+        out = core.step(delta, np.tile(loads[:, t], k))
+        builder.update(loads[:, t], out.active[:n], core.warming[:n], starts + t)
         traj.active[:, t - 1] = out.active
         traj.delta[:, t - 1] = delta
         traj.capacity[:, t - 1] = out.capacity_tpm
         traj.down[:, t - 1] = out.down
         traj.desired[:, t - 1] = desired
-    return traj
+    return [Trajectory(**{f.name: getattr(traj, f.name)[part] for f in fields(traj)}) for part in parts]
 
 
 def score(
@@ -182,10 +199,10 @@ def backtest(
     forecast: bool = False,
     progress: Callable[[int], object] | None = None,
 ) -> Report:
-    """Replay every policy (None stands for the oracle) on every run; runs of equal shape are batched.
-    With `forecast`, each run also reports the error of `policies.forecast` one warm-up ahead over its scored
-    minutes (`forecast_errors`). `progress(n)` is called as each policy finishes a batch of n runs
-    (len(runs) * len(policies) in all)."""
+    """Replay every policy (None stands for the oracle) on every run; runs of equal shape are one batch, replayed
+    for all policies at once (`simulate_many`). With `forecast`, each run also reports the error of
+    `policies.forecast` one warm-up ahead over its scored minutes (`forecast_errors`). `progress(n)` is called
+    once per policy as a batch of n runs is scored (len(runs) * len(policies) in all)."""
     p = params or FleetParams()
     results: dict[int, list[Result]] = {i: [] for i in range(len(runs))}
     actives: dict[int, dict[str, np.ndarray]] = {i: {} for i in range(len(runs))}
@@ -196,12 +213,17 @@ def backtest(
         loads = np.stack([runs[i].load_tpm for i in idx])
         keys = np.array([runs[i].noise_key for i in idx], dtype=np.uint64)
         starts = np.array([runs[i].start_minute for i in idx], dtype=np.int64)
-        for name, pol in policies.items():
-            if pol is None:
-                active, delta = _oracle(loads, lead, p)
+        simulated = [name for name, pol in policies.items() if pol is not None]
+        trajs = (
+            dict(zip(simulated, simulate_many([policies[n] for n in simulated], loads, starts, keys, p), strict=True))
+            if simulated
+            else {}
+        )
+        for name in policies:
+            if name in trajs:
+                active, delta = trajs[name].active[:, lead:], trajs[name].delta[:, lead:]
             else:
-                traj = simulate(pol, loads, starts, keys, p)
-                active, delta = traj.active[:, lead:], traj.delta[:, lead:]
+                active, delta = _oracle(loads, lead, p)
             for j, i in enumerate(idx):
                 results[i].append(score(name, active[j], delta[j], loads[j, lead + 1 :], int(keys[j]), lead + 1, p))
                 actives[i][name] = active[j]
