@@ -102,6 +102,18 @@ CASES = {
             "s1_generator_others_pick_advantage": float,
         },
     ),
+    "backtest_bench.py": (
+        "--seeds 1,2 --minutes 60 --policies target-tracking,newsvendor --repeats 1",
+        {
+            "policies": 2,
+            "loads": 2,
+            "minutes": 60,
+            "alone_seconds_p50": None,
+            "together_seconds_p50": None,
+            "speedup_p50": None,
+            "identical": True,
+        },
+    ),
     "soak.py": (
         "--minutes 200 --warmup 100 --sample-every 100 --policy target-tracking",
         {"minutes": 200, "error_ticks": 0, "journal_rows": 200, "tick_p50_ms": None, "ticks_ok": 200},
