@@ -8,6 +8,9 @@ follow-the-leader rule replays the window: at each hour it takes the action whos
 (expected profit) over the trailing minutes before that hour (the past only: what a daemon could replay from
 its own history). `--conservative-days D` is the cautious variant: an action other than the newsvendor rule
 (risk 1) is taken only if its replay earned at least as much as the rule's on each of the last D days.
+`--lookahead-minutes M` is not a rule but a bound: at each hour it takes the action whose fixed replay earns most
+over the NEXT M minutes (the future, known to no policy). It says what choosing among these actions by the hour
+could earn at most if the choice were right, against the best single action per window chosen in hindsight.
 
 Printed, per trace: the newsvendor rule (risk 1), the best fixed action chosen in hindsight per window and each
 follow-the-leader variant, as % of the oracle's expected profit (windows summed), and the oracle's in dollars.
@@ -82,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--traces", default=",".join(gen.TRACES), help="comma-separated (default: the six)")
     ap.add_argument("--trailing-minutes", default="1440", help="follow-the-leader windows, comma-separated")
     ap.add_argument("--conservative-days", default="", help="cautious variants' D, comma-separated")
+    ap.add_argument("--lookahead-minutes", default="", help="the hindsight bound's look-ahead M, comma-separated")
     ap.add_argument("--windows", type=int, default=None, help="at most this many windows per trace")
     ap.add_argument("--window-minutes", type=int, default=10_000, help="scored minutes per window (10000)")
     ap.add_argument("--lead-minutes", type=int, default=1440, help="history before each window (a day)")
@@ -94,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     trailing = [int(x) for x in args.trailing_minutes.split(",") if x]
     cautious = [int(x) for x in args.conservative_days.split(",") if x]
+    ahead = [int(x) for x in args.lookahead_minutes.split(",") if x]
     p, out = FleetParams(), {}
     for name in args.traces.split(","):
         runs = gen.windows(name, gen.TRACE_DIR / gen.TRACES[name], win)
@@ -121,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
                 return np.argmax(np.where(ok, days.sum(axis=0), -np.inf), axis=0)
 
             row[f"cautious_{d}_days"] = follow(mapping, runs, rewards, choose, rule)
+        for m in ahead:
+            last = rewards.shape[2]
+            row[f"lookahead_{m}"] = follow(
+                mapping, runs, rewards, lambda c, t, m=m: np.argmax(c[:, :, min(last, t + m)] - c[:, :, t], axis=0), rule
+            )
         key = name.replace("-", "_")
         out[f"{key}_windows"] = n
         for col, v in row.items():

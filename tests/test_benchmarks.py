@@ -77,7 +77,7 @@ CASES = {
     ),
     "follow_the_leader.py": (
         "--traces azure-functions --windows 1 --window-minutes 600 --lead-minutes 300 --trailing-minutes 120 "
-        "--conservative-days 1",
+        "--conservative-days 1 --lookahead-minutes 60",
         {
             "azure_functions_windows": 1,
             "azure_functions_oracle_pct_of_oracle": 100.0,
@@ -86,6 +86,7 @@ CASES = {
             "azure_functions_best_fixed_pct_of_oracle": float,
             "azure_functions_trailing_120_pct_of_oracle": float,
             "azure_functions_cautious_1_days_pct_of_oracle": float,
+            "azure_functions_lookahead_60_pct_of_oracle": float,
         },
     ),
     "noise_bound.py": (
