@@ -127,9 +127,12 @@ def main(argv: list[str] | None = None) -> int:
 
             row[f"cautious_{d}_days"] = follow(mapping, runs, rewards, choose, rule)
         for m in ahead:
-            last = rewards.shape[2]
             row[f"lookahead_{m}"] = follow(
-                mapping, runs, rewards, lambda c, t, m=m: np.argmax(c[:, :, min(last, t + m)] - c[:, :, t], axis=0), rule
+                mapping,
+                runs,
+                rewards,
+                lambda c, t, m=m: np.argmax(c[:, :, min(c.shape[2] - 1, t + m)] - c[:, :, t], axis=0),
+                rule,
             )
         key = name.replace("-", "_")
         out[f"{key}_windows"] = n
