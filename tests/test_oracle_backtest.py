@@ -242,6 +242,36 @@ def test_one_minutes_observations_of_several_fleets_are_each_fleets_own():
     assert many[0].memo is many[1].memo  # what does not read the machines is computed once a minute
 
 
+def test_progress_of_policies_replayed_together_moves_with_the_minutes():
+    """Policies replayed together report their (run, policy) pairs as the minutes go by, not all at the end; the
+    oracle's when it is solved; len(runs) x len(policies) in all."""
+    decisions = []
+
+    class Counting:
+        name = "counting"
+
+        def __init__(self):
+            self.rule = make_policy("target-tracking")
+
+        def reset(self, n):
+            self.rule.reset(n)
+
+        def decide(self, obs):
+            decisions.append(1)
+            return self.rule.decide(obs)
+
+    seen = []
+    runs = [synthetic_run(s, 400) for s in (5, 6)]
+    backtest(
+        runs,
+        {"a": Counting(), "b": make_policy("step"), ORACLE: None},
+        progress=lambda n: seen.append((n, len(decisions))),
+    )
+    assert sum(n for n, _ in seen) == 2 * 3
+    assert seen[0][1] < 400 / 2 + 1  # the first pair is reported before half the minutes are replayed
+    assert [d for _, d in seen[:4]] == sorted(d for _, d in seen[:4]) and seen[-1][0] == 2  # the oracle's two runs last
+
+
 def test_every_policy_sees_the_same_capacity_per_machine():
     """The realized capacity of each minute is trunc(active x x_t) with x_t common to all policies, and the
     score recomputes exactly what the simulation served."""

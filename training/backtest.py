@@ -127,10 +127,11 @@ def simulate_many(
     start_minutes: np.ndarray,
     noise_keys: np.ndarray,
     params: FleetParams,
+    on_minute: Callable[[int, int], object] | None = None,
 ) -> list[Trajectory]:
     """`simulate` for each of P policies on the same N loads, each on its own fleets (the same capacity noise):
     one observation builder for the loads, one fleet core of P x N fleets. Each trajectory equals `simulate`'s
-    for that policy alone (`ObservationBuilder.observations`)."""
+    for that policy alone (`ObservationBuilder.observations`). `on_minute(t, T)` after each simulated minute."""
     loads = np.atleast_2d(np.asarray(loads, dtype=np.float64))
     n, t_len, k = loads.shape[0], loads.shape[1] - 1, len(policies)
     starts = np.broadcast_to(np.asarray(start_minutes, dtype=np.int64), (n,))
@@ -155,6 +156,8 @@ def simulate_many(
         traj.capacity[:, t - 1] = out.capacity_tpm
         traj.down[:, t - 1] = out.down
         traj.desired[:, t - 1] = desired
+        if on_minute is not None:
+            on_minute(t, t_len)
     return [Trajectory(**{f.name: getattr(traj, f.name)[part] for f in fields(traj)}) for part in parts]
 
 
@@ -201,8 +204,9 @@ def backtest(
 ) -> Report:
     """Replay every policy (None stands for the oracle) on every run; runs of equal shape are one batch, replayed
     for all policies at once (`simulate_many`). With `forecast`, each run also reports the error of
-    `policies.forecast` one warm-up ahead over its scored minutes (`forecast_errors`). `progress(n)` is called
-    once per policy as a batch of n runs is scored (len(runs) * len(policies) in all)."""
+    `policies.forecast` one warm-up ahead over its scored minutes (`forecast_errors`). `progress(n)`: n more
+    (run, policy) pairs done, len(runs) * len(policies) in all; the pairs of a batch's replayed policies are
+    counted as its minutes go by, the oracle's when it is solved."""
     p = params or FleetParams()
     results: dict[int, list[Result]] = {i: [] for i in range(len(runs))}
     actives: dict[int, dict[str, np.ndarray]] = {i: {} for i in range(len(runs))}
@@ -213,12 +217,12 @@ def backtest(
         loads = np.stack([runs[i].load_tpm for i in idx])
         keys = np.array([runs[i].noise_key for i in idx], dtype=np.uint64)
         starts = np.array([runs[i].start_minute for i in idx], dtype=np.int64)
-        simulated = [name for name, pol in policies.items() if pol is not None]
-        trajs = (
-            dict(zip(simulated, simulate_many([policies[n] for n in simulated], loads, starts, keys, p), strict=True))
-            if simulated
-            else {}
-        )
+        replayed = {name: pol for name, pol in policies.items() if pol is not None}
+        trajs: dict[str, Trajectory] = {}
+        if replayed:
+            on_minute = _spread(progress, len(idx) * len(replayed))
+            replays = simulate_many(list(replayed.values()), loads, starts, keys, p, on_minute)
+            trajs = dict(zip(replayed, replays, strict=True))
         for name in policies:
             if name in trajs:
                 active, delta = trajs[name].active[:, lead:], trajs[name].delta[:, lead:]
@@ -227,7 +231,7 @@ def backtest(
             for j, i in enumerate(idx):
                 results[i].append(score(name, active[j], delta[j], loads[j, lead + 1 :], int(keys[j]), lead + 1, p))
                 actives[i][name] = active[j]
-            if progress is not None:
+            if progress is not None and name not in trajs:
                 progress(len(idx))
     report = Report()
     for i, r in enumerate(runs):
@@ -237,6 +241,22 @@ def backtest(
     if forecast:
         report.forecast = forecast_errors(runs, report.runs, p.warmup_minutes)
     return report
+
+
+def _spread(progress: Callable[[int], object] | None, units: int) -> Callable[[int, int], None] | None:
+    """`simulate_many`'s `on_minute` that reports `units` of `progress` spread over the minutes (None: none)."""
+    if progress is None:
+        return None
+    done = 0
+
+    def on_minute(t: int, t_len: int) -> None:
+        nonlocal done
+        now = units * t // t_len
+        if now > done:
+            progress(now - done)
+            done = now
+
+    return on_minute
 
 
 def forecast_errors(runs: list[Run], rows: list[dict], horizon: int) -> dict:
