@@ -59,8 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         together = simulate_many([make_policy(n) for n in names], loads, starts, keys, p)
         together_s.append(time.perf_counter() - t)
         identical &= all(
-            np.array_equal(a.active, b.active) and np.array_equal(a.delta, b.delta)
+            np.array_equal(getattr(a, f), getattr(b, f))
             for a, b in zip(alone, together, strict=True)
+            for f in ("active", "delta", "capacity", "down", "desired")
         )
     a50, t50 = statistics.median(alone_s), statistics.median(together_s)
     print(f"{len(names)} policies x {len(seeds)} loads x {args.minutes} minutes, median of {args.repeats}")

@@ -8,9 +8,10 @@ follow-the-leader rule replays the window: at each hour it takes the action whos
 (expected profit) over the trailing minutes before that hour (the past only: what a daemon could replay from
 its own history). `--conservative-days D` is the cautious variant: an action other than the newsvendor rule
 (risk 1) is taken only if its replay earned at least as much as the rule's on each of the last D days.
-`--lookahead-minutes M` is not a rule but a bound: at each hour it takes the action whose fixed replay earns most
-over the NEXT M minutes (the future, known to no policy). It says what choosing among these actions by the hour
-could earn at most if the choice were right, against the best single action per window chosen in hindsight.
+`--lookahead-minutes M` is clairvoyant, not a rule: at each hour it takes the action whose fixed replay earns most
+over the NEXT M minutes (the future, known to no policy). Replayed on its own fleet, it is what one such hourly
+choice does earn: a lower bound on what the best hourly choice among these actions could earn, to set against
+the best single action per window chosen in hindsight.
 
 Printed, per trace: the newsvendor rule (risk 1), the best fixed action chosen in hindsight per window and each
 follow-the-leader variant, as % of the oracle's expected profit (windows summed), and the oracle's in dollars.

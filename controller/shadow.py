@@ -4,7 +4,7 @@ A group's `shadow_policies` are computed every tick on the observations of the l
 history and features), each against its OWN fleet: a tiny fleet model per shadow (active machines, and orders
 joining after the group's `warmup_minutes`, as in `sim.fleet.FleetCore`) started from the live fleet at the
 first tick and then moved only by the shadow's decisions. The observation a shadow sees is the live one with the
-machine features (active, warming, utilization) replaced by its own fleet's.
+machine features (active, warming, utilization) replaced by its own fleet's (`Observation.with_machines`).
 
 A shadow's answer goes through the group's guards, vectorized here: min/max, scale-in stabilization, no scale-in
 while its machines warm up, per-tick step limits, min/max again and the group's own bounds (the live chain of
@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,7 +35,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from fleetpilot.controller.backends.base import GroupState
 from fleetpilot.controller.runtime import Batch, GroupRuntime, Reading
 from fleetpilot.policies.base import MAX_FLEET_MACHINES, Policy
-from fleetpilot.policies.observation import FEATURE_INDEX, Observation
+from fleetpilot.policies.observation import Observation
 from fleetpilot.sim.fleet import expected_minute
 from fleetpilot.sim.params import FleetParams
 
@@ -47,22 +47,6 @@ LIVE = "live"
 WINDOW_HOURS = 24
 #: A real group's capacity noise, as a share of its capacity per machine (a simulated group has its own).
 REAL_SIGMA_SHARE = 0.1
-_CLIP = 10.0  # the observation builder's feature clip
-_F_ACTIVE, _F_WARMING, _F_UTIL = FEATURE_INDEX["active"], FEATURE_INDEX["warming"], FEATURE_INDEX["util"]
-_F_GRAN = FEATURE_INDEX["granularity"]
-
-
-def with_machines(obs: Observation, active: np.ndarray, warming: np.ndarray) -> Observation:
-    """The observation with another fleet's machines: the active, warming and utilization features recomputed as
-    the builder computes them (the load scale R is 1 / the `granularity` feature)."""
-    f = obs.features.copy()
-    r_m = 1.0 / np.maximum(f[:, _F_GRAN].astype(np.float64), 1e-12)
-    a = np.asarray(active, dtype=np.int64)
-    w = np.asarray(warming, dtype=np.int64)
-    f[:, _F_ACTIVE] = np.clip(a / r_m, -_CLIP, _CLIP)
-    f[:, _F_WARMING] = np.clip(w / r_m, -_CLIP, _CLIP)
-    f[:, _F_UTIL] = np.minimum(obs.load_tpm / obs.capacity_tpm_per_machine / np.maximum(a, 1), 5.0)
-    return replace(obs, features=f, active=a.copy(), warming=w.copy())
 
 
 class Fleet:
@@ -379,7 +363,7 @@ class ShadowBook:
             self.desired[s.entries[listed]] = s.desired[listed]  # what it holds, unless it answers below
             active, warming = s.fleet.active, s.fleet.warming
             try:
-                answer = np.asarray(s.policy.decide(with_machines(obs, active, warming)).desired)
+                answer = np.asarray(s.policy.decide(obs.with_machines(active, warming)).desired)
                 if answer.shape != (n,):
                     raise ValueError(f"shadow policy returned shape {answer.shape} for {n} groups")
                 values = answer.astype(np.float64)

@@ -118,7 +118,6 @@ FEATURE_SINCE: Mapping[str, int] = MappingProxyType(
 FEATURE_INDEX: Mapping[str, int] = MappingProxyType({name: i for i, name in enumerate(FEATURE_NAMES)})
 _F = FEATURE_INDEX
 _LAGS = slice(_F["lag1"], _F["lag5"] + 1)
-_MACHINE_COLS = (_F["active"], _F["warming"], _F["util"])  #: the features that read the machines
 assert _LAGS.stop - _LAGS.start == 5  # lag1..lag5 are consecutive
 DAY_MINUTES = 1440
 WEEK_MINUTES = 7 * DAY_MINUTES
@@ -242,6 +241,18 @@ class LoadHistory:
         return self.count > k
 
 
+def _machine_features(
+    active: np.ndarray, warming: np.ndarray, r_m: np.ndarray, load: np.ndarray, cap: np.ndarray
+) -> tuple[tuple[int, np.ndarray], ...]:
+    """The features that read the machines, float64 and not yet clipped: (column, values) of active / R,
+    warming / R and the utilization load / (capacity x max(active, 1)), at most 5. The one place of this
+    arithmetic (the builder's observation, `Observation.with_machines`)."""
+    u = np.divide(load, cap)
+    u /= np.maximum(active, 1)
+    np.minimum(u, 5.0, out=u)
+    return ((_F["active"], np.divide(active, r_m)), (_F["warming"], np.divide(warming, r_m)), (_F["util"], u))
+
+
 def _leaky_max(m: np.ndarray, decay: float, x: np.ndarray) -> None:
     """m = max(m * decay, x), in place."""
     m *= decay
@@ -269,14 +280,33 @@ class Observation:
     forecast_tpm: np.ndarray | None = None  #: (N,) load forecast warm-up minutes ahead (feature 26 x R)
     forecast_error_tpm: np.ndarray | None = None  #: (N,) recent mean absolute error of that forecast (27 x R)
     forecast_error_max_tpm: np.ndarray | None = None  #: (N,) leaky maximum of that error (28 x R)
-    #: results that do not depend on the machines, kept for this minute's other decisions (a shadow's observation
-    #: is this one with other machines, `dataclasses.replace`, and shares the dict): the builder gives each
-    #: observation a fresh one; None: nothing kept
+    #: results that do not depend on the machines, kept for this minute's other decisions (`with_machines` shares
+    #: the dict): each minute's observation from the builder has a fresh one; None: nothing kept
     memo: dict | None = field(default=None, repr=False, compare=False)
+    #: (N,) the load scale R in machines (the load features are load / (R x capacity); the `granularity` feature is
+    #: 1 / R in float32); None: read from that feature
+    load_scale_machines: np.ndarray | None = None
 
     @property
     def n(self) -> int:
         return int(self.load_tpm.shape[0])
+
+    def with_machines(self, active: np.ndarray, warming: np.ndarray) -> Observation:
+        """This observation with another fleet's machines (a backtest's other policies, a shadow): the active,
+        warming and utilization features recomputed with the builder's arithmetic (the same bytes as the builder's
+        own observation with those machines, given `load_scale_machines`); everything else, `memo` included, is
+        this observation's, shared: read it, do not write it."""
+        act = np.array(active, dtype=np.int64)
+        warm = np.array(warming, dtype=np.int64)
+        if self.load_scale_machines is not None:
+            r_m = self.load_scale_machines
+        else:
+            r_m = 1.0 / np.maximum(self.features[:, _F["granularity"]].astype(np.float64), 1e-12)
+        f = self.features.copy()
+        for col, v in _machine_features(act, warm, r_m, self.load_tpm, self.capacity_tpm_per_machine):
+            np.clip(v, -_CLIP, _CLIP, out=v)
+            f[:, col] = v
+        return replace(self, features=f, active=act, warming=warm)
 
     @property
     def total(self) -> np.ndarray:
@@ -687,12 +717,6 @@ class ObservationBuilder:
 
     def observation(self) -> Observation:
         """This minute's observation of every group, with the machines of the last `update` / `set_machines`."""
-        return self.observations([(self.active, self.warming)])[0]
-
-    def observations(self, fleets: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[Observation]:
-        """This minute's observation once per fleet of (active, warming) machines on the same loads (a backtest's
-        policies, each on its own fleet). The load's features are computed once; each fleet's observation has the
-        bytes `observation()` would give after `set_machines(active, warming)`. They share one `memo`."""
         self.store.release()  # what the last observation's readers mapped in
         cap = self.cap
         r_m = np.maximum(self.ema_mid / cap, 1.0)  # R in machine units
@@ -709,6 +733,8 @@ class ObservationBuilder:
             ("noise", self.noise),
         ):
             np.multiply(v, inv, out=g[_F[name]])
+        for col, v in _machine_features(self.active, self.warming, r_m, self.load, cap):
+            g[col] = v
         tod = self.minute % DAY_MINUTES
         dow = (self.minute // DAY_MINUTES + _EPOCH_DOW) % 7
         np.take(_TOD_SIN, tod, out=g[_F["tod_sin"]], mode="clip")
@@ -739,15 +765,12 @@ class ObservationBuilder:
         np.minimum(self.rerise_age, _J_RERISE_CLIP, out=g[_F["rerise_age"]], casting="unsafe")
         g[_F["rerise_age"]] /= _J_RERISE_SCALE
         self._load_kind_features(g, inv)
-        for col in _MACHINE_COLS:
-            g[col] = 0.0  # each fleet's own below
         np.clip(g, -_CLIP, _CLIP, out=g)
-        per_machine = np.divide(self.load, cap)
-        shared = Observation(
-            features=f,  # each fleet's below
+        return Observation(
+            features=f.astype(np.float32),
             load_tpm=self.load.copy(),
-            active=self.active,
-            warming=self.warming,
+            active=self.active.copy(),
+            warming=self.warming.copy(),
             capacity_tpm_per_machine=cap,
             warmup_minutes=self.warmup,
             minute=self.minute.copy(),
@@ -760,19 +783,13 @@ class ObservationBuilder:
             forecast_error_tpm=self.fc_err.copy(),
             forecast_error_max_tpm=self.fc_err_max.copy(),
             memo={},
+            load_scale_machines=r_m,
         )
-        out = []
-        for active, warming in fleets:
-            act = np.array(active, dtype=np.int64)
-            warm = np.array(warming, dtype=np.int64)
-            fa = f if len(fleets) == 1 else f.copy()
-            h = fa.T
-            np.divide(act, r_m, out=h[_F["active"]])
-            np.divide(warm, r_m, out=h[_F["warming"]])
-            u = h[_F["util"]]
-            np.divide(per_machine, np.maximum(act, 1), out=u)
-            np.minimum(u, 5.0, out=u)
-            for col in _MACHINE_COLS:
-                np.clip(h[col], -_CLIP, _CLIP, out=h[col])
-            out.append(replace(shared, features=fa.astype(np.float32), active=act, warming=warm))
-        return out
+
+    def observations(self, fleets: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[Observation]:
+        """This minute's observation once per fleet of (active, warming) machines on the same loads (a backtest's
+        policies, each on its own fleet): the load's features are computed once, and each fleet's observation is
+        `with_machines` of it (the bytes `observation()` would give after `set_machines(active, warming)`; the
+        rest, `memo` included, is shared and read-only)."""
+        base = self.observation()
+        return [base.with_machines(active, warming) for active, warming in fleets]

@@ -619,7 +619,6 @@ def test_a_shadow_observation_reuses_the_minutes_pricing_and_a_new_minute_does_n
     """The pricing does not read the machines: asked again this minute with the same parameters, risk and rows
     on an observation that is this one with other machines (a shadow's), it is not computed again; another
     risk, other rows or the next minute's observation are. Each answer is the caller's own copy."""
-    from fleetpilot.controller.shadow import with_machines
     from fleetpilot.policies import newsvendor
 
     calls: list[int] = []
@@ -635,7 +634,7 @@ def test_a_shadow_observation_reuses_the_minutes_pricing_and_a_new_minute_does_n
     obs, p = b.observation(), NewsvendorParams(rise_scale="mixture")
     first = newsvendor_machines(obs, p, np.array([1.0, 2.0, 1.0]))
     first[:] = -1  # the caller's copy
-    shadow = with_machines(obs, np.array([3, 40, 7]), np.array([1, 0, 0]))
+    shadow = obs.with_machines(np.array([3, 40, 7]), np.array([1, 0, 0]))
     again = newsvendor_machines(shadow, NewsvendorParams(rise_scale="mixture"), np.array([1.0, 2.0, 1.0]))
     assert len(calls) == 1 and np.array_equal(again, inner(obs, p, np.array([1.0, 2.0, 1.0]), None))
     newsvendor_machines(shadow, p, np.array([1.0, 1.0, 1.0]))  # another risk

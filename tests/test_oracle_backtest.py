@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fleetpilot.policies.observation import ObservationBuilder
+from fleetpilot.policies.observation import FEATURE_INDEX, ObservationBuilder
 from fleetpilot.policies.registry import make_policy
 from fleetpilot.sim.fleet import FleetCore, expected_reward, standard_normal_at
 from fleetpilot.sim.load import read_trace
@@ -221,24 +221,38 @@ def test_policies_replayed_together_decide_as_each_does_alone():
         for f in ("active", "delta", "capacity", "down", "desired"):
             np.testing.assert_array_equal(getattr(traj, f), getattr(alone, f), err_msg=f"{name}: {f}")
     assert len({traj.active.tobytes() for traj in together}) == len(names)  # five different fleets
+    # one instance keeps one state per fleet: it is replayed once, under each of its names
+    step = make_policy("step")
+    with pytest.raises(ValueError, match="given twice"):
+        simulate_many([step, step], loads, starts, keys, p)
+    twice = backtest(runs[:1], {"a": step, "b": step}).runs[0]["results"]
+    alone = backtest(runs[:1], {"a": make_policy("step")}).runs[0]["results"][0]
+    assert {**twice[0], "policy": "-"} == {**twice[1], "policy": "-"} == {**alone, "policy": "-"}
 
 
 def test_one_minutes_observations_of_several_fleets_are_each_fleets_own():
-    """`ObservationBuilder.observations`: each fleet's observation has the bytes of the builder's own observation
-    with that fleet's machines (`set_machines`), the machine features included."""
+    """`ObservationBuilder.observations`: each fleet's observation (`Observation.with_machines` of the minute's)
+    has the bytes of the builder's own observation with that fleet's machines (`set_machines`), and its machine
+    features are active / R, warming / R and load / (capacity x active), at most 5, clipped to 10."""
     rng = np.random.default_rng(3)
     b = ObservationBuilder(4, 1000.0, 5)
     for t in range(300):
         b.update(rng.gamma(2.0, 3000.0, 4), rng.integers(0, 40, 4), rng.integers(0, 5, 4), np.full(4, 10_000 + t))
     fleets = [(rng.integers(0, 90, 4), rng.integers(0, 9, 4)) for _ in range(3)]
+    fleets.append((np.array([0, 1, 4000, 2]), np.array([0, 3000, 0, 1])))  # none, and past the clip
     many = b.observations(fleets)
+    col = {k: FEATURE_INDEX[k] for k in ("active", "warming", "util")}
     for (active, warming), obs in zip(fleets, many, strict=True):
         b.set_machines(active, warming)
         own = b.observation()
         np.testing.assert_array_equal(obs.features, own.features)
         np.testing.assert_array_equal(obs.active, active)
         np.testing.assert_array_equal(obs.warming, warming)
-    assert len({obs.features.tobytes() for obs in many}) == 3
+        r = own.load_scale_machines
+        util = np.minimum(own.load_tpm / 1000.0 / np.maximum(active, 1), 5.0)
+        for k, v in (("active", active / r), ("warming", warming / r), ("util", util)):
+            np.testing.assert_array_equal(obs.features[:, col[k]], np.clip(v, -10, 10).astype(np.float32), err_msg=k)
+    assert len({obs.features.tobytes() for obs in many}) == len(fleets)
     assert many[0].memo is many[1].memo  # what does not read the machines is computed once a minute
 
 
@@ -268,8 +282,9 @@ def test_progress_of_policies_replayed_together_moves_with_the_minutes():
         progress=lambda n: seen.append((n, len(decisions))),
     )
     assert sum(n for n, _ in seen) == 2 * 3
-    assert seen[0][1] < 400 / 2 + 1  # the first pair is reported before half the minutes are replayed
-    assert [d for _, d in seen[:4]] == sorted(d for _, d in seen[:4]) and seen[-1][0] == 2  # the oracle's two runs last
+    # 2 runs x 2 replayed policies over 400 minutes: a pair each 100 minutes (one decision a minute for both
+    # runs), then the oracle's two runs
+    assert seen == [(1, 100), (1, 200), (1, 300), (1, 400), (2, 400)]
 
 
 def test_every_policy_sees_the_same_capacity_per_machine():

@@ -131,7 +131,12 @@ def simulate_many(
 ) -> list[Trajectory]:
     """`simulate` for each of P policies on the same N loads, each on its own fleets (the same capacity noise):
     one observation builder for the loads, one fleet core of P x N fleets. Each trajectory equals `simulate`'s
-    for that policy alone (`ObservationBuilder.observations`). `on_minute(t, T)` after each simulated minute."""
+    for that policy alone (`ObservationBuilder.observations`). `on_minute(t, T)` after each simulated minute.
+    A policy keeps per-fleet state (`reset(N)`): one instance cannot replay two fleets, so each is given once."""
+    if len({id(pol) for pol in policies}) != len(policies):
+        raise ValueError("simulate_many: a policy instance is given twice (it keeps one state per fleet)")
+    if not policies:
+        return []
     loads = np.atleast_2d(np.asarray(loads, dtype=np.float64))
     n, t_len, k = loads.shape[0], loads.shape[1] - 1, len(policies)
     starts = np.broadcast_to(np.asarray(start_minutes, dtype=np.int64), (n,))
@@ -146,7 +151,8 @@ def simulate_many(
     parts = [slice(i * n, (i + 1) * n) for i in range(k)]
     for t in range(1, t_len + 1):
         warming = core.warming
-        obs = builder.observations([(core.active[part], warming[part]) for part in parts])
+        # one policy: the builder holds its fleet's machines (the update below)
+        obs = [builder.observation()] if k == 1 else builder.observations([(core.active[s], warming[s]) for s in parts])
         desired = np.concatenate([np.asarray(pol.decide(o).desired) for pol, o in zip(policies, obs, strict=True)])
         delta = np.clip(desired - (core.active + warming), lo, hi)
         out = core.step(delta, np.tile(loads[:, t], k))
@@ -158,7 +164,7 @@ def simulate_many(
         traj.desired[:, t - 1] = desired
         if on_minute is not None:
             on_minute(t, t_len)
-    return [Trajectory(**{f.name: getattr(traj, f.name)[part] for f in fields(traj)}) for part in parts]
+    return [Trajectory(**{f.name: getattr(traj, f.name)[part].copy() for f in fields(traj)}) for part in parts]
 
 
 def score(
@@ -217,12 +223,12 @@ def backtest(
         loads = np.stack([runs[i].load_tpm for i in idx])
         keys = np.array([runs[i].noise_key for i in idx], dtype=np.uint64)
         starts = np.array([runs[i].start_minute for i in idx], dtype=np.int64)
-        replayed = {name: pol for name, pol in policies.items() if pol is not None}
-        trajs: dict[str, Trajectory] = {}
-        if replayed:
-            on_minute = _spread(progress, len(idx) * len(replayed))
-            replays = simulate_many(list(replayed.values()), loads, starts, keys, p, on_minute)
-            trajs = dict(zip(replayed, replays, strict=True))
+        # each policy instance once (one given under two names is replayed once, as it was alone)
+        unique = list({id(pol): pol for pol in policies.values() if pol is not None}.values())
+        spread = _Spread(progress, len(idx) * sum(pol is not None for pol in policies.values()))
+        replays = dict(zip(map(id, unique), simulate_many(unique, loads, starts, keys, p, spread), strict=True))
+        spread.finish()
+        trajs = {name: replays[id(pol)] for name, pol in policies.items() if pol is not None}
         for name in policies:
             if name in trajs:
                 active, delta = trajs[name].active[:, lead:], trajs[name].delta[:, lead:]
@@ -243,20 +249,23 @@ def backtest(
     return report
 
 
-def _spread(progress: Callable[[int], object] | None, units: int) -> Callable[[int, int], None] | None:
-    """`simulate_many`'s `on_minute` that reports `units` of `progress` spread over the minutes (None: none)."""
-    if progress is None:
-        return None
-    done = 0
+class _Spread:
+    """`simulate_many`'s `on_minute` that reports `units` of `progress` spread over the minutes; `finish()`
+    reports what is left (a replay of no minutes)."""
 
-    def on_minute(t: int, t_len: int) -> None:
-        nonlocal done
-        now = units * t // t_len
-        if now > done:
-            progress(now - done)
-            done = now
+    def __init__(self, progress: Callable[[int], object] | None, units: int):
+        self.progress, self.units, self.done = progress, units, 0
 
-    return on_minute
+    def _to(self, now: int) -> None:
+        if self.progress is not None and now > self.done:
+            self.progress(now - self.done)
+            self.done = now
+
+    def __call__(self, t: int, t_len: int) -> None:
+        self._to(self.units * t // t_len)
+
+    def finish(self) -> None:
+        self._to(self.units)
 
 
 def forecast_errors(runs: list[Run], rows: list[dict], horizon: int) -> dict:
