@@ -28,7 +28,7 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -326,10 +326,7 @@ class Daemon:
         return Reading(s, DataStatus.OK)
 
     def _read_sources(self, now: Now) -> list[Reading]:
-        if self._pool is None:
-            readings = [self._read_one(g, now) for g in self.groups]
-        else:
-            readings = list(self._pool.map(lambda g: self._read_one(g, now), self.groups))
+        readings: list[Reading] = self._map(lambda g: self._read_one(g, now), self.groups)
         for g, r in zip(self.groups, readings, strict=True):
             if not r.ok:
                 self.metrics.child(self.metrics.source_errors, g.name, r.status).inc()
@@ -410,18 +407,32 @@ class Daemon:
 
     def _fill_gaps(self, b: Batch, readings: list[Reading]) -> None:
         """Minutes missed since a group's last sample (missed ticks, a forward clock jump) are read from the
-        source's history rather than filled by holding the last value."""
-        series: list[History] = []
+        source's history rather than filled by holding the last value; the groups' reads go through the reader
+        pool, as the minute's readings do (after a clock jump every group of a batch has a gap)."""
+        gaps: list[tuple[GroupRuntime, int, int]] = []
         for g, r in zip(b.groups, readings, strict=True):
-            got = NO_HISTORY
             start = b.gap_start(g.row, r.sample.minute) if r.ok and r.sample is not None else None
             if start is not None and r.sample is not None:
-                try:
-                    got = read_history(g.source, start, r.sample.minute, g.limits)
-                except SourceError as exc:  # the builder then holds the last value over the gap
-                    log.info("gap backfill failed", extra={"group": g.name, "error": str(exc)})
-            series.append(got)
-        b.feed_history(series)
+                gaps.append((g, start, r.sample.minute))
+        if not gaps:
+            return
+
+        def read(gap: tuple[GroupRuntime, int, int]) -> History:
+            g, start, end = gap
+            try:
+                return read_history(g.source, start, end, g.limits)
+            except SourceError as exc:  # the builder then holds the last value over the gap
+                log.info("gap backfill failed", extra={"group": g.name, "error": str(exc)})
+                return NO_HISTORY
+
+        got = dict(zip((g.index for g, _, _ in gaps), self._map(read, gaps), strict=True))
+        b.feed_history([got.get(g.index, NO_HISTORY) for g in b.groups])
+
+    def _map(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        """`fn` of each item, in order: in the reader pool when there is one and more than one item."""
+        if self._pool is None or len(items) < 2:
+            return [fn(x) for x in items]
+        return list(self._pool.map(fn, items))
 
     def _report_policy(self, b: Batch, run: PolicyRun) -> None:
         key = ("policy", b.spec)

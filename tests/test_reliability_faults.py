@@ -336,9 +336,15 @@ def test_model_failure_streak_uses_the_fallback(tmp_path, caplog, how, cause):
 
 # -- the wall clock jumping ---------------------------------------------------------------------------------
 def test_wall_clock_jumps_forward(tmp_path, prometheus_server, caplog):
+    """Three groups, each its own query (the load plus 0, 1000 and 2000): after the jump each group's gap is read
+    from its own source (through the reader pool), not filled by holding the last value."""
     caplog.set_level(logging.INFO)
     clock = StepClock(now_minute() - 600)
-    d = daemon(tmp_path, [group(prom_source(prometheus_server.url))], clock)
+    groups = [
+        group({**prom_source(prometheus_server.url), "query": f"{LOAD_QUERY} + {1000 * i}"}, name=name)
+        for i, name in enumerate(("web", "api", "shop"))
+    ]
+    d = daemon(tmp_path, groups, clock)
     run_streak(d, 3)
     clock.jump(3 * 3600)  # an NTP step of +3 h between two ticks
     assert run_streak(d, 3) == ["ok"] * 3
@@ -346,11 +352,14 @@ def test_wall_clock_jumps_forward(tmp_path, prometheus_server, caplog):
     assert metric(d, "fleetpilot_clock_jumps_total", direction="forward") == 1
     assert metric(d, "fleetpilot_clock_jumps_total", direction="backward") == 0
     assert len(records(caplog, "wall clock jumped", logging.WARNING)) == 1
-    # the three hours the daemon did not see were read from the source, not filled by holding the last value
-    obs = d.batches[0].builder.observation()
-    last = int(obs.minute[0])
-    got = [obs.history.lag(k)[0] for k in range(0, 200)]
-    assert got == [load_at(last - k) for k in range(0, 200)]
+    # the three hours the daemon did not see were read from the sources, not filled by holding the last value
+    (b,) = d.batches
+    obs = b.builder.observation()
+    for g in b.groups:
+        last = int(obs.minute[g.row])
+        got = [obs.history.lag(k)[g.row] for k in range(0, 200)]
+        offset = 1000 * ("web", "api", "shop").index(g.name)
+        assert got == [load_at(last - k) + offset for k in range(0, 200)], g.name
 
 
 def test_wall_clock_jumps_backward(tmp_path, prometheus_server, caplog):
