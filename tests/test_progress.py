@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import io
+import itertools
 import os
 import pty
 import re
@@ -148,7 +149,8 @@ def test_backtest_on_a_terminal_shows_a_tqdm_bar(traces):
     assert not _plain_lines(text, "backtest")  # not the pipe format
 
 
-def test_tune_prints_progress_per_grid_point(tmp_path):
+def test_tune_prints_progress_per_chunk_of_grid_points(tmp_path):
+    """Grid points are scored a few at a time (`point_chunks`): a line as each chunk ends, counting points."""
     r = subprocess.run(
         [FLEETPILOT, "tune", "--policy", "static", "--synthetic", "--seeds", "0", "--minutes", "300"],
         capture_output=True,
@@ -157,10 +159,11 @@ def test_tune_prints_progress_per_grid_point(tmp_path):
     )
     assert r.returncode == 0, r.stderr[-2000:]
     lines = _plain_lines(r.stderr, "tune static")
-    from fleetpilot.training.tune import GRIDS
+    from fleetpilot.training.tune import GRIDS, grid_points, point_chunks
 
-    points = len(GRIDS["static"]["machines"])
-    assert [int(m["n"]) for m in lines] == list(range(1, points + 1))
+    chunks = point_chunks(grid_points(GRIDS["static"]), 1)  # one load
+    assert len(chunks) >= 4 and sum(map(len, chunks)) == len(GRIDS["static"]["machines"])
+    assert [int(m["n"]) for m in lines] == list(itertools.accumulate(len(c) for c in chunks))
     assert lines[-1]["post"].startswith("best E[profit] $")
     assert '"policy": "static"' in r.stdout
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 from typing import Any
 
 from fleetpilot.policies.registry import make_policy
@@ -57,49 +58,69 @@ def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
     return [dict(zip(keys, v, strict=True)) for v in itertools.product(*(grid[k] for k in keys))]
 
 
+#: Fleets (grid points x runs) one task replays together: `backtest` replays a task's points with one observation
+#: builder for the runs (`training.backtest.simulate_many`), the most of a grid's cost for the simple rules.
+FLEETS_PER_TASK = 512
+#: A grid is split into at least this many tasks (when it has as many points), for the fan-out to share out.
+MIN_TASKS = 4
+
+
+def point_chunks(points: list[dict[str, Any]], runs: int) -> list[list[dict[str, Any]]]:
+    """`points` in order, as the tasks that score them: at most FLEETS_PER_TASK // runs points a task, and at
+    least MIN_TASKS tasks when there are as many points."""
+    size = max(1, min(FLEETS_PER_TASK // max(runs, 1), math.ceil(len(points) / MIN_TASKS)))
+    return [points[i : i + size] for i in range(0, len(points), size)]
+
+
 def grid_scores(
     policy: str, runs: list[Run], grid: dict[str, list[Any]] | None = None, ray_address: str | None = None
 ) -> list[tuple[dict[str, Any], list[dict]]]:
     """Every point of `policy`'s grid (GRIDS, or `grid`) with its per-run results on `runs` (expected profit,
-    downtime minutes...), for choosing per run or per subset of runs from one pass over the grid. Each point is
-    one task of `training.fanout.map_tasks` (Ray tasks with `ray_address`), in the grid's order."""
+    downtime minutes...), for choosing per run or per subset of runs from one pass over the grid. The points are
+    scored a few at a time (`point_chunks`), each chunk one task of `training.fanout.map_tasks` (Ray tasks with
+    `ray_address`); the rows come back in the grid's order."""
     from fleetpilot.training.fanout import map_tasks, values
 
-    points = grid_points(grid or GRIDS[policy])
-    return values(map_tasks(functools.partial(point_rows, policy, runs), points, ray_address), f"grid {policy}")
+    chunks = point_chunks(grid_points(grid or GRIDS[policy]), len(runs))
+    done = values(map_tasks(functools.partial(chunk_rows, policy, runs), chunks, ray_address), f"grid {policy}")
+    return [row for chunk in done for row in chunk]
 
 
-def point_rows(policy: str, runs: list[Run], params: dict[str, Any]) -> tuple[dict[str, Any], list[dict]]:
-    """One grid point with its per-run results: one fan-out task of `grid_scores`."""
-    report = backtest(runs, {"p": make_policy(policy, params)})
-    return params, [r["results"][0] for r in report.runs]
+def chunk_rows(policy: str, runs: list[Run], chunk: list[dict[str, Any]]) -> list[tuple[dict[str, Any], list[dict]]]:
+    """Grid points with their per-run results, replayed together: one fan-out task of `grid_scores`."""
+    report = backtest(runs, {str(i): make_policy(policy, params) for i, params in enumerate(chunk)})
+    return [(params, [r["results"][i] for r in report.runs]) for i, params in enumerate(chunk)]
 
 
-def score_point(policy: str, runs: list[Run], params: dict[str, Any]) -> tuple[float, int, dict[str, Any]]:
-    """(expected profit, downtime minutes, params) of one grid point summed over `runs`: one fan-out task."""
-    s = backtest(runs, {"p": make_policy(policy, params)}).summary[0]
-    return s["expected_profit_usd"], s["downtime_minutes"], params
+def score_chunk(policy: str, runs: list[Run], chunk: list[dict[str, Any]]) -> list[tuple[float, int, dict[str, Any]]]:
+    """(expected profit, downtime minutes, params) of grid points summed over `runs`, replayed together: one
+    fan-out task of `tune`."""
+    summary = backtest(runs, {str(i): make_policy(policy, params) for i, params in enumerate(chunk)}).summary
+    return [(s["expected_profit_usd"], s["downtime_minutes"], params) for s, params in zip(summary, chunk, strict=True)]
 
 
 def tune(policy: str, runs: list[Run], ray_address: str | None = None, progress: bool = False) -> dict[str, Any]:
     """The grid point with the highest expected profit summed over `runs`, and the runner-up figures.
-    Each grid point is one task of `training.fanout.map_tasks` (Ray tasks with `ray_address`). `progress`: a
-    progress bar (a terminal) or lines with an ETA (otherwise) on stderr, one unit per grid point."""
+    The points are scored a few at a time (`point_chunks`), each chunk one task of `training.fanout.map_tasks`
+    (Ray tasks with `ray_address`). `progress`: a progress bar (a terminal) or lines with an ETA (otherwise) on
+    stderr, counting grid points as each chunk ends."""
     from fleetpilot.training.fanout import map_tasks, values
 
     points = grid_points(GRIDS[policy])
+    chunks = point_chunks(points, len(runs))
     bar = Progress(len(points), f"tune {policy}", "points") if progress else None
     best: list[float] = []
 
-    def on_done(_i: int, outcome: Any) -> None:
+    def on_done(i: int, outcome: Any) -> None:
         if bar is None:
             return
         if outcome.ok:
-            best[:] = [max([*best, outcome.value[0]])]
-        bar.update(1, postfix=f"best E[profit] ${best[0]:,.0f}" if best else None)
+            best[:] = [max([*best, *(e for e, _, _ in outcome.value)])]
+        bar.update(len(chunks[i]), postfix=f"best E[profit] ${best[0]:,.0f}" if best else None)
 
     try:
-        scored = values(map_tasks(functools.partial(score_point, policy, runs), points, ray_address, on_done), "tune")
+        done = values(map_tasks(functools.partial(score_chunk, policy, runs), chunks, ray_address, on_done), "tune")
+        scored = [x for chunk in done for x in chunk]
     finally:
         if bar is not None:
             bar.close()
