@@ -89,7 +89,7 @@ def grid_scores(
 def chunk_rows(policy: str, runs: list[Run], chunk: list[dict[str, Any]]) -> list[tuple[dict[str, Any], list[dict]]]:
     """Grid points with their per-run results, replayed together: one fan-out task of `grid_scores`."""
     report = backtest(runs, {str(i): make_policy(policy, params) for i, params in enumerate(chunk)})
-    return [(params, [r["results"][i] for r in report.runs]) for i, params in enumerate(chunk)]
+    return [(params, [dict(r["results"][i], policy=policy) for r in report.runs]) for i, params in enumerate(chunk)]
 
 
 def score_chunk(policy: str, runs: list[Run], chunk: list[dict[str, Any]]) -> list[tuple[float, int, dict[str, Any]]]:
