@@ -11,7 +11,8 @@ its own history). `--conservative-days D` is the cautious variant: an action oth
 `--lookahead-minutes M` is clairvoyant, not a rule: at each hour it takes the action whose fixed replay earns most
 over the NEXT M minutes (the future, known to no policy). Replayed on its own fleet, it is what one such hourly
 choice does earn: a lower bound on what the best hourly choice among these actions could earn, to set against
-the best single action per window chosen in hindsight.
+the best single action per window chosen in hindsight. `--lookahead-delay-minutes D` chooses by the M minutes
+that start D minutes after the hour instead: how fast the value of knowing the future fades with its distance.
 
 Printed, per trace: the newsvendor rule (risk 1), the best fixed action chosen in hindsight per window and each
 follow-the-leader variant, as % of the oracle's expected profit (windows summed), and the oracle's in dollars.
@@ -87,6 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trailing-minutes", default="1440", help="follow-the-leader windows, comma-separated")
     ap.add_argument("--conservative-days", default="", help="cautious variants' D, comma-separated")
     ap.add_argument("--lookahead-minutes", default="", help="the hindsight bound's look-ahead M, comma-separated")
+    ap.add_argument(
+        "--lookahead-delay-minutes",
+        default="0",
+        help="look-ahead windows start this many minutes after the hour, comma-separated (0: the next M minutes)",
+    )
     ap.add_argument("--windows", type=int, default=None, help="at most this many windows per trace")
     ap.add_argument("--window-minutes", type=int, default=10_000, help="scored minutes per window (10000)")
     ap.add_argument("--lead-minutes", type=int, default=1440, help="history before each window (a day)")
@@ -100,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     trailing = [int(x) for x in args.trailing_minutes.split(",") if x]
     cautious = [int(x) for x in args.conservative_days.split(",") if x]
     ahead = [int(x) for x in args.lookahead_minutes.split(",") if x]
+    delays = [int(x) for x in args.lookahead_delay_minutes.split(",") if x]
     p, out = FleetParams(), {}
     for name in args.traces.split(","):
         runs = gen.windows(name, gen.TRACE_DIR / gen.TRACES[name], win)
@@ -128,13 +135,13 @@ def main(argv: list[str] | None = None) -> int:
 
             row[f"cautious_{d}_days"] = follow(mapping, runs, rewards, choose, rule)
         for m in ahead:
-            row[f"lookahead_{m}"] = follow(
-                mapping,
-                runs,
-                rewards,
-                lambda c, t, m=m: np.argmax(c[:, :, min(c.shape[2] - 1, t + m)] - c[:, :, t], axis=0),
-                rule,
-            )
+            for d in delays:
+
+                def ahead_of(c, t, m=m, d=d):
+                    last = c.shape[2] - 1
+                    return np.argmax(c[:, :, min(last, t + d + m)] - c[:, :, min(last, t + d)], axis=0)
+
+                row[f"lookahead_{m}" + (f"_after_{d}" if d else "")] = follow(mapping, runs, rewards, ahead_of, rule)
         key = name.replace("-", "_")
         out[f"{key}_windows"] = n
         for col, v in row.items():
