@@ -76,7 +76,7 @@ def measure(seed: int, args: argparse.Namespace) -> dict:
     train_fleet = training_fleet(cfg, fleet)
     loads, starts, keys, sources = pi_round_loads(cfg, train_fleet, data.sampler, 1)  # training's first round
     seg = segment_rollouts(
-        lambda obs: np.full(obs.n, start), mapping, loads, starts, keys, train_fleet,
+        lambda x: np.full(len(x), start), mapping, loads, starts, keys, train_fleet,
         cfg.pi_hold_minutes, cfg.pi_period_minutes, cfg.pi_skip_minutes, np.array(sources),
     )  # fmt: skip
     src = np.asarray(seg.source)

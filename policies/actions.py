@@ -117,6 +117,30 @@ class ActionMapping:
             need[nv] = newsvendor_machines(obs, self._nv, risk, rows=nv)
         return saturated_machines(need)
 
+    def targets(self, k: np.ndarray, obs: Observation) -> np.ndarray:
+        """(F, N) actions of F fleets on `obs`'s N loads -> (F, N) the fleets they ask for (`target` of each row).
+        A target reads the load, never the machines, so any fleet's observation of these loads gives the same
+        answer, and each distinct (action, load) pair is computed once: F fleets that mostly take the same
+        actions (the rollouts of `training.policy_iteration`) cost little more than one."""
+        k = np.asarray(k, dtype=np.int64)
+        if k.ndim != 2 or k.shape[1] != obs.n:
+            raise ValueError(f"actions of shape {k.shape}: expected (fleets, {obs.n})")
+        if k.size and (k.min() < 0 or k.max() >= self.n):
+            raise ValueError(f"action outside [0, {self.n})")
+        n = obs.n
+        pairs, inverse = np.unique(k * n + np.arange(n), return_inverse=True)
+        act, rows = np.divmod(pairs, n)
+        g = np.minimum(act, self.n_grid - 1)
+        day_max = obs.day_max_tpm if obs.day_max_tpm is not None else obs.load_tpm
+        cap = np.broadcast_to(np.asarray(obs.capacity_tpm_per_machine), (n,))
+        with np.errstate(over="ignore"):
+            need = (self.base_load(obs)[rows] + self._c[g] * day_max[rows]) / (cap[rows] * self._u[g])
+        nv = np.nonzero(act >= self.n_grid)[0]
+        if nv.size:
+            risk = np.asarray(self.newsvendor_risk)[act[nv] - self.n_grid]
+            need[nv] = newsvendor_machines(obs, self._nv, risk, rows=rows[nv])
+        return saturated_machines(need)[inverse.reshape(-1)].reshape(k.shape)
+
     def desired(self, k: np.ndarray, obs: Observation) -> np.ndarray:
         """The desired capacity (active + warming) for action k's target (`policies.base.toward`)."""
         return toward(self.target(k, obs), obs)

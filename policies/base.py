@@ -42,8 +42,13 @@ def toward(target: np.ndarray, obs: Observation) -> np.ndarray:
     once while ordered ones are still warming, so a scale-in only ever removes active machines above the target:
     with 12 active, 10 warming and a target of 12, nothing is removed (removing 10 would leave 2 serving for
     minutes). A target of -1 (no answer) stays -1, never a scale-in."""
-    total = obs.active + obs.warming
-    removable = np.maximum(np.minimum(total - target, obs.active - target), 0)
+    return toward_machines(target, obs.active, obs.warming)
+
+
+def toward_machines(target: np.ndarray, active: np.ndarray, warming: np.ndarray) -> np.ndarray:
+    """`toward` for a fleet of `active` and `warming` machines."""
+    total = active + warming
+    removable = np.maximum(np.minimum(total - target, active - target), 0)
     out = np.where(target >= total, target, total - removable)
     return np.where(target < 0, -1, out).astype(np.int64)
 

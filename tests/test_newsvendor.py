@@ -564,6 +564,29 @@ def test_an_action_outside_the_mapping_is_refused():
             m.desired(np.array([k]), obs)
 
 
+def test_many_fleets_targets_are_each_rows_target_whatever_their_machines():
+    """`ActionMapping.targets` prices each distinct (action, load) once for F fleets on the same loads (the
+    rollouts of policy iteration): the same fleets `target` gives each row, on any fleet's observation."""
+    from fleetpilot.policies.actions import ActionMapping
+
+    m = ActionMapping((0.5, 0.8), (0.0, 0.2), 3, 1.1, (0.25, 1.0, 4.0), "mixture")
+    rng = np.random.default_rng(8)
+    loads = np.stack([1500 * rng.lognormal(0, 0.2, 2000) + steps(2000, 170 + 40 * i, 0.8, 600) for i in range(5)])
+    obs = feed(loads).observation()
+    k = rng.integers(0, m.n, (6, 5))
+    k[1] = k[0]  # fleets that take the same actions
+    k[2, :] = m.n_grid + 1  # every load at one price
+    got = m.targets(k, obs.with_machines(np.full(5, 3), np.full(5, 2)))
+    assert got.shape == (6, 5) and got.dtype == np.int64
+    for f in range(6):
+        assert np.array_equal(got[f], m.target(k[f], obs)), f
+    assert len(set(got[:, 0])) > 1  # the actions ask for different fleets (the check compares something)
+    with pytest.raises(ValueError, match="action outside"):
+        m.targets(np.full((2, 5), m.n), obs)
+    with pytest.raises(ValueError, match="expected"):
+        m.targets(np.zeros(5, dtype=np.int64), obs)
+
+
 def test_a_model_whose_outputs_disagree_with_its_action_mapping_is_refused(tmp_path):
     """A manifest naming newsvendor actions the graph does not have (or the reverse) is refused at load, not
     met tick by tick as an out-of-range action."""

@@ -35,7 +35,7 @@ def _loads(n: int, minutes: int, seed: int = 5) -> tuple[np.ndarray, np.ndarray,
 def test_an_action_the_policy_takes_anyway_has_no_advantage_and_others_do():
     loads, starts, keys = _loads(3, 400)
     base = MAPPING.n_grid + 1  # newsvendor, risk 1
-    seg = segment_rollouts(lambda obs: np.full(obs.n, base), MAPPING, loads, starts, keys, FleetParams(), 10, 40, 120)
+    seg = segment_rollouts(lambda x: np.full(len(x), base), MAPPING, loads, starts, keys, FleetParams(), 10, 40, 120)
     assert seg.features.shape == (3 * 7, 33)  # periods starting at 120, 160, ..., 360
     assert seg.advantage.shape == (3 * 7, MAPPING.n)
     assert np.all(seg.advantage[:, base] == 0.0)  # holding the policy's own action changes nothing
@@ -53,7 +53,7 @@ def test_each_round_knows_which_source_each_load_was_drawn_from():
     loads, starts = _draw_loads(fleet, sampler, 3, 8, 300, sources)
     assert len(sources) == 8 and set(sources) == {"generator", "seed"}
     seg = segment_rollouts(
-        lambda obs: np.full(obs.n, 1), MAPPING, loads, starts, np.arange(8, dtype=np.uint64), fleet, 10, 40, 120,
+        lambda x: np.full(len(x), 1), MAPPING, loads, starts, np.arange(8, dtype=np.uint64), fleet, 10, 40, 120,
         np.array(sources),
     )  # fmt: skip
     assert [seg.source[seg.load == i][0] for i in range(8)] == sources
@@ -65,7 +65,7 @@ def test_an_advantage_is_the_reward_of_holding_the_action_minus_the_policy_in_th
     and periods of the other cannot be mixed up."""
     loads, starts, keys = _loads(2, 400, seed=11)
     fleet = FleetParams()
-    seg = segment_rollouts(lambda obs: np.full(obs.n, 5), MAPPING, loads, starts, keys, fleet, 10, 40, 120)
+    seg = segment_rollouts(lambda x: np.full(len(x), 5), MAPPING, loads, starts, keys, fleet, 10, 40, 120)
 
     class Hold(RuleActions):
         t = 0
@@ -167,7 +167,7 @@ def test_an_unknown_holdout_or_a_miscounted_source_list_is_refused():
     loads, starts, keys = _loads(2, 200)
     with pytest.raises(ValueError, match="sources: 3 given for 2 loads"):
         segment_rollouts(
-            lambda obs: np.full(obs.n, 1), MAPPING, loads, starts, keys, FleetParams(), 10, 40, 120,
+            lambda x: np.full(len(x), 1), MAPPING, loads, starts, keys, FleetParams(), 10, 40, 120,
             np.array(["a", "b", "c"]),
         )  # fmt: skip
 

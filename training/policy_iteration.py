@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from fleetpilot.policies.actions import ActionMapping
+from fleetpilot.policies.base import toward_machines
 from fleetpilot.policies.observation import Observation, ObservationBuilder
 from fleetpilot.sim.fleet import FleetCore, expected_reward
 from fleetpilot.sim.params import FleetParams
@@ -79,49 +80,54 @@ def segment_rollouts(
     skip: int,
     sources: np.ndarray | None = None,
 ) -> Segments:
-    """Step 1 of the module docstring on `loads` (N, T + 1). `actions(obs)` is the current policy ((R,) action
-    indices for the R fleets of `obs`). Periods starting before minute `skip` (the observation's history is
+    """Step 1 of the module docstring on `loads` (N, T + 1). `actions(features)` is the current policy: (R, OBS_DIM)
+    observation features of R fleets -> (R,) action indices. Periods starting before minute `skip` (the observation's history is
     still filling) are not kept. `sources` (N,) names where each load was drawn from (default: one source)."""
     n, t_len = loads.shape[0], loads.shape[1] - 1
     source = np.zeros(n, dtype=np.int64) if sources is None else np.asarray(sources)
     if source.shape != (n,):
         raise ValueError(f"sources: {source.shape[0] if source.ndim else 0} given for {n} loads")
     k_n = mapping.n
-    width = k_n + 1  # row 0 of each load: the policy itself; row 1 + k: holds action k
-    rows = n * width
-    load = np.repeat(np.asarray(loads, dtype=np.float64), width, axis=0)
-    start = np.repeat(np.asarray(starts, dtype=np.int64), width)
-    held = np.tile(np.arange(-1, k_n), n)
-    core = FleetCore(rows, fleet)
-    core.reset(slice(None), np.repeat(np.asarray(keys, dtype=np.uint64), width))
-    builder = ObservationBuilder(rows, fleet.capacity_tpm_per_machine, fleet.warmup_minutes)
-    builder.update(load[:, 0], core.active, core.warming, start)
+    width = k_n + 1  # fleet 0 of each load: the policy itself; fleet 1 + k: holds action k
+    load = np.asarray(loads, dtype=np.float64)
+    start = np.asarray(starts, dtype=np.int64)
+    held = np.arange(k_n)[:, None]  # (K, 1): what fleets 1..K hold
+    # one observation builder for the loads, one fleet core of width x n fleets (fleet j of load i: row j x n + i,
+    # the same capacity noise for each load's fleets), as `training.backtest.simulate_many` replays policies
+    core = FleetCore(width * n, fleet)
+    core.reset(slice(None), np.tile(np.asarray(keys, dtype=np.uint64), width))
+    parts = [slice(j * n, (j + 1) * n) for j in range(width)]
+    builder = ObservationBuilder(n, fleet.capacity_tpm_per_machine, fleet.warmup_minutes)
+    builder.update(load[:, 0], core.active[:n], core.warming[:n], start)
     lo, hi = -fleet.max_scale_in_per_minute, fleet.max_scale_out_per_minute
     first = first_period_minute(skip, period) // period
     kept = periods_kept(t_len, skip, period)
     periods = first + kept
     feats = np.zeros((n, kept, 0), dtype=np.float32)
-    reward = np.zeros((rows, kept))
+    reward = np.zeros((width, n, kept))
     served = np.zeros((n, kept))
     for t in range(1, periods * period + 1):
-        obs: Observation = builder.observation()
+        warming = core.warming
+        obs: list[Observation] = builder.observations([(core.active[s], warming[s]) for s in parts])
         s, phase = divmod(t - 1, period)
         j = s - first
         if phase == 0 and j >= 0:
-            f = obs.features[::width]
+            f = obs[0].features
             if feats.shape[2] == 0:
                 feats = np.zeros((n, kept, f.shape[1]), dtype=np.float32)
             feats[:, j] = f
-        k = np.asarray(actions(obs), dtype=np.int64)
+        k = np.asarray(actions(np.concatenate([o.features for o in obs])), dtype=np.int64).reshape(width, n)
         if phase < hold:
-            k = np.where(held >= 0, held, k)
-        delta = np.clip(mapping.desired(k, obs) - (core.active + core.warming), lo, hi)
-        out = core.step(delta, load[:, t])
-        builder.update(out.load_tpm, out.active, core.warming, start + t)
+            k[1:] = held
+        target = mapping.targets(k, obs[0]).reshape(-1)  # a target reads the load only (any fleet's obs)
+        desired = toward_machines(target, core.active, warming)
+        delta = np.clip(desired - (core.active + warming), lo, hi)
+        out = core.step(delta, np.tile(load[:, t], width))
+        builder.update(load[:, t], out.active[:n], core.warming[:n], start + t)
         if j >= 0:
-            reward[:, j] += expected_reward(out.active, load[:, t], fleet)
-            served[:, j] += load[::width, t] * fleet.revenue_usd_per_1k_transactions / 1000.0
-    r = reward.reshape(n, width, kept)
+            reward[:, :, j] += expected_reward(out.active, np.tile(load[:, t], width), fleet).reshape(width, n)
+            served[:, j] += load[:, t] * fleet.revenue_usd_per_1k_transactions / 1000.0
+    r = reward.transpose(1, 0, 2)  # (n, width, kept)
     # in shares of the load's mean revenue per period at full service: scale-free, and a quiet period's
     # advantage stays in dollars of its load (a period with no load would otherwise divide by zero)
     scale = np.maximum(served.mean(axis=1), 1e-6)[:, None, None]

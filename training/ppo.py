@@ -955,9 +955,9 @@ def _pi_loop(
     train_fleet = training_fleet(cfg, fleet)
     t_start, last_val, steps_at_start = time.perf_counter(), {}, run.global_step
 
-    def actions(obs: Observation) -> np.ndarray:
+    def actions(features: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return agent(torch.from_numpy(obs.features)).numpy()
+            return agent(torch.from_numpy(features)).numpy()
 
     for update in range(run.update + 1, cfg.pi_iterations + 1):
         budget.begin()
