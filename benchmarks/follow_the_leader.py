@@ -13,6 +13,14 @@ over the NEXT M minutes (the future, known to no policy). Replayed on its own fl
 choice does earn: a lower bound on what the best hourly choice among these actions could earn, to set against
 the best single action per window chosen in hindsight. `--lookahead-delay-minutes D` chooses by the M minutes
 that start D minutes after the hour instead: how fast the value of knowing the future fades with its distance.
+Each look-ahead column's gain over the rule is split by what it held: a cheaper price than the rule's
+(`_gain_cheaper`), a costlier one or the cautious headroom (`_gain_cautious`), the rule's own (`_gain_at_rule`).
+`--same-hour-days D` chooses by the time of day, causally: at each hour, the action that earned most over the same
+`--same-hour-minutes` W around that hour of day on the last D days (cut to the history so far). `--surge
+RATIO:HOLD:RISK` is not a choice among fixed replays but a reaction within the hour: the rule, except for the HOLD
+minutes after a minute whose load exceeded RATIO times the mean of the 10 minutes before it, when the newsvendor
+rule runs at price RISK instead. `--rise-scale mixture` prices the newsvendor actions on both rise scales, as the
+shipped `default` does (default: hour, as the recipe above).
 
 Printed, per trace: the newsvendor rule (risk 1), the best fixed action chosen in hindsight per window and each
 follow-the-leader variant, as % of the oracle's expected profit (windows summed), and the oracle's in dollars.
@@ -39,6 +47,40 @@ import generalization as gen  # noqa: E402  (the sibling benchmark: its traces a
 RISKS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 10.0)
 
 
+class Surge:
+    """`--surge`: the newsvendor rule at price `base`, and at price `risk` for `hold` minutes after a surge (a
+    minute's load above `ratio` x the mean of the 10 minutes before it; a rise from no load at all counts)."""
+
+    name = "surge"
+
+    def __init__(self, mapping, base: int, risk: int, ratio: float, hold: int):
+        self.mapping, self.base, self.risk, self.ratio, self.hold = mapping, base, risk, ratio, hold
+
+    def reset(self, n: int) -> None:
+        self.since = np.full(n, np.iinfo(np.int64).max // 2)
+
+    def decide(self, obs):
+        from fleetpilot.policies.base import PolicyOutput
+
+        before = obs.history.window_mean(1, 10)
+        surge = obs.history.available(10) & (obs.load_tpm > self.ratio * before)
+        self.since = np.where(surge, 0, self.since + 1)
+        k = np.where(self.since < self.hold, self.risk, self.base)
+        return PolicyOutput(self.mapping.desired(k, obs), k)
+
+
+def parse_surge(text: str) -> tuple[float, int, float]:
+    """One `--surge` item, RATIO:HOLD:RISK (a price of risk of the family)."""
+    try:
+        ratio, hold, risk = text.split(":")
+        out = float(ratio), int(hold), float(risk)
+    except ValueError:
+        raise ValueError(f"--surge {text!r}: expected RATIO:HOLD:RISK, e.g. 1.5:15:4") from None
+    if not (out[0] >= 1 and out[1] >= 1 and out[2] in RISKS):
+        raise ValueError(f"--surge {text!r}: RATIO >= 1, HOLD >= 1 minutes, RISK one of {', '.join(map(str, RISKS))}")
+    return out
+
+
 class Leader:
     """The follow-the-leader rule as a `Policy` for `training.backtest.simulate` (which asks it once a minute):
     at each hour, the action `choose(cum, t)` picks from the fixed replays' cumulative expected rewards
@@ -52,6 +94,7 @@ class Leader:
 
     def reset(self, n: int) -> None:
         self.t, self.k = 0, np.full(n, self.start_action)
+        self.taken: list[np.ndarray] = []  #: the action of each minute served
 
     def decide(self, obs):
         from fleetpilot.policies.base import PolicyOutput
@@ -59,11 +102,40 @@ class Leader:
         self.t += 1  # the minute about to be served
         if (self.t - 1) % 60 == 0 and self.t > 60:
             self.k = self.choose(self.cum, self.t - 1)  # rewards of the minutes served so far only
+        self.taken.append(self.k)
         return PolicyOutput(self.mapping.desired(self.k, obs), self.k)
 
 
 def follow(mapping, runs, rewards: np.ndarray, choose, start_action: int) -> float:
     """Expected profit (scored minutes, runs summed) of replaying `runs` with the `Leader` rule."""
+    return float(replay_minutes(Leader(mapping, rewards, choose, start_action), runs).sum())
+
+
+def follow_split(mapping, runs, rewards: np.ndarray, choose, rule: int) -> dict[str, float]:
+    """`follow`, and where its gain over the rule (`rewards[rule]`, minute by minute) was made: in the minutes it
+    held a cheaper price than the rule's, in those it held a costlier one or the fixed cautious headroom, and in
+    those it held the rule's own (where it differs only by the fleet an earlier choice left)."""
+    leader = Leader(mapping, rewards, choose, rule)
+    mine = replay_minutes(leader, runs)
+    lead = runs[0].lead
+    k = np.stack(leader.taken, axis=1)[:, lead:]
+    gain = mine - rewards[rule][:, lead:]
+    cheaper = (k >= mapping.n_grid) & (k < rule)
+    return {
+        "": float(mine.sum()),
+        "_gain_cheaper": float(gain[cheaper].sum()),
+        "_gain_cautious": float(gain[~cheaper & (k != rule)].sum()),
+        "_gain_at_rule": float(gain[k == rule].sum()),
+    }
+
+
+def replay(policy, runs) -> float:
+    """Expected profit (scored minutes, runs summed) of replaying `runs` with `policy`."""
+    return float(replay_minutes(policy, runs).sum())
+
+
+def replay_minutes(policy, runs) -> np.ndarray:
+    """(N, scored minutes) expected reward of replaying `runs` with `policy`."""
     from fleetpilot.sim.fleet import expected_reward
     from fleetpilot.sim.params import FleetParams
     from fleetpilot.training.backtest import simulate
@@ -72,12 +144,12 @@ def follow(mapping, runs, rewards: np.ndarray, choose, start_action: int) -> flo
     loads = np.stack([r.load_tpm for r in runs])
     starts = np.array([r.start_minute for r in runs])
     keys = np.array([r.noise_key for r in runs], dtype=np.uint64)
-    traj = simulate(Leader(mapping, rewards, choose, start_action), loads, starts, keys, p)
-    return float(expected_reward(traj.active[:, lead:], loads[:, lead + 1 :], p).sum())
+    traj = simulate(policy, loads, starts, keys, p)
+    return expected_reward(traj.active[:, lead:], loads[:, lead + 1 :], p)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fleetpilot.policies.actions import ActionMapping
+    from fleetpilot.policies.actions import RISE_SCALES, ActionMapping
     from fleetpilot.policies.cushion import RuleActions
     from fleetpilot.sim.fleet import expected_reward
     from fleetpilot.sim.params import FleetParams
@@ -93,12 +165,23 @@ def main(argv: list[str] | None = None) -> int:
         default="0",
         help="look-ahead windows start this many minutes after the hour, comma-separated (0: the next M minutes)",
     )
+    ap.add_argument("--same-hour-days", default="", help="time-of-day variants' D, comma-separated")
+    ap.add_argument("--same-hour-minutes", default="180", help="their W around the hour, comma-separated")
+    ap.add_argument("--surge", default="", help="surge reactions RATIO:HOLD:RISK, comma-separated")
+    ap.add_argument(
+        "--rise-scale",
+        choices=RISE_SCALES,
+        default="hour",
+        help="the newsvendor actions' rise scale (default hour; the shipped default prices on mixture)",
+    )
     ap.add_argument("--windows", type=int, default=None, help="at most this many windows per trace")
     ap.add_argument("--window-minutes", type=int, default=10_000, help="scored minutes per window (10000)")
     ap.add_argument("--lead-minutes", type=int, default=1440, help="history before each window (a day)")
     ap.add_argument("--json", metavar="PATH", help="write the figures as one flat JSON object (TRACE_COLUMN_...)")
     args = ap.parse_args(argv)
-    mapping = ActionMapping(utilization=(0.45,), cushion_day_max_share=(0.3,), newsvendor_risk=RISKS)
+    mapping = ActionMapping(
+        utilization=(0.45,), cushion_day_max_share=(0.3,), newsvendor_risk=RISKS, newsvendor_rise_scale=args.rise_scale
+    )
     rule = mapping.n_grid + RISKS.index(1.0)
     win = types.SimpleNamespace(
         window_minutes=args.window_minutes, lead_minutes=args.lead_minutes, windows=args.windows, peak_tpm=10_000.0
@@ -107,6 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     cautious = [int(x) for x in args.conservative_days.split(",") if x]
     ahead = [int(x) for x in args.lookahead_minutes.split(",") if x]
     delays = [int(x) for x in args.lookahead_delay_minutes.split(",") if x]
+    same_days = [int(x) for x in args.same_hour_days.split(",") if x]
+    same_widths = [int(x) for x in args.same_hour_minutes.split(",") if x]
+    try:
+        surges = [parse_surge(x) for x in args.surge.split(",") if x]
+    except ValueError as e:
+        ap.error(str(e))
     p, out = FleetParams(), {}
     for name in args.traces.split(","):
         runs = gen.windows(name, gen.TRACE_DIR / gen.TRACES[name], win)
@@ -141,7 +230,24 @@ def main(argv: list[str] | None = None) -> int:
                     last = c.shape[2] - 1
                     return np.argmax(c[:, :, min(last, t + d + m)] - c[:, :, min(last, t + d)], axis=0)
 
-                row[f"lookahead_{m}" + (f"_after_{d}" if d else "")] = follow(mapping, runs, rewards, ahead_of, rule)
+                col = f"lookahead_{m}" + (f"_after_{d}" if d else "")
+                for part, v in follow_split(mapping, runs, rewards, ahead_of, rule).items():
+                    row[col + part] = v
+        for d in same_days:
+            for w in same_widths:
+
+                def same_hour(c, t, d=d, w=w):
+                    # W minutes centred on the coming hour, on each of the last D days the history reaches
+                    first = [a for a in (t - 1440 * i - w // 2 + 30 for i in range(1, d + 1)) if a >= 0]
+                    if not first:
+                        return np.full(c.shape[1], rule)
+                    last = c.shape[2] - 1
+                    return np.argmax(sum(c[:, :, min(a + w, last)] - c[:, :, a] for a in first), axis=0)
+
+                row[f"same_hour_{d}d_{w}m"] = follow(mapping, runs, rewards, same_hour, rule)
+        for ratio, hold, risk in surges:
+            surge = Surge(mapping, rule, mapping.n_grid + RISKS.index(risk), ratio, hold)
+            row[f"surge_{ratio:g}_{hold}m_risk_{risk:g}".replace(".", "p")] = replay(surge, runs)
         key = name.replace("-", "_")
         out[f"{key}_windows"] = n
         for col, v in row.items():

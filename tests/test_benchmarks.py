@@ -76,8 +76,9 @@ CASES = {
         {"per_task_overhead_ms_ray": None, "tune_speedup_p50": None, "tune_identical": True, "ray_start_s": None},
     ),
     "follow_the_leader.py": (
-        "--traces azure-functions --windows 1 --window-minutes 600 --lead-minutes 300 --trailing-minutes 120 "
-        "--conservative-days 1 --lookahead-minutes 60",
+        "--traces azure-functions --windows 1 --window-minutes 600 --lead-minutes 1440 --trailing-minutes 120 "
+        "--conservative-days 1 --lookahead-minutes 60 --same-hour-days 1 --same-hour-minutes 60 "
+        "--surge 1.5:15:4,1.5:15:1",
         {
             "azure_functions_windows": 1,
             "azure_functions_oracle_pct_of_oracle": 100.0,
@@ -87,6 +88,10 @@ CASES = {
             "azure_functions_trailing_120_pct_of_oracle": float,
             "azure_functions_cautious_1_days_pct_of_oracle": float,
             "azure_functions_lookahead_60_pct_of_oracle": float,
+            "azure_functions_lookahead_60_gain_cheaper_pct_of_oracle": float,
+            "azure_functions_same_hour_1d_60m_pct_of_oracle": float,
+            "azure_functions_surge_1p5_15m_risk_4_pct_of_oracle": float,
+            "azure_functions_surge_1p5_15m_risk_1_pct_of_oracle": float,
         },
     ),
     "noise_bound.py": (
@@ -159,6 +164,14 @@ def test_benchmark_writes_flat_json(script: str, tmp_path: Path):
             assert isinstance(figures[key], (int, float)) and math.isfinite(figures[key]), (key, figures[key])
         else:
             assert figures[key] == value, (key, figures[key])
+    if script == "follow_the_leader.py":
+        # a surge reaction at the rule's own price is the rule, replayed on its own, to the cent
+        rule = figures["azure_functions_newsvendor_expected_profit_usd"]
+        assert figures["azure_functions_surge_1p5_15m_risk_1_expected_profit_usd"] == rule
+        # the look-ahead's gain over the rule is split over the minutes by what it held, every minute once
+        ahead = "azure_functions_lookahead_60"
+        parts = sum(figures[f"{ahead}_gain_{p}_expected_profit_usd"] for p in ("cheaper", "cautious", "at_rule"))
+        assert parts == pytest.approx(figures[f"{ahead}_expected_profit_usd"] - rule, abs=0.03)
     if script == "price_by_source.py":
         # the rule's own advantage is 0 and the other sources' pick is one of the actions: neither beats a
         # left-out source's own best
