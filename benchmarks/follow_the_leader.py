@@ -16,7 +16,8 @@ that start D minutes after the hour instead: how fast the value of knowing the f
 Each look-ahead column's gain over the rule is split by what it held: a cheaper price than the rule's
 (`_gain_cheaper`), a costlier one or the cautious headroom (`_gain_cautious`), the rule's own (`_gain_at_rule`).
 `--same-hour-days D` chooses by the time of day, causally: at each hour, the action that earned most over the same
-`--same-hour-minutes` W around that hour of day on the last D days (cut to the history so far). `--surge
+`--same-hour-minutes` W around that hour of day on the last D days (a day whose window starts before the history
+is left out; the rule until one is in it). `--surge
 RATIO:HOLD:RISK` is not a choice among fixed replays but a reaction within the hour: the rule, except for the HOLD
 minutes after a minute whose load exceeded RATIO times the mean of the 10 minutes before it, when the newsvendor
 rule runs at price RISK instead. `--rise-scale mixture` prices the newsvendor actions on both rise scales, as the
@@ -44,7 +45,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import generalization as gen  # noqa: E402  (the sibling benchmark: its traces and windows)
 
-RISKS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 10.0)
+RISKS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 10.0)  # ascending: a price below the rule's (1) is a cheaper one
+assert list(RISKS) == sorted(RISKS)
 
 
 class Surge:
@@ -186,12 +188,28 @@ def main(argv: list[str] | None = None) -> int:
     win = types.SimpleNamespace(
         window_minutes=args.window_minutes, lead_minutes=args.lead_minutes, windows=args.windows, peak_tpm=10_000.0
     )
-    trailing = [int(x) for x in args.trailing_minutes.split(",") if x]
-    cautious = [int(x) for x in args.conservative_days.split(",") if x]
-    ahead = [int(x) for x in args.lookahead_minutes.split(",") if x]
-    delays = [int(x) for x in args.lookahead_delay_minutes.split(",") if x]
-    same_days = [int(x) for x in args.same_hour_days.split(",") if x]
-    same_widths = [int(x) for x in args.same_hour_minutes.split(",") if x]
+
+    def minutes(option: str, text: str, least: int, most: int | None = None) -> list[int]:
+        """A comma-separated list of whole numbers in [least, most], or exit 2 naming the option."""
+        try:
+            values = [int(x) for x in text.split(",") if x]
+        except ValueError:
+            ap.error(f"{option} {text!r}: expected whole numbers, comma-separated")
+        bad = [v for v in values if v < least or (most is not None and v > most)]
+        if bad:
+            ap.error(f"{option} {bad[0]}: expected {least}" + (f"..{most}" if most is not None else " or more"))
+        return values
+
+    trailing = minutes("--trailing-minutes", args.trailing_minutes, 1)
+    cautious = minutes("--conservative-days", args.conservative_days, 1)
+    ahead = minutes("--lookahead-minutes", args.lookahead_minutes, 1)
+    delays = minutes("--lookahead-delay-minutes", args.lookahead_delay_minutes, 0)
+    same_days = minutes("--same-hour-days", args.same_hour_days, 1)
+    # a window centred on the coming hour a day ago ends W / 2 + 30 minutes after that hour: at most this hour
+    same_widths = minutes("--same-hour-minutes", args.same_hour_minutes, 1, 2 * (1440 - 30))
+    unknown = [t for t in args.traces.split(",") if t not in gen.TRACES]
+    if unknown:
+        ap.error(f"--traces {unknown[0]!r}: expected some of {', '.join(gen.TRACES)}")
     try:
         surges = [parse_surge(x) for x in args.surge.split(",") if x]
     except ValueError as e:
@@ -241,8 +259,7 @@ def main(argv: list[str] | None = None) -> int:
                     first = [a for a in (t - 1440 * i - w // 2 + 30 for i in range(1, d + 1)) if a >= 0]
                     if not first:
                         return np.full(c.shape[1], rule)
-                    last = c.shape[2] - 1
-                    return np.argmax(sum(c[:, :, min(a + w, last)] - c[:, :, a] for a in first), axis=0)
+                    return np.argmax(sum(c[:, :, min(a + w, t)] - c[:, :, a] for a in first), axis=0)
 
                 row[f"same_hour_{d}d_{w}m"] = follow(mapping, runs, rewards, same_hour, rule)
         for ratio, hold, risk in surges:

@@ -81,8 +81,9 @@ def segment_rollouts(
     sources: np.ndarray | None = None,
 ) -> Segments:
     """Step 1 of the module docstring on `loads` (N, T + 1). `actions(features)` is the current policy: (R, OBS_DIM)
-    observation features of R fleets -> (R,) action indices. Periods starting before minute `skip` (the observation's history is
-    still filling) are not kept. `sources` (N,) names where each load was drawn from (default: one source)."""
+    observation features of R fleets -> (R,) action indices. Periods starting before minute `skip` (the
+    observation's history is still filling) are not kept. `sources` (N,) names where each load was drawn from
+    (default: one source)."""
     n, t_len = loads.shape[0], loads.shape[1] - 1
     source = np.zeros(n, dtype=np.int64) if sources is None else np.asarray(sources)
     if source.shape != (n,):
@@ -91,7 +92,7 @@ def segment_rollouts(
     width = k_n + 1  # fleet 0 of each load: the policy itself; fleet 1 + k: holds action k
     load = np.asarray(loads, dtype=np.float64)
     start = np.asarray(starts, dtype=np.int64)
-    held = np.arange(k_n)[:, None]  # (K, 1): what fleets 1..K hold
+    held_rows = np.repeat(np.arange(k_n)[:, None], n, axis=1)  # (K, n): what fleets 1..K hold
     # one observation builder for the loads, one fleet core of width x n fleets (fleet j of load i: row j x n + i,
     # the same capacity noise for each load's fleets), as `training.backtest.simulate_many` replays policies
     core = FleetCore(width * n, fleet)
@@ -116,9 +117,10 @@ def segment_rollouts(
             if feats.shape[2] == 0:
                 feats = np.zeros((n, kept, f.shape[1]), dtype=np.float32)
             feats[:, j] = f
-        k = np.asarray(actions(np.concatenate([o.features for o in obs])), dtype=np.int64).reshape(width, n)
-        if phase < hold:
-            k[1:] = held
+        if phase < hold:  # fleets 1..K hold their actions: only the policy's own fleet asks it
+            k = np.concatenate([np.asarray(actions(obs[0].features), dtype=np.int64)[None], held_rows])
+        else:
+            k = np.asarray(actions(np.concatenate([o.features for o in obs])), dtype=np.int64).reshape(width, n)
         target = mapping.targets(k, obs[0]).reshape(-1)  # a target reads the load only (any fleet's obs)
         desired = toward_machines(target, core.active, warming)
         delta = np.clip(desired - (core.active + warming), lo, hi)
