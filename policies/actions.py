@@ -102,23 +102,13 @@ class ActionMapping:
         return np.where(obs.load_tpm > self.surge_ratio * mean, obs.load_tpm, mean)
 
     def target(self, k: np.ndarray, obs: Observation) -> np.ndarray:
-        """The fleet action k asks for (machines)."""
-        k = np.broadcast_to(np.asarray(k, dtype=np.int64), (obs.n,))
-        if k.size and (k.min() < 0 or k.max() >= self.n):
-            raise ValueError(f"action outside [0, {self.n})")
-        g = np.minimum(k, self.n_grid - 1)
-        day_max = obs.day_max_tpm if obs.day_max_tpm is not None else obs.load_tpm
-        with np.errstate(over="ignore"):
-            need = (self.base_load(obs) + self._c[g] * day_max) / (obs.capacity_tpm_per_machine * self._u[g])
-        nv = np.nonzero(k >= self.n_grid)[0]
-        if nv.size:  # the newsvendor's fleet for the rows that chose it
-            risk = np.asarray(self.newsvendor_risk)[k[nv] - self.n_grid]
-            need = need.copy()
-            need[nv] = newsvendor_machines(obs, self._nv, risk, rows=nv)
-        return saturated_machines(need)
+        """The fleet action k asks for (machines): `targets` of one fleet."""
+        return self.targets(np.broadcast_to(np.asarray(k, dtype=np.int64), (obs.n,))[None], obs)[0]
 
     def targets(self, k: np.ndarray, obs: Observation) -> np.ndarray:
-        """(F, N) actions of F fleets on `obs`'s N loads -> (F, N) the fleets they ask for (`target` of each row).
+        """(F, N) actions of F fleets on `obs`'s N loads -> (F, N) the fleets they ask for:
+            ceil((base load + c x leaky daily maximum) / (capacity per machine x u)) for a grid action, the
+            `newsvendor` rule's fleet at the action's price of risk for the others.
         A target reads the load, never the machines, so any fleet's observation of these loads gives the same
         answer, and each distinct (action, load) pair is computed once: F fleets that mostly take the same
         actions (the rollouts of `training.policy_iteration`) cost little more than one."""

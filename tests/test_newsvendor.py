@@ -566,7 +566,8 @@ def test_an_action_outside_the_mapping_is_refused():
 
 def test_many_fleets_targets_are_each_rows_target_whatever_their_machines():
     """`ActionMapping.targets` prices each distinct (action, load) once for F fleets on the same loads (the
-    rollouts of policy iteration): the same fleets `target` gives each row, on any fleet's observation."""
+    rollouts of policy iteration): each fleet gets what it would alone, on any fleet's observation; alone, each
+    load gets the grid's formula or the newsvendor rule at its price."""
     from fleetpilot.policies.actions import ActionMapping
 
     m = ActionMapping((0.5, 0.8), (0.0, 0.2), 3, 1.1, (0.25, 1.0, 4.0), "mixture")
@@ -580,6 +581,18 @@ def test_many_fleets_targets_are_each_rows_target_whatever_their_machines():
     assert got.shape == (6, 5) and got.dtype == np.int64
     for f in range(6):
         assert np.array_equal(got[f], m.target(k[f], obs)), f
+    for i in range(5):  # one load alone (its own observation)
+        alone = feed(loads[i : i + 1]).observation()
+        for a in range(m.n):
+            if a < m.n_grid:
+                u, c = m.utilization[a // 2], m.cushion_day_max_share[a % 2]
+                want = np.ceil((m.base_load(alone)[0] + c * alone.day_max_tpm[0]) / (300.0 * u) - 1e-9)
+            else:
+                risk = m.newsvendor_risk[a - m.n_grid]
+                want = NewsvendorPolicy(NewsvendorParams(risk=risk, rise_scale="mixture")).decide(alone).desired[0]
+            assert m.target(np.array([a]), alone)[0] == want, (i, a)
+            if (k[:, i] == a).any():
+                assert got[k[:, i] == a, i][0] == want, (i, a)
     assert len(set(got[:, 0])) > 1  # the actions ask for different fleets (the check compares something)
     with pytest.raises(ValueError, match="action outside"):
         m.targets(np.full((2, 5), m.n), obs)
